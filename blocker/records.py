@@ -1,0 +1,80 @@
+"""Plain records handed from one pipeline stage to the next.
+
+line -> Packet (netfilter.py) -> Hit (filters.py) -> Decision (scoring.py) -> firewall
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Literal, NamedTuple
+
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+
+
+# Packet and Hit are built once per log line on the hot path: a NamedTuple is as immutable
+# as a frozen dataclass and about four times cheaper to construct.
+class Packet(NamedTuple):
+    """One netfilter LOG line, parsed. Addresses are canonical ipaddress objects."""
+
+    time: float  # event time, seconds since the epoch (from the log line, or the source)
+    prefix: str  # the LOG rule's --log-prefix, stripped ("" when none)
+    iface_in: str  # IN=  ("" for the host's own outgoing packets)
+    iface_out: str  # OUT= ("" for packets addressed to the host)
+    src: Address
+    dst: Address
+    proto: str  # "TCP", "UDP", "ICMP", "ICMPv6", ... or the protocol number as text
+    spt: int | None = None
+    dpt: int | None = None
+    flags: frozenset[str] = frozenset()  # TCP flags, e.g. {"SYN", "ACK"}; empty = NULL packet
+    length: int | None = None
+    ttl: int | None = None  # TTL (IPv4) or HOPLIMIT (IPv6)
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    physin: str = ""
+
+    @property
+    def direction(self) -> Literal["in", "out", "forward"]:
+        """'in' = addressed to the host, 'out' = the host's own packet, 'forward' = routed."""
+        if not self.iface_out:
+            return "in"
+        if not self.iface_in:
+            return "out"
+        return "forward"
+
+
+class Hit(NamedTuple):
+    """A filter recognized a packet: `offender` earned `weight` points in `jail`."""
+
+    time: float
+    jail: str
+    filter: str
+    offender: Address
+    weight: float
+    # Scan filters count distinct keys (e.g. (dst, dport)); None = every hit counts in full.
+    distinct_key: tuple[object, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Ban `target` (an address or a whole subnet) for `duration` seconds from `at`."""
+
+    target: Network  # a host is a /32 or /128
+    jail: str
+    at: float
+    duration: float  # seconds; math.inf only when a jail is configured with ban_time = "permanent"
+    score: float
+    filters: tuple[str, ...] = field(default=())
+    reason: str = ""
+
+    @property
+    def target_text(self) -> str:
+        return network_text(self.target)
+
+
+def network_text(net: Network) -> str:
+    """Canonical compressed text: '198.51.100.7', '2001:db8::1', '203.0.113.0/24'."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
