@@ -1,0 +1,38 @@
+"""Log sources for blockerd: kern.log (inotify), the systemd journal, /dev/kmsg."""
+
+from __future__ import annotations
+
+import os
+
+from blocker.sources.base import Source, SourceError, SourceLine
+from blocker.sources.journald import JournaldSource, journal_usable
+from blocker.sources.kernlog import KernlogSource
+from blocker.sources.kmsg import KmsgSource
+
+__all__ = ["Source", "SourceError", "SourceLine", "choose_kind", "open_source"]
+
+KINDS = ("auto", "kernlog", "journald", "kmsg")
+
+
+def choose_kind(path: str) -> str:
+    """What "auto" means on this host: kern.log if it exists, else the journal, else kmsg."""
+    if os.path.exists(path):
+        return "kernlog"
+    if journal_usable():
+        return "journald"
+    return "kmsg"
+
+
+def open_source(
+    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False
+) -> Source:
+    """Open a source; a saved position from another kind is ignored by the source itself."""
+    if kind == "auto":
+        kind = choose_kind(path)
+    if kind == "kernlog":
+        return KernlogSource(path, start, from_start)
+    if kind == "journald":
+        return JournaldSource(start, from_start)
+    if kind == "kmsg":
+        return KmsgSource(start, from_start)
+    raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -1,0 +1,194 @@
+"""Kernel lines straight from /dev/kmsg, one record per read().
+
+Only facility 0 (kernel) is accepted. The kernel gives every record written to /dev/kmsg
+from user space facility LOG_USER (1) unless the writer names a facility other than 0
+(devkmsg_write in kernel/printk/printk.c), so user space cannot produce a facility-0 record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from blocker.sources.base import MAX_LINE_BYTES, SourceError, SourceLine, decode_line
+
+DEVICE = "/dev/kmsg"
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+RECORD_BYTES = 8192  # CONSOLE_EXT_LOG_MAX: a smaller read buffer gets EINVAL
+RECORDS_PER_READ = 4096  # /dev/kmsg stays readable, so the rest waits for the next call
+KERNEL_FACILITY = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KmsgRecord:
+    facility: int
+    level: int
+    seq: int
+    usec: int
+    message: str
+
+
+def parse_kmsg_record(raw: bytes) -> KmsgRecord | None:
+    """Parse "pri,seq,usec,flags[,...];message\\n[ KEY=value\\n...]"; None if malformed."""
+    head, sep, rest = raw.partition(b";")
+    fields = head.split(b",")
+    if not sep or len(fields) < 4:
+        return None
+    try:
+        pri, seq, usec = int(fields[0]), int(fields[1]), int(fields[2])
+    except ValueError:
+        return None
+    if min(pri, seq, usec) < 0:
+        return None
+    # Lines after the first are " KEY=value" dictionary entries, not log text.
+    message = rest.split(b"\n", 1)[0][:MAX_LINE_BYTES]
+    return KmsgRecord(pri >> 3, pri & 7, seq, usec, decode_line(message))
+
+
+def _read_boot_id(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _saved(start: dict[str, object] | None) -> tuple[int, str] | None:
+    if start is None:
+        return None
+    seq, boot_id = start.get("seq"), start.get("boot_id")
+    if type(seq) is int and seq >= 0 and isinstance(boot_id, str):
+        return seq, boot_id
+    return None
+
+
+def read_record(fd: int) -> bytes:
+    """One /dev/kmsg record (a module function so tests can script EPIPE)."""
+    return os.read(fd, RECORD_BYTES)
+
+
+class RecordFilter:
+    """Keeps facility-0 records, skips those seen before a restart, counts gaps in seq."""
+
+    def __init__(self, boot_time: float, last_seq: int | None = None) -> None:
+        self.boot_time = boot_time
+        self.last_seq = last_seq
+        self.rejected = 0
+        self.malformed = 0
+        self.lost = 0
+        self.skipped = 0
+
+    def take(self, raw: bytes) -> SourceLine | None:
+        record = parse_kmsg_record(raw)
+        if record is None:
+            self.malformed += 1
+            return None
+        if self.last_seq is not None:
+            if record.seq <= self.last_seq:
+                self.skipped += 1
+                return None
+            # seq numbers are consecutive: a gap is records overwritten before we read them.
+            self.lost += record.seq - self.last_seq - 1
+        self.last_seq = record.seq
+        if record.facility != KERNEL_FACILITY:
+            self.rejected += 1
+            return None
+        return SourceLine(record.message, self.boot_time + record.usec / 1e6)
+
+
+class KmsgSource:
+    """Reads the kernel ring buffer; records overwritten before we read them are counted."""
+
+    def __init__(
+        self,
+        start: dict[str, object] | None = None,
+        from_start: bool = False,
+        device: str = DEVICE,
+        boot_id_path: str = BOOT_ID_PATH,
+    ) -> None:
+        self.name = "kmsg"
+        self._device = device
+        try:
+            self._fd = os.open(device, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise SourceError(f"{device}: {exc.strerror or exc}") from exc
+        # Record times count from boot on the monotonic clock (local_clock(), no suspend).
+        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))
+        self._boot_id = _read_boot_id(boot_id_path)
+        self._lines = 0
+        self._overruns = 0
+        self._last_error: str | None = None
+        self._failing = False
+        self._start_note = self._seek(_saved(start), start is not None, from_start)
+
+    def _seek(self, saved: tuple[int, str] | None, had_start: bool, from_start: bool) -> str:
+        why_not = ""
+        if saved is not None:
+            seq, boot_id = saved
+            if self._boot_id is not None and boot_id == self._boot_id:
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                self._filter.last_seq = seq  # read() skips what was already seen
+                return f"resumed after seq {seq}"
+            why_not = "saved position is from another boot"
+        elif had_start:
+            why_not = "saved position unreadable"
+        if from_start:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            where = "start of ring buffer"
+        else:
+            os.lseek(self._fd, 0, os.SEEK_END)
+            where = "end of ring buffer"
+        return f"{where} ({why_not})" if why_not else where
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> list[SourceLine]:
+        out: list[SourceLine] = []
+        for _ in range(RECORDS_PER_READ):
+            try:
+                raw = read_record(self._fd)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                # Our next record was overwritten; the seq gap of the next one counts them.
+                self._overruns += 1
+                continue
+            except OSError as exc:
+                self._failing = True
+                self._last_error = f"{self._device}: {exc.strerror or exc}"
+                break
+            if not raw:
+                break
+            self._failing = False
+            line = self._filter.take(raw)
+            if line is not None:
+                out.append(line)
+        self._lines += len(out)
+        return out
+
+    def position(self) -> dict[str, object] | None:
+        if self._filter.last_seq is None or self._boot_id is None:
+            return None
+        return {"seq": self._filter.last_seq, "boot_id": self._boot_id}
+
+    def health(self) -> dict[str, object]:
+        return {
+            "state": "error" if self._failing else "ok",
+            "kind": "kmsg",
+            "path": self._device,
+            "lines": self._lines,
+            "rejected_not_kernel": self._filter.rejected,
+            "malformed": self._filter.malformed,
+            "lost_records": self._filter.lost,
+            "overruns": self._overruns,
+            "skipped_on_resume": self._filter.skipped,
+            "last_seq": self._filter.last_seq,
+            "boot_id": self._boot_id,
+            "start": self._start_note,
+            "last_error": self._last_error,
+        }
+
+    def close(self) -> None:
+        os.close(self._fd)
