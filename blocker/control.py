@@ -6,14 +6,21 @@ Reply:    {"ok": true, "result": ...}\\n  or  {"ok": false, "error": "why"}\\n
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import selectors
 import socket
+import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
 DEFAULT_SOCKET = "/run/blocker/blocker.sock"
 MAX_REQUEST = 64 * 1024
 Handler = Callable[[dict[str, Any]], object]
+log = logging.getLogger("blocker.control")
 
 
 class ControlError(Exception):
@@ -80,3 +87,129 @@ def dispatch(handlers: dict[str, Handler], raw: bytes) -> dict[str, object]:
         return {"ok": True, "result": handler(message)}
     except RequestError as exc:
         return {"ok": False, "error": str(exc)}
+
+
+class ControlServer:
+    """Listens on a Unix socket (mode 0600) and answers one JSON request per connection.
+
+    Connections are non-blocking and registered in the daemon's selector, so a slow or silent
+    client never stalls log reading. Peers are checked with SO_PEERCRED: only root (and the
+    daemon's own uid) are served, whatever the socket file's mode says.
+    """
+
+    def __init__(self, path: str, selector: selectors.BaseSelector,
+                 handlers: Callable[[], dict[str, Handler]],
+                 allowed_uids: frozenset[int] | None = None) -> None:
+        self.path = path
+        self.selector = selector
+        self.handlers = handlers
+        self.allowed_uids = allowed_uids or frozenset({0, os.geteuid()})
+        self.served = 0
+        self.refused = 0
+        self._buffers: dict[socket.socket, bytearray] = {}
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        _remove_stale_socket(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("control socket accept failed: %s", exc)
+                return
+            uid = _peer_uid(conn)
+            if uid not in self.allowed_uids:
+                self.refused += 1
+                log.warning("control: refused a peer with uid %s", uid)
+                self._reply(conn, {"ok": False, "error": f"permission denied for uid {uid}"})
+                continue
+            conn.setblocking(False)
+            self._buffers[conn] = bytearray()
+            self.selector.register(conn, selectors.EVENT_READ, lambda c=conn: self._read(c))
+
+    def _read(self, conn: socket.socket) -> None:
+        buffer = self._buffers[conn]
+        try:
+            chunk = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(conn)
+            return
+        buffer += chunk
+        newline = buffer.find(b"\n")
+        if newline < 0 and len(buffer) <= MAX_REQUEST:
+            return
+        raw = bytes(buffer[:newline]) if newline >= 0 else bytes(buffer)
+        self._drop(conn, close=False)
+        reply = dispatch(self.handlers(), raw)
+        self.served += 1
+        self._reply(conn, reply)
+
+    def _reply(self, conn: socket.socket, reply: dict[str, object]) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(5.0)  # a client that stops reading must not hold the daemon
+            conn.sendall((json.dumps(reply) + "\n").encode())
+        except OSError as exc:
+            log.info("control: could not send a reply: %s", exc)
+        finally:
+            conn.close()
+
+    def _drop(self, conn: socket.socket, close: bool = True) -> None:
+        self._buffers.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        if close:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in list(self._buffers):
+            self._drop(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.sock)
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by a dead daemon; refuse to start beside a live one."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"{path}: another blockerd is already listening")

@@ -1,0 +1,257 @@
+"""blockerd: the shell around Service: sources, the control socket, signals, timers.
+
+One thread, one selector. Everything that can wait (log files, the journal, /dev/kmsg, the
+control socket, signals) is a file descriptor in it; timers are the select() timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from blocker.config import Config, ConfigError, load_config
+from blocker.control import DEFAULT_SOCKET, ControlServer
+from blocker.firewall.factory import make_backend
+from blocker.host import host_addresses
+from blocker.service import Service, SourceKey
+from blocker.sources import Source, SourceError, open_source
+from blocker.state import State
+
+log = logging.getLogger("blocker")
+
+DEFAULT_CONFIG = "/etc/blocker/jails.toml"
+DEFAULT_STATE = "/var/lib/blocker"
+PRUNE_EVERY = 3600.0
+SOURCE_RETRY = 5.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockerd",
+        description="Follow the kernel log and ban what the jails recognize (runs in the "
+                    "foreground; logs to stderr).",
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
+    parser.add_argument("--log", metavar="PATH",
+                        help="kernel log to follow for every jail (overrides log_path/source)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE, help=f"default {DEFAULT_STATE}")
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="decide and log bans, touch no firewall")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and its filters, then exit")
+    parser.add_argument("--from-start", action="store_true",
+                        help="read logs from their beginning when no position is saved")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="blockerd: %(levelname)s: %(message)s", stream=sys.stderr)
+    config_path = Path(args.config)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"blockerd: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        names = ", ".join(j.name for j in config.jails)
+        print(f"config OK: {len(config.jails)} jail(s) ({names}), "
+              f"{len(config.filters)} filter(s) in {config_path}")
+        return 0
+    try:
+        daemon = Daemon(config, args)
+    except (OSError, SourceError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return daemon.run()
+
+
+class Daemon:
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.args = args
+        self.selector = selectors.DefaultSelector()
+        self.state = State(Path(args.state_dir))
+        backend_kind = "dry-run" if args.dry_run else config.firewall.backend
+        self.backend = make_backend(backend_kind, config.firewall)
+        self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
+                               log_override=args.log,
+                               reload_config=lambda: load_config(Path(args.config)))
+        self.sources: dict[SourceKey, Source] = {}
+        self.source_errors: dict[SourceKey, str] = {}
+        self.service.source_health = self._source_health
+        self.control = ControlServer(args.socket, self.selector,
+                                     lambda: self.service.handlers(time.time))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
+        self.stopping = False
+        self.reload_requested = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._note_signal)
+        signal.signal(signal.SIGINT, self._note_signal)
+        signal.signal(signal.SIGHUP, self._note_signal)
+        now = time.time()
+        self.service.start(now)
+        self.state.commit()
+        self._sync_sources()
+        interval = self.service.config.firewall.rule_check_interval
+        next_check = time.monotonic() + interval
+        next_prune = time.monotonic()
+        next_retry = time.monotonic() + SOURCE_RETRY
+        _sd_notify("READY=1\nSTATUS=following the kernel log")
+        log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
+                 ", ".join(f"{k}:{p}" for k, p in self.sources) or "none yet")
+        try:
+            while not self.stopping:
+                timeout = max(0.0, min(next_check, next_retry) - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    key.data()
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self._reload()
+                tick = time.monotonic()
+                if tick >= next_check:
+                    self.service.tick(time.time())
+                    interval = self.service.config.firewall.rule_check_interval
+                    next_check = tick + interval
+                if tick >= next_retry:
+                    self._sync_sources()
+                    next_retry = tick + SOURCE_RETRY
+                if tick >= next_prune:
+                    self.service.prune(time.time())
+                    next_prune = tick + PRUNE_EVERY
+                self.state.commit()
+        finally:
+            _sd_notify("STOPPING=1")
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        for key in list(self.sources):
+            self._close_source(key, save=True)
+        self.state.commit()
+        self.control.close()
+        self.state.close()
+        log.info("stopped; bans stay in the kernel with their timeouts")
+
+    def _note_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+
+    def _on_signal(self) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _reload(self) -> None:
+        _sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            log.info("%s", self.service.reload(time.time()))
+        except Exception as exc:  # the running configuration stays: report, never die
+            log.error("%s", exc)
+        self._sync_sources()
+        _sd_notify("READY=1")
+
+    # -- sources ---------------------------------------------------------------------------
+    def _sync_sources(self) -> None:
+        """Open a source per (kind, path) the jails need; close the ones no jail needs."""
+        wanted = set(self.service.groups)
+        for key in [k for k in self.sources if k not in wanted]:
+            self._close_source(key, save=True)
+        for key in wanted - set(self.sources):
+            kind, path = key
+            try:
+                source = open_source(kind, path, self.state.position(_position_key(key)),
+                                     from_start=self.args.from_start)
+            except (OSError, SourceError) as exc:
+                if self.source_errors.get(key) != str(exc):
+                    log.error("source %s:%s unavailable (retrying every %gs): %s",
+                              kind, path, SOURCE_RETRY, exc)
+                self.source_errors[key] = str(exc)
+                continue
+            self.source_errors.pop(key, None)
+            self.sources[key] = source
+            self.selector.register(source.fileno(), selectors.EVENT_READ,
+                                   lambda k=key: self._on_source(k))
+            log.info("following %s", source.name)
+            self._on_source(key)  # lines already waiting
+
+    def _on_source(self, key: SourceKey) -> None:
+        source = self.sources.get(key)
+        if source is None:
+            return
+        try:
+            lines = source.read()
+        except (OSError, SourceError) as exc:
+            log.error("source %s failed, reopening: %s", source.name, exc)
+            self._close_source(key, save=True)
+            self.source_errors[key] = str(exc)
+            return
+        if lines:
+            self.service.handle_lines(key, lines, time.time())
+            position = source.position()
+            if position is not None:
+                self.state.begin()
+                self.state.save_position(_position_key(key), position)
+
+    def _close_source(self, key: SourceKey, save: bool) -> None:
+        source = self.sources.pop(key)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(source.fileno())
+        if save:
+            position = source.position()
+            if position is not None:
+                self.state.begin()
+                self.state.save_position(_position_key(key), position)
+        source.close()
+
+    def _source_health(self) -> list[dict[str, object]]:
+        health: list[dict[str, object]] = []
+        for key, source in self.sources.items():
+            health.append({"source": f"{key[0]}:{key[1]}", **source.health()})
+        for key, error in self.source_errors.items():
+            health.append({"source": f"{key[0]}:{key[1]}", "state": "error", "error": error})
+        return health
+
+
+def _position_key(key: SourceKey) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness; silent when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Persistent state in sqlite: ban history, active bans, log positions.
+
+WAL journaling: a `kill -9` at any moment leaves the last committed transaction intact. The
+daemon commits bans together with the log position of the lines that caused them, so a restart
+neither replays those lines nor loses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import ip_network
+from pathlib import Path
+
+from blocker.records import Decision, Network, network_text
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bans (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    jail TEXT NOT NULL,
+    at REAL NOT NULL,
+    expires REAL,              -- NULL = permanent
+    score REAL NOT NULL DEFAULT 0,
+    filters TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT 'auto',   -- 'auto' (scoring) or 'manual' (blockerctl ban)
+    lifted REAL                -- set by an unban before expiry
+);
+CREATE INDEX IF NOT EXISTS bans_target ON bans(target);
+CREATE INDEX IF NOT EXISTS bans_expires ON bans(expires);
+CREATE TABLE IF NOT EXISTS positions (
+    source TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class BanRow:
+    target: Network
+    jail: str
+    at: float
+    expires: float  # math.inf = permanent
+    score: float
+    filters: tuple[str, ...]
+    reason: str
+    origin: str
+
+    @property
+    def target_text(self) -> str:
+        return network_text(self.target)
+
+
+class State:
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = state_dir / "state.sqlite"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        os.chmod(self.path, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is crash-safe for process death (kill -9); only power loss may drop the
+        # newest transaction, never corrupt the file.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._in_tx = False
+
+    def begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto") -> None:
+        rows = [
+            (d.target_text, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
+             d.score, ",".join(d.filters), d.reason, origin)
+            for d in decisions
+        ]
+        self.db.executemany(
+            "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def lift(self, target: Network, now: float) -> int:
+        """Mark active bans of `target` lifted; returns how many were active."""
+        cursor = self.db.execute(
+            "UPDATE bans SET lifted = ? WHERE target = ? AND lifted IS NULL "
+            "AND (expires IS NULL OR expires > ?)", (now, network_text(target), now))
+        return cursor.rowcount
+
+    def active(self, now: float) -> list[BanRow]:
+        """The newest unlifted, unexpired ban of every target."""
+        rows = self.db.execute(
+            "SELECT target, jail, at, expires, score, filters, reason, origin FROM bans "
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id", (now,))
+        newest: dict[str, BanRow] = {}
+        for row in rows:
+            ban = _row(row)
+            current = newest.get(row[0])
+            if current is None or ban.expires >= current.expires:
+                newest[row[0]] = ban
+        return list(newest.values())
+
+    def history(self, since: float) -> list[tuple[Network, float]]:
+        """(target, at) of every automatic or manual ban since `since` (for ban-time growth)."""
+        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,))
+        return [(ip_network(target, strict=False), at) for target, at in rows]
+
+    def prune(self, before: float) -> None:
+        """Forget bans that ended before `before` (older than every history window)."""
+        self.db.execute("DELETE FROM bans WHERE COALESCE(lifted, expires) < ?", (before,))
+
+    def save_position(self, source: str, data: dict[str, object]) -> None:
+        self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "
+                        "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
+                        (source, json.dumps(data)))
+
+    def position(self, source: str) -> dict[str, object] | None:
+        row = self.db.execute("SELECT data FROM positions WHERE source = ?", (source,)).fetchone()
+        if row is None:
+            return None
+        try:
+            data = json.loads(row[0])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()
+
+
+def _row(row: tuple[str, str, float, float | None, float, str, str, str]) -> BanRow:
+    target, jail, at, expires, score, filters, reason, origin = row
+    return BanRow(
+        target=ip_network(target, strict=False),
+        jail=jail,
+        at=at,
+        expires=math.inf if expires is None else expires,
+        score=score,
+        filters=tuple(f for f in filters.split(",") if f),
+        reason=reason,
+        origin=origin,
+    )
