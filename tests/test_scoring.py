@@ -1,0 +1,520 @@
+"""scoring.py: concrete ban scenarios, replayed on the events' own timestamps."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from ipaddress import ip_address, ip_network
+
+import pytest
+
+from blocker.records import Address, Decision, Hit, Network
+from blocker.scoring import JailPolicy, Scorer
+
+SYNACK = "unsolicited_synack"
+T0 = 1_700_000_000.0
+
+
+def a(text: str) -> Address:
+    return ip_address(text)
+
+
+def n(text: str) -> Network:
+    return ip_network(text)
+
+
+def hit(
+    addr: str,
+    t: float,
+    *,
+    filter_: str = SYNACK,
+    weight: float = 1.0,
+    key: tuple[object, ...] | None = None,
+) -> Hit:
+    return Hit(
+        time=T0 + t, jail="test", filter=filter_, offender=a(addr), weight=weight, distinct_key=key
+    )
+
+
+def feed_all(scorer: Scorer, hits: Iterable[Hit]) -> list[Decision]:
+    out: list[Decision] = []
+    for h in hits:
+        out.extend(scorer.feed(h))
+    return out
+
+
+def burst(addr: str, start: float, count: int = 5, step: float = 1.0) -> list[Hit]:
+    return [hit(addr, start + i * step) for i in range(count)]
+
+
+def neighbours(prefix: str, count: int) -> list[Hit]:
+    """Bursts from prefix+"1" .. prefix+str(count), 10 s apart."""
+    return [h for i in range(1, count + 1) for h in burst(f"{prefix}{i}", i * 10)]
+
+
+def targets(decisions: Sequence[Decision]) -> list[str]:
+    return [d.target_text for d in decisions]
+
+
+def scorer(**kw: object) -> Scorer:
+    return Scorer(JailPolicy(name="test", **kw))  # type: ignore[arg-type]
+
+
+# -- the score window ----------------------------------------------------------------------
+
+
+def test_five_synacks_within_a_minute_ban_exactly_once_at_the_fifth() -> None:
+    s = scorer()
+    results = [s.feed(h) for h in burst("198.51.100.7", 0, count=5, step=10)]
+    assert results[:4] == [[], [], [], []]
+    [decision] = results[4]
+    assert decision.target == n("198.51.100.7/32")
+    assert decision.target_text == "198.51.100.7"
+    assert decision.jail == "test"
+    assert decision.at == T0 + 40
+    assert decision.duration == 600.0
+    assert decision.score == 5.0
+    assert decision.filters == (SYNACK,)
+    assert decision.reason == "score 5.0 >= 5 within 60s: unsolicited_synack x5"
+    assert s.stats()["bans"] == 1
+
+
+def test_four_synacks_do_not_ban() -> None:
+    assert feed_all(scorer(), burst("198.51.100.7", 0, count=4)) == []
+
+
+def test_five_synacks_over_five_minutes_do_not_ban() -> None:
+    assert feed_all(scorer(), burst("198.51.100.7", 0, count=5, step=75)) == []
+
+
+def test_a_hit_expires_exactly_one_window_later() -> None:
+    # now - t >= window expires: the first hit is gone when the fifth arrives at +60 s.
+    assert feed_all(scorer(), burst("198.51.100.7", 0, count=5, step=15)) == []
+    assert len(feed_all(scorer(), burst("198.51.100.7", 0, count=5, step=14.99))) == 1
+
+
+def test_hits_while_banned_make_no_decision_but_are_counted() -> None:
+    s = scorer()
+    assert len(feed_all(s, burst("198.51.100.7", 0))) == 1
+    assert feed_all(s, burst("198.51.100.7", 10, count=20)) == []
+    assert s.stats()["while_banned"] == 20
+    assert s.stats()["hits"] == 25
+
+
+def test_scan_of_five_distinct_ports_bans() -> None:
+    s = scorer()
+    hits = [
+        hit("203.0.113.9", i, filter_="port_scan", key=("192.0.2.1", port))
+        for i, port in enumerate([22, 23, 80, 443, 3389])
+    ]
+    [decision] = feed_all(s, hits)
+    assert decision.filters == ("port_scan",)
+    assert decision.at == T0 + 4
+
+
+def test_one_client_retrying_the_same_closed_port_does_not_ban() -> None:
+    s = scorer()
+    hits = [
+        hit("203.0.113.9", i * 6, filter_="closed_port", key=("192.0.2.1", 8080)) for i in range(10)
+    ]
+    assert feed_all(s, hits) == []
+    # 1 in full + 9 repeats at 0.25
+    assert s.explain(a("203.0.113.9"), T0 + 54)["score"] == 3.25
+
+
+def test_repeats_count_at_repeat_factor_and_mix_with_unkeyed_hits() -> None:
+    s = scorer(threshold=3.0)
+    key = ("192.0.2.1", 25)
+    # 1 (full) + 0.25 + 0.25 + 1 (unkeyed) = 2.5, then a new key: 3.5 -> ban
+    hits = [
+        hit("203.0.113.9", 0, filter_="scan", key=key),
+        hit("203.0.113.9", 1, filter_="scan", key=key),
+        hit("203.0.113.9", 2, filter_="scan", key=key),
+        hit("203.0.113.9", 3),
+    ]
+    assert feed_all(s, hits) == []
+    [decision] = s.feed(hit("203.0.113.9", 4, filter_="scan", key=("192.0.2.1", 26)))
+    assert decision.score == 3.5
+    assert decision.filters == ("scan", SYNACK)
+    assert decision.reason.endswith(": scan x4, unsolicited_synack x1")
+
+
+def test_a_key_counts_its_heaviest_hit_in_full() -> None:
+    s = scorer(threshold=100.0)
+    key = ("192.0.2.1", 22)
+    feed_all(
+        s, [hit("203.0.113.9", 0, key=key, weight=3.0), hit("203.0.113.9", 1, key=key, weight=1.0)]
+    )
+    # max 3 + 0.25 * 1
+    assert s.explain(a("203.0.113.9"), T0 + 1)["score"] == 3.25
+    # once the heavy hit expires, a light one is the key's maximum again
+    feed_all(
+        s,
+        [
+            hit("203.0.113.9", 40, key=key, weight=1.0),
+            hit("203.0.113.9", 60.5, key=("x",), weight=0.0),
+        ],
+    )
+    assert s.explain(a("203.0.113.9"), T0 + 60.5)["score"] == 1.25
+
+
+def test_fractional_weights_reach_the_threshold_exactly() -> None:
+    s = scorer(threshold=0.3)
+    assert len(feed_all(s, [hit("198.51.100.7", i, weight=0.1) for i in range(3)])) == 1
+    s = scorer()
+    decisions = feed_all(s, [hit("198.51.100.8", i, weight=0.5) for i in range(10)])
+    assert [d.at for d in decisions] == [T0 + 9]
+
+
+def test_slightly_late_lines_still_count_and_expire_in_time_order() -> None:
+    s = scorer()
+    hits = [hit("198.51.100.7", t) for t in (10, 12, 11, 9, 30)]
+    [decision] = feed_all(s, hits)
+    assert decision.at == T0 + 30
+    late = scorer()
+    # the hit at t=0 arrives last: it is already 60 s old and must not count
+    assert feed_all(late, [*burst("198.51.100.7", 60, count=4), hit("198.51.100.7", 0)]) == []
+    assert late.stats()["stale"] == 1
+
+
+def test_bad_times_and_weights_do_not_crash() -> None:
+    s = scorer()
+    assert s.feed(hit("198.51.100.7", math.nan)) == []
+    assert s.feed(hit("198.51.100.7", math.inf)) == []
+    assert s.now == -math.inf
+    assert (
+        feed_all(s, [hit("198.51.100.7", 0, weight=math.nan), hit("198.51.100.7", 1, weight=-5.0)])
+        == []
+    )
+    [decision] = s.feed(hit("198.51.100.7", 2, weight=math.inf))
+    assert decision.duration == 600.0
+
+
+def test_per_address_hit_list_is_capped() -> None:
+    s = scorer()
+    feed_all(s, (hit("198.51.100.7", i * 0.001, weight=0.0) for i in range(5000)))
+    hits = s.explain(a("198.51.100.7"), T0 + 5)["hits"]
+    assert isinstance(hits, list)
+    assert len(hits) == 4096
+
+
+# -- ban time ------------------------------------------------------------------------------
+
+
+def test_ban_time_grows_and_caps() -> None:
+    s = scorer(ban_time=600.0, ban_factor=2.0, max_ban_time=3000.0)
+    durations = []
+    t = 0.0
+    for _ in range(5):
+        [decision] = feed_all(s, burst("198.51.100.7", t))
+        durations.append(decision.duration)
+        t = decision.at - T0 + decision.duration  # the next burst starts when the ban ends
+    assert durations == [600.0, 1200.0, 2400.0, 3000.0, 3000.0]
+
+
+def test_bans_older_than_history_window_do_not_grow_the_ban() -> None:
+    s = scorer(history_window=3600.0)
+    assert [d.duration for d in feed_all(s, burst("198.51.100.7", 0))] == [600.0]
+    assert [d.duration for d in feed_all(s, burst("198.51.100.7", 3000))] == [1200.0]
+    # the ban at +4 s is now more than an hour old; the one at +3004 s still counts
+    assert [d.duration for d in feed_all(s, burst("198.51.100.7", 5000))] == [1200.0]
+
+
+def test_permanent_bans() -> None:
+    s = scorer(ban_time=math.inf)
+    [decision] = feed_all(s, burst("198.51.100.7", 0))
+    assert decision.duration == math.inf
+    assert feed_all(s, burst("198.51.100.7", 10**7)) == []
+    assert s.explain(a("198.51.100.7"), T0 + 10**7)["banned_until"] == "permanent"
+
+
+def test_huge_ban_factor_stays_finite() -> None:
+    s = scorer(ban_factor=1e300, max_ban_time=1e6)
+    s.restore_history([(n("198.51.100.7/32"), T0 - i) for i in range(1, 100)])
+    [decision] = feed_all(s, burst("198.51.100.7", 0))
+    assert decision.duration == 1e6
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("threshold", 0.0),
+        ("window", -1.0),
+        ("window", math.nan),
+        ("ban_time", 0.0),
+        ("ban_factor", 0.5),
+        ("max_ban_time", math.inf),
+        ("repeat_factor", -0.1),
+        ("subnet_min_offenders", -1),
+        ("subnet_v4_prefix", 33),
+        ("subnet_v6_prefix", -1),
+        ("max_tracked", 0),
+    ],
+)
+def test_bad_policies_are_rejected_with_the_field_name(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=f"jail 'test': {field} must be"):
+        scorer(**{field: value})
+
+
+# -- subnet escalation ---------------------------------------------------------------------
+
+
+def test_three_offenders_in_a_slash24_escalate_to_the_subnet() -> None:
+    s = scorer()
+    first = feed_all(s, burst("203.0.113.1", 0))
+    second = feed_all(s, burst("203.0.113.2", 100))
+    third = feed_all(s, burst("203.0.113.3", 200))
+    assert targets(first) == ["203.0.113.1"]
+    assert targets(second) == ["203.0.113.2"]
+    assert targets(third) == ["203.0.113.3", "203.0.113.0/24"]
+    subnet = third[1]
+    assert subnet.target == n("203.0.113.0/24")
+    assert subnet.duration == 600.0
+    assert subnet.at == T0 + 204
+    assert subnet.reason.startswith("3 hosts >= 3 banned within 3600s in 203.0.113.0/24")
+    assert s.stats()["subnet_bans"] == 1
+    # a fourth offender while the subnet is banned: a host ban, no second subnet ban
+    assert targets(feed_all(s, burst("203.0.113.4", 300))) == ["203.0.113.4"]
+
+
+def test_two_offenders_and_an_innocent_neighbour_do_not_escalate() -> None:
+    s = scorer()
+    decisions = feed_all(
+        s,
+        [*burst("203.0.113.1", 0), *burst("203.0.113.2", 100), *burst("203.0.113.3", 200, 4)],
+    )
+    assert targets(decisions) == ["203.0.113.1", "203.0.113.2"]
+
+
+def test_offenders_spread_beyond_subnet_window_do_not_escalate() -> None:
+    s = scorer(subnet_window=3600.0)
+    decisions = feed_all(
+        s, [*burst("203.0.113.1", 0), *burst("203.0.113.2", 1800), *burst("203.0.113.3", 3700)]
+    )
+    assert targets(decisions) == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+
+
+def test_the_same_offender_banned_three_times_does_not_escalate() -> None:
+    s = scorer(ban_time=10.0)
+    decisions = feed_all(
+        s, [*burst("203.0.113.1", 0), *burst("203.0.113.1", 100), *burst("203.0.113.1", 200)]
+    )
+    assert targets(decisions) == ["203.0.113.1"] * 3
+
+
+def test_subnet_escalation_can_be_disabled() -> None:
+    s = scorer(subnet_min_offenders=0)
+    decisions = feed_all(s, neighbours("203.0.113.", 5))
+    assert targets(decisions) == [f"203.0.113.{i}" for i in range(1, 6)]
+
+
+def test_subnet_holding_an_own_address_is_never_banned() -> None:
+    s = scorer(own_addresses=(a("203.0.113.200"),))
+    decisions = feed_all(s, neighbours("203.0.113.", 5))
+    assert targets(decisions) == [f"203.0.113.{i}" for i in range(1, 6)]
+
+
+def test_subnet_overlapping_the_allowlist_is_never_banned() -> None:
+    s = scorer(allow=(n("203.0.113.128/25"),))
+    decisions = feed_all(s, neighbours("203.0.113.", 5))
+    assert targets(decisions) == [f"203.0.113.{i}" for i in range(1, 6)]
+
+
+def test_ipv6_offenders_escalate_to_their_slash64() -> None:
+    s = scorer()
+    decisions = feed_all(s, neighbours("2001:db8:1:2::", 3))
+    assert targets(decisions) == [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2::3",
+        "2001:db8:1:2::/64",
+    ]
+    assert decisions[0].target.prefixlen == 128
+
+
+def test_ipv6_offenders_in_different_slash64s_do_not_escalate() -> None:
+    s = scorer()
+    decisions = feed_all(s, [h for i in range(1, 4) for h in burst(f"2001:db8:1:{i}::1", i * 10)])
+    assert len(decisions) == 3
+
+
+def test_ipv4_mapped_offenders_are_banned_but_never_escalate_into_special_space() -> None:
+    s = scorer()
+    decisions = feed_all(s, neighbours("::ffff:203.0.113.", 3))
+    assert [d.target for d in decisions] == [n(f"::ffff:203.0.113.{i}/128") for i in range(1, 4)]
+
+
+def test_subnet_ban_time_grows_with_its_own_history() -> None:
+    s = scorer(ban_time=100.0, subnet_window=10_000.0)
+    decisions = feed_all(s, neighbours("203.0.113.", 3))
+    assert decisions[-1].duration == 100.0
+    # after the subnet ban ends, a new offender there re-escalates with a doubled ban
+    later = feed_all(s, burst("203.0.113.50", 1000))
+    assert targets(later) == ["203.0.113.50", "203.0.113.0/24"]
+    assert later[1].duration == 200.0
+
+
+# -- never banned --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "addr",
+    [
+        "127.0.0.1",
+        "::1",
+        "169.254.1.1",
+        "fe80::1",
+        "224.0.0.1",
+        "ff02::1",
+        "0.0.0.0",
+        "::",
+        "255.255.255.255",
+        "192.0.2.10",  # allowlisted address
+        "198.51.100.77",  # inside an allowlisted CIDR
+        "2001:db8:aa::5",  # inside an allowlisted IPv6 CIDR
+        "203.0.113.250",  # the host's own address
+        "2001:db8:ff::1",  # the host's own IPv6 address
+    ],
+)
+def test_never_banned(addr: str) -> None:
+    s = scorer(
+        allow=(n("192.0.2.10/32"), n("198.51.100.0/24"), n("2001:db8:aa::/48")),
+        own_addresses=(a("203.0.113.250"), a("2001:db8:ff::1")),
+    )
+    assert feed_all(s, burst(addr, 0, count=50)) == []
+    assert s.stats()["ignored"] == 50
+    assert s.tracked_count() == 0
+    assert s.explain(a(addr), T0 + 50)["never_banned_because"] in {
+        "special",
+        "allowlisted",
+        "own address",
+    }
+
+
+# -- state from outside --------------------------------------------------------------------
+
+
+def test_forget_lets_the_address_start_from_zero_but_keeps_history() -> None:
+    s = scorer()
+    feed_all(s, burst("198.51.100.7", 0, count=4))
+    s.forget(n("198.51.100.7/32"))
+    assert feed_all(s, burst("198.51.100.7", 10, count=4)) == []
+    [decision] = s.feed(hit("198.51.100.7", 20))
+    s.forget(decision.target)
+    assert feed_all(s, burst("198.51.100.7", 30, count=4)) == []
+    [again] = s.feed(hit("198.51.100.7", 40))
+    assert again.duration == 1200.0  # history survives an unban
+
+
+def test_forgotten_host_does_not_count_towards_its_subnet() -> None:
+    s = scorer()
+    feed_all(s, [*burst("203.0.113.1", 0), *burst("203.0.113.2", 100)])
+    s.forget(n("203.0.113.2/32"))
+    assert targets(feed_all(s, burst("203.0.113.3", 200))) == ["203.0.113.3"]
+
+
+def test_forgotten_subnet_is_not_re_escalated_by_old_offenders() -> None:
+    s = scorer()
+    decisions = feed_all(s, neighbours("203.0.113.", 3))
+    assert targets(decisions)[-1] == "203.0.113.0/24"
+    s.forget(n("203.0.113.0/24"))
+    assert targets(feed_all(s, burst("203.0.113.4", 100))) == ["203.0.113.4"]
+
+
+def test_restored_history_grows_the_first_ban_and_counts_for_subnets() -> None:
+    s = scorer()
+    s.restore_history(
+        [
+            (n("198.51.100.7/32"), T0 - 3600),
+            (n("203.0.113.1/32"), T0 - 600),
+            (n("203.0.113.2/32"), T0 - 300),
+            (n("192.0.2.1/32"), T0 - 86400 * 31),  # beyond history_window
+        ]
+    )
+    assert [d.duration for d in feed_all(s, burst("198.51.100.7", 0))] == [1200.0]
+    assert [d.duration for d in feed_all(s, burst("192.0.2.1", 0))] == [600.0]
+    assert targets(feed_all(s, burst("203.0.113.3", 0))) == ["203.0.113.3", "203.0.113.0/24"]
+
+
+def test_mark_banned_silences_until_the_ban_ends() -> None:
+    s = scorer()
+    s.feed(hit("198.51.100.7", 0))
+    s.mark_banned(n("198.51.100.7/32"), T0 + 1000)
+    assert s.tracked_count() == 0
+    assert feed_all(s, burst("198.51.100.7", 10, count=10)) == []
+    assert len(feed_all(s, burst("198.51.100.7", 1000))) == 1
+
+
+def test_mark_banned_subnet_is_not_escalated_again() -> None:
+    s = scorer()
+    s.mark_banned(n("203.0.113.0/24"), T0 + 10_000)
+    decisions = feed_all(s, neighbours("203.0.113.", 3))
+    assert targets(decisions) == ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+
+
+# -- bounded memory ------------------------------------------------------------------------
+
+
+def test_tracked_addresses_are_capped() -> None:
+    s = scorer(max_tracked=3)
+    for i in range(1, 11):
+        s.feed(hit(f"198.51.100.{i}", i))
+        assert s.tracked_count() <= 3
+    assert s.stats()["evicted"] == 7
+
+
+def test_eviction_spares_an_address_seen_again() -> None:
+    s = scorer(max_tracked=3)
+    for name in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1"):
+        s.feed(hit(name, 0))
+    s.feed(hit("198.51.100.4", 1))  # evicts .2, the least recently seen
+    assert s.explain(a("198.51.100.1"), T0 + 1)["score"] == 2.0
+    assert s.explain(a("198.51.100.2"), T0 + 1)["score"] == 0.0
+    assert s.explain(a("198.51.100.3"), T0 + 1)["score"] == 1.0
+
+
+def test_an_evicted_address_starts_from_zero() -> None:
+    s = scorer(max_tracked=2)
+    feed_all(s, burst("198.51.100.1", 0, count=4))
+    feed_all(s, [hit("198.51.100.2", 5), hit("198.51.100.3", 6)])
+    assert s.feed(hit("198.51.100.1", 7)) == []
+
+
+# -- introspection -------------------------------------------------------------------------
+
+
+def test_explain_is_json_and_tells_the_story() -> None:
+    s = scorer()
+    feed_all(s, [*burst("203.0.113.1", 0), *burst("203.0.113.2", 100)])
+    s.feed(hit("203.0.113.2", 200))  # banned until +704: not scored
+    s.feed(hit("203.0.113.2", 800, filter_="port_scan", key=(a("192.0.2.1"), 22)))
+    info = s.explain(a("203.0.113.2"), T0 + 801)
+    json.dumps(info, allow_nan=False)
+    assert info["score"] == 1.0
+    assert info["hits"] == [
+        {"time": T0 + 800, "filter": "port_scan", "key": ["192.0.2.1", 22], "weight": 1.0}
+    ]
+    assert info["banned_until"] is None
+    assert info["earlier_bans"] == 1
+    assert info["never_banned_because"] is None
+    assert info["subnet"] == "203.0.113.0/24"
+    assert info["subnet_offenders"] == 2
+    banned = s.explain(a("203.0.113.1"), T0 + 10)
+    assert banned["banned_until"] == T0 + 604
+    assert json.loads(json.dumps(banned, allow_nan=False)) == banned
+
+
+def test_stats_count_everything() -> None:
+    s = scorer()
+    feed_all(s, [*burst("198.51.100.7", 0, count=6), hit("127.0.0.1", 7), hit("::1", 8)])
+    assert s.stats() == {
+        "hits": 8,
+        "ignored": 2,
+        "while_banned": 1,
+        "stale": 0,
+        "tracked": 0,
+        "evicted": 0,
+        "bans": 1,
+        "subnet_bans": 0,
+    }
