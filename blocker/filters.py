@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +134,26 @@ class Filter:
 
     def hit(self, packet: Packet, jail: str, weight: float) -> Hit:
         offender = packet.src if self.offender == "src" else packet.dst
-        key: tuple[object, ...] | None = None
-        if self.distinct:
-            key = tuple(_field(packet, name) for name in self.distinct)
+        key = distinct_getter(self.distinct)(packet) if self.distinct else None
         return Hit(packet.time, jail, self.name, offender, weight, key)
 
 
-def _field(packet: Packet, name: str) -> object:
-    if name == "dport":
-        return packet.dpt
-    if name == "sport":
-        return packet.spt
-    return getattr(packet, name)
+# Filter field names -> Packet attributes.
+_PACKET_FIELD = {"src": "src", "dst": "dst", "sport": "spt", "dport": "dpt", "proto": "proto",
+                 "icmp_type": "icmp_type"}
+
+
+def distinct_getter(fields: Sequence[str]) -> Callable[[Packet], tuple[object, ...]]:
+    """A C-speed accessor returning the tuple of `fields` of a packet."""
+    names = [_PACKET_FIELD[name] for name in fields]
+    if len(names) == 1:
+        single = attrgetter(names[0])
+        return lambda packet: (single(packet),)
+    return attrgetter(*names)
+
+
+# What the Matcher keeps per candidate filter: everything `match` needs without lookups.
+_Candidate = tuple[Filter, float, bool, bool, "Callable[[Packet], tuple[object, ...]] | None"]
 
 
 class Matcher:
@@ -155,7 +164,13 @@ class Matcher:
         self.jail = jail
         self.chain = tuple(chain)
         self.prefix = prefix
-        self._candidates: dict[tuple[object, ...], tuple[tuple[Filter, float], ...]] = {}
+        self.counts: dict[str, int] = {flt.name: 0 for flt, _ in self.chain}
+        self._prepared: list[_Candidate] = [
+            (flt, weight, flt.has_dynamic, flt.offender == "src",
+             distinct_getter(flt.distinct) if flt.distinct else None)
+            for flt, weight in self.chain
+        ]
+        self._candidates: dict[tuple[object, ...], tuple[_Candidate, ...]] = {}
         self._unicast: dict[Address, bool] = {}
 
     def match(self, packet: Packet) -> Hit | None:
@@ -168,15 +183,18 @@ class Matcher:
             if len(self._candidates) > 16384:
                 self._candidates.clear()
             self._candidates[signature] = candidates
-        for flt, weight in candidates:
-            if not flt.has_dynamic or flt.dynamic_match(packet, self._unicast):
-                return flt.hit(packet, self.jail, weight)
+        for flt, weight, dynamic, from_src, key_of in candidates:
+            if dynamic and not flt.dynamic_match(packet, self._unicast):
+                continue
+            self.counts[flt.name] += 1
+            return Hit(packet.time, self.jail, flt.name, packet.src if from_src else packet.dst,
+                       weight, key_of(packet) if key_of is not None else None)
         return None
 
-    def _compute_candidates(self, packet: Packet) -> tuple[tuple[Filter, float], ...]:
+    def _compute_candidates(self, packet: Packet) -> tuple[_Candidate, ...]:
         if self.prefix is not None and self.prefix.search(packet.prefix) is None:
             return ()
-        return tuple((flt, weight) for flt, weight in self.chain if flt.static_match(packet))
+        return tuple(c for c in self._prepared if c[0].static_match(packet))
 
 
 def load_filters(directory: Path) -> dict[str, Filter]:

@@ -116,13 +116,18 @@ class KernelLogParser:
         else:
             event_time = now if source_time is None else source_time
         if head.startswith("["):
-            uptime = _UPTIME.match(head)
-            if uptime is None:
-                return None
             if k < 0 and source_time is None:
+                uptime = _UPTIME.match(head)
+                if uptime is None:
+                    return None
                 # dmesg dumps: the [uptime] stamp is the only clock the line has.
                 event_time = float(f"{uptime.group(1)}.{uptime.group(2)}")
-            head = head[uptime.end() :]
+                head = head[uptime.end() :]
+            else:
+                close = head.find("] ")
+                if close < 0:
+                    return None
+                head = head[close + 2 :]
         (iface_in, iface_out, physin, src_text, dst_text, length, ttl, hoplimit, proto,
          spt, dpt, flag_text, icmp_type, icmp_code) = m.groups()
         addresses = self._addresses
@@ -164,6 +169,13 @@ class KernelLogParser:
         """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
         fraction = 0.0
         key = header
+        if len(header) > 27 and header[19] == "." and header[26] in "+-Z" and header[4] == "-":
+            # rsyslog's RFC 3339 stamps carry exactly six fraction digits: no scanning needed.
+            digits = header[20:26]
+            if digits.isdigit():
+                cached = self._header_times.get(header[:19] + header[26:])
+                if cached is not None:
+                    return cached + int(digits) * 1e-6
         if len(header) > 20 and header[4] == "-" and header[19] == ".":
             # RFC 3339 with microseconds: cache on the whole seconds, add the fraction back.
             end = 20

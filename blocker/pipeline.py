@@ -5,9 +5,8 @@ Both `blockerctl test` (replaying a file) and blockerd (following a live log) fe
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from blocker.config import Config, Jail
 from blocker.filters import Matcher
@@ -26,7 +25,6 @@ class LineStats:
     # Looked like a LOG record but was refused: bad address, bad or forged syslog header,
     # truncated TCP record. Counted within `unparsed`.
     malformed: int = 0
-    hits: Counter[str] = field(default_factory=Counter)  # "jail/filter" -> count
 
     @property
     def unparsed(self) -> int:
@@ -61,15 +59,18 @@ class Pipeline:
     def feed_packet(self, packet: Packet, jails: Sequence[JailRunner] | None = None
                     ) -> list[Decision]:
         decisions: list[Decision] = []
-        hits = self.stats.hits
         for runner in self.runners if jails is None else jails:
             hit = runner.matcher.match(packet)
             if hit is not None:
-                hits[f"{runner.jail.name}/{hit.filter}"] += 1
                 found = runner.scorer.feed(hit)
                 if found:
                     decisions.extend(found)
         return decisions
+
+    def hit_counts(self) -> dict[str, int]:
+        """'jail/filter' -> hits so far (filters without hits included, at 0)."""
+        return {f"{runner.jail.name}/{name}": count
+                for runner in self.runners for name, count in runner.matcher.counts.items()}
 
     def feed_line(self, line: str, now: float, source_time: float | None = None,
                   jails: Sequence[JailRunner] | None = None) -> list[Decision]:

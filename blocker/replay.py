@@ -21,6 +21,7 @@ CHUNK = 1 << 20
 class ReplayResult:
     stats: LineStats
     decisions: list[Decision]
+    hits_by_filter: dict[str, int]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -28,8 +29,8 @@ class ReplayResult:
             "parsed": self.stats.parsed,
             "unparsed": self.stats.unparsed,
             "malformed": self.stats.malformed,
-            "hits": sum(self.stats.hits.values()),
-            "hits_by_filter": dict(sorted(self.stats.hits.items())),
+            "hits": sum(self.hits_by_filter.values()),
+            "hits_by_filter": {k: v for k, v in sorted(self.hits_by_filter.items()) if v},
             "bans": [decision_json(d) for d in self.decisions],
         }
 
@@ -64,7 +65,7 @@ def replay_file(path: Path, config: Config) -> ReplayResult:
         decisions: list[Decision] = []
         for text in read_text_chunks(stream):
             decisions.extend(pipeline.feed_text(text, reference))
-    return ReplayResult(pipeline.stats, decisions)
+    return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
 
 
 def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]:

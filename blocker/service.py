@@ -181,13 +181,14 @@ class Service:
 
     def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
         stats = self.pipeline.stats
+        counts = self.pipeline.hit_counts()
         jails: dict[str, object] = {}
         for runner in self.pipeline.runners:
             name = runner.jail.name
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": "{}:{}".format(*self.source_key(runner.jail)),
-                "hits": {key.split("/", 1)[1]: count for key, count in stats.hits.items()
+                "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
                          if key.startswith(name + "/")},
                 "tracked": runner.scorer.tracked_count(),
                 "active_bans": sum(1 for b in self.active.values()
