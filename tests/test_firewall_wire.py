@@ -1,0 +1,93 @@
+"""The hand-packed ipset batch messages are byte-identical to pyroute2's encoding (no root)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from ipaddress import ip_network
+
+import pytest
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_IPSET
+from pyroute2.netlink.nfnetlink.ipset import ipset_msg
+
+from blocker.firewall import ipset_wire
+from blocker.records import Network
+
+
+def pyroute2_encoding(
+    command: int, name: str, family: int, entries: list[tuple[Network, int | None]]
+) -> bytes:
+    # pyroute2 0.7 types IPSET_ATTR_LINENO as 'hex' (raw bytes), 0.9 as 'be32'.
+    raw_lineno = dict(ipset_msg.nla_map)["IPSET_ATTR_LINENO"] == "hex"
+    address = "IPSET_ATTR_IPADDR_IPV4" if family == socket.AF_INET else "IPSET_ATTR_IPADDR_IPV6"
+    data = []
+    for target, timeout in entries:
+        attrs: list[list[object]] = [
+            ["IPSET_ATTR_IP_FROM", {"attrs": [[address, str(target.network_address)]]}],
+            ["IPSET_ATTR_CIDR", target.prefixlen],
+        ]
+        if timeout is not None:
+            attrs.append(["IPSET_ATTR_TIMEOUT", timeout])
+        data.append(["IPSET_ATTR_DATA", {"attrs": attrs}])
+    msg = ipset_msg()
+    msg["header"]["type"] = (NFNL_SUBSYS_IPSET << 8) | command
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+    msg["header"]["sequence_number"] = 41
+    msg["nfgen_family"] = family
+    msg["attrs"] = [
+        ["IPSET_ATTR_PROTOCOL", 7],
+        ["IPSET_ATTR_SETNAME", name],
+        ["IPSET_ATTR_LINENO", b"\0\0\0\0" if raw_lineno else 0],
+        ["IPSET_ATTR_ADT", {"attrs": data}],
+    ]
+    msg.encode()
+    return bytes(msg.data)
+
+
+@pytest.mark.parametrize(
+    ("command", "family", "entries"),
+    [
+        (
+            ipset_wire.IPSET_CMD_ADD,
+            socket.AF_INET,
+            [(ip_network("198.51.100.7/32"), 600), (ip_network("203.0.113.0/24"), 0)],
+        ),
+        (
+            ipset_wire.IPSET_CMD_ADD,
+            socket.AF_INET6,
+            [(ip_network("2001:db8::1/128"), 2_147_483), (ip_network("2001:db8:1:2::/64"), 5)],
+        ),
+        (
+            ipset_wire.IPSET_CMD_DEL,
+            socket.AF_INET6,
+            [(ip_network("2001:db8::1/128"), None), (ip_network("2001:db8::/32"), None)],
+        ),
+    ],
+)
+def test_batch_matches_pyroute2(
+    command: int, family: int, entries: list[tuple[Network, int | None]]
+) -> None:
+    blobs = [ipset_wire.entry(target, timeout) for target, timeout in entries]
+    ours = ipset_wire.message(command, "blk4-test", family, blobs, seq=41, protocol=7)
+    assert ours == pyroute2_encoding(command, "blk4-test", family, entries)
+
+
+def test_a_full_batch_fits_the_16_bit_attribute_length() -> None:
+    widest = ipset_wire.entry(ip_network("2001:db8::/128"), 2_147_483)
+    assert len(widest) * ipset_wire.ENTRIES_PER_MESSAGE + 4 < 2**16
+
+
+def ack(seq: int, error: int) -> bytes:
+    echoed = struct.pack("=IHHII", 20, 0x609, 5, seq, 0)
+    return struct.pack("=IHHII", 16 + 4 + 16, 2, 0x100, seq, 0) + struct.pack("=i", error) + echoed
+
+
+def test_acks_yield_sequence_and_positive_error() -> None:
+    data = ack(7, 0) + ack(8, -errno.ENOENT) + ack(9, -4352)
+    assert list(ipset_wire.acks(data)) == [(7, 0), (8, errno.ENOENT), (9, 4352)]
+    assert list(ipset_wire.acks(b"\x01\x00")) == []
+    assert ipset_wire.describe(4352) == "set is full (maxelem reached)"
+    assert ipset_wire.describe(errno.ENOENT) == "set does not exist"
+    assert "EPERM" in ipset_wire.describe(errno.EPERM)
