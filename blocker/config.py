@@ -251,7 +251,9 @@ def duration(value: object, where: str, key: str, permanent_ok: bool = False) ->
     if isinstance(value, bool):
         raise ConfigError(where, key, "must be a duration like 60, '90s', '10m', '1h', '7d'")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _as_float(value)
+        if seconds is None:
+            raise ConfigError(where, key, "is far too large")
     elif isinstance(value, str) and value.strip() == "permanent" and permanent_ok:
         return math.inf
     elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
@@ -277,9 +279,20 @@ def _table(value: object, where: str, key: str) -> dict[str, Any]:
 
 
 def _number(value: object, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(where, key, "must be a number")
-    return float(value)
+    number = _as_float(value)
+    if number is None or not math.isfinite(number):
+        raise ConfigError(where, key, "must be a finite number of sensible size")
+    return number
+
+
+def _as_float(value: int | float) -> float | None:
+    """float(value), or None for integers beyond float range (TOML allows 400 digits)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _positive(value: object, where: str, key: str) -> float:

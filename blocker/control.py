@@ -74,7 +74,7 @@ def dispatch(handlers: dict[str, Handler], raw: bytes) -> dict[str, object]:
         return {"ok": False, "error": f"request too large (max {MAX_REQUEST} bytes)"}
     try:
         message = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return {"ok": False, "error": "request is not valid JSON"}
     if not isinstance(message, dict):
         return {"ok": False, "error": "request must be a JSON object"}
@@ -87,6 +87,9 @@ def dispatch(handlers: dict[str, Handler], raw: bytes) -> dict[str, object]:
         return {"ok": True, "result": handler(message)}
     except RequestError as exc:
         return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # a bug in one command must not take the daemon down
+        log.exception("control: %r failed", command)
+        return {"ok": False, "error": f"internal error in {command!r}: {exc}"}
 
 
 class ControlServer:
@@ -103,7 +106,8 @@ class ControlServer:
         self.path = path
         self.selector = selector
         self.handlers = handlers
-        self.allowed_uids = allowed_uids or frozenset({0, os.geteuid()})
+        self.allowed_uids = (frozenset({0, os.geteuid()}) if allowed_uids is None
+                             else allowed_uids)
         self.served = 0
         self.refused = 0
         self._buffers: dict[socket.socket, bytearray] = {}
@@ -133,6 +137,7 @@ class ControlServer:
             if uid not in self.allowed_uids:
                 self.refused += 1
                 log.warning("control: refused a peer with uid %s", uid)
+                _drain_briefly(conn)
                 self._reply(conn, {"ok": False, "error": f"permission denied for uid {uid}"})
                 continue
             conn.setblocking(False)
@@ -147,13 +152,13 @@ class ControlServer:
             return
         except OSError:
             chunk = b""
-        if not chunk:
+        if not chunk and not buffer.strip():
             self._drop(conn)
             return
         buffer += chunk
         newline = buffer.find(b"\n")
-        if newline < 0 and len(buffer) <= MAX_REQUEST:
-            return
+        if newline < 0 and chunk and len(buffer) <= MAX_REQUEST:
+            return  # more to come (a request ends at a newline or at end of input)
         raw = bytes(buffer[:newline]) if newline >= 0 else bytes(buffer)
         self._drop(conn, close=False)
         reply = dispatch(self.handlers(), raw)
@@ -185,6 +190,13 @@ class ControlServer:
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _drain_briefly(conn: socket.socket) -> None:
+    """Read what a refused peer already sent, so closing does not reset its connection."""
+    conn.settimeout(0.05)
+    with contextlib.suppress(OSError):
+        conn.recv(MAX_REQUEST + 1)
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

@@ -293,7 +293,10 @@ def _table(value: object, where: str, key: str) -> dict[str, Any]:
 def _number(value: object, where: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FilterError(where, key, "must be a number")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise FilterError(where, key, "is far too large") from None
 
 
 def _strings(value: object, where: str, key: str) -> list[str]:

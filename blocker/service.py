@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Any
 
-from blocker.addresses import is_special
+from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
@@ -189,7 +189,7 @@ class Service:
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": "{}:{}".format(*self.source_key(runner.jail)),
                 "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
-                         if key.startswith(name + "/")},
+                         if key.startswith(name + "/") and count},
                 "tracked": runner.scorer.tracked_count(),
                 "active_bans": sum(1 for b in self.active.values()
                                    if b.jail == name and b.expires > now),
@@ -244,9 +244,18 @@ class Service:
                 raise RequestError("duration must be longer than 0 s")
         decision = Decision(target=target, jail=runner.jail.name, at=now, duration=seconds,
                             score=0.0, filters=(), reason="manual ban (blockerctl)")
-        self.active.pop(target, None)  # an admin's ban replaces a shorter or longer one
-        self.apply([decision], now, origin="manual")
+        try:
+            self.backend.ban([(target, seconds)])
+        except (FirewallError, InvalidBan) as exc:
+            raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
+        # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
+        self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason)
+        self.state.begin()
+        self.state.lift(target, now)
+        self.state.record_bans([decision], origin="manual")
         self.state.commit()
+        log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail,
+                    "permanently" if math.isinf(seconds) else f"for {seconds:g}s", decision.reason)
         self._mark_everywhere(target, now + seconds)
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
@@ -320,10 +329,9 @@ class Service:
         """Why `target` must never be banned, or None."""
         if target.prefixlen == 0:
             return "that is every address"
-        if is_special(target.network_address) or (
-            target.prefixlen < target.max_prefixlen and is_special(target.broadcast_address)
-        ):
-            return "loopback, link-local, multicast, unspecified or reserved addresses"
+        if is_special_network(target):
+            return ("loopback, link-local, multicast, unspecified and reserved addresses"
+                    " are never banned")
         for own in self.own_addresses:
             if own in target:
                 return f"it holds this host's own address {own}"

@@ -97,17 +97,18 @@ class State:
         return cursor.rowcount
 
     def active(self, now: float) -> list[BanRow]:
-        """The newest unlifted, unexpired ban of every target."""
+        """The longest-lasting unlifted, unexpired ban of every target. An admin's ban that
+        replaces earlier ones lifts them first (Service.cmd_ban), so it decides even if shorter."""
         rows = self.db.execute(
             "SELECT target, jail, at, expires, score, filters, reason, origin FROM bans "
             "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id", (now,))
-        newest: dict[str, BanRow] = {}
+        longest: dict[str, BanRow] = {}
         for row in rows:
             ban = _row(row)
-            current = newest.get(row[0])
+            current = longest.get(row[0])
             if current is None or ban.expires >= current.expires:
-                newest[row[0]] = ban
-        return list(newest.values())
+                longest[row[0]] = ban
+        return list(longest.values())
 
     def history(self, since: float) -> list[tuple[Network, float]]:
         """(target, at) of every automatic or manual ban since `since` (for ban-time growth)."""

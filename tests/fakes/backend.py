@@ -1,0 +1,65 @@
+"""A scripted stand-in for the firewall backend: records every batch, answers list() from memory."""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Sequence
+
+from blocker.firewall.base import Bans, FirewallError, Repair, check_bans, check_targets
+from blocker.records import Network
+
+
+class FakeBackend:
+    """Validates like a real backend (check_bans/check_targets), then only remembers.
+
+    `table` maps target -> remaining seconds as last banned (no clock: tests age nothing).
+    `repairs` is what the next ensure() calls return, in order; `fail` makes every verb raise.
+    """
+
+    def __init__(self) -> None:
+        self.setups = 0
+        self.ban_batches: list[list[tuple[Network, float]]] = []
+        self.unban_batches: list[list[Network]] = []
+        self.table: dict[Network, float] = {}
+        self.repairs: list[Repair] = []
+        self.fail: str | None = None
+
+    def _check(self) -> None:
+        if self.fail is not None:
+            raise FirewallError(self.fail)
+
+    def setup(self) -> None:
+        self._check()
+        self.setups += 1
+
+    def ban(self, entries: Sequence[tuple[Network, float]]) -> None:
+        self._check()
+        clean = check_bans(entries)
+        self.ban_batches.append(list(entries))
+        for target, timeout in clean.items():
+            self.table[target] = math.inf if timeout == 0 else float(timeout)
+
+    def unban(self, targets: Sequence[Network]) -> None:
+        self._check()
+        clean = check_targets(targets)
+        self.unban_batches.append(list(targets))
+        for target in clean:
+            self.table.pop(target, None)
+
+    def list(self) -> Bans:
+        self._check()
+        return list(self.table.items())
+
+    def ensure(self) -> Repair:
+        self._check()
+        return self.repairs.pop(0) if self.repairs else Repair()
+
+    def teardown(self) -> None:
+        self.table.clear()
+
+    # -- what tests ask ---------------------------------------------------------------
+    @property
+    def banned_targets(self) -> builtins.list[Network]:
+        """Every target of every ban batch, in order."""
+        return [target for batch in self.ban_batches for target, _ in batch]
