@@ -194,6 +194,9 @@ class Daemon:
             self.selector.register(source.fileno(), selectors.EVENT_READ,
                                    lambda k=key: self._on_source(k))
             log.info("following %s", source.name)
+            # Save where we start at once: a crash before the first line must resume here,
+            # not at a later end of the file.
+            self._save_position(key, source)
             self._on_source(key)  # lines already waiting
 
     def _on_source(self, key: SourceKey) -> None:
@@ -209,21 +212,22 @@ class Daemon:
             return
         if lines:
             self.service.handle_lines(key, lines, time.time())
-            position = source.position()
-            if position is not None:
-                self.state.begin()
-                self.state.save_position(_position_key(key), position)
+            self._save_position(key, source)
 
     def _close_source(self, key: SourceKey, save: bool) -> None:
         source = self.sources.pop(key)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.selector.unregister(source.fileno())
         if save:
-            position = source.position()
-            if position is not None:
-                self.state.begin()
-                self.state.save_position(_position_key(key), position)
+            self._save_position(key, source)
         source.close()
+
+    def _save_position(self, key: SourceKey, source: Source) -> None:
+        position = source.position()
+        if position is not None:
+            self.state.begin()
+            self.state.save_position(_position_key(key), position)
+            self.state.commit()
 
     def _source_health(self) -> list[dict[str, object]]:
         health: list[dict[str, object]] = []

@@ -252,6 +252,12 @@ def parse_filter(data: dict[str, Any], where: str, default_name: str = "") -> Fi
     flags_none = _optional_flags(match, "flags_none", where) or frozenset()
     if not match:
         raise FilterError(where, "match", "a filter needs at least one condition")
+    for key, value in match.items():
+        # An empty list or regex constrains nothing: a typo must not make a filter match all.
+        if value in ([], "") and key != "flags":
+            raise FilterError(where, f"match.{key}", "must not be empty")
+    if ignore.get("prefix") == "":
+        raise FilterError(where, "ignore.prefix", "must not be empty")
     dst_unicast = match.get("dst_unicast", False)
     if not isinstance(dst_unicast, bool):
         raise FilterError(where, "match.dst_unicast", "must be true or false")

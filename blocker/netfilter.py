@@ -21,13 +21,12 @@ from ipaddress import ip_address
 from blocker.records import Address, Packet
 
 _KERNEL_TAG = " kernel: "
-_TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) \S+")
+_TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60) \S+")
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(Z|[+-]\d\d:?\d\d)? \S+"
 )
 # A line that starts like a syslog timestamp but carries no kernel tag came from a user process.
 _SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
-_UPTIME = re.compile(r"\[\s*(\d+)\.(\d+)\] ?")
 # Field order is fixed by the kernel (nf_log_ipv4/ipv6); optional parts are the bridge
 # (PHYSIN/PHYSOUT), MAC, IP options/flags before PROTO, and TCP sequence numbers.
 _PACKET = re.compile(
@@ -35,8 +34,10 @@ _PACKET = re.compile(
     r"SRC=([0-9A-Fa-f.:]+) DST=([0-9A-Fa-f.:]+) LEN=(\d+) "
     r"(?:TOS=\S+ PREC=\S+ TTL=(\d+) ID=\d+ |TC=\d+ HOPLIMIT=(\d+) FLOWLBL=\d+ )?"
     r"(?:\S+ )*?PROTO=(\w+)"
-    r"(?: SPT=(\d+) DPT=(\d+)(?: SEQ=\d+ ACK=\d+)?(?: WINDOW=\d+ RES=\S+ ((?:[A-Z]{3} )*)URGP=)?"
-    r"| TYPE=(\d+) CODE=(\d+))?"
+    # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
+    # cut in the middle of a port number.
+    r"(?: SPT=(\d+) DPT=(\d+) (?:SEQ=\d+ ACK=\d+ )?(?:WINDOW=\d+ RES=\S+ ((?:[A-Z]{3} )*)URGP=)?"
+    r"| TYPE=(\d+) CODE=(\d+)(?= |$)| (INCOMPLETE) \[)?"
 )
 _MONTHS = {
     name: number
@@ -45,6 +46,10 @@ _MONTHS = {
     )
 }
 _NO_FLAGS: frozenset[str] = frozenset()
+# What nf_log prints after PROTO= (anything else it prints as a number).
+_KNOWN_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "ICMP", "ICMPv6", "AH", "ESP"))
+_PORT_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
+_ICMP_PROTOS = frozenset(("ICMP", "ICMPv6"))
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _CACHE_LIMIT = 65536
 # Traditional timestamps carry no year: one further in the future than this is last year's.
@@ -56,10 +61,16 @@ class KernelLogParser:
 
     def __init__(self) -> None:
         self._header_times: dict[str, float | None] = {}
-        self._header_day = -1
+        # Year inference depends on `now`: cached header times are valid for one day of it.
+        self._cache_from = self._cache_until = 0.0
         self._addresses: dict[str, Address | None] = {}
         self._flags: dict[str, frozenset[str] | None] = {}
         self._rejected = 0
+
+    def _reset_header_cache(self, now: float) -> None:
+        self._header_times.clear()
+        day = now // 86400 * 86400
+        self._cache_from, self._cache_until = day, day + 86400
 
     def take_rejected(self) -> int:
         """LOG-like lines parse_text refused since the last call (for the 'malformed' count)."""
@@ -75,7 +86,10 @@ class KernelLogParser:
         m = _PACKET.search(line)
         if m is None:
             return None
-        return self._packet(m, line[: m.start()], now, source_time)
+        packet = self._packet(m, line[: m.start()], now, source_time)
+        if packet is None:
+            self._rejected += 1
+        return packet
 
     def parse_text(self, text: str, now: float) -> Iterator[Packet]:
         """Packets of every valid LOG line in `text` (many lines; the regex skips the rest in C).
@@ -102,6 +116,8 @@ class KernelLogParser:
         self, m: re.Match[str], head: str, now: float, source_time: float | None
     ) -> Packet | None:
         """Build the Packet from a regex match and the text before 'IN=' on its line."""
+        if now >= self._cache_until or now < self._cache_from:
+            self._reset_header_cache(now)
         k = head.find(_KERNEL_TAG)
         if k >= 0:
             header = head[:k]
@@ -116,24 +132,21 @@ class KernelLogParser:
         else:
             event_time = now if source_time is None else source_time
         if head.startswith("["):
-            if k < 0 and source_time is None:
-                uptime = _UPTIME.match(head)
-                if uptime is None:
-                    return None
-                # dmesg dumps: the [uptime] stamp is the only clock the line has.
-                event_time = float(f"{uptime.group(1)}.{uptime.group(2)}")
-                head = head[uptime.end() :]
-            else:
-                close = head.find("] ")
-                if close < 0:
-                    return None
-                head = head[close + 2 :]
+            # Only an [uptime] stamp is stripped: "[UFW ALLOW]" is a LOG prefix and stays.
+            close = head.find("]")
+            if close > 1 and head[1:close].strip().replace(".", "", 1).isdigit():
+                if k < 0 and source_time is None:
+                    # dmesg dumps: the [uptime] stamp is the only clock the line has.
+                    event_time = float(head[1:close].strip())
+                head = head[close + 1 :]
         (iface_in, iface_out, physin, src_text, dst_text, length, ttl, hoplimit, proto,
-         spt, dpt, flag_text, icmp_type, icmp_code) = m.groups()
+         spt, dpt, flag_text, icmp_type, icmp_code, incomplete) = m.groups()
         addresses = self._addresses
         src = addresses.get(src_text) or self._address(src_text)
         dst = addresses.get(dst_text) or self._address(dst_text)
         if src is None or dst is None or src.version != dst.version:
+            return None
+        if not self._complete(proto, dpt, icmp_type, incomplete):
             return None
         if proto == "TCP":
             if flag_text is None:
@@ -165,6 +178,22 @@ class KernelLogParser:
             physin or "",
         )
 
+    @staticmethod
+    def _complete(proto: str, dpt: str | None, icmp_type: str | None,
+                  incomplete: str | None) -> bool:
+        """False for a record cut short (a partial last line): its fields would be wrong.
+
+        A protocol number at the very end of a line cannot be told from a cut one (real
+        logs end "PROTO=2" with and without a trailing space), so numbers are taken as they are.
+        """
+        if incomplete or proto.isdigit():  # INCOMPLETE: the kernel says the header was cut
+            return True
+        if proto in _PORT_PROTOS:
+            return dpt is not None
+        if proto in _ICMP_PROTOS:
+            return icmp_type is not None
+        return proto in _KNOWN_PROTOS  # e.g. "PROTO=TC": cut inside the protocol name
+
     def _header_time(self, header: str, now: float) -> float | None:
         """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
         fraction = 0.0
@@ -183,11 +212,8 @@ class KernelLogParser:
                 end += 1
             fraction = float("0" + header[19:end])
             key = header[:19] + header[end:]
-        day = int(now // 86400)
-        if day != self._header_day or len(self._header_times) >= _CACHE_LIMIT:
-            # Year inference depends on `now`, so cached answers live for one day at most.
+        if len(self._header_times) >= _CACHE_LIMIT:
             self._header_times.clear()
-            self._header_day = day
         try:
             base = self._header_times[key]
         except KeyError:

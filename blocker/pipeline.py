@@ -10,12 +10,13 @@ from dataclasses import dataclass, replace
 
 from blocker.config import Config, Jail
 from blocker.filters import Matcher
-from blocker.netfilter import KernelLogParser, looks_like_netfilter
+from blocker.netfilter import KernelLogParser
 from blocker.records import Address, Decision, Packet
 from blocker.scoring import JailPolicy, Scorer
 
-# Longer lines are cut before parsing: a LOG record is < 1 KiB, so nothing real is lost.
-MAX_LINE = 16384
+# Longer lines are cut before parsing: a LOG record is < 1 KiB, so nothing real is lost,
+# and the parser's worst case on adversarial text stays small.
+MAX_LINE = 4096
 
 
 @dataclass
@@ -80,8 +81,7 @@ class Pipeline:
             line = line[:MAX_LINE]
         packet = self.parser.parse(line, now, source_time)
         if packet is None:
-            if looks_like_netfilter(line):
-                self.stats.malformed += 1
+            self.stats.malformed += self.parser.take_rejected()
             return []
         self.stats.parsed += 1
         return self.feed_packet(packet, jails)

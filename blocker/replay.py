@@ -68,6 +68,30 @@ def replay_file(path: Path, config: Config) -> ReplayResult:
     return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
 
 
+def _cut_long_lines(data: bytes) -> bytes:
+    """`data` (whole lines) with every line longer than MAX_LINE cut to MAX_LINE."""
+    pos = 0
+    size = len(data)
+    pieces: list[bytes] = []
+    start = 0
+    while pos < size:
+        # Some newline within the next MAX_LINE + 1 bytes means no overlong line starts here:
+        # jump past the last one, so normal text costs one search per ~MAX_LINE bytes.
+        window_end = min(size, pos + MAX_LINE + 1)
+        newline = data.rfind(b"\n", pos, window_end)
+        if newline >= 0:
+            pos = newline + 1
+            continue
+        end = data.find(b"\n", pos)
+        end = size if end < 0 else end
+        pieces += [data[start : pos + MAX_LINE]]
+        start = pos = end
+    if not pieces:
+        return data
+    pieces.append(data[start:])
+    return b"".join(pieces)
+
+
 def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]:
     """Complete lines, decoded leniently, in ~chunk_size pieces; overlong lines are cut.
 
@@ -86,7 +110,7 @@ def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]
         cut = data.rfind(b"\n")
         if cut >= 0:
             pending = data[cut + 1 :]
-            yield data[: cut + 1].decode("utf-8", "replace")
+            yield _cut_long_lines(data[: cut + 1]).decode("utf-8", "replace")
         else:
             pending = data
         if len(pending) > MAX_LINE:

@@ -1,0 +1,484 @@
+"""netfilter.py: one kernel LOG line -> Packet | None, for every line form admins have."""
+
+from __future__ import annotations
+
+import re
+import time
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from loglines import BASE, HOST4, MAC4, MAC6, PROBER4, outgoing_rst, outgoing_syn, synack
+
+from blocker.netfilter import KernelLogParser, looks_like_netfilter
+from blocker.records import Packet
+
+NOW = BASE + 3600.0
+V4_BODY = (
+    f"IN=eth0 OUT= {MAC4} SRC=203.0.113.66 DST=192.0.2.10 LEN=40 TOS=0x00 PREC=0x00 TTL=64 "
+    "ID=0 PROTO=TCP SPT=2372 DPT=0 WINDOW=512 RES=0x00 ACK SYN URGP=0 "
+)
+V6_BODY = (
+    f"IN=eth0 OUT= {MAC6} SRC=2001:0db8:0000:0000:0000:0000:0000:0042 "
+    "DST=2001:0db8:0000:0000:0000:0000:0000:0010 LEN=80 TC=0 HOPLIMIT=57 FLOWLBL=0 "
+    "PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 SYN URGP=0 "
+)
+UDP_BODY = (
+    f"IN=eth1 OUT= {MAC4} SRC=198.51.100.7 DST=192.0.2.10 LEN=28 TOS=0x00 PREC=0x00 TTL=50 "
+    "ID=54985 PROTO=UDP SPT=44318 DPT=1146 LEN=8 "
+)
+ICMP_BODY = (
+    f"IN=eth0 OUT= {MAC4} SRC=198.51.100.7 DST=192.0.2.10 LEN=28 TOS=0x00 PREC=0x00 TTL=64 "
+    "ID=18443 PROTO=ICMP TYPE=8 CODE=0 ID=2158 SEQ=512 "
+)
+PROTO_BODY = (
+    f"IN=eth0 OUT= {MAC4} SRC=198.51.100.7 DST=192.0.2.10 LEN=20 TOS=0x00 PREC=0x00 TTL=56 "
+    "ID=50515 PROTO=162 "
+)
+
+
+def parse(line: str, now: float = NOW, source_time: float | None = None) -> Packet | None:
+    return KernelLogParser().parse(line, now, source_time)
+
+
+def must_parse(line: str, now: float = NOW, source_time: float | None = None) -> Packet:
+    packet = parse(line, now, source_time)
+    assert packet is not None, line
+    return packet
+
+
+def local(*fields: int) -> float:
+    """Epoch of a local wall-clock time (traditional syslog stamps are local time)."""
+    return time.mktime((*fields, 0, 0, -1))
+
+
+# ---- timestamps --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-22T02:04:54.684948+00:00", BASE + 0.684948),
+        ("2026-11-22T04:04:54.684948+02:00", BASE + 0.684948),
+        ("2026-11-21T21:04:54.5-05:00", BASE + 0.5),
+        ("2026-11-22T02:04:54Z", BASE),
+        ("2026-11-22T02:04:54.25Z", BASE + 0.25),
+        ("2026-11-22T02:04:54+00:00", BASE),
+        ("2026-11-22T03:34:54+0130", BASE),
+        ("2026-11-22T02:04:54.123456789+00:00", BASE + 0.123456789),
+    ],
+)
+def test_rfc3339_timestamps_to_epoch(stamp: str, expected: float) -> None:
+    packet = must_parse(f"{stamp} host kernel: DROP {V4_BODY}")
+    assert packet.time == pytest.approx(expected, abs=1e-6)
+    assert packet.prefix == "DROP"
+
+
+def test_rfc3339_without_zone_is_local_time() -> None:
+    packet = must_parse(f"2026-11-22T02:04:54 host kernel: DROP {V4_BODY}")
+    assert packet.time == local(2026, 11, 22, 2, 4, 54)
+
+
+def test_traditional_timestamp_is_placed_in_the_year_of_now() -> None:
+    now = local(2026, 11, 22, 3, 0, 0)
+    packet = must_parse(f"Nov 22 02:04:54 host kernel: [81795.100496] DROP {V4_BODY}", now)
+    assert packet.time == local(2026, 11, 22, 2, 4, 54)
+    padded = must_parse(f"Nov  2 02:04:54 host kernel: DROP {V4_BODY}", now)
+    assert padded.time == local(2026, 11, 2, 2, 4, 54)
+
+
+def test_year_rollover_a_december_line_read_on_new_year_is_last_year() -> None:
+    now = local(2027, 1, 1, 0, 0, 10)
+    packet = must_parse(f"Dec 31 23:59:59 host kernel: DROP {V4_BODY}", now)
+    assert packet.time == local(2026, 12, 31, 23, 59, 59)
+
+
+def test_a_line_slightly_in_the_future_stays_in_this_year() -> None:
+    # Clock skew between the logger and the reader: days ahead is this year, not last year.
+    now = local(2026, 11, 22, 3, 0, 0)
+    assert must_parse(f"Nov 28 02:04:54 host kernel: DROP {V4_BODY}", now).time == local(
+        2026, 11, 28, 2, 4, 54)
+    assert must_parse(f"Dec  5 02:04:54 host kernel: DROP {V4_BODY}", now).time == local(
+        2025, 12, 5, 2, 4, 54)
+
+
+def test_year_inference_follows_now_on_a_reused_parser() -> None:
+    line = f"Dec 31 23:59:59 host kernel: DROP {V4_BODY}"
+    parser = KernelLogParser()
+    first = parser.parse(line, local(2026, 1, 1, 0, 0, 10))
+    second = parser.parse(line, local(2027, 1, 1, 0, 0, 10))
+    assert first is not None and second is not None
+    assert first.time == local(2025, 12, 31, 23, 59, 59)
+    assert second.time == local(2026, 12, 31, 23, 59, 59)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Foo 22 02:04:54 host kernel: ",  # no such month
+        "2026-13-22T02:04:54Z host kernel: ",  # no such month
+        "2026-11-22T02:04:54+00:00 kernel: ",  # no host field
+        "Nov 22 02:04:54 kernel: ",
+    ],
+)
+def test_bad_headers_are_refused(header: str) -> None:
+    assert parse(f"{header}DROP {V4_BODY}") is None
+
+
+def test_uptime_is_skipped_after_a_syslog_header() -> None:
+    packet = must_parse(f"Nov 22 02:04:54 host kernel: [ 3445.031964] DROP {V4_BODY}",
+                        local(2026, 11, 22, 3, 0, 0))
+    assert packet.prefix == "DROP"
+    assert packet.time == local(2026, 11, 22, 2, 4, 54)
+
+
+def test_dmesg_uptime_is_the_clock_when_nothing_else_is_known() -> None:
+    assert must_parse(f"[81795.100496] DROP {V4_BODY}").time == pytest.approx(81795.100496)
+    assert must_parse(f"[81795.100496] DROP {V4_BODY}", source_time=5.0).time == 5.0
+
+
+def test_headerless_text_takes_source_time_else_now() -> None:
+    assert must_parse(f"DROP {V4_BODY}").time == NOW
+    packet = must_parse(f"DROP {V4_BODY}", source_time=BASE + 1.5)
+    assert packet.time == BASE + 1.5
+    assert packet.prefix == "DROP"
+    assert must_parse(V4_BODY).prefix == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "source_time"),
+    [
+        (f"[UFW BLOCK] {V4_BODY}", None),
+        (f"[UFW BLOCK] {V4_BODY}", BASE),
+        (f"Nov 22 02:04:54 host kernel: [UFW BLOCK] {V4_BODY}", None),
+        (f"2026-11-22T02:04:54.684948+00:00 host kernel: [UFW BLOCK] {V4_BODY}", None),
+    ],
+    ids=["headerless", "journald-source-time", "traditional-no-uptime", "rfc3339"],
+)
+def test_bracketed_prefix_without_uptime(line: str, source_time: float | None) -> None:
+    assert must_parse(line, source_time=source_time).prefix == "[UFW BLOCK]"
+
+
+def test_bracketed_prefix_after_uptime() -> None:
+    line = f"Nov 22 02:04:54 host kernel: [81795.100496] [UFW BLOCK] {V4_BODY}"
+    assert must_parse(line).prefix == "[UFW BLOCK]"
+
+
+# ---- fields ------------------------------------------------------------------------------
+
+
+def test_ipv4_tcp_fields() -> None:
+    packet = must_parse(f"2026-11-22T02:04:54Z host kernel: UNKNOWN_INCOMING: {V4_BODY}")
+    assert packet == Packet(
+        time=BASE, prefix="UNKNOWN_INCOMING:", iface_in="eth0", iface_out="",
+        src=IPv4Address("203.0.113.66"), dst=IPv4Address("192.0.2.10"), proto="TCP",
+        spt=2372, dpt=0, flags=frozenset({"SYN", "ACK"}), length=40, ttl=64,
+    )
+    assert packet.direction == "in"
+
+
+def test_ipv6_addresses_are_normalized_and_hoplimit_is_ttl() -> None:
+    packet = must_parse(f"DROP {V6_BODY}")
+    assert packet.src == IPv6Address("2001:db8::42")
+    assert str(packet.src) == "2001:db8::42"
+    assert str(packet.dst) == "2001:db8::10"
+    assert (packet.length, packet.ttl, packet.flags) == (80, 57, frozenset({"SYN"}))
+    upper = must_parse(f"DROP {V6_BODY.replace('0db8', '0DB8')}")
+    assert upper.src == packet.src
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        ("ACK SYN ", {"ACK", "SYN"}),
+        ("RST ", {"RST"}),
+        ("FIN ", {"FIN"}),
+        ("URG PSH FIN ", {"URG", "PSH", "FIN"}),
+        ("ACK RST ", {"ACK", "RST"}),
+        ("CWR ECE SYN ", {"CWR", "ECE", "SYN"}),
+        ("CWR ECE URG ACK PSH RST SYN FIN ", {"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN",
+                                              "FIN"}),
+        ("", set()),
+    ],
+)
+def test_tcp_flag_sets(text: str, flags: set[str]) -> None:
+    body = V4_BODY.replace("ACK SYN ", text)
+    assert must_parse(f"DROP {body}").flags == frozenset(flags)
+
+
+@pytest.mark.parametrize("text", ["FOO ", "SYN XYZ ", "syn "])
+def test_unknown_tcp_flag_words_are_refused(text: str) -> None:
+    assert parse(f"DROP {V4_BODY.replace('ACK SYN ', text)}") is None
+
+
+def test_tcp_sequence_numbers_and_tcp_options() -> None:
+    body = V4_BODY.replace("DPT=0 ", "DPT=0 SEQ=3149642317 ACK=1 ").replace(
+        "URGP=0 ", "URGP=0 OPT (020405B40402080A5A2A3B3C0000000001030307) ")
+    packet = must_parse(f"DROP {body}")
+    assert (packet.spt, packet.dpt, packet.flags) == (2372, 0, frozenset({"ACK", "SYN"}))
+
+
+def test_ip_options_and_flags_before_proto() -> None:
+    body = V4_BODY.replace("ID=0 ", "ID=0 CE DF MF OPT (07070400000000) ")
+    packet = must_parse(f"DROP {body}")
+    assert (packet.proto, packet.dpt) == ("TCP", 0)
+
+
+def test_topera_ipv6_extension_options_before_proto() -> None:
+    line = (
+        "Dec 20 20:10:01 rohan kernel: [  449.059230] DROP IN=eth0 OUT= "
+        "MAC=00:1b:b9:76:9c:e4:00:13:46:3a:41:36:86:dd "
+        "SRC=2001:0db8:1234:0000:0000:0000:0000:0001 DST=2001:0db8:1234:0000:0000:0000:0000:0002 "
+        "LEN=132 TC=0 HOPLIMIT=64 FLOWLBL=0 OPT ( ) OPT ( ) OPT ( ) OPT ( ) OPT ( ) OPT ( ) "
+        "OPT ( ) OPT ( ) OPT ( ) PROTO=TCP SPT=58537 DPT=1234 WINDOW=8192 RES=0x00 SYN URGP=0 "
+    )
+    packet = must_parse(line, local(2026, 12, 21, 0, 0, 0))
+    assert str(packet.src) == "2001:db8:1234::1"
+    assert (packet.proto, packet.dpt, packet.ttl) == ("TCP", 1234, 64)
+
+
+def test_udp_icmp_and_protocol_numbers() -> None:
+    udp = must_parse(f"DROP {UDP_BODY}")
+    assert (udp.proto, udp.spt, udp.dpt, udp.flags, udp.length) == ("UDP", 44318, 1146,
+                                                                     frozenset(), 28)
+    icmp = must_parse(f"ICMP {ICMP_BODY}")
+    assert (icmp.proto, icmp.icmp_type, icmp.icmp_code, icmp.spt) == ("ICMP", 8, 0, None)
+    other = must_parse(f"DROP {PROTO_BODY}")
+    assert (other.proto, other.spt, other.icmp_type, other.ttl) == ("162", None, None, 56)
+    lite_body = PROTO_BODY.replace("PROTO=162 ", "PROTO=UDPLITE INCOMPLETE [0 bytes] ")
+    lite = must_parse(f"DROP {lite_body}")
+    assert lite.proto == "UDPLITE"
+
+
+def test_icmpv6_type_and_code() -> None:
+    body = V6_BODY.split("PROTO=", maxsplit=1)[0] + "PROTO=ICMPv6 TYPE=135 CODE=0 "
+    packet = must_parse(f"DROP {body}")
+    assert (packet.proto, packet.icmp_type, packet.icmp_code) == ("ICMPv6", 135, 0)
+
+
+def test_icmp_error_takes_the_outer_packet_not_the_quoted_one() -> None:
+    line = (
+        f"DROP IN=eth0 OUT= {MAC4} SRC=198.51.100.1 DST=192.0.2.10 LEN=68 TOS=0x00 PREC=0xC0 "
+        "TTL=63 ID=1 PROTO=ICMP TYPE=3 CODE=3 [SRC=192.0.2.10 DST=203.0.113.66 LEN=40 "
+        "TOS=0x00 PREC=0x00 TTL=63 ID=2 PROTO=TCP SPT=40000 DPT=80 WINDOW=0 RES=0x00 "
+        "ACK SYN URGP=0 ] "
+    )
+    packet = must_parse(line)
+    assert (str(packet.src), str(packet.dst)) == ("198.51.100.1", "192.0.2.10")
+    assert (packet.proto, packet.icmp_type, packet.icmp_code) == ("ICMP", 3, 3)
+    assert (packet.spt, packet.dpt, packet.flags, packet.length) == (None, None, frozenset(), 68)
+    assert list(KernelLogParser().parse_text(line + "\n", NOW)) == [packet]
+
+
+def test_bridge_physin_lines() -> None:
+    body = V4_BODY.replace("IN=eth0 OUT= ", "IN=br0 OUT= PHYSIN=eth0 ")
+    packet = must_parse(f"DROP {body}")
+    assert (packet.iface_in, packet.physin, packet.direction) == ("br0", "eth0", "in")
+    forward = V4_BODY.replace("IN=eth0 OUT= ", "IN=br0 OUT=br0 PHYSIN=eth0 PHYSOUT=eth1 ")
+    bridged = must_parse(f"FWD {forward}")
+    assert (bridged.physin, bridged.direction) == ("eth0", "forward")
+
+
+def test_missing_mac_and_direction() -> None:
+    out = must_parse(outgoing_rst())
+    assert (out.iface_in, out.iface_out, out.direction) == ("", "eth0", "out")
+    assert (str(out.src), str(out.dst), out.flags) == (HOST4, PROBER4, frozenset({"RST"}))
+    assert out.prefix == "UNKNOWN_OUTGOING:"
+    assert must_parse(outgoing_syn()).flags == frozenset({"SYN"})
+    inbound = must_parse(synack())
+    assert inbound.direction == "in"
+    forward = must_parse(f"FWD {V4_BODY.replace('OUT= ', 'OUT=eth1 ')}")
+    assert forward.direction == "forward"
+    no_mac = must_parse(f"DROP {V4_BODY.replace(MAC4 + ' ', '')}")
+    assert no_mac == must_parse(f"DROP {V4_BODY}")
+
+
+# ---- refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Nov 22 02:04:54 host sshd[1]: Invalid user x from 198.51.100.9 kernel: DROP {V4_BODY}",
+        f"Nov 22 02:04:54 host sshd[1]: kernel: DROP {V4_BODY}",
+        f"Nov 22 02:04:54 host myapp[77]: DROP {V4_BODY}",
+        f"2026-11-22T02:04:54.684948+00:00 host myapp[77]: DROP {V4_BODY}",
+        f"2026-11-22T02:04:54.684948+00:00 host myapp[77]: x kernel: DROP {V4_BODY}",
+        f"Nov 22 02:04:54 host kernel[12]: DROP {V4_BODY}",
+    ],
+    ids=["sshd-kernel-text", "sshd-kernel-tag", "user-tag", "rfc-user-tag", "rfc-forged",
+         "kernel-with-pid"],
+)
+def test_forged_tag_lines_are_refused(line: str) -> None:
+    assert parse(line) is None
+    assert list(KernelLogParser().parse_text(line + "\n", NOW)) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        V4_BODY.replace("SRC=203.0.113.66", "SRC=999.1.1.1"),
+        V4_BODY.replace("DST=192.0.2.10", "DST=192.0.2"),
+        V6_BODY.replace("SRC=2001:0db8:0000:0000:0000:0000:0000:0042", "SRC=2001:zz::"),
+        V6_BODY.replace("SRC=2001:0db8:0000:0000:0000:0000:0000:0042", "SRC=2001:db8::1::2"),
+        V4_BODY.replace("DST=192.0.2.10", "DST=2001:0db8:0000:0000:0000:0000:0000:0010"),
+        V6_BODY.replace("SRC=2001:0db8:0000:0000:0000:0000:0000:0042", "SRC=203.0.113.66"),
+        V4_BODY.replace("SRC=203.0.113.66", "SRC="),
+    ],
+    ids=["v4-999", "v4-short", "v6-zz", "v6-double-colon", "mixed-4-6", "mixed-6-4", "empty"],
+)
+def test_bad_and_mixed_addresses_are_refused(body: str) -> None:
+    assert parse(f"DROP {body}") is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "\x00\x01\x02\xff\xfe",
+        "IN=",
+        "IN=eth0 OUT= SRC=1.2.3.4",
+        "DROP IN=eth0 OUT= SRC=203.0.113.66 DST=192.0.2.10 LEN=x PROTO=TCP",
+        "Nov 22 02:04:54 host kernel: random kernel chatter without a packet",
+        "x" * 1_000_000,
+        "IN=a OUT=b " * 100_000,
+    ],
+    ids=["empty", "binary", "IN-only", "no-dst", "bad-len", "chatter", "1MB", "1MB-IN"],
+)
+def test_garbage_is_not_a_packet(line: str) -> None:
+    assert parse(line) is None
+    assert list(KernelLogParser().parse_text(line, NOW)) == []
+
+
+def test_a_valid_record_after_a_huge_head_does_not_raise() -> None:
+    packet = parse("A " * 500_000 + f"DROP {V4_BODY}")
+    assert packet is None or str(packet.src) == PROBER4
+
+
+# ---- truncation --------------------------------------------------------------------------
+
+FULL_LINES = {
+    "tcp-v4": f"Nov 22 02:04:54 host kernel: [81795.100496] DROP {V4_BODY}",
+    "tcp-v6": f"2026-11-22T02:04:54.684948+00:00 host kernel: DROP {V6_BODY}",
+    "udp": f"DROP {UDP_BODY}",
+    "icmp": f"[81795.100496] ICMP {ICMP_BODY}",
+    "proto": f"DROP {PROTO_BODY}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_LINES))
+def test_every_prefix_cut_before_proto_is_refused(name: str) -> None:
+    line = FULL_LINES[name]
+    for cut in range(line.index("PROTO=") + len("PROTO=")):
+        assert parse(line[:cut]) is None, line[:cut]
+
+
+@pytest.mark.parametrize("name", sorted(FULL_LINES))
+def test_a_cut_after_the_last_field_changes_nothing(name: str) -> None:
+    line = FULL_LINES[name]
+    full = must_parse(line)
+    end = len(line.rstrip())
+    for cut in range(end, len(line) + 1):
+        assert parse(line[:cut]) == full
+
+
+@pytest.mark.parametrize("name", sorted(FULL_LINES))
+def test_every_prefix_is_refused_or_the_full_packet(name: str) -> None:
+    line = FULL_LINES[name]
+    full = must_parse(line)
+    wrong = [line[:cut] for cut in range(len(line))
+             if (packet := parse(line[:cut])) is not None and packet != full
+             and not _cut_inside_a_trailing_protocol_number(line, cut)]
+    assert wrong == []
+
+
+def _cut_inside_a_trailing_protocol_number(line: str, cut: int) -> bool:
+    """Known limit: "PROTO=16" cut to "PROTO=1" at the end of a line looks whole (real logs
+    end "PROTO=2" both with and without a trailing space)."""
+    number = re.search(r"PROTO=(\d+) ?$", line)
+    return number is not None and number.start(1) < cut <= number.end(1)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(FULL_LINES)), st.data())
+def test_truncated_lines_never_raise_nor_misplace_the_header(name: str, data: st.DataObject
+                                                             ) -> None:
+    line = FULL_LINES[name]
+    cut = data.draw(st.integers(0, len(line)))
+    full = must_parse(line)
+    packet = parse(line[:cut])
+    if packet is None:
+        return
+    assert (packet.time, packet.prefix, packet.iface_in, packet.iface_out, packet.src,
+            packet.dst, packet.length, packet.ttl) == (
+        full.time, full.prefix, full.iface_in, full.iface_out, full.src, full.dst,
+        full.length, full.ttl)
+    if packet.proto == "TCP":
+        assert packet == full  # a TCP record is only accepted once its flags are complete
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=400) | st.binary(max_size=400).map(lambda b: b.decode("latin-1")))
+def test_arbitrary_text_never_raises(text: str) -> None:
+    packet = parse(text)
+    assert packet is None or isinstance(packet, Packet)
+    assert looks_like_netfilter(text) in (True, False)
+    for packet in KernelLogParser().parse_text(text, NOW):
+        assert isinstance(packet, Packet)
+
+
+VALID_LINES = [*FULL_LINES.values(), synack(), outgoing_rst(), outgoing_syn(),
+               synack("2001:db8::42", at=None), outgoing_rst("2001:db8::42")]
+_noise = st.text(st.characters(blacklist_characters="\n"), max_size=120)
+
+
+def _mutated(line: str) -> st.SearchStrategy[str]:
+    """A valid line with one character replaced or deleted, or cut short."""
+    def mutate(args: tuple[int, str, int]) -> str:
+        index, char, how = args
+        index %= len(line)
+        if how == 0:
+            return line[:index] + line[index + 1:]
+        if how == 1:
+            return line[:index] + char + line[index + 1:]
+        return line[:index]
+    return st.tuples(st.integers(0, 10_000), st.characters(blacklist_characters="\n"),
+                     st.integers(0, 2)).map(mutate)
+
+
+_lines = st.one_of(
+    st.sampled_from(VALID_LINES),
+    _noise,
+    st.sampled_from(VALID_LINES).flatmap(_mutated),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_lines, max_size=30), st.booleans())
+def test_parse_text_equals_parse_per_line(lines: list[str], trailing_newline: bool) -> None:
+    text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
+    one_by_one = [p for line in lines if (p := parse(line)) is not None]
+    assert list(KernelLogParser().parse_text(text, NOW)) == one_by_one
+
+
+def test_parse_text_counts_rejected_log_like_lines() -> None:
+    parser = KernelLogParser()
+    text = "\n".join([
+        synack(),
+        f"DROP {V4_BODY.replace('SRC=203.0.113.66', 'SRC=999.1.1.1')}",
+        f"Nov 22 02:04:54 host sshd[1]: x kernel: DROP {V4_BODY}",
+        "plain noise",
+        outgoing_rst(),
+    ]) + "\n"
+    packets = list(parser.parse_text(text, NOW))
+    assert [str(p.src) for p in packets] == [PROBER4, HOST4]
+    assert parser.take_rejected() == 2
+    assert parser.take_rejected() == 0
+
+
+def test_rfc3339_fraction_is_kept_across_the_header_cache() -> None:
+    parser = KernelLogParser()
+    times = [parser.parse(synack(at=BASE + fraction), NOW) for fraction in (0.1, 0.7, 0.1)]
+    assert [p.time if p else None for p in times] == [
+        pytest.approx(BASE + 0.1), pytest.approx(BASE + 0.7), pytest.approx(BASE + 0.1)]

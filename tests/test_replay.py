@@ -1,0 +1,193 @@
+"""replay.py / pipeline.py: a log file replayed offline; garbage never crashes it."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loglines import BASE, PROBER4, outgoing_syn, syn, synack
+
+from blocker.config import Config, load_config
+from blocker.pipeline import MAX_LINE, Pipeline
+from blocker.replay import ReplayResult, read_text_chunks, replay_file
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = load_config(REPO / "jails.toml")
+BAN_KEYS = {"target", "jail", "at", "duration", "score", "filters"}
+
+
+def replay(tmp_path: Path, data: bytes, config: Config = CONFIG) -> ReplayResult:
+    path = tmp_path / "kern.log"
+    path.write_bytes(data)
+    return replay_file(path, config)
+
+
+def train(count: int, start: float = BASE, step: float = 1.0) -> list[str]:
+    """`count` unsolicited SYN/ACKs from 203.0.113.66, `step` seconds apart."""
+    return [synack(at=start + i * step, dpt=40000 + i) for i in range(count)]
+
+
+def lines_bytes(lines: list[str]) -> bytes:
+    return "".join(f"{line}\n" for line in lines).encode()
+
+
+GARBAGE: dict[str, bytes] = {
+    "binary": bytes(b for b in range(256) if b != 0x0A) * 4,
+    "nul": b"\x00" * 100,
+    "nul-inside": synack().replace("203.0.113.66", "203.0.113.\x0066").encode(),
+    "latin-1": "Nov 22 02:04:54 host kernel: caf\xe9 \xfc\xdf".encode("latin-1"),
+    "invalid-utf8": b"\xc3\x28 \xa0\xa1 \xe2\x28\xa1 \xf0\x28\x8c\x28",
+    "truncated": synack().encode()[:150],
+    "truncated-flags": synack().encode()[: synack().index("SYN URGP")],
+    "bad-address": synack().replace(PROBER4, "999.1.1.1").encode(),
+    "bad-v6": synack("2001:db8::42").replace("2001:0db8:0000:0000:0000:0000:0000:0042",
+                                             "2001:zz::").encode(),
+    "mixed-family": synack().replace("DST=192.0.2.10",
+                                     "DST=2001:0db8:0000:0000:0000:0000:0000:0010").encode(),
+    "forged": synack().replace(" host kernel: ", " host sshd[1]: kernel: ").encode(),
+    "long": b"x" * 1_000_000,
+    "crlf": synack().encode()[:40] + b"\r",
+}
+# Refused after the record was recognized; the others are not recognizable records at all.
+MALFORMED = {"bad-address", "mixed-family", "forged", "truncated-flags"}
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_garbage_sandwiched_train_still_bans(tmp_path: Path, kind: str) -> None:
+    good = train(5)
+    junk = GARBAGE[kind]
+    data = b"".join(junk + b"\n" + line.encode() + b"\n" for line in good) + junk + b"\n"
+    result = replay(tmp_path, data)
+    stats = result.stats
+    assert stats.lines == 11
+    assert (stats.parsed, stats.unparsed) == (5, 6)
+    assert stats.malformed == (6 if kind in MALFORMED else 0)
+    assert [d.target_text for d in result.decisions] == [PROBER4]
+    assert result.decisions[0].at == BASE + 4
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_garbage_alone_is_counted_unparsed(tmp_path: Path, kind: str) -> None:
+    result = replay(tmp_path, GARBAGE[kind] + b"\n" + GARBAGE[kind])
+    assert (result.stats.lines, result.stats.parsed, result.decisions) == (2, 0, [])
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    result = replay(tmp_path, b"")
+    assert result.to_json() == {"lines": 0, "parsed": 0, "unparsed": 0, "malformed": 0,
+                                "hits": 0, "hits_by_filter": {}, "bans": []}
+
+
+def test_file_without_trailing_newline_counts_its_last_line(tmp_path: Path) -> None:
+    data = lines_bytes(train(4)) + train(5)[-1].encode()
+    result = replay(tmp_path, data)
+    assert (result.stats.lines, result.stats.parsed) == (5, 5)
+    assert [d.target_text for d in result.decisions] == [PROBER4]
+
+
+@pytest.mark.parametrize("newline", [b"", b"\n"], ids=["no-newline", "newline"])
+def test_megabyte_line_at_the_end(tmp_path: Path, newline: bytes) -> None:
+    result = replay(tmp_path, lines_bytes(train(5)) + b"y" * (1 << 20) + newline)
+    assert (result.stats.lines, result.stats.parsed) == (6, 5)
+    assert len(result.decisions) == 1
+
+
+def test_megabyte_lines_between_records(tmp_path: Path) -> None:
+    big = b"\xff" * ((1 << 20) + 7)
+    data = b"".join(line.encode() + b"\n" + big + b"\n" for line in train(5))
+    result = replay(tmp_path, data)
+    assert (result.stats.lines, result.stats.parsed, len(result.decisions)) == (10, 5, 1)
+
+
+def test_to_json_shape(tmp_path: Path) -> None:
+    out = replay(tmp_path, lines_bytes(train(5))).to_json()
+    json.dumps(out)
+    assert (out["lines"], out["parsed"], out["hits"]) == (5, 5, 5)
+    assert out["hits_by_filter"] == {"probes/unsolicited_synack": 5}
+    assert isinstance(out["bans"], list) and len(out["bans"]) == 1
+    ban = out["bans"][0]
+    assert set(ban) >= BAN_KEYS
+    assert (ban["target"], ban["jail"], ban["at"], ban["duration"], ban["score"],
+            ban["filters"]) == (PROBER4, "probes", "2026-11-22T02:04:58+00:00", 600.0, 5.0,
+                                ["unsolicited_synack"])
+
+
+def test_missing_file_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        replay_file(tmp_path / "absent.log", CONFIG)
+
+
+def test_outgoing_syns_never_ban_their_destination(tmp_path: Path) -> None:
+    lines = [outgoing_syn(at=BASE + i, dpt=1000 + i) for i in range(50)]
+    result = replay(tmp_path, lines_bytes(lines))
+    assert (result.stats.parsed, result.to_json()["hits"], result.decisions) == (50, 0, [])
+
+
+# ---- read_text_chunks --------------------------------------------------------------------
+
+_line_bytes = st.binary(max_size=300).map(lambda b: b.replace(b"\n", b""))
+_sample_lines = st.sampled_from([line.encode() for line in (*train(2), syn(), outgoing_syn())])
+
+
+@settings(max_examples=200)
+@given(st.lists(_line_bytes | _sample_lines, max_size=20), st.booleans(),
+       st.integers(1, 700))
+def test_any_chunk_size_yields_the_same_text(lines: list[bytes], trailing: bool, size: int
+                                             ) -> None:
+    data = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
+    chunks = list(read_text_chunks(io.BytesIO(data), size))
+    assert "".join(chunks) == data.decode("utf-8", "replace")
+    assert all(chunk.endswith("\n") for chunk in chunks[:-1])
+    assert all(len(chunk) <= size + MAX_LINE + 1 for chunk in chunks)
+
+
+@settings(max_examples=50)
+@given(st.lists(_line_bytes | _sample_lines, max_size=15), st.integers(1, 500))
+def test_replay_decisions_do_not_depend_on_chunking(lines: list[bytes], size: int) -> None:
+    data = b"\n".join([*lines, *(line.encode() for line in train(5))]) + b"\n"
+    whole = Pipeline(CONFIG)
+    expected = whole.feed_text(data.decode("utf-8", "replace"), BASE)
+    chunked = Pipeline(CONFIG)
+    found = [d for text in read_text_chunks(io.BytesIO(data), size)
+             for d in chunked.feed_text(text, BASE)]
+    assert found == expected
+    assert (chunked.stats.lines, chunked.stats.parsed, chunked.stats.malformed) == (
+        whole.stats.lines, whole.stats.parsed, whole.stats.malformed)
+
+
+@settings(max_examples=50)
+@given(st.lists(_line_bytes | _sample_lines, max_size=15))
+def test_live_feed_line_equals_replay_feed_text(lines: list[bytes]) -> None:
+    texts = [line.decode("utf-8", "replace") for line in lines] + train(5)
+    replayed = Pipeline(CONFIG)
+    expected = replayed.feed_text("".join(f"{t}\n" for t in texts), BASE)
+    live = Pipeline(CONFIG)
+    found = [d for t in texts for d in live.feed_line(t, BASE)]
+    assert found == expected
+    assert (live.stats.lines, live.stats.parsed) == (replayed.stats.lines,
+                                                     replayed.stats.parsed)
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_overlong_line_straddling_chunks_is_cut(size: int) -> None:
+    data = b"z" * (MAX_LINE * 3) + b"\nok\n"
+    lines = "".join(read_text_chunks(io.BytesIO(data), size)).split("\n")
+    assert [len(line) for line in lines] == [MAX_LINE, 2, 0]
+
+
+def test_overlong_line_is_cut_whatever_the_chunk_size() -> None:
+    data = b"z" * (MAX_LINE * 3) + b"\nok\n"
+    lines = "".join(read_text_chunks(io.BytesIO(data))).split("\n")
+    assert [len(line) for line in lines] == [MAX_LINE, 2, 0]
+
+
+def test_live_and_replay_count_malformed_lines_alike() -> None:
+    text = GARBAGE["bad-v6"].decode()
+    live, replayed = Pipeline(CONFIG), Pipeline(CONFIG)
+    live.feed_line(text, BASE)
+    replayed.feed_text(text + "\n", BASE)
+    assert live.stats.malformed == replayed.stats.malformed
