@@ -129,6 +129,8 @@ class AllowList:
 
     def contains_address(self, addr: Address) -> bool:
         """True when `addr` (or the IPv4 address an IPv4-mapped `addr` carries) is allowed."""
+        if not (self._v4 or self._v6):
+            return False  # the common case: no allowlist, nothing to hash
         cached = self._cache.get(addr)
         if cached is not None:
             return cached

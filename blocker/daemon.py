@@ -22,6 +22,7 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
+from blocker.replay import tune_gc
 from blocker.service import Service, SourceKey
 from blocker.sources import Source, SourceError, open_source
 from blocker.state import State
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config OK: {len(config.jails)} jail(s) ({names}), "
               f"{len(config.filters)} filter(s) in {config_path}")
         return 0
+    tune_gc()
     try:
         daemon = Daemon(config, args)
     except (OSError, SourceError) as exc:

@@ -152,6 +152,12 @@ def distinct_getter(fields: Sequence[str]) -> Callable[[Packet], tuple[object, .
     return attrgetter(*names)
 
 
+def signature_of(packet: Packet) -> tuple[object, ...]:
+    """Every condition but ports and addresses depends on this: decide once per signature."""
+    return (packet.iface_in == "", packet.iface_out == "", packet.proto, packet.flags,
+            packet.prefix, packet.icmp_type, packet.icmp_code)
+
+
 # What the Matcher keeps per candidate filter: everything `match` needs without lookups.
 _Candidate = tuple[Filter, float, bool, bool, "Callable[[Packet], tuple[object, ...]] | None"]
 
@@ -173,10 +179,11 @@ class Matcher:
         self._candidates: dict[tuple[object, ...], tuple[_Candidate, ...]] = {}
         self._unicast: dict[Address, bool] = {}
 
-    def match(self, packet: Packet) -> Hit | None:
-        # Every condition but ports and addresses depends on this signature: decide once.
-        signature = (packet.iface_in == "", packet.iface_out == "", packet.proto, packet.flags,
-                     packet.prefix, packet.icmp_type, packet.icmp_code)
+    def match(self, packet: Packet, signature: tuple[object, ...] | None = None) -> Hit | None:
+        """The first filter's Hit, or None. `signature` (from signature_of) may be shared by
+        the jails looking at the same packet."""
+        if signature is None:
+            signature = signature_of(packet)
         candidates = self._candidates.get(signature)
         if candidates is None:
             candidates = self._compute_candidates(packet)

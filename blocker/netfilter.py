@@ -16,7 +16,8 @@ import calendar
 import re
 import time
 from collections.abc import Iterator
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address
+from socket import AF_INET, AF_INET6, inet_pton
 
 from blocker.records import Address, Packet
 
@@ -46,12 +47,14 @@ _MONTHS = {
     )
 }
 _NO_FLAGS: frozenset[str] = frozenset()
+_ZONE_START = ("+", "-", "Z")
 # What nf_log prints after PROTO= (anything else it prints as a number).
 _KNOWN_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "ICMP", "ICMPv6", "AH", "ESP"))
 _PORT_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
 _ICMP_PROTOS = frozenset(("ICMP", "ICMPv6"))
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _CACHE_LIMIT = 65536
+_ADDRESS_CACHE_LIMIT = 262144
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 
@@ -121,7 +124,12 @@ class KernelLogParser:
         k = head.find(_KERNEL_TAG)
         if k >= 0:
             header = head[:k]
-            event_time = self._header_times.get(header)
+            if header[19:20] == "." and header[26:27] in _ZONE_START and header[20:26].isdigit():
+                # rsyslog RFC 3339 (Debian 12): six fraction digits, cached on whole seconds.
+                base = self._header_times.get(header[:19] + header[26:])
+                event_time = None if base is None else base + int(header[20:26]) * 1e-6
+            else:
+                event_time = self._header_times.get(header)
             if event_time is None:
                 event_time = self._header_time(header, now)
                 if event_time is None:
@@ -225,11 +233,17 @@ class KernelLogParser:
             return self._addresses[text]
         except KeyError:
             pass
-        if len(self._addresses) >= _CACHE_LIMIT:
+        if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
             self._addresses.clear()
+        # inet_pton is as strict as ip_address() and 3-10x faster (the kernel prints IPv6
+        # fully expanded, which ip_address() parses slowly); new sources arrive constantly.
+        address: Address | None
         try:
-            address: Address | None = ip_address(text)
-        except ValueError:
+            if ":" in text:
+                address = IPv6Address(inet_pton(AF_INET6, text))
+            else:
+                address = IPv4Address(inet_pton(AF_INET, text))
+        except (OSError, ValueError):
             address = None
         self._addresses[text] = address
         return address

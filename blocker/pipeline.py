@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from blocker.config import Config, Jail
-from blocker.filters import Matcher
+from blocker.filters import Matcher, signature_of
 from blocker.netfilter import KernelLogParser
 from blocker.records import Address, Decision, Packet
 from blocker.scoring import JailPolicy, Scorer
@@ -60,8 +60,9 @@ class Pipeline:
     def feed_packet(self, packet: Packet, jails: Sequence[JailRunner] | None = None
                     ) -> list[Decision]:
         decisions: list[Decision] = []
+        signature = signature_of(packet)
         for runner in self.runners if jails is None else jails:
-            hit = runner.matcher.match(packet)
+            hit = runner.matcher.match(packet, signature)
             if hit is not None:
                 found = runner.scorer.feed(hit)
                 if found:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from collections.abc import Iterator
@@ -58,6 +59,7 @@ def iso_time(epoch: float) -> str:
 
 def replay_file(path: Path, config: Config) -> ReplayResult:
     """Raises OSError when the file cannot be read; bad content never raises."""
+    tune_gc()
     with path.open("rb") as stream:
         # Year-less syslog timestamps are placed relative to when the file was last written.
         reference = os.fstat(stream.fileno()).st_mtime
@@ -90,6 +92,15 @@ def _cut_long_lines(data: bytes) -> bytes:
         return data
     pieces.append(data[start:])
     return b"".join(pieces)
+
+
+def tune_gc() -> None:
+    """The pipeline allocates many short-lived acyclic tuples: with the default thresholds
+    the cyclic collector runs thousands of times per second for nothing (~10% of the time).
+    Objects alive now (config, compiled filters) are moved out of its sight."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]:

@@ -224,8 +224,8 @@ class Scorer:
         self._now = -math.inf
         # address -> live score window, least recently seen first
         self._tracked: OrderedDict[Address, _Window] = OrderedDict()
-        # address -> drop its hits while now < this (inf: never banned; -inf: open).  A
-        # cache over is_special/own/allow and _banned, so feed() hashes the address once.
+        # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
+        # for an address that may never be banned.  Addresses not in it are open.
         self._gate: dict[Address, float] = {}
         self._units: dict[float, int] = {}  # hit weight -> integer micro-points
         # host address -> banned until (hits make no decisions before then)
@@ -245,7 +245,7 @@ class Scorer:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def feed(self, hit: Hit) -> list[Decision]:
+    def feed(self, hit: Hit) -> list[Decision]:  # noqa: PLR0915 - inlined: the hottest code
         """Account one hit; return the bans it triggers (usually none)."""
         self._hits += 1
         t = hit.time
@@ -257,9 +257,7 @@ class Scorer:
         now = self._now
         addr = hit.offender
         until = self._gate.get(addr)
-        if until is None:
-            until = self._open_gate(addr)
-        if now < until:
+        if until is not None and now < until:
             if until == math.inf and addr not in self._banned:
                 self._ignored += 1
             else:
@@ -272,6 +270,12 @@ class Scorer:
         tracked = self._tracked
         state = tracked.get(addr)
         if state is None:
+            # Whether an address may be banned is settled once, when its window opens; only
+            # refusals and bans enter the gate, so a flood of new sources never churns it.
+            if self.refusal(addr) is not None:
+                self._refuse(addr)
+                self._ignored += 1
+                return []
             if len(tracked) >= self._max_tracked:
                 tracked.popitem(last=False)  # the least recently seen
                 self._evicted += 1
@@ -313,16 +317,16 @@ class Scorer:
         self._units[weight] = units
         return units
 
-    def _open_gate(self, addr: Address) -> float:
-        until = math.inf if self.refusal(addr) is not None else self._banned.get(addr, -math.inf)
+    def _refuse(self, addr: Address) -> None:
         if len(self._gate) >= GATE_CACHE_SIZE:
-            self._gate.clear()
-        self._gate[addr] = until
-        return until
+            # Forget cached refusals (they are recomputed on demand); keep every ban mark.
+            self._gate = dict(self._banned)
+        self._gate[addr] = math.inf
 
     def _set_gate(self, addr: Address, until: float) -> None:
-        if addr in self._gate:
-            self._gate[addr] = until
+        if len(self._gate) >= GATE_CACHE_SIZE:
+            self._gate = dict(self._banned)
+        self._gate[addr] = until
 
     def refusal(self, addr: Address) -> str | None:
         """Why `addr` may never be banned ("special", "own address", "allowlisted"), or None."""
