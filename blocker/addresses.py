@@ -17,7 +17,7 @@ verdict does not change with the Python version.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from blocker.records import Address, Network
 
@@ -98,8 +98,10 @@ def host_network(addr: Address) -> Network:
 
 def subnet_of(addr: Address, v4_prefix: int, v6_prefix: int) -> Network:
     """The enclosing subnet of `addr`, e.g. 203.0.113.0/24 or 2001:db8:1:2::/64."""
-    prefix = v4_prefix if isinstance(addr, IPv4Address) else v6_prefix
-    return ip_network((addr, prefix), strict=False)
+    # From the integer: given an address object, ip_network() re-parses its text form.
+    if isinstance(addr, IPv4Address):
+        return IPv4Network((int(addr), v4_prefix), strict=False)
+    return IPv6Network((int(addr), v6_prefix), strict=False)
 
 
 class AllowList:

@@ -58,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="blockerd: %(levelname)s: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     config_path = Path(args.config)
     try:
         config = load_config(config_path)
@@ -78,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     return daemon.run()
+
+
+class EveryLineFormatter(logging.Formatter):
+    """Prefixes every line of a multi-line record, so journald files each as its own entry
+    with its level (a batch of bans is logged as one record, one line per ban)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        prefix = self._fmt.split("%(message)s")[0] % record.__dict__ if self._fmt else ""
+        first, *rest = text.split("\n")
+        return "\n".join([first, *(prefix + line for line in rest)])
 
 
 class Daemon:

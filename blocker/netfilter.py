@@ -59,6 +59,40 @@ _ADDRESS_CACHE_LIMIT = 262144
 _MAX_FUTURE = 7 * 86400.0
 
 
+class _KernelIPv4Address(IPv4Address):
+    """An IPv4Address that hashes once. Each packet's addresses are looked up in several
+    dicts per jail, and ipaddress recomputes hash(hex(int)) in Python on every lookup. The
+    value is the stdlib's, so these mix freely with plain IPv4Address keys."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, packed: bytes) -> None:
+        super().__init__(packed)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IPv4Address({str(self)!r})"
+
+
+class _KernelIPv6Address(IPv6Address):
+    """IPv6 counterpart of _KernelIPv4Address."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, packed: bytes) -> None:
+        super().__init__(packed)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IPv6Address({str(self)!r})"
+
+
 class KernelLogParser:
     """Parses lines; keeps bounded caches so repeated timestamps and addresses cost a lookup."""
 
@@ -240,9 +274,9 @@ class KernelLogParser:
         address: Address | None
         try:
             if ":" in text:
-                address = IPv6Address(inet_pton(AF_INET6, text))
+                address = _KernelIPv6Address(inet_pton(AF_INET6, text))
             else:
-                address = IPv4Address(inet_pton(AF_INET, text))
+                address = _KernelIPv4Address(inet_pton(AF_INET, text))
         except (OSError, ValueError):
             address = None
         self._addresses[text] = address

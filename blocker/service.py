@@ -113,6 +113,7 @@ class Service:
         caller's position update)."""
         entries: list[tuple[Network, float]] = []
         recorded: list[Decision] = []
+        lines: list[str] = []
         for decision in decisions:
             end = decision.at + decision.duration
             # A decision on an old line (a backlog) keeps only the time its ban has left.
@@ -130,8 +131,11 @@ class Service:
             entries.append((decision.target, remaining))
             recorded.append(decision)
             span = "permanently" if math.isinf(remaining) else f"for {remaining:.0f}s"
-            log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
-                        decision.reason)
+            lines.append(f"ban {decision.target_text} ({decision.jail}) {span}: {decision.reason}")
+        if lines:
+            # One record for the batch, one line per ban (the daemon's formatter prefixes
+            # each line): a burst of thousands of bans costs one write, not thousands.
+            log.warning("%s", "\n".join(lines))
         if entries:
             self._kernel_ban(entries)
             self.state.begin()

@@ -8,8 +8,12 @@ kernel does.
 from __future__ import annotations
 
 import calendar
+import json
 import time
 from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
 
 HOST4 = "192.0.2.10"
 HOST6 = "2001:db8::10"
@@ -21,6 +25,9 @@ MAC6 = "MAC=52:54:00:12:34:56:52:54:00:65:43:21:86:dd"
 
 # 2026-11-22T02:04:54Z: the instant every RFC 3339 sample below is stamped with.
 BASE = float(calendar.timegm((2026, 11, 22, 2, 4, 54, 0, 0, 0)))
+
+
+JAILS_TOML = Path(__file__).resolve().parents[1] / "jails.toml"
 
 
 def kernel_address(text: str) -> str:
@@ -97,3 +104,15 @@ def outgoing_syn(dst: str = PROBER4, at: float | None = BASE, dpt: int = 443) ->
     host = HOST4 if ip_address(dst).version == 4 else HOST6
     return tcp_line(host, dst, "SYN", spt=40022, dpt=dpt, prefix="UNKNOWN_OUTGOING: ",
                     direction="out", at=at)
+
+
+def blockerctl_test_json(log: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    """`blockerctl test --config jails.toml --json LOG` run in-process: its JSON object."""
+    from blocker.cli import main  # noqa: PLC0415 - keeps this module importable alone
+
+    assert main(["test", "--config", str(JAILS_TOML), "--json", str(log)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    result = json.loads(out)
+    assert isinstance(result, dict)
+    return result

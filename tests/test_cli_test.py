@@ -18,6 +18,7 @@ from loglines import (
     HOST4,
     PROBER4,
     PROBER6,
+    blockerctl_test_json,
     outgoing_rst,
     outgoing_syn,
     rfc3339,
@@ -37,12 +38,7 @@ def run_json(tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[str
              ) -> dict[str, object]:
     log = tmp_path / "kern.log"
     log.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    assert main(["test", "--config", JAILS, "--json", str(log)]) == 0
-    out, err = capsys.readouterr()
-    assert err == ""
-    result = json.loads(out)
-    assert isinstance(result, dict)
-    return result
+    return blockerctl_test_json(log, capsys)
 
 
 def bans(result: dict[str, object]) -> list[tuple[str, str]]:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
-from blocker.cli import main
+from loglines import blockerctl_test_json
 
 REPO = Path(__file__).resolve().parents[1]
 JAILS = str(REPO / "jails.toml")
@@ -91,15 +90,6 @@ def corpus_files() -> list[str]:
     return sorted(p.name for p in CORPUS.iterdir() if p.is_file() and p.suffix != ".md")
 
 
-def replay_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
-    assert main(["test", "--config", JAILS, "--json", str(path)]) == 0
-    out, err = capsys.readouterr()
-    assert err == ""
-    result = json.loads(out)
-    assert isinstance(result, dict)
-    return result
-
-
 def ban_set(result: dict[str, object]) -> frozenset[tuple[str, str]]:
     items = result["bans"]
     assert isinstance(items, list)
@@ -116,7 +106,7 @@ def test_every_corpus_file_is_annotated() -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_corpus_file(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     expected = EXPECTED[name]
-    result = replay_json(CORPUS / name, capsys)
+    result = blockerctl_test_json(CORPUS / name, capsys)
     assert (result["lines"], result["parsed"], result["hits"]) == (
         expected.lines, expected.parsed, expected.hits), expected.why
     assert ban_set(result) == expected.bans, expected.why
@@ -136,5 +126,5 @@ def test_blockerctl_as_a_subprocess(capsys: pytest.CaptureFixture[str]) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert (done.returncode, done.stderr) == (0, "")
-    assert json.loads(done.stdout) == replay_json(path, capsys)
+    assert json.loads(done.stdout) == blockerctl_test_json(path, capsys)
     assert ban_set(json.loads(done.stdout)) == EXPECTED[path.name].bans

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 # A kernel line is at most a few KiB; a longer "line" is garbage that must not grow memory.
 MAX_LINE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class SourceLine:
+# One per line read, on the hot path: a NamedTuple is immutable and ~4x cheaper to build
+# than a frozen dataclass.
+class SourceLine(NamedTuple):
     """One complete log line, without its newline, and the event time the source gave it."""
 
     text: str
@@ -70,6 +70,25 @@ class LineSplitter:
         return len(self._buf) + self._dropped
 
     def feed(self, data: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        start = 0
+        if self._buf or self._dropped:  # first finish the line the last read left open
+            newline = data.find(b"\n")
+            start = len(data) if newline < 0 else newline + 1
+            lines += self._feed_bytewise(data[:start])
+        last = data.rfind(b"\n", start)
+        if last >= start:
+            # Every complete line at once, split in C; an overlong one (rare) goes bytewise.
+            whole = data[start:last].split(b"\n")
+            if max(map(len, whole)) <= self._limit:
+                self.consumed += last + 1 - start
+                lines += whole
+                start = last + 1
+        if start < len(data):
+            lines += self._feed_bytewise(data[start:])
+        return lines
+
+    def _feed_bytewise(self, data: bytes) -> list[bytes]:
         lines: list[bytes] = []
         start = 0
         size = len(data)

@@ -304,8 +304,9 @@ class KernlogSource:
             if not chunk:
                 return False
             self._budget -= len(chunk)
-            for raw in current.splitter.feed(chunk):
-                self._emit(raw, out)
+            # _emit, inlined for whole chunks: this loop runs once per line read.
+            out += [SourceLine(line.decode("utf-8", "replace"), None)
+                    for raw in current.splitter.feed(chunk) if (line := raw.lstrip(b"\0"))]
 
     def _emit(self, raw: bytes | None, out: list[SourceLine]) -> None:
         if raw is None:
