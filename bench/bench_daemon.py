@@ -121,8 +121,12 @@ class KernelSets:
         except Exception:  # absent set or entry: not there yet
             return False
 
+    def close(self) -> None:
+        self.ipset.close()
+
     def count(self, name: str) -> int:
-        out = subprocess.run(["ipset", "list", "-t", name], capture_output=True, text=True)
+        out = subprocess.run(["ipset", "list", "-t", name], check=False, capture_output=True,
+                             text=True)
         for line in out.stdout.splitlines():
             if line.startswith("Number of entries:"):
                 return int(line.split(":")[1])
@@ -152,6 +156,7 @@ def bench_latency(log: Path, tag: str, count: int) -> list[float]:
                 print(f"  {address}: not banned within 5 s", file=sys.stderr)
                 continue
             latencies.append(done - start)
+    sets.close()
     return latencies
 
 
@@ -163,7 +168,9 @@ def bench_burst(log: Path, tag: str, count: int) -> tuple[float, int]:
     with log.open("a") as out:
         out.write(text)
     done = wait_for(lambda: sets.count(f"bb6-{tag}") >= count, timeout=60, interval=0.002)
-    return (done - start) if done else float("nan"), sets.count(f"bb6-{tag}")
+    banned = sets.count(f"bb6-{tag}")
+    sets.close()
+    return (done - start) if done else float("nan"), banned
 
 
 def bench_ingest(log: Path, source: Path) -> tuple[float, int]:
@@ -197,7 +204,7 @@ def main() -> int:
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
             return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]]).returncode
+                                   "--inner", *sys.argv[1:]], check=False).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     tag = uuid.uuid4().hex[:6]

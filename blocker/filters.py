@@ -13,7 +13,7 @@ A filter says which packets count, who the offender is and what they weigh:
     not_proto = []
     flags = ["SYN", "ACK"]       # the exact set of TCP flags ([] = a NULL packet)
     flags_all = []               # flags that must be present
-    flags_none = []              # flags that must be absent
+    flags_none = []              # flags that must be absent (true for non-TCP packets)
     dport = [22, "1000-2000"]    # ports or ranges; sport likewise
     prefix = "regex"             # searched in the LOG rule's prefix
     dst_unicast = true           # ignore packets sent to multicast/broadcast addresses
@@ -100,7 +100,7 @@ class Filter:
             return False
         if self.flags_all and (proto != "TCP" or not self.flags_all <= flags):
             return False
-        if self.flags_none and (proto != "TCP" or self.flags_none & flags):
+        if self.flags_none and self.flags_none & flags:  # non-TCP packets carry no flags
             return False
         if self.icmp_type is not None and icmp_type not in self.icmp_type:
             return False

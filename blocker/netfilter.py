@@ -33,7 +33,7 @@ _SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d
 _PACKET = re.compile(
     r"IN=(\S*) OUT=(\S*) (?:PHYSIN=(\S*) )?(?:PHYSOUT=\S* )?(?:MAC=\S* )?"
     r"SRC=([0-9A-Fa-f.:]+) DST=([0-9A-Fa-f.:]+) LEN=(\d+) "
-    r"(?:TOS=\S+ PREC=\S+ TTL=(\d+) ID=\d+ |TC=\d+ HOPLIMIT=(\d+) FLOWLBL=\d+ )?"
+    r"(?:TOS=\S+ PREC=\S+ TTL=(\d+) ID=(\d+) |TC=\d+ HOPLIMIT=(\d+) FLOWLBL=\d+ )?"
     r"(?:\S+ )*?PROTO=(\w+)"
     # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
     # cut in the middle of a port number.
@@ -181,7 +181,7 @@ class KernelLogParser:
                     # dmesg dumps: the [uptime] stamp is the only clock the line has.
                     event_time = float(head[1:close].strip())
                 head = head[close + 1 :]
-        (iface_in, iface_out, physin, src_text, dst_text, length, ttl, hoplimit, proto,
+        (iface_in, iface_out, physin, src_text, dst_text, length, ttl, ip_id, hoplimit, proto,
          spt, dpt, flag_text, icmp_type, icmp_code, incomplete) = m.groups()
         addresses = self._addresses
         src = addresses.get(src_text) or self._address(src_text)
@@ -199,7 +199,7 @@ class KernelLogParser:
             return Packet(
                 event_time, head.strip(), iface_in, iface_out, src, dst, proto,
                 int(spt), int(dpt), flags, int(length), int(ttl or hoplimit or 0) or None,
-                None, None, physin or "",
+                None, None, physin or "", int(ip_id) if ip_id else None,
             )
         hops = ttl or hoplimit
         return Packet(
@@ -218,6 +218,7 @@ class KernelLogParser:
             int(icmp_type) if icmp_type is not None else None,
             int(icmp_code) if icmp_code is not None else None,
             physin or "",
+            int(ip_id) if ip_id else None,
         )
 
     @staticmethod

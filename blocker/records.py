@@ -33,6 +33,7 @@ class Packet(NamedTuple):
     icmp_type: int | None = None
     icmp_code: int | None = None
     physin: str = ""
+    ip_id: int | None = None  # IPv4 identification (ID=); IPv6 headers have none
 
     @property
     def direction(self) -> Literal["in", "out", "forward"]:

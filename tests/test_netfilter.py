@@ -173,7 +173,7 @@ def test_ipv4_tcp_fields() -> None:
     assert packet == Packet(
         time=BASE, prefix="UNKNOWN_INCOMING:", iface_in="eth0", iface_out="",
         src=IPv4Address("203.0.113.66"), dst=IPv4Address("192.0.2.10"), proto="TCP",
-        spt=2372, dpt=0, flags=frozenset({"SYN", "ACK"}), length=40, ttl=64,
+        spt=2372, dpt=0, flags=frozenset({"SYN", "ACK"}), length=40, ttl=64, ip_id=0,
     )
     assert packet.direction == "in"
 
@@ -482,3 +482,15 @@ def test_rfc3339_fraction_is_kept_across_the_header_cache() -> None:
     times = [parser.parse(synack(at=BASE + fraction), NOW) for fraction in (0.1, 0.7, 0.1)]
     assert [p.time if p else None for p in times] == [
         pytest.approx(BASE + 0.1), pytest.approx(BASE + 0.7), pytest.approx(BASE + 0.1)]
+
+
+def test_ipv4_identification_is_kept_and_ipv6_has_none() -> None:
+    v4 = must_parse("Mar 11 20:35:11 linux kernel: [463490.251762] DROP IN=eth1 OUT= "
+                    "SRC=192.0.2.55 DST=192.0.2.1 LEN=44 TOS=0x00 PREC=0x00 TTL=53 ID=15270 "
+                    "PROTO=TCP SPT=56247 DPT=1025 WINDOW=3072 RES=0x00 SYN URGP=0 ")
+    assert (v4.ip_id, v4.ttl, v4.length) == (15270, 53, 44)
+    v6 = must_parse("Mar 17 13:39:13 linux kernel: DROP IN=eth0 OUT= "
+                    "SRC=2001:0db8:0000:f101:0000:0000:0000:0002 "
+                    "DST=2001:0db8:0000:f101:0000:0000:0000:0001 LEN=80 TC=0 HOPLIMIT=64 "
+                    "FLOWLBL=0 PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 SYN URGP=0 ")
+    assert (v6.ip_id, v6.ttl) == (None, 64)
