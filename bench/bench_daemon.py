@@ -160,15 +160,18 @@ def bench_latency(log: Path, tag: str, count: int) -> list[float]:
     return latencies
 
 
-def bench_burst(log: Path, tag: str, count: int) -> tuple[float, int]:
+def bench_burst(log: Path, tag: str, count: int, round_: int) -> tuple[float, int]:
     sets = KernelSets()
-    addresses = offenders_v6(count, 0xB0)
+    name = f"bb6-{tag}"
+    before = sets.count(name)
+    addresses = offenders_v6(count, 0xB0 + round_)
     text = "".join(synack_lines(a) for a in addresses)
     start = time.perf_counter()
     with log.open("a") as out:
         out.write(text)
-    done = wait_for(lambda: sets.count(f"bb6-{tag}") >= count, timeout=60, interval=0.002)
-    banned = sets.count(f"bb6-{tag}")
+    # A 10 ms poll: an `ipset` process every 2 ms competes with blockerd for the two cores.
+    done = wait_for(lambda: sets.count(name) - before >= count, timeout=60, interval=0.01)
+    banned = sets.count(name) - before
     sets.close()
     return (done - start) if done else float("nan"), banned
 
@@ -220,9 +223,12 @@ def main() -> int:
             print(f"latency  {len(ms)} single offenders (5 lines each, one write): "
                   f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms "
                   f"(targets: p50 <= 10 ms, p99 <= 50 ms)")
-            seconds, banned = bench_burst(log, tag, args.burst)
-            print(f"burst    {args.burst} offenders in one write: {banned} in the kernel set "
-                  f"after {seconds:.3f} s = {banned / seconds:,.0f} bans/s (target >= 10,000)")
+            rounds = [bench_burst(log, tag, args.burst, i) for i in range(3)]
+            for seconds, banned in rounds:
+                print(f"burst    {args.burst} offenders in one write: {banned} in the kernel "
+                      f"set after {seconds:.3f} s = {banned / seconds:,.0f} bans/s")
+            seconds, banned = sorted(rounds)[1]
+            print(f"burst    median of 3: {banned / seconds:,.0f} bans/s (target >= 10,000)")
             report.update(p50_ms=p50, p99_ms=p99, burst_seconds=seconds, burst_banned=banned)
         if args.ingest_log.exists():
             ingest = work / "ingest"

@@ -114,6 +114,7 @@ class Service:
         entries: list[tuple[Network, float]] = []
         recorded: list[Decision] = []
         lines: list[str] = []
+        texts: list[str] = []
         for decision in decisions:
             end = decision.at + decision.duration
             # A decision on an old line (a backlog) keeps only the time its ban has left.
@@ -130,8 +131,10 @@ class Service:
                                                      decision.reason)
             entries.append((decision.target, remaining))
             recorded.append(decision)
+            text = decision.target_text
+            texts.append(text)
             span = "permanently" if math.isinf(remaining) else f"for {remaining:.0f}s"
-            lines.append(f"ban {decision.target_text} ({decision.jail}) {span}: {decision.reason}")
+            lines.append(f"ban {text} ({decision.jail}) {span}: {decision.reason}")
         if lines:
             # One record for the batch, one line per ban (the daemon's formatter prefixes
             # each line): a burst of thousands of bans costs one write, not thousands.
@@ -139,7 +142,7 @@ class Service:
         if entries:
             self._kernel_ban(entries)
             self.state.begin()
-            self.state.record_bans(recorded, origin)
+            self.state.record_bans(recorded, origin, texts)
 
     def _kernel_ban(self, entries: list[tuple[Network, float]]) -> None:
         try:

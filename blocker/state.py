@@ -11,7 +11,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -79,11 +79,15 @@ class State:
             self.db.execute("COMMIT")
             self._in_tx = False
 
-    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto") -> None:
+    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
+                    texts: Sequence[str] | None = None) -> None:
+        """`texts`: the decisions' target_text when the caller already has it (bursts)."""
+        decisions = list(decisions)
+        names = texts if texts is not None else [d.target_text for d in decisions]
         rows = [
-            (d.target_text, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
+            (name, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
              d.score, ",".join(d.filters), d.reason, origin)
-            for d in decisions
+            for name, d in zip(names, decisions, strict=True)
         ]
         self.db.executemany(
             "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
