@@ -59,38 +59,32 @@ _ADDRESS_CACHE_LIMIT = 262144
 _MAX_FUTURE = 7 * 86400.0
 
 
-class _KernelIPv4Address(IPv4Address):
-    """An IPv4Address that hashes once. Each packet's addresses are looked up in several
-    dicts per jail, and ipaddress recomputes hash(hex(int)) in Python on every lookup. The
-    value is the stdlib's, so these mix freely with plain IPv4Address keys."""
+class _HashedOnce:
+    """Mixin for ipaddress classes: hash once. Each packet's addresses are looked up in
+    several dicts per jail, and ipaddress recomputes its hash in Python on every lookup. The
+    value is the stdlib's, so these mix freely with plain address keys."""
 
-    __slots__ = ("_hash",)
+    __slots__ = ()
+    _hash: int
 
     def __init__(self, packed: bytes) -> None:
-        super().__init__(packed)
-        self._hash = super().__hash__()
+        super().__init__(packed)  # type: ignore[call-arg]
+        # The slot lives in the concrete classes (two slotted bases cannot share a layout).
+        self._hash = super().__hash__()  # type: ignore[misc]
 
     def __hash__(self) -> int:
         return self._hash
 
     def __repr__(self) -> str:
-        return f"IPv4Address({str(self)!r})"
+        return f"{type(self).__mro__[2].__name__}({str(self)!r})"
 
 
-class _KernelIPv6Address(IPv6Address):
-    """IPv6 counterpart of _KernelIPv4Address."""
-
+class _KernelIPv4Address(_HashedOnce, IPv4Address):
     __slots__ = ("_hash",)
 
-    def __init__(self, packed: bytes) -> None:
-        super().__init__(packed)
-        self._hash = super().__hash__()
 
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __repr__(self) -> str:
-        return f"IPv6Address({str(self)!r})"
+class _KernelIPv6Address(_HashedOnce, IPv6Address):
+    __slots__ = ("_hash",)
 
 
 class KernelLogParser:
