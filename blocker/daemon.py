@@ -22,8 +22,8 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
-from blocker.replay import tune_gc
-from blocker.service import Service, SourceKey
+from blocker.pipeline import tune_gc
+from blocker.service import Service, SourceKey, source_label
 from blocker.sources import Source, SourceError, open_source
 from blocker.state import State
 
@@ -133,7 +133,7 @@ class Daemon:
         next_retry = time.monotonic() + SOURCE_RETRY
         _sd_notify("READY=1\nSTATUS=following the kernel log")
         log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
-                 ", ".join(f"{k}:{p}" for k, p in self.sources) or "none yet")
+                 ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
                 timeout = max(0.0, min(next_check, next_retry) - time.monotonic())
@@ -198,12 +198,12 @@ class Daemon:
         for key in wanted - set(self.sources):
             kind, path = key
             try:
-                source = open_source(kind, path, self.state.position(_position_key(key)),
+                source = open_source(kind, path, self.state.position(source_label(key)),
                                      from_start=self.args.from_start)
             except (OSError, SourceError) as exc:
                 if self.source_errors.get(key) != str(exc):
-                    log.error("source %s:%s unavailable (retrying every %gs): %s",
-                              kind, path, SOURCE_RETRY, exc)
+                    log.error("source %s unavailable (retrying every %gs): %s",
+                              source_label(key), SOURCE_RETRY, exc)
                 self.source_errors[key] = str(exc)
                 continue
             self.source_errors.pop(key, None)
@@ -243,20 +243,16 @@ class Daemon:
         position = source.position()
         if position is not None:
             self.state.begin()
-            self.state.save_position(_position_key(key), position)
+            self.state.save_position(source_label(key), position)
             self.state.commit()
 
     def _source_health(self) -> list[dict[str, object]]:
         health: list[dict[str, object]] = []
         for key, source in self.sources.items():
-            health.append({"source": f"{key[0]}:{key[1]}", **source.health()})
+            health.append({"source": source_label(key), **source.health()})
         for key, error in self.source_errors.items():
-            health.append({"source": f"{key[0]}:{key[1]}", "state": "error", "error": error})
+            health.append({"source": source_label(key), "state": "error", "error": error})
         return health
-
-
-def _position_key(key: SourceKey) -> str:
-    return f"{key[0]}:{key[1]}"
 
 
 def _sd_notify(message: str) -> None:

@@ -132,11 +132,6 @@ class Filter:
                 return False
         return True
 
-    def hit(self, packet: Packet, jail: str, weight: float) -> Hit:
-        offender = packet.src if self.offender == "src" else packet.dst
-        key = distinct_getter(self.distinct)(packet) if self.distinct else None
-        return Hit(packet.time, jail, self.name, offender, weight, key)
-
 
 # Filter field names -> Packet attributes.
 _PACKET_FIELD = {"src": "src", "dst": "dst", "sport": "spt", "dport": "dpt", "proto": "proto",

@@ -235,13 +235,6 @@ class KernelLogParser:
         """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
         fraction = 0.0
         key = header
-        if len(header) > 27 and header[19] == "." and header[26] in "+-Z" and header[4] == "-":
-            # rsyslog's RFC 3339 stamps carry exactly six fraction digits: no scanning needed.
-            digits = header[20:26]
-            if digits.isdigit():
-                cached = self._header_times.get(header[:19] + header[26:])
-                if cached is not None:
-                    return cached + int(digits) * 1e-6
         if len(header) > 20 and header[4] == "-" and header[19] == ".":
             # RFC 3339 with microseconds: cache on the whole seconds, add the fraction back.
             end = 20

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 from collections.abc import Iterator
@@ -12,8 +11,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from blocker.config import Config
-from blocker.pipeline import MAX_LINE, LineStats, Pipeline
+from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
 from blocker.records import Decision
+from blocker.sources.base import LineSplitter
 
 CHUNK = 1 << 20
 
@@ -70,63 +70,17 @@ def replay_file(path: Path, config: Config) -> ReplayResult:
     return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
 
 
-def _cut_long_lines(data: bytes) -> bytes:
-    """`data` (whole lines) with every line longer than MAX_LINE cut to MAX_LINE."""
-    pos = 0
-    size = len(data)
-    pieces: list[bytes] = []
-    start = 0
-    while pos < size:
-        # Some newline within the next MAX_LINE + 1 bytes means no overlong line starts here:
-        # jump past the last one, so normal text costs one search per ~MAX_LINE bytes.
-        window_end = min(size, pos + MAX_LINE + 1)
-        newline = data.rfind(b"\n", pos, window_end)
-        if newline >= 0:
-            pos = newline + 1
-            continue
-        end = data.find(b"\n", pos)
-        end = size if end < 0 else end
-        pieces += [data[start : pos + MAX_LINE]]
-        start = pos = end
-    if not pieces:
-        return data
-    pieces.append(data[start:])
-    return b"".join(pieces)
-
-
-def tune_gc() -> None:
-    """The pipeline allocates many short-lived acyclic tuples: with the default thresholds
-    the cyclic collector runs thousands of times per second for nothing (~10% of the time).
-    Objects alive now (config, compiled filters) are moved out of its sight."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
 def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]:
     """Complete lines, decoded leniently, in ~chunk_size pieces; overlong lines are cut.
 
-    Memory stays bounded by chunk_size + MAX_LINE whatever the input holds.
+    Memory stays bounded by chunk_size + MAX_LINE whatever the input holds. The lines are
+    cut by the same splitter the kern.log follower uses, then parsed as one text per chunk.
     """
-    pending = b""
-    skipping = False  # inside a line already cut at MAX_LINE: drop bytes up to its newline
+    splitter = LineSplitter(limit=MAX_LINE)
     while block := stream.read(chunk_size):
-        if skipping:
-            newline = block.find(b"\n")
-            if newline < 0:
-                continue
-            block = block[newline + 1 :]
-            skipping = False
-        data = pending + block
-        cut = data.rfind(b"\n")
-        if cut >= 0:
-            pending = data[cut + 1 :]
-            yield _cut_long_lines(data[: cut + 1]).decode("utf-8", "replace")
-        else:
-            pending = data
-        if len(pending) > MAX_LINE:
-            yield pending[:MAX_LINE].decode("utf-8", "replace") + "\n"
-            pending = b""
-            skipping = True
-    if pending:
-        yield pending.decode("utf-8", "replace")
+        lines = splitter.feed(block)
+        if lines:
+            yield (b"\n".join(lines) + b"\n").decode("utf-8", "replace")
+    tail = splitter.flush()
+    if tail is not None:
+        yield tail.decode("utf-8", "replace")

@@ -19,13 +19,18 @@ from blocker.control import Handler, RequestError
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
-from blocker.replay import decision_json, iso_time
+from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
 
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
+
+
+def source_label(key: SourceKey) -> str:
+    """'kernlog:/var/log/kern.log': how a source is named in logs, status and the state."""
+    return f"{key[0]}:{key[1]}"
 
 
 @dataclass
@@ -71,10 +76,7 @@ class Service:
         self._restore(now)
 
     def _restore(self, now: float) -> None:
-        longest = max((r.jail.policy.history_window for r in self.pipeline.runners), default=0.0)
-        history = self.state.history(now - longest)
-        for runner in self.pipeline.runners:
-            runner.scorer.restore_history(history)
+        self._load_history(now)
         self.active.clear()
         entries: list[tuple[Network, float]] = []
         for row in self.state.active(now):
@@ -167,10 +169,19 @@ class Service:
         for target in [t for t, b in self.active.items() if b.expires <= now]:
             del self.active[target]
 
+    def _history_horizon(self, now: float) -> float:
+        """Bans older than this matter to no jail's ban-time growth."""
+        return now - max((r.jail.policy.history_window for r in self.pipeline.runners),
+                         default=0.0)
+
+    def _load_history(self, now: float) -> None:
+        history = self.state.history(self._history_horizon(now))
+        for runner in self.pipeline.runners:
+            runner.scorer.restore_history(history)
+
     def prune(self, now: float) -> None:
-        longest = max((r.jail.policy.history_window for r in self.pipeline.runners), default=0.0)
         self.state.begin()
-        self.state.prune(now - longest)
+        self.state.prune(self._history_horizon(now))
 
     # -- admin commands --------------------------------------------------------------------
     def handlers(self, clock: Callable[[], float]) -> dict[str, Handler]:
@@ -194,7 +205,7 @@ class Service:
             name = runner.jail.name
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
-                "source": "{}:{}".format(*self.source_key(runner.jail)),
+                "source": source_label(self.source_key(runner.jail)),
                 "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
                          if key.startswith(name + "/") and count},
                 "tracked": runner.scorer.tracked_count(),
@@ -261,10 +272,10 @@ class Service:
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
         self.state.commit()
-        log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail,
-                    "permanently" if math.isinf(seconds) else f"for {seconds:g}s", decision.reason)
-        self._mark_everywhere(target, now + seconds)
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
+        log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
+                    decision.reason)
+        self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
     def cmd_unban(self, message: dict[str, Any], now: float) -> str:
@@ -300,17 +311,11 @@ class Service:
                                ) from exc
         self.state.commit()
         self._install(config)
-        self._restore_marks(now)
-        log.warning("configuration reloaded: %d jail(s)", len(config.jails))
-        return f"reloaded {config.path}: {', '.join(j.name for j in config.jails)}"
-
-    def _restore_marks(self, now: float) -> None:
-        longest = max((r.jail.policy.history_window for r in self.pipeline.runners), default=0.0)
-        history = self.state.history(now - longest)
-        for runner in self.pipeline.runners:
-            runner.scorer.restore_history(history)
+        self._load_history(now)
         for ban in self.active.values():
             self._mark_everywhere(ban.target, ban.expires)
+        log.warning("configuration reloaded: %d jail(s)", len(config.jails))
+        return f"reloaded {config.path}: {', '.join(j.name for j in config.jails)}"
 
     def cmd_explain(self, message: dict[str, Any], now: float) -> dict[str, object]:
         text = message.get("address")
@@ -339,14 +344,12 @@ class Service:
         if is_special_network(target):
             return ("loopback, link-local, multicast, unspecified and reserved addresses"
                     " are never banned")
-        for own in self.own_addresses:
-            if own in target:
-                return f"it holds this host's own address {own}"
         for runner in self.pipeline.runners:
-            for own in runner.jail.policy.own_addresses:
+            policy = runner.scorer.policy  # the jail's, with the host's addresses merged in
+            for own in policy.own_addresses:
                 if own in target:
                     return f"it holds this host's own address {own}"
-            for allowed in runner.jail.policy.allow:
+            for allowed in policy.allow:
                 if allowed.version == target.version and allowed.overlaps(target):
                     return f"it is allowlisted ({network_text(allowed)} in jail {runner.jail.name})"
         return None
@@ -371,9 +374,6 @@ def _target(value: object) -> Network:
             loose = ip_network(value.strip(), strict=False)
             raise RequestError(f"{value!r} has host bits set; did you mean {loose}?") from None
         raise RequestError(f"{value!r} is not an address or network") from None
-
-
-__all__ = ["ActiveBan", "Service", "decision_json"]
 
 
 def _describe(backend: Backend) -> object:
