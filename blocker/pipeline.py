@@ -87,9 +87,18 @@ class Pipeline:
         self.stats.parsed += 1
         return self.feed_packet(packet, jails)
 
+    def feed_lines(self, lines: Sequence[str], now: float,
+                   jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+        """Many lines that carry their own time (kern.log): bounded like feed_line's, then
+        parsed as one text."""
+        if lines and max(map(len, lines)) > MAX_LINE:  # rare: checked in C, cut in Python
+            lines = [line[:MAX_LINE] for line in lines]
+        return self.feed_text("\n".join(lines) + "\n", now, jails)
+
     def feed_text(self, text: str, now: float, jails: Sequence[JailRunner] | None = None
                   ) -> list[Decision]:
-        """Many complete lines at once (replay, bulk reads): the fast path."""
+        """Many complete lines at once, each already within MAX_LINE (replay cuts them while
+        reading): the fast path."""
         lines = text.count("\n")
         if text and not text.endswith("\n"):
             lines += 1

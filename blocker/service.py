@@ -105,7 +105,7 @@ class Service:
             else:
                 decisions += self.pipeline.feed_line(line.text, now, line.time, runners)
         if bulk:
-            decisions += self.pipeline.feed_text("\n".join(bulk) + "\n", now, runners)
+            decisions += self.pipeline.feed_lines(bulk, now, runners)
         if decisions:
             self.apply(decisions, now)
         return decisions

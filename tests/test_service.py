@@ -19,6 +19,7 @@ from loglines import BASE, syn, synack
 from blocker.config import Config, load_config
 from blocker.control import RequestError
 from blocker.firewall.base import Repair
+from blocker.pipeline import MAX_LINE
 from blocker.records import Decision, Network
 from blocker.service import Service
 from blocker.sources.base import SourceLine
@@ -124,6 +125,15 @@ def test_four_synacks_ban_nobody(h: Harness) -> None:
 def test_lines_of_another_source_are_ignored(h: Harness) -> None:
     assert h.service.handle_lines(("kernlog", "/elsewhere.log"), synacks(ATTACKER, NOW), NOW) == []
     assert h.backend.ban_batches == []
+
+
+def test_kern_log_lines_get_the_same_length_bound_as_live_lines(h: Harness) -> None:
+    """A record starting past the parser's bound (MAX_LINE) is cut off on both paths."""
+    padded = "x" * (MAX_LINE + 100) + " " + synack(ATTACKER, at=None)
+    h.service.handle_lines(("kernlog", LOG), [SourceLine(padded, None)], NOW)
+    h.service.handle_lines(("kernlog", LOG), [SourceLine(padded, NOW)], NOW)
+    assert h.service.pipeline.stats.lines == 2
+    assert h.service.pipeline.stats.parsed == 0
 
 
 def test_ipv6_attacker_is_banned(h: Harness) -> None:
