@@ -56,7 +56,7 @@ def _field_text(value: object) -> str | None:
 
 
 def _realtime(value: object) -> float | None:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value) / 1e6
     return None
 
