@@ -78,9 +78,9 @@ def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]
     """
     splitter = LineSplitter(limit=MAX_LINE)
     while block := stream.read(chunk_size):
-        lines = splitter.feed(block)
+        lines = splitter.feed_block(block)
         if lines:
-            yield (b"\n".join(lines) + b"\n").decode("utf-8", "replace")
+            yield lines.decode("utf-8", "replace")
     tail = splitter.flush()
     if tail is not None:
         yield tail.decode("utf-8", "replace")

@@ -50,6 +50,41 @@ def test_chunking_never_changes_the_lines(data: bytes, cuts: list[int]) -> None:
     assert all(len(line) <= 16 for line in got)
 
 
+_lines_text = st.lists(
+    st.tuples(st.integers(0, 40), st.sampled_from([b"a", b"\xff", b" "])).map(
+        lambda item: item[1] * item[0]),
+    max_size=30,
+).map(b"\n".join)
+
+
+@given(_lines_text | st.binary(max_size=300),
+       st.lists(st.integers(min_value=1, max_value=60), max_size=30))
+def test_feed_block_gives_what_feed_gives(data: bytes, cuts: list[int]) -> None:
+    lines = LineSplitter(limit=16)
+    blocks = LineSplitter(limit=16)
+    expected: list[bytes] = []
+    got = b""
+    start = 0
+    for size in [*cuts, len(data)]:
+        piece = data[start : start + size]
+        start += size
+        expected += lines.feed(piece)
+        got += blocks.feed_block(piece)
+    assert got == b"".join(line + b"\n" for line in expected)
+    assert (blocks.consumed, blocks.pending, blocks.cut_lines) == (
+        lines.consumed, lines.pending, lines.cut_lines)
+    assert blocks.flush() == lines.flush()
+
+
+def test_feed_block_slices_when_no_line_can_be_too_long() -> None:
+    data = b"".join(b"x" * n + b"\n" for n in (0, 7, 8, 3)) + b"tail"
+    splitter = LineSplitter(limit=8)
+    assert splitter.feed_block(data) == data[: data.rindex(b"\n") + 1]
+    assert (splitter.pending, splitter.cut_lines) == (4, 0)
+    assert splitter.feed_block(b"x" * 9 + b"\n") == b"tailxxxx\n"
+    assert splitter.cut_lines == 1
+
+
 def test_auto_prefers_the_log_file(tmp_path: Path) -> None:
     log = tmp_path / "kern.log"
     log.write_text("")

@@ -88,6 +88,29 @@ class LineSplitter:
             lines += self._feed_bytewise(data[start:])
         return lines
 
+    def feed_block(self, data: bytes) -> bytes:
+        """feed() as one block: the complete lines, each ending in a newline (b"" if none).
+
+        When no line of `data` can be over the limit (checked in C, window by window), the
+        block is a slice of `data`: nothing is split and joined again.
+        """
+        head = b""
+        if self._buf or self._dropped:  # first finish the line the last read left open
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._feed_bytewise(data)
+                return b""
+            head = self._feed_bytewise(data[: newline + 1])[0] + b"\n"
+            data = data[newline + 1 :]
+        last = data.rfind(b"\n")
+        if last >= 0 and _no_line_over(data, last, self._limit):
+            self.consumed += last + 1
+            if last + 1 < len(data):
+                self._feed_bytewise(data[last + 1 :])  # the unfinished tail: buffered
+            return head + data[: last + 1]
+        lines = self.feed(data)
+        return head + b"\n".join(lines) + b"\n" if lines else head
+
     def _feed_bytewise(self, data: bytes) -> list[bytes]:
         lines: list[bytes] = []
         start = 0
@@ -121,3 +144,11 @@ class LineSplitter:
         self._buf.clear()
         self._dropped = 0
         return line
+
+
+def _no_line_over(data: bytes, last: int, limit: int) -> bool:
+    """True when no line of data[:last + 1] (which ends in a newline) is longer than `limit`:
+    every window of limit // 2 bytes holds a newline, so no run without one reaches limit."""
+    step = max(1, limit // 2)
+    find = data.find
+    return all(find(b"\n", i, i + step) >= 0 for i in range(0, last + 1, step))
