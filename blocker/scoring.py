@@ -42,9 +42,11 @@ individually: which hosts get a Decision must not depend on the order of equal-t
 
 Never banned: special addresses, allowlisted addresses, the host's own addresses.
 
-Memory is bounded: at most ``max_tracked`` addresses with live window state (least
-recently seen evicted), at most 4096 hits per address (oldest dropped), and ban marks,
-ban history and subnet counters each capped at ``max_tracked`` entries.
+Memory is bounded: at most ``max_tracked`` addresses with live window state; at the cap,
+a window that holds no score any more goes first, else the oldest address not hit again
+since it was created or last spared (the clock, or second chance, algorithm), so a flood of
+one-off sources evicts its own kind first.  At most 4096 hits per address (oldest dropped);
+ban marks, ban history and subnet counters each capped at ``max_tracked`` entries.
 """
 
 from __future__ import annotations
@@ -126,9 +128,10 @@ class JailPolicy:
 class _Window:
     """The hits of one address inside the score window, with running integer sums."""
 
-    __slots__ = ("hits", "key_weights", "keyed_total", "max_sum", "plain")
+    __slots__ = ("hits", "key_weights", "keyed_total", "max_sum", "plain", "seen_again")
 
     def __init__(self) -> None:
+        self.seen_again = False  # hit since it was created or last spared by eviction
         self.hits: deque[_Entry] = deque()
         self.plain = 0  # sum of unkeyed weights
         self.keyed_total = 0  # sum of keyed weights
@@ -222,7 +225,7 @@ class Scorer:
         self._threshold_units = max(1, round(policy.threshold * UNITS))
         self._max_tracked = policy.max_tracked
         self._now = -math.inf
-        # address -> live score window, least recently seen first
+        # address -> live score window, in eviction order (see _evict_one)
         self._tracked: OrderedDict[Address, _Window] = OrderedDict()
         # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
         # for an address that may never be banned.  Addresses not in it are open.
@@ -245,52 +248,56 @@ class Scorer:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def feed(self, hit: Hit) -> list[Decision]:  # noqa: PLR0915 - inlined: the hottest code
+    def feed(self, hit: Hit) -> list[Decision]:
         """Account one hit; return the bans it triggers (usually none)."""
+        return self.add(hit.time, hit.filter, hit.offender, hit.weight, hit.distinct_key) or []
+
+    def add(
+        self, t: float, filter_name: str, addr: Address, weight_points: float,
+        key: tuple[object, ...] | None = None,
+    ) -> list[Decision] | None:
+        """feed() without the Hit: `addr` earned `weight_points` at `t` through `filter_name`
+        (`key`: its distinct key). Returns the bans it triggers, or None (the common case)."""
         self._hits += 1
-        t = hit.time
         if t - t != 0:  # NaN or infinite time: one bad line must not stop the clock
             self._stale += 1
-            return []
+            return None
         if t > self._now:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._now = t
         now = self._now
-        addr = hit.offender
         until = self._gate.get(addr)
         if until is not None and now < until:
             if until == math.inf and addr not in self._banned:
                 self._ignored += 1
             else:
                 self._while_banned += 1
-            return []
+            return None
         window = self._window
         if now - t >= window:
             self._stale += 1
-            return []
+            return None
         tracked = self._tracked
         state = tracked.get(addr)
         if state is None:
             # Whether an address may be banned is settled once, when its window opens; only
             # refusals and bans enter the gate, so a flood of new sources never churns it.
             if self.refusal(addr) is not None:
-                self._refuse(addr)
+                self._set_gate(addr, math.inf)
                 self._ignored += 1
-                return []
+                return None
             if len(tracked) >= self._max_tracked:
-                tracked.popitem(last=False)  # the least recently seen
-                self._evicted += 1
+                self._evict_one()
             state = tracked[addr] = _Window()
         else:
-            tracked.move_to_end(addr)
+            state.seen_again = True
             if now - state.hits[0][0] >= window:
                 state.expire(now, window)
         hits = state.hits
-        weight = self._units.get(hit.weight)
+        weight = self._units.get(weight_points)
         if weight is None:
-            weight = self._to_units(hit.weight)
-        key = hit.distinct_key
+            weight = self._to_units(weight_points)
         # The window update is inlined: this is the hottest code of the daemon.
-        entry = (t, hit.filter, key, weight)
+        entry = (t, filter_name, key, weight)
         if not hits or t >= hits[-1][0]:
             hits.append(entry)
         else:  # a slightly late line: keep the deque in time order so expiry stays exact
@@ -304,7 +311,7 @@ class Scorer:
         max_sum = state.max_sum
         score = state.plain + max_sum + self._repeat_factor * (state.keyed_total - max_sum)
         if score < self._threshold_units:
-            return []
+            return None
         return self._ban_host(addr, state, t, score / UNITS)
 
     def _to_units(self, weight: float) -> int:
@@ -317,14 +324,25 @@ class Scorer:
         self._units[weight] = units
         return units
 
-    def _refuse(self, addr: Address) -> None:
-        if len(self._gate) >= GATE_CACHE_SIZE:
-            # Forget cached refusals (they are recomputed on demand); keep every ban mark.
-            self._gate = dict(self._banned)
-        self._gate[addr] = math.inf
+    def _evict_one(self) -> None:
+        """Make room for one window: drop the oldest that holds no score any more or was not
+        hit again since it was created or last spared; spare the others (to the back)."""
+        tracked = self._tracked
+        now, window = self._now, self._window
+        while True:
+            addr, state = tracked.popitem(last=False)
+            live = bool(state.hits) and now - state.hits[-1][0] < window
+            if not live:
+                return
+            if not state.seen_again:
+                self._evicted += 1
+                return
+            state.seen_again = False
+            tracked[addr] = state
 
     def _set_gate(self, addr: Address, until: float) -> None:
         if len(self._gate) >= GATE_CACHE_SIZE:
+            # Forget cached refusals (they are recomputed on demand); keep every ban mark.
             self._gate = dict(self._banned)
         self._gate[addr] = until
 

@@ -477,8 +477,33 @@ def test_eviction_spares_an_address_seen_again() -> None:
 def test_an_evicted_address_starts_from_zero() -> None:
     s = scorer(max_tracked=2)
     feed_all(s, burst("198.51.100.1", 0, count=4))
-    feed_all(s, [hit("198.51.100.2", 5), hit("198.51.100.3", 6)])
-    assert s.feed(hit("198.51.100.1", 7)) == []
+    # .3 spares .1 once (it was hit again) and evicts .2; .4 then evicts .1.
+    feed_all(s, [hit("198.51.100.2", 5), hit("198.51.100.3", 6), hit("198.51.100.4", 7)])
+    assert s.stats()["evicted"] == 2
+    assert s.feed(hit("198.51.100.1", 8)) == []
+
+
+def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> None:
+    # Cap 100; the attacker comes back after every 80 new sources: the flood's one-off
+    # windows go first, and each return earns the attacker another pass.
+    s = scorer(max_tracked=100)
+    decisions = []
+    for i in range(400):
+        if i % 80 == 0:
+            decisions += s.feed(hit("203.0.113.7", i / 100))
+        s.feed(hit(f"2001:db8::{i:x}", i / 100))
+        assert s.tracked_count() <= 100
+    decisions += s.feed(hit("203.0.113.7", 4))
+    assert targets(decisions) == ["203.0.113.7"]
+    assert s.stats()["evicted"] >= 300
+
+
+def test_windows_without_score_go_before_any_live_one() -> None:
+    s = scorer(max_tracked=2)
+    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 100), hit("198.51.100.2", 101)])
+    s.feed(hit("198.51.100.3", 102))  # .1's window expired: dropped, not counted as evicted
+    assert s.stats()["evicted"] == 0
+    assert s.explain(a("198.51.100.2"), T0 + 102)["score"] == 2.0
 
 
 # -- introspection -------------------------------------------------------------------------
