@@ -27,14 +27,15 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from blocker.records import Address, Hit, Packet
+from blocker.records import Address, Hit, Packet, Signature
 
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _DIRECTIONS = frozenset(("in", "out", "forward"))
+# What a distinct key can be made of, in the order DistinctKey takes the values.
 _DISTINCT_FIELDS = ("src", "dst", "sport", "dport", "proto", "icmp_type")
 _TOP_KEYS = frozenset(("name", "description", "offender", "weight", "distinct", "match", "ignore"))
 _MATCH_KEYS = frozenset(
@@ -85,11 +86,11 @@ class Filter:
     icmp_code: frozenset[int] | None = None
     path: str = ""
 
-    def static_match(self, packet: Packet) -> bool:
-        """Conditions that depend only on a packet's signature (cached by the Matcher)."""
-        direction, proto, flags, prefix = (packet.direction, packet.proto, packet.flags,
-                                           packet.prefix)
-        icmp_type, icmp_code = packet.icmp_type, packet.icmp_code
+    def static_match(self, signature: Signature) -> bool:
+        """Conditions that depend only on the kind of packet (decided once per Signature)."""
+        direction, proto, flags, prefix = (signature.direction, signature.proto,
+                                           signature.flags, signature.prefix)
+        icmp_type, icmp_code = signature.icmp_type, signature.icmp_code
         if self.direction is not None and direction not in self.direction:
             return False
         if self.proto is not None and proto not in self.proto:
@@ -114,14 +115,15 @@ class Filter:
     def has_dynamic(self) -> bool:
         return self.dport is not None or self.sport is not None or self.dst_unicast
 
-    def dynamic_match(self, packet: Packet, unicast: dict[Address, bool]) -> bool:
-        """Conditions on ports and addresses, checked per packet."""
-        if self.dport is not None and packet.dpt not in self.dport:
+    def dynamic_match(self, dport: int | None, sport: int | None, dst: Address,
+                      unicast: dict[Address, bool]) -> bool:
+        """Conditions on ports and addresses, checked per packet. `unicast` caches whether
+        a destination is a unicast address."""
+        if self.dport is not None and dport not in self.dport:
             return False
-        if self.sport is not None and packet.spt not in self.sport:
+        if self.sport is not None and sport not in self.sport:
             return False
         if self.dst_unicast:
-            dst = packet.dst
             ok = unicast.get(dst)
             if ok is None:
                 if len(unicast) > 65536:
@@ -133,28 +135,27 @@ class Filter:
         return True
 
 
-# Filter field names -> Packet attributes.
-_PACKET_FIELD = {"src": "src", "dst": "dst", "sport": "spt", "dport": "dpt", "proto": "proto",
-                 "icmp_type": "icmp_type"}
+# (src, dst, sport, dport, proto, icmp_type) -> the key
+DistinctKey = Callable[[Address, Address, "int | None", "int | None", str, "int | None"],
+                       tuple[object, ...]]
 
 
-def distinct_getter(fields: Sequence[str]) -> Callable[[Packet], tuple[object, ...]]:
-    """A C-speed accessor returning the tuple of `fields` of a packet."""
-    names = [_PACKET_FIELD[name] for name in fields]
-    if len(names) == 1:
-        single = attrgetter(names[0])
-        return lambda packet: (single(packet),)
-    return attrgetter(*names)
+def distinct_key(fields: Sequence[str]) -> DistinctKey:
+    """The function building a filter's distinct key, e.g. (dst, dport), from packet values."""
+    picks = [_DISTINCT_FIELDS.index(name) for name in fields]
+    if len(picks) == 1:
+        (pick,) = picks
+        return lambda *values: (values[pick],)
+    pick_all = itemgetter(*picks)  # a tuple, picked in C
 
+    def key(*values: object) -> tuple[object, ...]:
+        return pick_all(values)  # type: ignore[no-any-return]
 
-def signature_of(packet: Packet) -> tuple[object, ...]:
-    """Every condition but ports and addresses depends on this: decide once per signature."""
-    return (packet.iface_in == "", packet.iface_out == "", packet.proto, packet.flags,
-            packet.prefix, packet.icmp_type, packet.icmp_code)
+    return key
 
 
 # What the Matcher keeps per candidate filter: everything `match` needs without lookups.
-_Candidate = tuple[Filter, float, bool, bool, "Callable[[Packet], tuple[object, ...]] | None"]
+_Candidate = tuple[Filter, float, bool, bool, "DistinctKey | None"]
 
 
 class Matcher:
@@ -168,35 +169,39 @@ class Matcher:
         self.counts: dict[str, int] = {flt.name: 0 for flt, _ in self.chain}
         self._prepared: list[_Candidate] = [
             (flt, weight, flt.has_dynamic, flt.offender == "src",
-             distinct_getter(flt.distinct) if flt.distinct else None)
+             distinct_key(flt.distinct) if flt.distinct else None)
             for flt, weight in self.chain
         ]
-        self._candidates: dict[tuple[object, ...], tuple[_Candidate, ...]] = {}
-        self._unicast: dict[Address, bool] = {}
+        self._candidates: dict[Signature, tuple[_Candidate, ...]] = {}
+        self.unicast: dict[Address, bool] = {}
 
-    def match(self, packet: Packet, signature: tuple[object, ...] | None = None) -> Hit | None:
-        """The first filter's Hit, or None. `signature` (from signature_of) may be shared by
-        the jails looking at the same packet."""
+    def match(self, packet: Packet, signature: Signature | None = None) -> Hit | None:
+        """The first filter's Hit, or None. `signature` (Signature.of(packet)) may be shared
+        by the jails looking at the same packet."""
         if signature is None:
-            signature = signature_of(packet)
+            signature = Signature.of(packet)
         candidates = self._candidates.get(signature)
         if candidates is None:
-            candidates = self._compute_candidates(packet)
+            candidates = self.candidates(signature)
             if len(self._candidates) > 16384:
                 self._candidates.clear()
             self._candidates[signature] = candidates
         for flt, weight, dynamic, from_src, key_of in candidates:
-            if dynamic and not flt.dynamic_match(packet, self._unicast):
+            if dynamic and not flt.dynamic_match(packet.dpt, packet.spt, packet.dst,
+                                                 self.unicast):
                 continue
             self.counts[flt.name] += 1
+            key = None if key_of is None else key_of(
+                packet.src, packet.dst, packet.spt, packet.dpt, packet.proto, packet.icmp_type)
             return Hit(packet.time, self.jail, flt.name, packet.src if from_src else packet.dst,
-                       weight, key_of(packet) if key_of is not None else None)
+                       weight, key)
         return None
 
-    def _compute_candidates(self, packet: Packet) -> tuple[_Candidate, ...]:
-        if self.prefix is not None and self.prefix.search(packet.prefix) is None:
+    def candidates(self, signature: Signature) -> tuple[_Candidate, ...]:
+        """The filters, in chain order, whose static conditions `signature` meets."""
+        if self.prefix is not None and self.prefix.search(signature.prefix) is None:
             return ()
-        return tuple(c for c in self._prepared if c[0].static_match(packet))
+        return tuple(c for c in self._prepared if c[0].static_match(signature))
 
 
 def load_filters(directory: Path) -> dict[str, Filter]:

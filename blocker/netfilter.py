@@ -15,11 +15,11 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_pton
 
-from blocker.records import Address, Packet
+from blocker.records import Address, Direction, Packet, Signature
 
 _KERNEL_TAG = " kernel: "
 _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60) \S+")
@@ -30,15 +30,23 @@ _RFC3339 = re.compile(
 _SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 # Field order is fixed by the kernel (nf_log_ipv4/ipv6); optional parts are the bridge
 # (PHYSIN/PHYSOUT), MAC, IP options/flags before PROTO, and TCP sequence numbers.
+# `[^ ]` rather than `\S`: a negated literal is the fastest class the engine has (`\S` tests
+# Unicode categories per character), and this regex runs over every byte of a bulk read.
+# It can run past a newline where `\S` would stop; scan() catches such a match and reads
+# those lines one by one.
 _PACKET = re.compile(
-    r"IN=(\S*) OUT=(\S*) (?:PHYSIN=(\S*) )?(?:PHYSOUT=\S* )?(?:MAC=\S* )?"
-    r"SRC=([0-9A-Fa-f.:]+) DST=([0-9A-Fa-f.:]+) LEN=(\d+) "
-    r"(?:TOS=\S+ PREC=\S+ TTL=(\d+) ID=(\d+) |TC=\d+ HOPLIMIT=(\d+) FLOWLBL=\d+ )?"
-    r"(?:\S+ )*?PROTO=(\w+)"
+    r"IN=([^ ]*) OUT=([^ ]*) (?:PHYSIN=([^ ]*) )?(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
+    r"SRC=([^ ]+) DST=([^ ]+) LEN=([0-9]+) "
+    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=([0-9]+) ID=([0-9]+)|C=[0-9]+ HOPLIMIT=([0-9]+) "
+    r"FLOWLBL=[0-9]+) )?"
+    # IPv4 flags and options (CE DF MF FRAG:n OPT (..)) or IPv6 extension headers: no '='.
+    r"[^=\n]*PROTO=(\w+)"
     # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
     # cut in the middle of a port number.
-    r"(?: SPT=(\d+) DPT=(\d+) (?:SEQ=\d+ ACK=\d+ )?(?:WINDOW=\d+ RES=\S+ ((?:[A-Z]{3} )*)URGP=)?"
-    r"| TYPE=(\d+) CODE=(\d+)(?= |$)| (INCOMPLETE) \[)?"
+    r"(?: SPT=([0-9]+) DPT=([0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
+    r"(?:WINDOW=[0-9]+ RES=[^ ]* ((?:[A-Z]{3} )*)URGP=)?"
+    r"| TYPE=([0-9]+) CODE=([0-9]+)(?= |$)| (INCOMPLETE) \[)?",
+    re.MULTILINE,
 )
 _MONTHS = {
     name: number
@@ -48,12 +56,17 @@ _MONTHS = {
 }
 _NO_FLAGS: frozenset[str] = frozenset()
 _ZONE_START = ("+", "-", "Z")
+_UPTIME_START = frozenset(" 0123456789")  # "[UFW BLOCK]" is a prefix, "[ 3445.03]" an uptime
 # What nf_log prints after PROTO= (anything else it prints as a number).
 _KNOWN_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP", "ICMP", "ICMPv6", "AH", "ESP"))
 _PORT_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
 _ICMP_PROTOS = frozenset(("ICMP", "ICMPv6"))
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _CACHE_LIMIT = 65536
+_MISSING = object()
+# What scan() yields per LOG line: (time, raw prefix, the groups of _PACKET).
+Fields = tuple[str | None, ...]
+Record = tuple[float, str, Fields]
 _ADDRESS_CACHE_LIMIT = 262144
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
@@ -96,17 +109,19 @@ class KernelLogParser:
         self._cache_from = self._cache_until = 0.0
         self._addresses: dict[str, Address | None] = {}
         self._flags: dict[str, frozenset[str] | None] = {}
+        self._signatures: dict[tuple[str | None, ...], Signature | None] = {}
         self._rejected = 0
 
-    def _reset_header_cache(self, now: float) -> None:
-        self._header_times.clear()
-        day = now // 86400 * 86400
-        self._cache_from, self._cache_until = day, day + 86400
-
     def take_rejected(self) -> int:
-        """LOG-like lines parse_text refused since the last call (for the 'malformed' count)."""
+        """LOG-like lines refused since the last call (for the 'malformed' count): a bad or
+        forged header counted by scan(), plus whatever callers of reject() counted."""
         rejected, self._rejected = self._rejected, 0
         return rejected
+
+    def reject(self) -> None:
+        self._rejected += 1
+
+    # -- whole records -------------------------------------------------------------------
 
     def parse(self, line: str, now: float, source_time: float | None = None) -> Packet | None:
         """Return the Packet in one `line`, or None when it is not a (valid) netfilter LOG line.
@@ -114,147 +129,166 @@ class KernelLogParser:
         `now` anchors year-less timestamps and times headerless lines that have no
         `source_time` (journald/kmsg pass the time they read from the kernel record).
         """
-        m = _PACKET.search(line)
-        if m is None:
-            return None
-        packet = self._packet(m, line[: m.start()], now, source_time)
-        if packet is None:
-            self._rejected += 1
-        return packet
+        for record in self.scan(line, now, source_time):
+            packet = self.packet(record)
+            if packet is None:
+                self._rejected += 1
+            return packet
+        return None
 
     def parse_text(self, text: str, now: float) -> Iterator[Packet]:
-        """Packets of every valid LOG line in `text` (many lines; the regex skips the rest in C).
-
-        Used for replay and bulk reads: lines without a packet cost almost nothing, so callers
-        count lines with text.count("\n") and treat the difference as unparsed.
-        """
-        next_line = 0
-        for m in _PACKET.finditer(text):
-            start = m.start()
-            if start < next_line:
-                continue  # a second 'IN=' on a line already handled
-            line_start = text.rfind("\n", 0, start) + 1
-            next_line = text.find("\n", m.end())
-            if next_line < 0:
-                next_line = len(text)
-            packet = self._packet(m, text[line_start:start], now, None)
+        """Packets of every valid LOG line in `text` (many lines)."""
+        for record in self.scan(text, now):
+            packet = self.packet(record)
             if packet is None:
                 self._rejected += 1
             else:
                 yield packet
 
-    def _packet(
-        self, m: re.Match[str], head: str, now: float, source_time: float | None
-    ) -> Packet | None:
-        """Build the Packet from a regex match and the text before 'IN=' on its line."""
+    def packet(self, record: Record) -> Packet | None:
+        """The Packet of a scanned record, or None when its fields are not valid."""
+        event_time, prefix, fields = record
+        (iface_in, iface_out, physin, src_text, dst_text, length, ttl, ip_id, hoplimit, _,
+         spt, dpt, _, _, _, _) = fields
+        signature = self.signature(prefix, fields)
+        if signature is None or (signature.ports and dpt is None):
+            return None
+        src = self.address(src_text)  # type: ignore[arg-type]  # SRC= and DST= always match
+        dst = self.address(dst_text)  # type: ignore[arg-type]
+        if src is None or dst is None or type(src) is not type(dst):
+            return None
+        hops = ttl or hoplimit
+        return Packet(
+            event_time, signature.prefix, iface_in or "", iface_out or "", src, dst,
+            signature.proto,
+            int(spt) if spt is not None else None,
+            int(dpt) if dpt is not None else None,
+            signature.flags,
+            int(length),  # type: ignore[arg-type]  # LEN= always matches
+            int(hops) if hops else None,
+            signature.icmp_type,
+            signature.icmp_code,
+            physin or "",
+            int(ip_id) if ip_id else None,
+        )
+
+    # -- scanning: the bulk path ---------------------------------------------------------
+
+    def scan(self, text: str, now: float, source_time: float | None = None
+             ) -> Iterator[Record]:
+        """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
+        header; lines with a bad or forged header are counted as rejected and skipped.
+
+        The caller validates the fields: signature() for what depends on the kind of packet
+        (cached), address() and the ports for the rest. `prefix` is the raw text between the
+        header (and [uptime]) and 'IN='. Lines without a record cost almost nothing: the regex
+        skips them in C, so callers count lines with text.count("\n").
+        """
+        if now >= self._cache_until or now < self._cache_from:
+            self._reset_header_cache(now)
+        header_times = self._header_times
+        done = 0  # text before this offset is handled
+        for m in _PACKET.finditer(text):
+            start = m.start()
+            if start < done:
+                continue  # a second 'IN=' on a line already handled
+            line_start = text.rfind("\n", 0, start) + 1
+            done = text.find("\n", start)
+            if done < 0:
+                done = len(text)
+            if m.end() > done:
+                # The match ran across a newline (a cut line): read the lines it spans alone.
+                done = text.find("\n", m.end())
+                if done < 0:
+                    done = len(text)
+                for line in text[line_start:done].split("\n"):
+                    one = _PACKET.search(line)
+                    if one is not None:
+                        found = self._time_and_prefix(line[: one.start()], now, source_time)
+                        if found is None:
+                            self._rejected += 1
+                        else:
+                            yield found[0], found[1], one.groups()
+                continue
+            head = text[line_start:start]
+            # The common case, a cached syslog header, inlined (the keys are the ones
+            # _time_and_prefix stores); anything else takes the full path.
+            k = head.find(_KERNEL_TAG)
+            if k > 0:
+                fraction = head[20:26]
+                if head[19:20] == "." and head[26:27] in _ZONE_START and _digits(fraction):
+                    base = header_times.get(head[:19] + head[26:k])
+                    event_time = None if base is None else base + int(fraction) * 1e-6
+                else:
+                    event_time = header_times.get(head[:k])
+                if event_time is not None:
+                    prefix = head[k + 9 :]  # len(_KERNEL_TAG)
+                    if prefix[:1] == "[" and prefix[1:2] in _UPTIME_START:
+                        prefix = _without_uptime(prefix)[1]
+                    yield event_time, prefix, m.groups()
+                    continue
+            found = self._time_and_prefix(head, now, source_time)
+            if found is None:
+                self._rejected += 1
+            else:
+                yield found[0], found[1], m.groups()
+
+    def _reset_header_cache(self, now: float) -> None:
+        self._header_times.clear()
+        day = now // 86400 * 86400
+        self._cache_from, self._cache_until = day, day + 86400
+
+    def _time_and_prefix(self, head: str, now: float, source_time: float | None
+                         ) -> tuple[float, str] | None:
+        """Event time and raw prefix from the text before 'IN=' on a line; None when the
+        line has a bad syslog header or one a user process wrote."""
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
         k = head.find(_KERNEL_TAG)
         if k >= 0:
-            header = head[:k]
-            if header[19:20] == "." and header[26:27] in _ZONE_START and header[20:26].isdigit():
-                # rsyslog RFC 3339 (Debian 12): six fraction digits, cached on whole seconds.
-                base = self._header_times.get(header[:19] + header[26:])
-                event_time = None if base is None else base + int(header[20:26]) * 1e-6
-            else:
-                event_time = self._header_times.get(header)
+            event_time = self._header_time(head[:k], now)
             if event_time is None:
-                event_time = self._header_time(header, now)
-                if event_time is None:
-                    return None
+                return None
             head = head[k + 9 :]  # len(_KERNEL_TAG)
         elif _SYSLOG_START.match(head):
             return None  # a syslog line from a user process: never trusted
         else:
             event_time = now if source_time is None else source_time
         if head.startswith("["):
-            # Only an [uptime] stamp is stripped: "[UFW ALLOW]" is a LOG prefix and stays.
-            close = head.find("]")
-            if close > 1 and head[1:close].strip().replace(".", "", 1).isdigit():
-                if k < 0 and source_time is None:
-                    # dmesg dumps: the [uptime] stamp is the only clock the line has.
-                    event_time = float(head[1:close].strip())
-                head = head[close + 1 :]
-        (iface_in, iface_out, physin, src_text, dst_text, length, ttl, ip_id, hoplimit, proto,
-         spt, dpt, flag_text, icmp_type, icmp_code, incomplete) = m.groups()
-        addresses = self._addresses
-        src = addresses.get(src_text) or self._address(src_text)
-        dst = addresses.get(dst_text) or self._address(dst_text)
-        if src is None or dst is None or src.version != dst.version:
-            return None
-        if not self._complete(proto, dpt, icmp_type, incomplete):
-            return None
-        if proto == "TCP":
-            if flag_text is None:
-                return None  # truncated or mangled TCP record: its flags are the point
-            flags = self._flags.get(flag_text) or self._tcp_flags(flag_text)
-            if flags is None:
-                return None
-            return Packet(
-                event_time, head.strip(), iface_in, iface_out, src, dst, proto,
-                int(spt), int(dpt), flags, int(length), int(ttl or hoplimit or 0) or None,
-                None, None, physin or "", int(ip_id) if ip_id else None,
-            )
-        hops = ttl or hoplimit
-        return Packet(
-            event_time,
-            head.strip(),
-            iface_in,
-            iface_out,
-            src,
-            dst,
-            proto,
-            int(spt) if spt is not None else None,
-            int(dpt) if dpt is not None else None,
-            _NO_FLAGS,
-            int(length),
-            int(hops) if hops else None,
-            int(icmp_type) if icmp_type is not None else None,
-            int(icmp_code) if icmp_code is not None else None,
-            physin or "",
-            int(ip_id) if ip_id else None,
-        )
+            uptime, head = _without_uptime(head)
+            if uptime is not None and k < 0 and source_time is None:
+                event_time = uptime  # dmesg dumps: the only clock the line has
+        return event_time, head
 
-    @staticmethod
-    def _complete(proto: str, dpt: str | None, icmp_type: str | None,
-                  incomplete: str | None) -> bool:
-        """False for a record cut short (a partial last line): its fields would be wrong.
+    # -- the parts of a record -----------------------------------------------------------
 
-        A protocol number at the very end of a line cannot be told from a cut one (real
-        logs end "PROTO=2" with and without a trailing space), so numbers are taken as they are.
-        """
-        if incomplete or proto.isdigit():  # INCOMPLETE: the kernel says the header was cut
-            return True
-        if proto in _PORT_PROTOS:
-            return dpt is not None
-        if proto in _ICMP_PROTOS:
-            return icmp_type is not None
-        return proto in _KNOWN_PROTOS  # e.g. "PROTO=TC": cut inside the protocol name
-
-    def _header_time(self, header: str, now: float) -> float | None:
-        """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
-        fraction = 0.0
-        key = header
-        if len(header) > 20 and header[4] == "-" and header[19] == ".":
-            # RFC 3339 with microseconds: cache on the whole seconds, add the fraction back.
-            end = 20
-            while end < len(header) and header[end].isdigit():
-                end += 1
-            fraction = float("0" + header[19:end])
-            key = header[:19] + header[end:]
-        if len(self._header_times) >= _CACHE_LIMIT:
-            self._header_times.clear()
+    def signature(self, prefix: str, fields: Fields) -> Signature | None:
+        """What kind of packet a record holds; None when that kind is not valid (a record
+        cut short, unknown TCP flags). Cached: records of one kind share it."""
+        key = (prefix, fields[0], fields[1], fields[9], fields[12], fields[13], fields[14],
+               fields[15])
         try:
-            base = self._header_times[key]
-        except KeyError:
-            base = self._header_times[key] = _parse_header_time(key, now)
-        return None if base is None else base + fraction
-
-    def _address(self, text: str) -> Address | None:
-        try:
-            return self._addresses[text]
+            return self._signatures[key]
         except KeyError:
             pass
+        signature = _signature(prefix, fields, self._tcp_flags)
+        if len(self._signatures) >= _CACHE_LIMIT:
+            self._signatures.clear()
+        self._signatures[key] = signature
+        return signature
+
+    @property
+    def known_addresses(self) -> dict[str, Address | None]:
+        """address()'s cache, for callers that look up before they call."""
+        return self._addresses
+
+    def address(self, text: str) -> Address | None:
+        """The address a SRC=/DST= field names, or None when it is not one (cached)."""
+        # get() and a marker, not try/except: most calls are misses (new sources), and a
+        # raised KeyError costs more than building the address.
+        cached = self._addresses.get(text, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
         if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
             self._addresses.clear()
         # inet_pton is as strict as ip_address() and 3-10x faster (the kernel prints IPv6
@@ -270,6 +304,25 @@ class KernelLogParser:
         self._addresses[text] = address
         return address
 
+    def _header_time(self, header: str, now: float) -> float | None:
+        """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
+        fraction = 0.0
+        key = header
+        if len(header) > 20 and header[4] == "-" and header[19] == ".":
+            # RFC 3339 with a fraction: cached on the whole seconds, the fraction added back.
+            end = 20
+            while end < len(header) and _digits(header[end]):
+                end += 1
+            fraction = float("0" + header[19:end])
+            key = header[:19] + header[end:]
+        if len(self._header_times) >= _CACHE_LIMIT:
+            self._header_times.clear()
+        try:
+            base = self._header_times[key]
+        except KeyError:
+            base = self._header_times[key] = _parse_header_time(key, now)
+        return None if base is None else base + fraction
+
     def _tcp_flags(self, text: str) -> frozenset[str] | None:
         try:
             return self._flags[text]
@@ -280,6 +333,56 @@ class KernelLogParser:
         if len(self._flags) < 4096:
             self._flags[text] = flags
         return flags
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²', which int() and float() refuse."""
+    return text.isascii() and text.isdigit()
+
+
+def _without_uptime(head: str) -> tuple[float | None, str]:
+    """Split a leading '[81795.100496]' uptime stamp off; "[UFW ALLOW]" is a LOG prefix and
+    stays."""
+    close = head.find("]")
+    if close > 1 and _digits(head[1:close].strip().replace(".", "", 1)):
+        return float(head[1:close].strip()), head[close + 1 :]
+    return None, head
+
+
+def _signature(prefix: str, fields: Fields,
+               tcp_flags: Callable[[str], frozenset[str] | None]) -> Signature | None:
+    iface_in, iface_out = fields[0] or "", fields[1] or ""
+    proto, flag_text, icmp_type, icmp_code, incomplete = (fields[9], fields[12], fields[13],
+                                                          fields[14], fields[15])
+    if proto is None:
+        return None
+    if incomplete or _digits(proto):  # INCOMPLETE: the kernel says the header was cut
+        ports = False
+    elif proto in _PORT_PROTOS:
+        ports = True  # a record without ports was cut short
+    elif proto in _ICMP_PROTOS:
+        if icmp_type is None:
+            return None
+        ports = False
+    elif proto in _KNOWN_PROTOS:
+        ports = False
+    else:
+        return None  # e.g. "PROTO=TC": cut inside the protocol name
+    flags = _NO_FLAGS
+    if proto == "TCP":
+        if flag_text is None:
+            return None  # truncated or mangled TCP record: its flags are the point
+        parsed = tcp_flags(flag_text)
+        if parsed is None:
+            return None
+        flags = parsed
+    direction: Direction = "in" if not iface_out else "out" if not iface_in else "forward"
+    return Signature(
+        direction, proto, flags, prefix.strip(),
+        int(icmp_type) if icmp_type is not None else None,
+        int(icmp_code) if icmp_code is not None else None,
+        ports,
+    )
 
 
 def _parse_header_time(header: str, now: float) -> float | None:

@@ -6,18 +6,29 @@ Both `blockerctl test` (replaying a file) and blockerd (following a live log) fe
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 
 from blocker.config import Config, Jail
-from blocker.filters import Matcher, signature_of
-from blocker.netfilter import KernelLogParser
-from blocker.records import Address, Decision, Packet
+from blocker.filters import DistinctKey, Filter, Matcher
+from blocker.netfilter import Fields, KernelLogParser, Record
+from blocker.records import Address, Decision, Packet, Signature
 from blocker.scoring import Scorer
 
 # Longer lines are cut before parsing: a LOG record is < 1 KiB, so nothing real is lost,
 # and the parser's worst case on adversarial text stays small.
 MAX_LINE = 4096
+# Compiled plans kept per set of jails: kinds of record are few (prefixes x interfaces x
+# protocols x flags), the bound is for adversarial variety.
+_PLAN_LIMIT = 16384
+# Marks the commonest distinct key, (dst, dport), so the hot loop builds it inline.
+_DST_DPORT: DistinctKey = lambda *values: (values[1], values[3])  # noqa: E731
+_Candidate = tuple[str, float, "Filter | None", bool, "DistinctKey | None", dict[Address, bool]]
+_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int],
+                  tuple[_Candidate, ...]]
+# (ports required, ICMP type, per jail with candidates); () for a kind never valid
+_Plan = tuple[bool, "int | None", tuple[_JailPlan, ...]] | tuple[()]
 
 
 @dataclass
@@ -33,7 +44,7 @@ class LineStats:
         return self.lines - self.parsed
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: plans are cached per set of runners
 class JailRunner:
     jail: Jail
     matcher: Matcher
@@ -53,20 +64,21 @@ class Pipeline:
                 merged = tuple(dict.fromkeys((*policy.own_addresses, *own_addresses)))
                 policy = replace(policy, own_addresses=merged)
             self.runners.append(JailRunner(jail, jail.matcher(), Scorer(policy)))
+        self._plans: dict[tuple[JailRunner, ...], dict[object, _Plan]] = {}
 
     def runner(self, name: str) -> JailRunner | None:
         return next((r for r in self.runners if r.jail.name == name), None)
 
     def feed_packet(self, packet: Packet, jails: Sequence[JailRunner] | None = None
                     ) -> list[Decision]:
+        """One parsed packet through the Matchers and Scorers: the reference path, which
+        feed_text()'s compiled plans must agree with."""
         decisions: list[Decision] = []
-        signature = signature_of(packet)
+        signature = Signature.of(packet)
         for runner in self.runners if jails is None else jails:
             hit = runner.matcher.match(packet, signature)
             if hit is not None:
-                found = runner.scorer.feed(hit)
-                if found:
-                    decisions.extend(found)
+                decisions += runner.scorer.feed(hit)
         return decisions
 
     def hit_counts(self) -> dict[str, int]:
@@ -80,12 +92,9 @@ class Pipeline:
         self.stats.lines += 1
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE]
-        packet = self.parser.parse(line, now, source_time)
-        if packet is None:
-            self.stats.malformed += self.parser.take_rejected()
-            return []
-        self.stats.parsed += 1
-        return self.feed_packet(packet, jails)
+        # One line is one record at most, even if a journal message holds a newline.
+        records = islice(self.parser.scan(line, now, source_time), 1)
+        return self._feed_records(records, jails)
 
     def feed_lines(self, lines: Sequence[str], now: float,
                    jails: Sequence[JailRunner] | None = None) -> list[Decision]:
@@ -103,17 +112,90 @@ class Pipeline:
         if text and not text.endswith("\n"):
             lines += 1
         self.stats.lines += lines
+        return self._feed_records(self.parser.scan(text, now), jails)
+
+    def _feed_records(self, records: Iterable[Record], jails: Sequence[JailRunner] | None
+                      ) -> list[Decision]:
+        """Scanned records -> hits -> decisions, through plans compiled per kind of record.
+
+        Does what feed_packet() does without building a Packet or a Hit: per kind of record
+        (its Signature) the candidate filters of every jail are worked out once; per record
+        only the addresses, ports and scores are left.
+        """
+        plans = self._plans_for(jails)
+        known = self.parser.known_addresses
+        address = self.parser.address
         decisions: list[Decision] = []
-        parsed = 0
-        feed = self.feed_packet
-        for packet in self.parser.parse_text(text, now):
+        parsed = malformed = 0
+        for t, prefix, fields in records:
+            (iface_in, iface_out, _, src_text, dst_text, _, _, _, _, proto, spt, dpt, flags,
+             icmp_type, icmp_code, incomplete) = fields
+            kind = (prefix, iface_in, iface_out, proto, flags, icmp_type, icmp_code, incomplete)
+            plan = plans.get(kind)
+            if plan is None:
+                plan = self._plan(plans, kind, prefix, fields, jails)
+            if not plan or (plan[0] and dpt is None):
+                malformed += 1  # a kind of record that is never valid, or one cut short
+                continue
+            # SRC= and DST= always match; a cache miss (a new address) takes the call.
+            src = known.get(src_text) or address(src_text)  # type: ignore[arg-type]
+            dst = known.get(dst_text) or address(dst_text)  # type: ignore[arg-type]
+            if src is None or dst is None or type(src) is not type(dst):
+                malformed += 1
+                continue
             parsed += 1
-            found = feed(packet, jails)
-            if found:
-                decisions.extend(found)
+            for add, counts, candidates in plan[2]:
+                for name, weight, dynamic, from_src, key_of, unicast in candidates:
+                    if dynamic is not None and not dynamic.dynamic_match(
+                            None if dpt is None else int(dpt),
+                            None if spt is None else int(spt), dst, unicast):
+                        continue
+                    counts[name] += 1
+                    key: tuple[object, ...] | None
+                    if key_of is None:
+                        key = None
+                    elif key_of is _DST_DPORT:
+                        key = (dst, int(dpt))  # type: ignore[arg-type]  # ports: plan[0]
+                    else:
+                        key = key_of(src, dst, None if spt is None else int(spt),
+                                     None if dpt is None else int(dpt),
+                                     proto, plan[1])  # type: ignore[arg-type]  # PROTO=
+                    found = add(t, name, src if from_src else dst, weight, key)
+                    if found:
+                        decisions += found
+                    break
         self.stats.parsed += parsed
-        self.stats.malformed += self.parser.take_rejected()
+        self.stats.malformed += malformed + self.parser.take_rejected()
         return decisions
+
+    def _plans_for(self, jails: Sequence[JailRunner] | None) -> dict[object, _Plan]:
+        runners = tuple(self.runners if jails is None else jails)
+        plans = self._plans.get(runners)
+        if plans is None:
+            plans = self._plans[runners] = {}
+        return plans
+
+    def _plan(self, plans: dict[object, _Plan], kind: object, prefix: str, fields: Fields,
+              jails: Sequence[JailRunner] | None) -> _Plan:
+        signature = self.parser.signature(prefix, fields)
+        plan: _Plan = ()
+        if signature is not None:
+            per_jail = []
+            for runner in self.runners if jails is None else jails:
+                candidates = tuple(
+                    (flt.name, weight, flt if dynamic else None, from_src,
+                     _DST_DPORT if flt.distinct == ("dst", "dport") else key_of,
+                     runner.matcher.unicast)
+                    for flt, weight, dynamic, from_src, key_of
+                    in runner.matcher.candidates(signature)
+                )
+                if candidates:
+                    per_jail.append((runner.scorer.add, runner.matcher.counts, candidates))
+            plan = (signature.ports, signature.icmp_type, tuple(per_jail))
+        if len(plans) >= _PLAN_LIMIT:
+            plans.clear()
+        plans[kind] = plan
+        return plan
 
 
 def tune_gc() -> None:

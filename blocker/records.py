@@ -12,6 +12,7 @@ from typing import Literal, NamedTuple
 
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
+Direction = Literal["in", "out", "forward"]
 
 
 # Packet and Hit are built once per log line on the hot path: a NamedTuple is as immutable
@@ -37,13 +38,31 @@ class Packet(NamedTuple):
     ip_id: int | None = None  # IPv4 identification (ID=); IPv6 headers have none
 
     @property
-    def direction(self) -> Literal["in", "out", "forward"]:
+    def direction(self) -> Direction:
         """'in' = addressed to the host, 'out' = the host's own packet, 'forward' = routed."""
         if not self.iface_out:
             return "in"
         if not self.iface_in:
             return "out"
         return "forward"
+
+
+class Signature(NamedTuple):
+    """What kind of packet a LOG record holds: everything a filter checks except ports and
+    addresses. Records of one kind share one Signature, so filters decide once per kind."""
+
+    direction: Direction
+    proto: str
+    flags: frozenset[str]
+    prefix: str
+    icmp_type: int | None
+    icmp_code: int | None
+    ports: bool  # the protocol carries ports: a record of it without DPT= was cut short
+
+    @classmethod
+    def of(cls, packet: Packet) -> Signature:
+        return cls(packet.direction, packet.proto, packet.flags, packet.prefix,
+                   packet.icmp_type, packet.icmp_code, packet.dpt is not None)
 
 
 class Hit(NamedTuple):

@@ -351,6 +351,25 @@ def test_garbage_is_not_a_packet(line: str) -> None:
     assert list(KernelLogParser().parse_text(line, NOW)) == []
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"2026-11-22T02:04:54.{chr(0xB2) * 6}+00:00 host kernel: DROP {V4_BODY}",
+        f"2026-11-22T02:04:54.\u00b2+00:00 host kernel: DROP {V4_BODY}",
+        f"[\u00b2\u00b2.5] DROP {V4_BODY}",
+        f"Nov 22 02:04:54 host kernel: [\u00b2] DROP {V4_BODY}",
+        "DROP " + V4_BODY.replace("PROTO=TCP", "PROTO=\u00b2"),
+    ],
+    ids=["fraction", "short-fraction", "dmesg-uptime", "uptime", "proto"],
+)
+def test_digits_that_int_refuses_never_raise(line: str) -> None:
+    # str.isdigit() is true for '\u00b2', which int() and float() refuse.
+    packet = parse(line)
+    assert packet is None or packet.src == IPv4Address(PROBER4)
+    for packet in KernelLogParser().parse_text(line + "\n" + line + "\n", NOW):
+        assert packet.src == IPv4Address(PROBER4)
+
+
 def test_a_valid_record_after_a_huge_head_does_not_raise() -> None:
     packet = parse("A " * 500_000 + f"DROP {V4_BODY}")
     assert packet is None or str(packet.src) == PROBER4

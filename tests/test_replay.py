@@ -53,7 +53,7 @@ GARBAGE: dict[str, bytes] = {
     "crlf": synack().encode()[:40] + b"\r",
 }
 # Refused after the record was recognized; the others are not recognizable records at all.
-MALFORMED = {"bad-address", "mixed-family", "forged", "truncated-flags"}
+MALFORMED = {"bad-address", "bad-v6", "mixed-family", "forged", "nul-inside", "truncated-flags"}
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
@@ -191,3 +191,48 @@ def test_live_and_replay_count_malformed_lines_alike() -> None:
     live.feed_line(text, BASE)
     replayed.feed_text(text + "\n", BASE)
     assert live.stats.malformed == replayed.stats.malformed
+
+
+# ---- compiled plans agree with the reference path ------------------------------------------
+
+SAMPLE_LINES = sorted({
+    line
+    for path in (REPO / "tests" / "samples").glob("*.log")
+    for line in path.read_text(encoding="utf-8").splitlines()
+    if line.strip() and not line.startswith("#")
+})
+
+
+def _reference(lines: list[str]) -> tuple[Pipeline, list[object]]:
+    """Each line parsed into a Packet and fed through the Matchers and Scorers."""
+    pipeline = Pipeline(CONFIG)
+    decisions: list[object] = []
+    for line in lines:
+        packet = pipeline.parser.parse(line[:MAX_LINE], BASE)
+        if packet is not None:
+            decisions += pipeline.feed_packet(packet)
+    return pipeline, decisions
+
+
+@settings(max_examples=100)
+@given(st.lists(st.sampled_from(SAMPLE_LINES) | _line_bytes.map(
+    lambda b: b.decode("utf-8", "replace")), max_size=60))
+def test_compiled_plans_decide_like_matchers_and_scorers(lines: list[str]) -> None:
+    # Every annotated sample line of every filter (both syslog styles, IPv4 and IPv6, bare
+    # and journald forms), mixed with garbage: same decisions, hit counts and scorer state.
+    lines = [*lines, *lines[::-1], *lines]  # repeats reach thresholds and reuse plans
+    reference, expected = _reference(lines)
+    compiled = Pipeline(CONFIG)
+    found = compiled.feed_text("".join(f"{line}\n" for line in lines), BASE)
+    assert found == expected
+    assert compiled.hit_counts() == reference.hit_counts()
+    assert [r.scorer.stats() for r in compiled.runners] == [
+        r.scorer.stats() for r in reference.runners]
+
+
+def test_every_sample_line_is_in_the_equivalence_test() -> None:
+    assert len(SAMPLE_LINES) > 200
+    _, expected = _reference(SAMPLE_LINES * 5)
+    compiled = Pipeline(CONFIG)
+    assert compiled.feed_text("".join(f"{x}\n" for x in SAMPLE_LINES * 5), BASE) == expected
+    assert len(expected) >= 5
