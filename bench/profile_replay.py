@@ -6,9 +6,9 @@
 Stages, each one a superset of the one before, in this process (pinned to one core):
   read      read_text_chunks: bytes -> str in 1 MiB chunks
   regex     + the parser's LOG-record regex scanning every chunk (C only, no Python per line)
-  parse     + KernelLogParser.parse_text: Packet objects (timestamps, addresses, flags)
-  match     + every jail's Matcher.match: Hits, no scoring
-  pipeline  + Scorer.feed: Pipeline.feed_text, what `blockerctl test` runs
+  scan      + KernelLogParser.scan: event time, prefix and fields per record
+  plans     + the pipeline's compiled plans: addresses, filters, distinct keys; no scoring
+  pipeline  + Scorer.add: Pipeline.feed_text, what `blockerctl test` runs
 The difference between two rows is the cost of the stage added. For a sampling profile of the
 real subprocess instead, see bench/README.md (py-spy).
 """
@@ -51,28 +51,31 @@ def stage_regex(path: Path, config: Config) -> int:
     return found
 
 
-def stage_parse(path: Path, config: Config) -> int:
+def stage_scan(path: Path, config: Config) -> int:
     parser = netfilter.KernelLogParser()
     now = path.stat().st_mtime
     found = 0
     with path.open("rb") as stream:
         for text in read_text_chunks(stream):
-            for _ in parser.parse_text(text, now):
+            for _ in parser.scan(text, now):
                 found += 1
     return found
 
 
-def stage_match(path: Path, config: Config) -> int:
+def stage_plans(path: Path, config: Config) -> int:
     pipeline = Pipeline(config)
-    matchers = [runner.matcher for runner in pipeline.runners]
-    now = path.stat().st_mtime
     hits = 0
+
+    def count(*_: object) -> None:
+        nonlocal hits
+        hits += 1
+
+    for runner in pipeline.runners:
+        runner.scorer.add = count  # type: ignore[method-assign]  # before any plan is made
+    now = path.stat().st_mtime
     with path.open("rb") as stream:
         for text in read_text_chunks(stream):
-            for packet in pipeline.parser.parse_text(text, now):
-                for matcher in matchers:
-                    if matcher.match(packet) is not None:
-                        hits += 1
+            pipeline.feed_text(text, now)
     return hits
 
 
@@ -89,8 +92,8 @@ def stage_pipeline(path: Path, config: Config) -> int:
 STAGES: list[tuple[str, Callable[[Path, Config], int], str]] = [
     ("read", stage_read, "characters"),
     ("regex", stage_regex, "regex matches"),
-    ("parse", stage_parse, "packets"),
-    ("match", stage_match, "hits"),
+    ("scan", stage_scan, "records"),
+    ("plans", stage_plans, "hits"),
     ("pipeline", stage_pipeline, "decisions"),
 ]
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -132,7 +132,9 @@ class _Window:
 
     def __init__(self) -> None:
         self.seen_again = False  # hit since it was created or last spared by eviction
-        self.hits: deque[_Entry] = deque()
+        # A list, not a deque: most windows hold a hit or two, and a deque's first block
+        # alone is ~600 bytes; 100,000 of them thrash the CPU caches.
+        self.hits: list[_Entry] = []
         self.plain = 0  # sum of unkeyed weights
         self.keyed_total = 0  # sum of keyed weights
         self.max_sum = 0  # sum over keys of the largest weight seen for that key
@@ -153,7 +155,10 @@ class _Window:
                 self.max_sum += weight - old
 
     def drop_oldest(self) -> None:
-        _, _, key, weight = self.hits.popleft()
+        self._uncount(self.hits.pop(0))
+
+    def _uncount(self, entry: _Entry) -> None:
+        _, _, key, weight = entry
         if key is None:
             self.plain -= weight
             return
@@ -174,11 +179,13 @@ class _Window:
 
     def expire(self, now: float, window: float) -> None:
         hits = self.hits
-        while hits and now - hits[0][0] >= window:
-            if hits[0][2] is None:  # the common case, inlined
-                self.plain -= hits.popleft()[3]
-            else:
-                self.drop_oldest()
+        gone = 0
+        for entry in hits:
+            if now - entry[0] < window:
+                break
+            self._uncount(entry)
+            gone += 1
+        del hits[:gone]  # at once: popping from the front one by one is quadratic
 
 
 def _entry_time(entry: _Entry) -> float:
@@ -225,8 +232,9 @@ class Scorer:
         self._threshold_units = max(1, round(policy.threshold * UNITS))
         self._max_tracked = policy.max_tracked
         self._now = -math.inf
-        # address -> live score window, in eviction order (see _evict_one)
-        self._tracked: OrderedDict[Address, _Window] = OrderedDict()
+        # address -> live score window, in eviction order (see _evict_one); an address seen
+        # once has only that hit's entry
+        self._tracked: OrderedDict[Address, _Window | _Entry] = OrderedDict()
         # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
         # for an address that may never be banned.  Addresses not in it are open.
         self._gate: dict[Address, float] = {}
@@ -276,31 +284,29 @@ class Scorer:
         if now - t >= window:
             self._stale += 1
             return None
+        weight = self._units.get(weight_points)
+        if weight is None:
+            weight = self._to_units(weight_points)
+        entry = (t, filter_name, key, weight)
         tracked = self._tracked
-        state = tracked.get(addr)
-        if state is None:
-            # Whether an address may be banned is settled once, when its window opens; only
-            # refusals and bans enter the gate, so a flood of new sources never churns it.
-            if self.refusal(addr) is not None:
-                self._set_gate(addr, math.inf)
-                self._ignored += 1
+        found = tracked.get(addr)
+        if found is None:
+            opened = self._open(addr, entry)
+            if opened is None:
                 return None
-            if len(tracked) >= self._max_tracked:
-                self._evict_one()
-            state = tracked[addr] = _Window()
+            state = opened
+        elif type(found) is tuple:
+            state = self._second_hit(addr, found)
         else:
+            state = found  # type: ignore[assignment]  # narrowed by the type() test above
             state.seen_again = True
             if now - state.hits[0][0] >= window:
                 state.expire(now, window)
         hits = state.hits
-        weight = self._units.get(weight_points)
-        if weight is None:
-            weight = self._to_units(weight_points)
         # The window update is inlined: this is the hottest code of the daemon.
-        entry = (t, filter_name, key, weight)
         if not hits or t >= hits[-1][0]:
             hits.append(entry)
-        else:  # a slightly late line: keep the deque in time order so expiry stays exact
+        else:  # a slightly late line: keep the hits in time order so expiry stays exact
             insort(hits, entry, key=_entry_time)
         if key is None:
             state.plain += weight
@@ -313,6 +319,38 @@ class Scorer:
         if score < self._threshold_units:
             return None
         return self._ban_host(addr, state, t, score / UNITS)
+
+    def _open(self, addr: Address, entry: _Entry) -> _Window | None:
+        """A window for an address seen for the first time; None when nothing more is to
+        be done with its first hit."""
+        # Whether an address may be banned is settled once, when its window opens; only
+        # refusals and bans enter the gate, so a flood of new sources never churns it.
+        if self.refusal(addr) is not None:
+            self._set_gate(addr, math.inf)
+            self._ignored += 1
+            return None
+        tracked = self._tracked
+        if len(tracked) >= self._max_tracked:
+            self._evict_one()
+        if entry[3] < self._threshold_units:
+            # One hit scores its weight. Most sources are seen once: their window is kept
+            # as that hit alone, and becomes a _Window if they come back.
+            tracked[addr] = entry
+            return None
+        state = tracked[addr] = _Window()
+        return state
+
+    def _second_hit(self, addr: Address, first: _Entry) -> _Window:
+        """The _Window of an address kept as its one hit so far, which comes back."""
+        state = self._tracked[addr] = _Window()  # in place: the eviction order is kept
+        state.seen_again = True
+        if self._now - first[0] < self._window:
+            state.hits.append(first)
+            if first[2] is None:
+                state.plain += first[3]
+            else:
+                state.count_key(first[2], first[3])
+        return state
 
     def _to_units(self, weight: float) -> int:
         if 0 < weight <= MAX_WEIGHT:
@@ -331,13 +369,17 @@ class Scorer:
         now, window = self._now, self._window
         while True:
             addr, state = tracked.popitem(last=False)
-            live = bool(state.hits) and now - state.hits[-1][0] < window
-            if not live:
+            if type(state) is tuple:  # one hit, never seen again
+                if now - state[0] < window:
+                    self._evicted += 1
                 return
-            if not state.seen_again:
+            hits = state.hits  # type: ignore[union-attr]  # narrowed by the type() test
+            if not hits or now - hits[-1][0] >= window:
+                return  # no score left
+            if not state.seen_again:  # type: ignore[union-attr]
                 self._evicted += 1
                 return
-            state.seen_again = False
+            state.seen_again = False  # type: ignore[union-attr]
             tracked[addr] = state
 
     def _set_gate(self, addr: Address, until: float) -> None:
@@ -538,7 +580,9 @@ class Scorer:
         policy = self.policy
         refusal = self.refusal(addr)
         state = self._tracked.get(addr)
-        entries = [e for e in state.hits if now - e[0] < policy.window] if state else []
+        held = ([] if state is None else [state] if type(state) is tuple
+                else state.hits)  # type: ignore[union-attr]
+        entries = [e for e in held if now - e[0] < policy.window]
         until = self._banned.get(addr)
         banned_until: object = None
         if until is not None and now < until:

@@ -498,6 +498,18 @@ def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> Non
     assert s.stats()["evicted"] >= 300
 
 
+def test_a_source_seen_once_scores_like_any_window() -> None:
+    # A first hit is kept as that hit alone until the source comes back.
+    s = scorer()
+    assert s.feed(hit("198.51.100.7", 0, weight=2.0)) == []
+    assert s.explain(a("198.51.100.7"), T0 + 1)["score"] == 2.0
+    assert targets(feed_all(s, [hit("198.51.100.7", 1, weight=3.0)])) == ["198.51.100.7"]
+    assert targets(s.feed(hit("198.51.100.8", 2, weight=5.0))) == ["198.51.100.8"]
+    s.feed(hit("198.51.100.9", 3, weight=4.0))
+    assert s.feed(hit("198.51.100.9", 70)) == []  # the first hit left the window
+    assert s.explain(a("198.51.100.9"), T0 + 70)["score"] == 1.0
+
+
 def test_windows_without_score_go_before_any_live_one() -> None:
     s = scorer(max_tracked=2)
     feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 100), hit("198.51.100.2", 101)])
