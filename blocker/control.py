@@ -7,6 +7,7 @@ Reply:    {"ok": true, "result": ...}\\n  or  {"ok": false, "error": "why"}\\n
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,11 +15,14 @@ import selectors
 import socket
 import stat
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 DEFAULT_SOCKET = "/run/blocker/blocker.sock"
 MAX_REQUEST = 64 * 1024
+ACCEPT_BACKOFF = 1.0  # seconds without accepting after running out of descriptors
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 Handler = Callable[[dict[str, Any]], object]
 log = logging.getLogger("blocker.control")
 
@@ -110,6 +114,7 @@ class ControlServer:
                              else allowed_uids)
         self.served = 0
         self.refused = 0
+        self.paused_until: float | None = None  # monotonic time; None when accepting
         self._buffers: dict[socket.socket, bytearray] = {}
         os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         _remove_stale_socket(path)
@@ -131,6 +136,10 @@ class ControlServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    # The pending connection stays queued, so the socket stays readable:
+                    # stop watching it for a while instead of spinning on the error.
+                    self.pause(time.monotonic() + ACCEPT_BACKOFF)
                 log.warning("control socket accept failed: %s", exc)
                 return
             uid = _peer_uid(conn)
@@ -143,6 +152,20 @@ class ControlServer:
             conn.setblocking(False)
             self._buffers[conn] = bytearray()
             self.selector.register(conn, selectors.EVENT_READ, lambda c=conn: self._read(c))
+
+    def pause(self, until: float) -> None:
+        """Stop accepting until the monotonic time `until` (see resume)."""
+        if self.paused_until is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.sock)
+        self.paused_until = until
+
+    def resume(self, now: float) -> None:
+        """Accept again once a pause has run out; the daemon's loop calls this every turn
+        and wakes up by `paused_until` at the latest."""
+        if self.paused_until is not None and now >= self.paused_until:
+            self.paused_until = None
+            self.selector.register(self.sock, selectors.EVENT_READ, self._accept)
 
     def _read(self, conn: socket.socket) -> None:
         buffer = self._buffers[conn]
@@ -185,8 +208,9 @@ class ControlServer:
     def close(self) -> None:
         for conn in list(self._buffers):
             self._drop(conn)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(self.sock)
+        if self.paused_until is None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.sock)
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)

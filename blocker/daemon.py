@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import selectors
 import signal
@@ -136,13 +137,14 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                timeout = max(0.0, min(next_check, next_retry) - time.monotonic())
-                for key, _ in self.selector.select(timeout):
+                wake = min(next_check, next_retry, self.control.paused_until or math.inf)
+                for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload()
                 tick = time.monotonic()
+                self.control.resume(tick)
                 if tick >= next_check:
                     self.service.tick(time.time())
                     interval = self.service.config.firewall.rule_check_interval

@@ -3,10 +3,13 @@ and the server keeps answering `status`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import resource
 import select
+import selectors
 import shutil
 import socket
 import stat
@@ -24,6 +27,7 @@ from fakes.control_loop import ControlLoop, exchange, read_to_end, reply_of, wai
 from blocker.control import (
     MAX_REQUEST,
     ControlError,
+    ControlServer,
     Handler,
     RequestError,
     dispatch,
@@ -378,3 +382,48 @@ def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> No
     finally:
         running.stop()
     assert running.errors == []
+
+
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(
+        short_dir: Path) -> None:
+    # accept() failing with EMFILE leaves the connection queued and the socket readable: a
+    # server that kept watching it would spin. It stops watching until the pause runs out.
+    selector = selectors.DefaultSelector()
+    server = ControlServer(str(short_dir / "ctl.sock"), selector, handlers)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        client.connect(server.path)
+        client.sendall(b'{"cmd": "status"}\n')
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        for key, _ in selector.select(1.0):
+            key.data()
+        assert server.paused_until is not None
+        assert server.sock not in {key.fileobj for key in selector.get_map().values()}
+        assert selector.select(0.05) == []  # nothing left to spin on
+        for fd in fillers:
+            os.close(fd)
+        fillers.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        server.resume(server.paused_until - 0.5)  # too early: still paused
+        assert server.paused_until is not None
+        server.resume(server.paused_until)
+        assert server.paused_until is None
+        for _ in range(20):  # accept, read, answer
+            for key, _ in selector.select(0.1):
+                key.data()
+            if not server._buffers and server.served:
+                break
+        assert reply_of(read_to_end(client)) == {"ok": True, "result": {"alive": True}}
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.close()
+        server.close()
+        selector.close()
