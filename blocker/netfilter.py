@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_pton
 
-from blocker.records import Address, Direction, Packet, Signature
+from blocker.records import Address, Packet, Signature, direction_of
 
 _KERNEL_TAG = " kernel: "
 _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60) \S+")
@@ -114,12 +114,9 @@ class KernelLogParser:
 
     def take_rejected(self) -> int:
         """LOG-like lines refused since the last call (for the 'malformed' count): a bad or
-        forged header counted by scan(), plus whatever callers of reject() counted."""
+        forged header counted by scan(), or fields refused by parse()/parse_text()."""
         rejected, self._rejected = self._rejected, 0
         return rejected
-
-    def reject(self) -> None:
-        self._rejected += 1
 
     # -- whole records -------------------------------------------------------------------
 
@@ -241,9 +238,8 @@ class KernelLogParser:
     def _time_and_prefix(self, head: str, now: float, source_time: float | None
                          ) -> tuple[float, str] | None:
         """Event time and raw prefix from the text before 'IN=' on a line; None when the
-        line has a bad syslog header or one a user process wrote."""
-        if now >= self._cache_until or now < self._cache_from:
-            self._reset_header_cache(now)
+        line has a bad syslog header or one a user process wrote. Only scan() calls it, after
+        making the header cache valid for `now`."""
         k = head.find(_KERNEL_TAG)
         if k >= 0:
             event_time = self._header_time(head[:k], now)
@@ -376,9 +372,8 @@ def _signature(prefix: str, fields: Fields,
         if parsed is None:
             return None
         flags = parsed
-    direction: Direction = "in" if not iface_out else "out" if not iface_in else "forward"
     return Signature(
-        direction, proto, flags, prefix.strip(),
+        direction_of(iface_in, iface_out), proto, flags, prefix.strip(),
         int(icmp_type) if icmp_type is not None else None,
         int(icmp_code) if icmp_code is not None else None,
         ports,

@@ -39,12 +39,16 @@ class Packet(NamedTuple):
 
     @property
     def direction(self) -> Direction:
-        """'in' = addressed to the host, 'out' = the host's own packet, 'forward' = routed."""
-        if not self.iface_out:
-            return "in"
-        if not self.iface_in:
-            return "out"
-        return "forward"
+        return direction_of(self.iface_in, self.iface_out)
+
+
+def direction_of(iface_in: str, iface_out: str) -> Direction:
+    """'in' = addressed to the host, 'out' = the host's own packet, 'forward' = routed."""
+    if not iface_out:
+        return "in"
+    if not iface_in:
+        return "out"
+    return "forward"
 
 
 class Signature(NamedTuple):
