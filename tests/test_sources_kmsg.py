@@ -165,6 +165,15 @@ def raw_records_until(fd: int, marker: bytes) -> bytes:
     raise AssertionError(f"{marker!r} never appeared in /dev/kmsg")
 
 
+def write_kmsg(data: bytes) -> None:
+    """One record written to /dev/kmsg as a user process does."""
+    writer = os.open("/dev/kmsg", os.O_WRONLY)
+    try:
+        os.write(writer, data)
+    finally:
+        os.close(writer)
+
+
 def read_until_seq(source: KmsgSource, seq: int) -> list[SourceLine]:
     got: list[SourceLine] = []
     deadline = time.monotonic() + 5
@@ -193,12 +202,8 @@ def test_real_user_write_is_read_but_not_taken_as_kernel(raw_kmsg: int) -> None:
     marker = f"blocker-test {uuid.uuid4().hex}".encode()
     source = KmsgSource()
     try:
-        writer = os.open("/dev/kmsg", os.O_WRONLY)
-        try:
-            # Asks for facility 0 (kernel) at level 4; the kernel must turn it into LOG_USER.
-            os.write(writer, b"<4>" + marker + b" IN=eth0 SRC=192.0.2.7 DST=192.0.2.1\n")
-        finally:
-            os.close(writer)
+        # Asks for facility 0 (kernel) at level 4; the kernel must turn it into LOG_USER.
+        write_kmsg(b"<4>" + marker + b" IN=eth0 SRC=192.0.2.7 DST=192.0.2.1\n")
         record = parse_kmsg_record(raw_records_until(raw_kmsg, marker))
         assert record is not None
         assert (record.facility, record.level) == (1, 4)
@@ -287,11 +292,7 @@ def test_real_restart_from_saved_seq_skips_what_was_read(raw_kmsg: int) -> None:
     assert saved is not None
 
     marker = f"blocker-test {uuid.uuid4().hex}".encode()
-    writer = os.open("/dev/kmsg", os.O_WRONLY)
-    try:
-        os.write(writer, b"<6>" + marker + b"\n")
-    finally:
-        os.close(writer)
+    write_kmsg(b"<6>" + marker + b"\n")
     record = parse_kmsg_record(raw_records_until(raw_kmsg, marker))
     assert record is not None
 
