@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from itertools import combinations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blocker.addresses import (
     BANNABLE_V6,
+    SPECIAL_V4,
     SPECIAL_V6,
     AllowList,
     host_network,
@@ -74,6 +77,34 @@ def test_special_addresses(text: str) -> None:
 )
 def test_ordinary_addresses(text: str) -> None:
     assert not is_special(ip_address(text))
+
+
+def _special_by_the_tables(addr: IPv4Address | IPv6Address) -> bool:
+    """The docstring's rule read straight off the tables: slow, obviously right."""
+    if isinstance(addr, IPv4Address):
+        return any(addr in net for net in SPECIAL_V4)
+    if addr in ip_network("::ffff:0:0/96") or addr in ip_network("64:ff9b::/96"):
+        return _special_by_the_tables(IPv4Address(int(addr) & 0xFFFFFFFF))
+    return not any(addr in net for net in BANNABLE_V6)
+
+
+# Addresses near every table boundary, and anywhere at all.
+_V4 = st.one_of(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([int(net.network_address) for net in SPECIAL_V4]).flatmap(
+        lambda base: st.integers(max(0, base - 2**16), min(2**32 - 1, base + 2**24))),
+).map(IPv4Address)
+_V6 = st.one_of(
+    st.integers(0, 2**128 - 1),
+    st.integers(0, 255).flatmap(lambda top: st.integers(top << 120, ((top + 1) << 120) - 1)),
+    st.sampled_from([0xFFFF << 32, 0x64FF9B << 96]).flatmap(
+        lambda base: st.integers(base - 2, base + 2**32 + 2)),
+).map(IPv6Address)
+
+
+@given(st.one_of(_V4, _V6))
+def test_is_special_agrees_with_the_tables(addr: IPv4Address | IPv6Address) -> None:
+    assert is_special(addr) is _special_by_the_tables(addr)
 
 
 def test_ipv6_tables_partition_the_address_space() -> None:
