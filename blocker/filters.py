@@ -113,26 +113,36 @@ class Filter:
 
     @property
     def has_dynamic(self) -> bool:
-        return self.dport is not None or self.sport is not None or self.dst_unicast
+        return self.has_port_conditions or self.dst_unicast
+
+    @property
+    def has_port_conditions(self) -> bool:
+        return self.dport is not None or self.sport is not None
 
     def dynamic_match(self, dport: int | None, sport: int | None, dst: Address,
                       unicast: dict[Address, bool]) -> bool:
         """Conditions on ports and addresses, checked per packet. `unicast` caches whether
         a destination is a unicast address."""
+        if not self.port_match(dport, sport):
+            return False
+        return not self.dst_unicast or bool(unicast.get(dst)) or is_unicast(dst, unicast)
+
+    def port_match(self, dport: int | None, sport: int | None) -> bool:
         if self.dport is not None and dport not in self.dport:
             return False
-        if self.sport is not None and sport not in self.sport:
-            return False
-        if self.dst_unicast:
-            ok = unicast.get(dst)
-            if ok is None:
-                if len(unicast) > 65536:
-                    unicast.clear()
-                ok = unicast[dst] = not (dst.is_multicast or dst.is_unspecified or (
-                    dst.version == 4 and dst.packed[3] == 255))
-            if not ok:
-                return False
-        return True
+        return self.sport is None or sport in self.sport
+
+
+def is_unicast(dst: Address, cache: dict[Address, bool]) -> bool:
+    """Whether `dst` is a unicast address (not multicast, unspecified or an IPv4 x.x.x.255
+    broadcast); the answer is kept in `cache`."""
+    ok = cache.get(dst)
+    if ok is None:
+        if len(cache) > 65536:
+            cache.clear()
+        ok = cache[dst] = not (dst.is_multicast or dst.is_unspecified or (
+            dst.version == 4 and dst.packed[3] == 255))
+    return ok
 
 
 # (src, dst, sport, dport, proto, icmp_type) -> the key

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 from blocker.config import Config, Jail
-from blocker.filters import DistinctKey, Filter, Matcher
+from blocker.filters import DistinctKey, Filter, Matcher, is_unicast
 from blocker.netfilter import Fields, KernelLogParser, Record
 from blocker.records import Address, Decision, Packet, Signature
 from blocker.scoring import Scorer
@@ -24,7 +24,10 @@ MAX_LINE = 4096
 _PLAN_LIMIT = 16384
 # Marks the commonest distinct key, (dst, dport), so the hot loop builds it inline.
 _DST_DPORT: DistinctKey = lambda *values: (values[1], values[3])  # noqa: E731
-_Candidate = tuple[str, float, "Filter | None", bool, "DistinctKey | None", dict[Address, bool]]
+# (filter name, weight, the filter when it has port conditions, the unicast cache when it
+# wants a unicast destination, offender is SRC, distinct key)
+_Candidate = tuple[str, float, "Filter | None", "dict[Address, bool] | None", bool,
+                   "DistinctKey | None"]
 _JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int],
                   tuple[_Candidate, ...]]
 # (ports required, ICMP type, per jail with candidates); () for a kind never valid
@@ -145,10 +148,11 @@ class Pipeline:
                 continue
             parsed += 1
             for add, counts, candidates in plan[2]:
-                for name, weight, dynamic, from_src, key_of, unicast in candidates:
-                    if dynamic is not None and not dynamic.dynamic_match(
-                            None if dpt is None else int(dpt),
-                            None if spt is None else int(spt), dst, unicast):
+                for name, weight, ports, unicast, from_src, key_of in candidates:
+                    if unicast is not None and not (unicast.get(dst) or is_unicast(dst, unicast)):
+                        continue
+                    if ports is not None and not ports.port_match(
+                            None if dpt is None else int(dpt), None if spt is None else int(spt)):
                         continue
                     counts[name] += 1
                     key: tuple[object, ...] | None
@@ -183,11 +187,10 @@ class Pipeline:
             per_jail = []
             for runner in self.runners if jails is None else jails:
                 candidates = tuple(
-                    (flt.name, weight, flt if dynamic else None, from_src,
-                     _DST_DPORT if flt.distinct == ("dst", "dport") else key_of,
-                     runner.matcher.unicast)
-                    for flt, weight, dynamic, from_src, key_of
-                    in runner.matcher.candidates(signature)
+                    (flt.name, weight, flt if flt.has_port_conditions else None,
+                     runner.matcher.unicast if flt.dst_unicast else None, from_src,
+                     _DST_DPORT if flt.distinct == ("dst", "dport") else key_of)
+                    for flt, weight, _, from_src, key_of in runner.matcher.candidates(signature)
                 )
                 if candidates:
                     per_jail.append((runner.scorer.add, runner.matcher.counts, candidates))
