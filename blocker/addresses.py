@@ -76,7 +76,7 @@ def _by_top_byte(bits: int, tables: tuple[Network, ...]) -> tuple[bool | None, .
         block = network((top << (bits - 8), 8))
         if any(block.subnet_of(net) for net in tables):  # type: ignore[arg-type]
             verdicts.append(True)
-        elif any(block.overlaps(net) for net in tables):  # type: ignore[arg-type]
+        elif any(block.overlaps(net) for net in tables):
             verdicts.append(None)
         else:
             verdicts.append(False)
