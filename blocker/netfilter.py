@@ -64,7 +64,7 @@ _ICMP_PROTOS = frozenset(("ICMP", "ICMPv6"))
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _CACHE_LIMIT = 65536
 _MISSING = object()
-# What scan() yields per LOG line: (time, raw prefix, the groups of _PACKET).
+# What scan() returns per LOG line: (time, raw prefix, the groups of _PACKET).
 Fields = tuple[str | None, ...]
 Record = tuple[float, str, Fields]
 _ADDRESS_CACHE_LIMIT = 262144
@@ -172,7 +172,7 @@ class KernelLogParser:
     # -- scanning: the bulk path ---------------------------------------------------------
 
     def scan(self, text: str, now: float, source_time: float | None = None
-             ) -> Iterator[Record]:
+             ) -> list[Record]:
         """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
         header; lines with a bad or forged header are counted as rejected and skipped.
 
@@ -184,6 +184,8 @@ class KernelLogParser:
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
         header_times = self._header_times
+        records: list[Record] = []
+        append = records.append
         done = 0  # text before this offset is handled
         for m in _PACKET.finditer(text):
             start = m.start()
@@ -205,7 +207,7 @@ class KernelLogParser:
                         if found is None:
                             self._rejected += 1
                         else:
-                            yield found[0], found[1], one.groups()
+                            append((found[0], found[1], one.groups()))
                 continue
             head = text[line_start:start]
             # The common case, a cached syslog header, inlined (the keys are the ones
@@ -213,7 +215,8 @@ class KernelLogParser:
             k = head.find(_KERNEL_TAG)
             if k > 0:
                 fraction = head[20:26]
-                if head[19:20] == "." and head[26:27] in _ZONE_START and _digits(fraction):
+                if (head[19:20] == "." and head[26:27] in _ZONE_START and fraction.isdigit()
+                        and fraction.isascii()):  # _digits() inlined
                     base = header_times.get(head[:19] + head[26:k])
                     event_time = None if base is None else base + int(fraction) * 1e-6
                 else:
@@ -222,13 +225,14 @@ class KernelLogParser:
                     prefix = head[k + 9 :]  # len(_KERNEL_TAG)
                     if prefix[:1] == "[" and prefix[1:2] in _UPTIME_START:
                         prefix = _without_uptime(prefix)[1]
-                    yield event_time, prefix, m.groups()
+                    append((event_time, prefix, m.groups()))
                     continue
             found = self._time_and_prefix(head, now, source_time)
             if found is None:
                 self._rejected += 1
             else:
-                yield found[0], found[1], m.groups()
+                append((found[0], found[1], m.groups()))
+        return records
 
     def _reset_header_cache(self, now: float) -> None:
         self._header_times.clear()

@@ -72,6 +72,7 @@ GATE_CACHE_SIZE: Final = 65536
 _Entry = tuple[float, str, tuple[object, ...] | None, int]
 _K = TypeVar("_K", bound=Hashable)
 MAX_WEIGHT: Final = 1e9  # one hit never needs more; keeps int() away from inf
+_FOREVER: Final = math.inf  # a module global: one lookup on the hot path, not two
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +278,7 @@ class Scorer:
         now = self._now
         until = self._gate.get(addr)
         if until is not None and now < until:
-            if until == math.inf and addr not in self._banned:
+            if until == _FOREVER and addr not in self._banned:
                 self._ignored += 1
             else:
                 self._while_banned += 1
