@@ -172,12 +172,13 @@ def test_start_options(fake: FakeJournal) -> None:
         ({"from_start": True}, "--lines=all"),
         ({"start": {"cursor": "s=abc;i=5"}}, "--after-cursor=s=abc;i=5"),
         ({"start": {"cursor": "s=abc;i=5"}, "from_start": True}, "--after-cursor=s=abc;i=5"),
-        ({"start": {"cursor": 12}}, "--lines=0"),
-        ({"start": {"inode": 1, "offset": 2}}, "--lines=0"),
+        # No usable cursor: started with --lines=0, restarted from that start's time.
+        ({"start": {"cursor": 12}}, "--since=@"),
+        ({"start": {"inode": 1, "offset": 2}}, "--since=@"),
     ]:
         source = JournaldSource(command=fake.command("stay"), **kwargs)  # type: ignore[arg-type]
         try:
-            assert source.command_line()[-2] == expected
+            assert source.command_line()[-2].startswith(expected)
         finally:
             source.close()
 
@@ -204,6 +205,27 @@ def test_exited_journalctl_is_restarted_after_the_last_cursor(fake: FakeJournal)
         )
         assert health["state"] == "error"  # it keeps dying quickly: backoff is in force
         assert float(str(health["backoff_seconds"])) > 0
+    finally:
+        source.close()
+
+
+def test_journalctl_restarted_before_any_entry_resumes_from_its_first_start(
+        fake: FakeJournal) -> None:
+    fake.data.write_bytes(b"")
+    began = time.time()
+    source = JournaldSource(command=fake.command("exit"), backoff_base=0.01)
+    ended = time.time()
+    try:
+        deadline = time.monotonic() + 10
+        while len(fake.runs()) < 2 and time.monotonic() < deadline:
+            if select.select([source.fileno()], [], [], 0.5)[0]:
+                assert source.read() == []
+        first, second = fake.runs()[:2]
+        assert first[-2] == "--lines=0"
+        # Not --lines=0 again: what the kernel logged while journalctl was down would be lost.
+        option, _, stamp = second[-2].partition("=@")
+        assert option == "--since"
+        assert began <= float(stamp) <= ended
     finally:
         source.close()
 
@@ -338,3 +360,16 @@ def test_real_journalctl_on_a_journal_file(journal_file: Path) -> None:
         ]
     finally:
         resumed.close()
+
+
+def test_real_journalctl_takes_the_restart_time_option(journal_file: Path) -> None:
+    # The option a restart before any cursor uses. Kernel entries are at 1700000000, ...02, ...03.
+    def since(stamp: str) -> list[object]:
+        listing = subprocess.run(
+            ["journalctl", f"--file={journal_file}", "--output=json", f"--since=@{stamp}",
+             "_TRANSPORT=kernel"], check=True, capture_output=True,
+        )
+        return [json.loads(line)["MESSAGE"] for line in listing.stdout.splitlines()]
+
+    assert len(since("1700000001.500000")) == 2
+    assert since("1700000002.000001") == ["third kernel line"]  # to the microsecond

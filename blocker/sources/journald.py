@@ -114,6 +114,9 @@ class JournaldSource:
         self._from_start = from_start
         self._backoff_base = backoff_base
         self._cursor = _saved_cursor(start)
+        # Set at the first start from the end of the journal: until an entry gives a cursor,
+        # a restarted journalctl resumes from this time, so entries of the gap are not lost.
+        self._since: float | None = None
         self._epoll = select.epoll()
         self._proc: subprocess.Popen[bytes] | None = None
         self._splitter = LineSplitter(JSON_LINE_LIMIT)
@@ -144,6 +147,8 @@ class JournaldSource:
             args.append(f"--after-cursor={self._cursor}")
         elif self._from_start:
             args.append("--lines=all")
+        elif self._since is not None:
+            args.append(f"--since=@{self._since:.6f}")
         else:
             args.append("--lines=0")
         # journald sets _TRANSPORT itself; this match is a first filter, the parser the second.
@@ -152,6 +157,8 @@ class JournaldSource:
 
     def _spawn(self, delay: float) -> None:
         args = self.command_line()
+        if self._since is None and not (self._cursor or self._from_start):
+            self._since = time.time()  # the wall clock, as journald's realtime stamps
         if delay > 0:
             args = ["/bin/sh", "-c", _DELAYED_EXEC, f"{delay:g}", *args]
         proc = subprocess.Popen(
