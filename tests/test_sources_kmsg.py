@@ -135,10 +135,19 @@ def test_saved_position_is_used_only_on_the_same_boot(
 
     other = {"seq": 7, "boot_id": "another"}
     source = KmsgSource(start=other, device=os.devnull, boot_id_path=str(boot_id_file))
+    scripted(monkeypatch, [b"4,0,0,-;first of this boot\n", b"4,1,0,-;second\n"])
     try:
-        assert (
-            source.health()["start"] == "end of ring buffer (saved position is from another boot)"
-        )
+        assert source.health()["start"] == (
+            "start of ring buffer (saved position is from an earlier boot)")
+        # The saved seq (7) belongs to the old boot: nothing of this one is skipped.
+        assert [line.text for line in source.read()] == ["first of this boot", "second"]
+    finally:
+        source.close()
+
+    source = KmsgSource(start=same, device=os.devnull,
+                        boot_id_path=str(boot_id_file.parent / "missing"))
+    try:
+        assert source.health()["start"] == "end of ring buffer (boot id unreadable)"
     finally:
         source.close()
 
@@ -275,6 +284,31 @@ def test_real_netfilter_log_line_is_a_kernel_line(
         assert "SRC=192.0.2.2 DST=192.0.2.1" in lines[0].text
         assert lines[0].time is not None
         assert abs(lines[0].time - time.time()) < 300  # boot time + usec is wall-clock time
+    finally:
+        source.close()
+
+
+@pytest.mark.root
+@needs_root
+def test_real_start_after_a_reboot_reads_the_whole_ring_buffer(
+        raw_kmsg: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = f"blocker-test {uuid.uuid4().hex}".encode()
+    write_kmsg(b"<6>" + marker + b"\n")  # logged before blockerd starts on the "new boot"
+    record = parse_kmsg_record(raw_records_until(raw_kmsg, marker))
+    assert record is not None
+    seen: list[bytes] = []
+    real_read = kmsg.read_record
+
+    def read_record(fd: int) -> bytes:
+        seen.append(real_read(fd))
+        return seen[-1]
+
+    monkeypatch.setattr(kmsg, "read_record", read_record)
+    source = KmsgSource(start={"seq": record.seq + 10**6, "boot_id": "an-earlier-boot"})
+    try:
+        assert str(source.health()["start"]).startswith("start of ring buffer")
+        read_until_seq(source, record.seq)
+        assert any(marker in raw for raw in seen)  # written before the source was opened
     finally:
         source.close()
 

@@ -130,7 +130,12 @@ class KmsgSource:
                 os.lseek(self._fd, 0, os.SEEK_SET)
                 self._filter.last_seq = seq  # read() skips what was already seen
                 return f"resumed after seq {seq}"
-            why_not = "saved position is from another boot"
+            if self._boot_id is not None:
+                # The host rebooted since the position was saved: every record of this boot,
+                # early-boot probes included, came after the last one read.
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                return "start of ring buffer (saved position is from an earlier boot)"
+            why_not = "boot id unreadable"
         elif had_start:
             why_not = "saved position unreadable"
         if from_start:
