@@ -287,6 +287,36 @@ def test_real_copytruncate(log: Path) -> None:
         source.close()
 
 
+def test_real_copytruncate_written_past_the_old_offset_before_we_look(log: Path) -> None:
+    source = KernlogSource(str(log))
+    try:
+        append(log, numbered(0, 3))
+        assert collect(source, 3) == ["line 0", "line 1", "line 2"]
+        os.truncate(log, 0)
+        append(log, numbered(3, 40))  # far past the old offset: its size says nothing
+        assert collect(source, 37) + settle(source) == [f"line {n}" for n in range(3, 40)]
+        assert source.health()["truncations"] == 1
+        append(log, numbered(40, 42))  # and it goes on from there
+        assert collect(source, 2) + settle(source) == ["line 40", "line 41"]
+        assert source.health()["truncations"] == 1
+    finally:
+        source.close()
+
+
+def test_real_copytruncate_of_a_file_that_started_empty(tmp_path: Path) -> None:
+    log = tmp_path / "kern.log"
+    log.touch()
+    source = KernlogSource(str(log))
+    try:
+        append(log, numbered(0, 3))
+        assert collect(source, 3) == ["line 0", "line 1", "line 2"]
+        os.truncate(log, 0)
+        append(log, numbered(3, 40))
+        assert collect(source, 37) + settle(source) == [f"line {n}" for n in range(3, 40)]
+    finally:
+        source.close()
+
+
 def test_real_delete_and_recreate(log: Path) -> None:
     source = KernlogSource(str(log))
     try:

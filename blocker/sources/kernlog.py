@@ -163,16 +163,12 @@ class KernlogSource:
         current = self._file
         if current is None:
             return None
-        if current.fingerprint is None:
+        fingerprint = current.fingerprint
+        if fingerprint is None:
             try:
                 fingerprint = file_fingerprint(current.fd)
             except OSError:
                 return None
-            # Once a complete line was read, the first line is complete and will not change.
-            if current.committed > 0:
-                current.fingerprint = fingerprint
-        else:
-            fingerprint = current.fingerprint
         return {"inode": current.ino, "offset": current.committed, "fingerprint": fingerprint}
 
     def health(self) -> dict[str, object]:
@@ -289,8 +285,11 @@ class KernlogSource:
         return self._read_file(self._file, out)
 
     def _read_file(self, current: _OpenFile, out: list[SourceLine]) -> bool:
-        if os.fstat(current.fd).st_size < current.read_pos:
-            # copytruncate: same inode, emptied; what follows starts at 0.
+        if os.fstat(current.fd).st_size < current.read_pos or (
+                current.fingerprint is not None
+                and file_fingerprint(current.fd) != current.fingerprint):
+            # copytruncate: same inode, emptied; what follows starts at 0. When the file was
+            # written past our offset again before we looked, only its first line tells.
             self._truncations += 1
             self._emit(current.splitter.flush(), out)
             self._cut_done += current.splitter.cut_lines
@@ -302,6 +301,8 @@ class KernlogSource:
                 return True
             chunk = os.pread(current.fd, min(CHUNK, self._budget), current.read_pos)
             if not chunk:
+                if current.fingerprint is None and current.committed > 0:
+                    self._remember_first_line(current)
                 return False
             self._budget -= len(chunk)
             # _emit, inlined for whole chunks: this loop runs once per line read.
@@ -340,6 +341,14 @@ class KernlogSource:
         info = os.fstat(fd)
         self._file = _OpenFile(fd=fd, dev=info.st_dev, ino=info.st_ino, base=offset)
         self._detached = False
+        if offset > 0:  # a line ends before the offset: the first line is complete
+            self._remember_first_line(self._file)
+
+    @staticmethod
+    def _remember_first_line(current: _OpenFile) -> None:
+        """Keep the fingerprint of a first line that is complete, so it no longer changes
+        unless the file is truncated and written again."""
+        current.fingerprint = file_fingerprint(current.fd)
 
     def _wake_if_unread(self, current: _OpenFile) -> None:
         if os.fstat(current.fd).st_size > current.read_pos:
