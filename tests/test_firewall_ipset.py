@@ -19,8 +19,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 
 import pytest
 from netns import Namespace, namespace, wait_until
+from pyroute2.ipset import IPSet
 
 from blocker.firewall import FirewallError, InvalidBan, Repair
+from blocker.firewall import namespace as entered_namespace
 from blocker.firewall.base import MAX_TIMEOUT
 from blocker.firewall.ipset import IpsetBackend
 from blocker.records import Network
@@ -101,6 +103,52 @@ def test_list_reports_what_the_kernel_holds(ns: Namespace, backend: IpsetBackend
     assert set(listed) == {HOST, NET6}
     assert 590 <= listed[HOST] <= 600
     assert listed[NET6] == math.inf
+
+
+def pyroute2_listing(ns: Namespace, name: str, family: int) -> dict[Network, int]:
+    """{target: timeout} of one set decoded by pyroute2 (the reference for the hand parser)."""
+    with entered_namespace.entered(ns.name):
+        ipset = IPSet()
+    try:
+        replies = list(ipset.list(name))
+    finally:
+        ipset.close()
+    address = "IPSET_ATTR_IPADDR_IPV4" if family == 4 else "IPSET_ATTR_IPADDR_IPV6"
+    out: dict[Network, int] = {}
+    for reply in replies:
+        adt = reply.get_attr("IPSET_ATTR_ADT")
+        for data in adt.get_attrs("IPSET_ATTR_DATA") if adt is not None else ():
+            text = data.get_attr("IPSET_ATTR_IP_FROM").get_attr(address)
+            target = ip_network(f"{text}/{data.get_attr('IPSET_ATTR_CIDR')}")
+            out[target] = data.get_attr("IPSET_ATTR_TIMEOUT") or 0
+    return out
+
+
+def test_list_agrees_with_pyroute2s_decoding(ns: Namespace, backend: IpsetBackend) -> None:
+    # Enough entries for a dump of many messages, hosts and networks, finite and permanent.
+    bans: list[tuple[Network, float]] = [
+        (IPv6Network(((0x20010DB8 << 96) + i, 128)), 600 + i % 7) for i in range(3000)
+    ] + [(IPv4Network(f"198.51.100.{host}/32"), 900) for host in range(256)] + [
+        (NET, 300), (NET6, math.inf), (ip_network("192.0.2.0/25"), math.inf)]
+    backend.ban(bans)
+    listed = backend.list()
+    assert len(listed) == len(bans)
+    reference = pyroute2_listing(ns, backend.sets[4], 4) | pyroute2_listing(
+        ns, backend.sets[6], 6)
+    assert {target for target, _ in listed} == set(reference) == {target for target, _ in bans}
+    for target, seconds in listed:
+        if reference[target] == 0:
+            assert seconds == math.inf
+        else:  # the two listings are a moment apart: the kernel's countdown may tick
+            assert abs(seconds - reference[target]) <= 2
+
+
+def test_list_of_a_missing_set_is_empty_not_an_error(ns: Namespace,
+                                                     backend: IpsetBackend) -> None:
+    backend.ban([(HOST, 600), (HOST6, 600)])
+    ns.run("iptables", "-F", "INPUT")
+    ns.run("ipset", "destroy", backend.sets[4])
+    assert [target for target, _ in backend.list()] == [HOST6]
 
 
 def test_timeout_counts_down_in_the_kernel(ns: Namespace, backend: IpsetBackend) -> None:

@@ -1,4 +1,5 @@
-"""The hand-packed ipset batch messages are byte-identical to pyroute2's encoding (no root)."""
+"""The hand-packed ipset batch messages are byte-identical to pyroute2's encoding, and the
+LIST dump parser takes what the kernel sends and survives what it does not (no root)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import struct
 from ipaddress import ip_network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_IPSET
 from pyroute2.netlink.nfnetlink.ipset import ipset_msg
@@ -91,3 +94,43 @@ def test_acks_yield_sequence_and_positive_error() -> None:
     assert ipset_wire.describe(4352) == "set is full (maxelem reached)"
     assert ipset_wire.describe(errno.ENOENT) == "set does not exist"
     assert "EPERM" in ipset_wire.describe(errno.EPERM)
+
+
+def done(seq: int) -> bytes:
+    return struct.pack("=IHHII", 20, ipset_wire.NLMSG_DONE, 2, seq, 0) + struct.pack("=i", 0)
+
+
+def dump_message(seq: int, entries: list[tuple[Network, int]]) -> bytes:
+    """A LIST reply as the kernel sends one: the set's attributes and an ADT of entries."""
+    blobs = [ipset_wire.entry(target, timeout) for target, timeout in entries]
+    return ipset_wire.message(ipset_wire.IPSET_CMD_LIST, "blk6-test", socket.AF_INET6, blobs,
+                              seq=seq, protocol=7)
+
+
+def test_list_replies_give_the_entries_and_the_end() -> None:
+    first = [(ip_network("2001:db8::1/128"), 600), (ip_network("2001:db8:1:2::/64"), 0)]
+    second = [(ip_network("2001:db8::2/128"), 5)]
+    data = dump_message(5, first) + ack(4, 0) + dump_message(5, second)
+    assert ipset_wire.list_replies(data, 5) == ([
+        (ip_network("2001:db8::1/128").network_address.packed, 128, 600),
+        (ip_network("2001:db8:1:2::/64").network_address.packed, 64, 0),
+        (ip_network("2001:db8::2/128").network_address.packed, 128, 5),
+    ], None)  # the late ack of seq 4 is skipped; no NLMSG_DONE yet: more follows
+    assert ipset_wire.list_replies(done(5), 5) == ([], 0)
+    assert ipset_wire.list_replies(ack(5, -errno.ENOENT), 5) == ([], errno.ENOENT)
+
+
+def test_list_request_names_the_set_and_asks_for_a_dump() -> None:
+    request = ipset_wire.list_request("blk4-test", socket.AF_INET, seq=9, protocol=7)
+    size, kind, flags, seq, _ = struct.unpack_from("=IHHII", request)
+    assert (size, kind, flags, seq) == (len(request), 0x607, 0x301, 9)
+    assert b"blk4-test\0" in request
+
+
+@given(st.binary(max_size=600), st.integers(0, 600))
+def test_list_replies_never_raise_on_garbage_or_cut_buffers(noise: bytes, cut: int) -> None:
+    real = dump_message(3, [(ip_network("2001:db8::1/128"), 600)]) + done(3)
+    for data in (noise, real[:cut], real[:cut] + noise):
+        entries, end = ipset_wire.list_replies(data, 3)
+        assert end is None or isinstance(end, int)
+        assert all(len(packed) in (4, 16) for packed, _, _ in entries)

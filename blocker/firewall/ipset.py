@@ -1,10 +1,10 @@
 """IpsetBackend: bans as kernel ipset entries with kernel-side timeouts, plus the early INPUT rule.
 
 One hash:net set per family (addresses and networks alike) created with timeout support, so
-every entry expires in the kernel even when blockerd is not running. Sets are created, listed
-and destroyed through pyroute2's IPSet; bans and unbans go as hand-packed batch messages
-(ipset_wire.py) on a plain NETLINK_NETFILTER socket, because pyroute2's encoder is too slow for
-bursts.
+every entry expires in the kernel even when blockerd is not running. Sets are created and
+destroyed through pyroute2's IPSet; bans, unbans and listings go as hand-packed messages
+(ipset_wire.py) on a plain NETLINK_NETFILTER socket, because pyroute2's encoder and decoder are
+too slow for bursts and for sets a flood filled.
 
 pyroute2 0.7.x (Debian 12) and 0.9.x (PyPI) differ in ways handled here:
 - 0.9.x binds an IPSet to the thread that opened it (a thread-local transport: used from
@@ -52,7 +52,6 @@ PYROUTE2_API = "0.9+ (asyncio core)" if hasattr(pyroute2.ipset, "AsyncIPSet") el
 SET_TYPE = "hash:net"
 DEFAULT_MAXELEM = 1_048_576
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}  # also NFPROTO_IPV4/IPV6 (2, 10)
-_IPADDR = {4: "IPSET_ATTR_IPADDR_IPV4", 6: "IPSET_ATTR_IPADDR_IPV6"}
 _ACK_TIMEOUT = 10.0  # seconds to wait for the kernel's answer to one batch
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _IPSET_ERR_BUSY = 4100
@@ -279,23 +278,38 @@ class IpsetBackend:
         """Entries in the kernel sets with their remaining seconds (math.inf = permanent)."""
         bans: Bans = []
         with self._lock:
-            for family, name in sorted(self.sets.items()):
-                try:
-                    with self._control() as ipset:
-                        replies = list(ipset.list(name))
-                except NetlinkError as err:
-                    if err.code == errno.ENOENT:
-                        continue  # missing set: nothing banned there; ensure() reports it
-                    raise FirewallError(f"cannot list ipset {name}: {err}") from err
-                for reply in replies:
-                    adt = reply.get_attr("IPSET_ATTR_ADT")
-                    for data in adt.get_attrs("IPSET_ATTR_DATA") if adt is not None else ():
-                        address = data.get_attr("IPSET_ATTR_IP_FROM").get_attr(_IPADDR[family])
-                        prefix = data.get_attr("IPSET_ATTR_CIDR")
-                        timeout = data.get_attr("IPSET_ATTR_TIMEOUT") or 0
-                        target = ip_network(f"{address}/{prefix}")
-                        bans.append((target, float(timeout) if timeout else math.inf))
+            for family in sorted(self.sets):
+                for packed, prefix, timeout in self._dump(family):
+                    try:
+                        target = ip_network((packed, prefix))
+                    except ValueError:
+                        continue  # host bits set: not an entry blocker could have made
+                    bans.append((target, float(timeout) if timeout else math.inf))
         return bans
+
+    def _dump(self, family: int) -> Sequence[ipset_wire.DumpEntry]:
+        """The entries of one set, dumped on the batch socket; [] when the set is missing."""
+        sock = self._batch_socket()
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        name = self.sets[family]
+        request = ipset_wire.list_request(name, _FAMILY[family], seq=self._seq,
+                                          protocol=self._protocol)
+        entries: list[ipset_wire.DumpEntry] = []
+        try:
+            sock.send(request)
+            while True:
+                # A dump skb is at most 32 KiB (netlink_dump), so one recv holds it whole.
+                found, end = ipset_wire.list_replies(sock.recv(1 << 16), self._seq)
+                entries += found
+                if end is not None:
+                    break
+        except OSError as err:  # includes the socket timeout
+            raise FirewallError(f"cannot list ipset {name}: {err}") from err
+        if end == errno.ENOENT:
+            return []  # missing set: nothing banned there; ensure() reports it
+        if end:
+            raise FirewallError(f"cannot list ipset {name}: {ipset_wire.describe(end)}")
+        return entries
 
     def ensure(self) -> Repair:
         """Re-create missing sets, put our rules back at #1 of INPUT; cheap when all is well."""

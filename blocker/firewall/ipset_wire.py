@@ -1,4 +1,4 @@
-"""ipset ADD/DEL batches in netlink wire format, packed by hand.
+"""ipset ADD/DEL batches and the LIST dump in netlink wire format, packed and parsed by hand.
 
 pyroute2's attribute encoder manages ~3,000 entries/s one by one and ~9,000/s batched, below
 what a burst needs; these messages carry up to ENTRIES_PER_MESSAGE entries in one
@@ -6,6 +6,9 @@ IPSET_ATTR_ADT attribute (what `ipset restore` sends) and pack at several hundre
 second. Layout (include/uapi/linux/netfilter/ipset/ip_set.h):
 
     nlmsghdr | nfgenmsg | PROTOCOL | SETNAME | LINENO | ADT{ DATA{ IP{addr} CIDR [TIMEOUT] } ... }
+
+LIST is dumped the same way (list_request(), list_replies()): pyroute2 decodes a dump at
+~15,000 entries/s, so `blockerctl list` on a set filled by a flood took seconds.
 
 Pure: bytes in, bytes out; the socket lives in ipset.py.
 """
@@ -21,11 +24,11 @@ from ipaddress import IPv4Network
 from blocker.records import Network
 
 NETLINK_NETFILTER = 12
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL = 0x1, 0x4, 0x200
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x300
 NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
 NFNL_SUBSYS_IPSET = 6
-IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
+IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 7, 9, 10
 
 _ATTR_PROTOCOL, _ATTR_SETNAME, _ATTR_DATA, _ATTR_ADT, _ATTR_LINENO = 1, 2, 7, 8, 9
 _ATTR_IP, _ATTR_CIDR, _ATTR_TIMEOUT = 1, 3, 6
@@ -38,6 +41,9 @@ _HEADER = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id
 _NLA = struct.Struct("=HH")  # nlattr: len, type
 _ERROR = struct.Struct("=i")
+_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
+# One dumped entry: (packed address, prefix length, remaining seconds; 0 = permanent).
+DumpEntry = tuple[bytes, int, int]
 
 # Kernel error codes above the errno range (ip_set.h, ip_set_hash.h).
 IPSET_ERRORS = {
@@ -90,6 +96,71 @@ def message(
         + _NFGEN.pack(family, 0, 0)
         + attrs
     )
+
+
+def list_request(set_name: str, family: int, *, seq: int, protocol: int) -> bytes:
+    """A LIST dump request for one set (what `ipset list NAME` sends)."""
+    attrs = (_attr(_ATTR_PROTOCOL, bytes((protocol,)))
+             + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0"))
+    size = _HEADER.size + _NFGEN.size + len(attrs)
+    kind = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
+    return (_HEADER.pack(size, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+            + _NFGEN.pack(family, 0, 0) + attrs)
+
+
+def list_replies(data: bytes, seq: int) -> tuple[list[DumpEntry], int | None]:
+    """The entries in one received buffer of the LIST dump numbered `seq`, and how the dump
+    ended in it: None (more follows), 0 (NLMSG_DONE) or the kernel's error code. Messages of
+    other sequence numbers (a late ack) are skipped; malformed attributes end the walk of
+    their message, never the process."""
+    entries: list[DumpEntry] = []
+    reply_kind = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        size, kind, _flags, msg_seq, _pid = _HEADER.unpack_from(data, offset)
+        if size < _HEADER.size or offset + size > len(data):
+            return entries, errno.EPROTO
+        body = offset + _HEADER.size
+        offset += (size + 3) & ~3
+        if msg_seq != seq:
+            continue
+        if kind == NLMSG_DONE:
+            return entries, 0
+        if kind == NLMSG_ERROR:
+            (code,) = _ERROR.unpack_from(data, body)
+            return entries, -code
+        if kind == reply_kind:
+            for adt_type, adt in _attrs(data, body + _NFGEN.size, body - _HEADER.size + size):
+                if adt_type == _ATTR_ADT:
+                    entries += _dump_entries(data, *adt)
+    return entries, None
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, tuple[int, int]]]:
+    """(type, (payload start, payload end)) of the attributes in data[start:end]."""
+    while start + _NLA.size <= end:
+        size, kind = _NLA.unpack_from(data, start)
+        if size < _NLA.size or start + size > end:
+            return
+        yield kind & _TYPE_MASK, (start + _NLA.size, start + size)
+        start += (size + 3) & ~3
+
+
+def _dump_entries(data: bytes, start: int, end: int) -> Iterator[DumpEntry]:
+    for data_type, (entry_start, entry_end) in _attrs(data, start, end):
+        if data_type != _ATTR_DATA:
+            continue
+        packed, prefix, timeout = b"", -1, 0
+        for kind, (lo, hi) in _attrs(data, entry_start, entry_end):
+            if kind == _ATTR_IP:
+                for _, (a, b) in _attrs(data, lo, hi):
+                    packed = data[a:b]
+            elif kind == _ATTR_CIDR and hi - lo >= 1:
+                prefix = data[lo]
+            elif kind == _ATTR_TIMEOUT and hi - lo == 4:
+                (timeout,) = struct.unpack_from(">I", data, lo)
+        if len(packed) in (4, 16) and prefix >= 0:
+            yield packed, prefix, timeout
 
 
 def acks(data: bytes) -> Iterator[tuple[int, int]]:
