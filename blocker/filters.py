@@ -125,7 +125,7 @@ class Filter:
         a destination is a unicast address."""
         if not self.port_match(dport, sport):
             return False
-        return not self.dst_unicast or bool(unicast.get(dst)) or is_unicast(dst, unicast)
+        return not self.dst_unicast or is_unicast(dst, unicast)
 
     def port_match(self, dport: int | None, sport: int | None) -> bool:
         if self.dport is not None and dport not in self.dport:

@@ -227,8 +227,6 @@ class Scorer:
         self.policy = policy
         self._allow = AllowList(policy.allow)
         self._own = frozenset(policy.own_addresses)
-        # Empty in the common case: skip hashing the address for nothing.
-        self._check_own, self._check_allow = bool(self._own), bool(self._allow)
         self._window = policy.window
         self._repeat_factor = policy.repeat_factor
         # Rounded like the weights, so 3 hits of 0.1 do reach a threshold of 0.3.
@@ -395,9 +393,9 @@ class Scorer:
         """Why `addr` may never be banned ("special", "own address", "allowlisted"), or None."""
         if is_special(addr):
             return "special"
-        if self._check_own and addr in self._own:
+        if self._own and addr in self._own:  # empty in a replay: skip hashing for nothing
             return "own address"
-        if self._check_allow and self._allow.contains_address(addr):
+        if self._allow.contains_address(addr):
             return "allowlisted"
         return None
 
