@@ -94,13 +94,10 @@ def is_special(addr: Address) -> bool:
     if isinstance(addr, IPv4Address):
         return _is_special_v4(value)
     bannable = _BANNABLE_V6_BY_BYTE[value >> 120]
-    if bannable is not None:
-        if bannable:
-            return False
-    else:
-        for base, mask in _BANNABLE_V6_BITS:
-            if value & mask == base:
-                return False
+    if bannable is None:
+        bannable = _in_any(value, _BANNABLE_V6_BITS)
+    if bannable:
+        return False
     for base, mask in _EMBEDDED_V4_BITS:
         if value & mask == base:
             return _is_special_v4(value & _LOW32)
@@ -109,9 +106,12 @@ def is_special(addr: Address) -> bool:
 
 def _is_special_v4(value: int) -> bool:
     special = _SPECIAL_V4_BY_BYTE[value >> 24]
-    if special is not None:
-        return special
-    for base, mask in _SPECIAL_V4_BITS:  # noqa: SIM110 - any() and a generator cost 2x
+    return _in_any(value, _SPECIAL_V4_BITS) if special is None else special
+
+
+def _in_any(value: int, blocks: tuple[tuple[int, int], ...]) -> bool:
+    """Whether `value` lies in any of the (base, mask) `blocks`."""
+    for base, mask in blocks:  # noqa: SIM110 - any() and a generator cost 2x
         if value & mask == base:
             return True
     return False
