@@ -209,7 +209,7 @@ class IpsetBackend:
     def _request(self, command: int, family: int, entries: Sequence[bytes]) -> int:
         """Send one batch and wait for its ack -> 0 or the kernel's error code."""
         sock = self._batch_socket()
-        self._seq = self._seq % 0xFFFFFFFF + 1
+        self._next_seq()
         data = ipset_wire.message(
             command,
             self.sets[family],
@@ -226,6 +226,10 @@ class IpsetBackend:
                         return error
         except OSError as err:  # includes the socket timeout
             raise FirewallError(f"ipset netlink request failed: {err}") from err
+
+    def _next_seq(self) -> None:
+        """A new sequence number for the next request on the batch socket (never 0)."""
+        self._seq = self._seq % 0xFFFFFFFF + 1
 
     def _apply(self, command: int, batches: dict[int, list[tuple[Network, bytes]]]) -> None:
         failures: list[str] = []
@@ -290,7 +294,7 @@ class IpsetBackend:
     def _dump(self, family: int) -> Sequence[ipset_wire.DumpEntry]:
         """The entries of one set, dumped on the batch socket; [] when the set is missing."""
         sock = self._batch_socket()
-        self._seq = self._seq % 0xFFFFFFFF + 1
+        self._next_seq()
         name = self.sets[family]
         request = ipset_wire.list_request(name, _FAMILY[family], seq=self._seq,
                                           protocol=self._protocol)

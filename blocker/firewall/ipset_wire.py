@@ -84,28 +84,27 @@ def message(
     timeout, deleting an absent one succeeds.
     """
     attrs = (
-        _attr(_ATTR_PROTOCOL, bytes((protocol,)))
-        + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0")
-        + _attr(_ATTR_LINENO, struct.pack("=I", 0))  # required with ADT; 0 = plain error replies
+        _attr(_ATTR_LINENO, struct.pack("=I", 0))  # required with ADT; 0 = plain error replies
         + _attr(_ATTR_ADT | NLA_F_NESTED, b"".join(entries))
     )
-    size = _HEADER.size + _NFGEN.size + len(attrs)
-    kind = (NFNL_SUBSYS_IPSET << 8) | command
-    return (
-        _HEADER.pack(size, kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
-        + _NFGEN.pack(family, 0, 0)
-        + attrs
-    )
+    return _request(command, NLM_F_REQUEST | NLM_F_ACK, set_name, family, seq=seq,
+                    protocol=protocol, attrs=attrs)
 
 
 def list_request(set_name: str, family: int, *, seq: int, protocol: int) -> bytes:
     """A LIST dump request for one set (what `ipset list NAME` sends)."""
+    return _request(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq,
+                    protocol=protocol)
+
+
+def _request(command: int, flags: int, set_name: str, family: int, *, seq: int, protocol: int,
+             attrs: bytes = b"") -> bytes:
+    """nlmsghdr | nfgenmsg | PROTOCOL | SETNAME | `attrs`."""
     attrs = (_attr(_ATTR_PROTOCOL, bytes((protocol,)))
-             + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0"))
+             + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0") + attrs)
     size = _HEADER.size + _NFGEN.size + len(attrs)
-    kind = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
-    return (_HEADER.pack(size, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-            + _NFGEN.pack(family, 0, 0) + attrs)
+    kind = (NFNL_SUBSYS_IPSET << 8) | command
+    return _HEADER.pack(size, kind, flags, seq, 0) + _NFGEN.pack(family, 0, 0) + attrs
 
 
 def list_replies(data: bytes, seq: int) -> tuple[list[DumpEntry], int | None]:
@@ -115,25 +114,34 @@ def list_replies(data: bytes, seq: int) -> tuple[list[DumpEntry], int | None]:
     their message, never the process."""
     entries: list[DumpEntry] = []
     reply_kind = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        size, kind, _flags, msg_seq, _pid = _HEADER.unpack_from(data, offset)
-        if size < _HEADER.size or offset + size > len(data):
+    for kind, msg_seq, body, end in _messages(data):
+        if kind < 0:
             return entries, errno.EPROTO
-        body = offset + _HEADER.size
-        offset += (size + 3) & ~3
         if msg_seq != seq:
             continue
         if kind == NLMSG_DONE:
             return entries, 0
-        if kind == NLMSG_ERROR:
+        if kind == NLMSG_ERROR and end - body >= _ERROR.size:
             (code,) = _ERROR.unpack_from(data, body)
             return entries, -code
         if kind == reply_kind:
-            for adt_type, adt in _attrs(data, body + _NFGEN.size, body - _HEADER.size + size):
+            for adt_type, adt in _attrs(data, body + _NFGEN.size, end):
                 if adt_type == _ATTR_ADT:
                     entries += _dump_entries(data, *adt)
     return entries, None
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, seq, payload start, payload end) of the netlink messages in `data`; a last
+    (-1, ...) when a header's length is impossible."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        size, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+        if size < _HEADER.size or offset + size > len(data):
+            yield -1, seq, offset, offset
+            return
+        yield kind, seq, offset + _HEADER.size, offset + size
+        offset += (size + 3) & ~3
 
 
 def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, tuple[int, int]]]:
@@ -165,17 +173,12 @@ def _dump_entries(data: bytes, start: int, end: int) -> Iterator[DumpEntry]:
 
 def acks(data: bytes) -> Iterator[tuple[int, int]]:
     """(seq, error) for each NLMSG_ERROR in a netlink reply; error 0 = success, else an errno."""
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        size, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-        if size < _HEADER.size:
-            break
-        if kind == NLMSG_ERROR and size >= _HEADER.size + _ERROR.size + _HEADER.size:
-            (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
+    for kind, _seq, body, end in _messages(data):
+        if kind == NLMSG_ERROR and end - body >= _ERROR.size + _HEADER.size:
+            (code,) = _ERROR.unpack_from(data, body)
             # The echoed request header carries the sequence number we sent.
-            orig_seq = _HEADER.unpack_from(data, offset + _HEADER.size + _ERROR.size)[3]
+            orig_seq = _HEADER.unpack_from(data, body + _ERROR.size)[3]
             yield orig_seq, -code
-        offset += (size + 3) & ~3
 
 
 def describe(error: int) -> str:
