@@ -114,8 +114,8 @@ class JournaldSource:
         self._from_start = from_start
         self._backoff_base = backoff_base
         self._cursor = _saved_cursor(start)
-        # Set at the first start from the end of the journal: until an entry gives a cursor,
-        # a restarted journalctl resumes from this time, so entries of the gap are not lost.
+        # The first start's time: if journalctl started from the end of the journal is
+        # restarted before an entry gave a cursor, it resumes from here, losing no entry.
         self._since: float | None = None
         self._epoll = select.epoll()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +157,7 @@ class JournaldSource:
 
     def _spawn(self, delay: float) -> None:
         args = self.command_line()
-        if self._since is None and not (self._cursor or self._from_start):
+        if self._since is None:  # used by command_line() only when there is no cursor
             self._since = time.time()  # the wall clock, as journald's realtime stamps
         if delay > 0:
             args = ["/bin/sh", "-c", _DELAYED_EXEC, f"{delay:g}", *args]
