@@ -24,6 +24,7 @@ from blocker.schema import (
     FIREWALL,
     JAIL,
     JAIL_NAME,
+    SECTIONS,
     TOP,
     Duration,
     Section,
@@ -33,6 +34,8 @@ from blocker.schema import (
 from blocker.schema import ConfigError as ConfigError  # noqa: PLC0414 (callers import it here)
 from blocker.scoring import JailPolicy
 
+# The sections that are one table each: [firewall], and those to come.
+_TABLES = tuple(section.name for section in SECTIONS if section not in (TOP, JAIL))
 # Every jail key with its default; [defaults] and [jails.X] accept exactly these (+ filters).
 JAIL_DEFAULTS: dict[str, Any] = JAIL.defaults()
 
@@ -83,7 +86,7 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
-    _no_unknown(data, (*TOP.by_name, "firewall", "defaults", "jails"), where)
+    _no_unknown(data, (*TOP.by_name, *_TABLES, "defaults", "jails"), where)
     top = TOP.parse({k: v for k, v in data.items() if k in TOP.by_name}, where)
     try:
         filters = load_filters(base_dir / top["filters_dir"])

@@ -11,13 +11,13 @@ and JailPolicy's fields are checked by the very validators that read the file.
 
 Adding a section, for example [metrics]:
   1. here: METRICS = Section("metrics", "what it is for", (
-         Key("listen", HostPort(), None, "where to serve /metrics"),
+         Key("listen", OrNone(HostPort()), None, "where to serve /metrics; none: off"),
          Key("textfile_interval", Duration(high=3600), 15.0, "how often the file is written"),
-     )) and add it to SECTIONS (the docs then list it);
+     )) and add it to SECTIONS (config.py then accepts the table, the docs list it);
   2. config.py: a frozen dataclass whose fields read their defaults from the section,
      `listen: tuple[str, int] | None = METRICS.default("listen")`, a field of that type on
      Config, and in parse_config `metrics=MetricsConfig(**_section(METRICS, data, where))`;
-  3. `./scripts/config-docs --write`, and one tests/configs/invalid/ fixture per new error kind.
+  3. `./scripts/config-docs`, and one tests/configs/invalid/ fixture per new error kind.
 Adding a jail key (log_level, spare_live_peers): one Key in JAIL, and a field of the same name
 with `= jail_default("name")` on JailPolicy (if scoring uses it) or on config.Jail; config._jail
 hands every parsed key to whichever of the two has the field (a test checks each key lands).
@@ -165,6 +165,8 @@ class Duration(Validator[float]):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
+        if self.high is not None and self.low is None and self.positive:
+            return f"duration > 0, <= {_num(self.high)}s"
         if self.high is not None:
             return f"duration {_num(self.low or 0)}s-{_num(self.high)}s"
         rule = "duration > 0" if self.positive else "duration"
@@ -421,6 +423,23 @@ class Table(Validator[dict[str, T]]):
             except Invalid as exc:
                 raise Invalid(exc.reason, _join(name, exc.subkey)) from None
         return parsed
+
+
+@dataclass(frozen=True)
+class OrNone(Validator["T | None"]):
+    """`inner`, or None: for a key whose absence means "off" (TOML itself has no null)."""
+
+    inner: Validator[T]
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.inner.kind
+
+    def show(self, value: object) -> str:
+        return "(none)" if value is None else self.inner.show(value)
+
+    def __call__(self, value: object) -> T | None:
+        return None if value is None else self.inner(value)
 
 
 @dataclass(frozen=True)

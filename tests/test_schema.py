@@ -27,9 +27,12 @@ from blocker.schema import (
     Integer,
     Integers,
     Invalid,
+    Key,
     Networks,
     Number,
+    OrNone,
     Regex,
+    Section,
     Strings,
     Table,
     Text,
@@ -281,3 +284,30 @@ def test_kinds_are_plain_text() -> None:
     for section in SECTIONS:
         for key in section.keys:
             assert re.fullmatch(r"[\w \-\".,:=<>]+", key.check.kind), key.check.kind
+
+
+def test_or_none_is_for_keys_whose_absence_means_off() -> None:
+    listen = OrNone(HostPort())
+    assert listen(None) is None
+    assert listen("[::1]:9100") == ("::1", 9100)
+    assert listen.show(None) == "(none)"
+    assert listen.kind == "host:port"
+    assert "must be HOST:PORT" in refused(listen, "nope")
+
+
+def test_a_new_section_is_a_few_lines() -> None:
+    metrics = Section("metrics", "how blocker is watched", (
+        Key("listen", OrNone(HostPort()), None, "where to serve /metrics"),
+        Key("textfile_interval", Duration(high=3600), 15.0, "how often the file is written"),
+        Key("groups", Integers(0, 65535), (), "groups"),
+    ))
+    assert metrics.parse({}, "f") == {"listen": None, "textfile_interval": 15.0, "groups": ()}
+    assert metrics.parse({"listen": "127.0.0.1:9100", "groups": [1]}, "f", "metrics.") == {
+        "listen": ("127.0.0.1", 9100), "textfile_interval": 15.0, "groups": (1,)}
+    with pytest.raises(ConfigError) as caught:
+        metrics.parse({"textfile_interval": "2h"}, "f.toml", "metrics.")
+    assert str(caught.value) == (
+        "f.toml: metrics.textfile_interval: must be between 0 s and 3600 s")
+    with pytest.raises(ConfigError, match=r"^f: metrics\.port: unknown key$"):
+        metrics.parse({"port": 1}, "f", "metrics.")
+    assert metrics.by_name["textfile_interval"].check.kind == "duration > 0, <= 3600s"
