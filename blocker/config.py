@@ -19,20 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from blocker.filters import Filter, FilterError, Matcher, load_filters
-from blocker.schema import (
-    ANY_TABLE,
-    FIREWALL,
-    JAIL,
-    JAIL_NAME,
-    SECTIONS,
-    TOP,
-    Duration,
-    Section,
-    check,
-    jail_default,
-)
-from blocker.schema import ConfigError as ConfigError  # noqa: PLC0414 (callers import it here)
+from blocker.schema import FIREWALL, JAIL, JAIL_NAME, SECTIONS, TOP, Section, jail_default
 from blocker.scoring import JailPolicy
+from blocker.validators import ANY_TABLE, Duration, check
+from blocker.validators import ConfigError as ConfigError  # noqa: PLC0414 (callers import it)
 
 # The sections that are one table each: [firewall], and those to come.
 _TABLES = tuple(section.name for section in SECTIONS if section not in (TOP, JAIL))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from blocker.records import Address, Hit, Packet, Signature
-from blocker.schema import (
+from blocker.validators import (
     ANY_TABLE,
     Bool,
     Choice,

@@ -13,11 +13,9 @@ import pytest
 
 from blocker import config_docs
 from blocker.config import FirewallConfig, Jail, parse_config
-from blocker.schema import (
-    FIREWALL,
-    JAIL,
-    REQUIRED,
-    SECTIONS,
+from blocker.schema import FIREWALL, JAIL, REQUIRED, SECTIONS, Key, Section
+from blocker.scoring import JailPolicy
+from blocker.validators import (
     Addresses,
     Bool,
     Choice,
@@ -27,18 +25,15 @@ from blocker.schema import (
     Integer,
     Integers,
     Invalid,
-    Key,
     Networks,
     Number,
     OrNone,
     Regex,
-    Section,
     Strings,
     Table,
     Text,
     Validator,
 )
-from blocker.scoring import JailPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
