@@ -23,6 +23,8 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
+from blocker.metrics import Metrics
+from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import Source, SourceError, open_source
@@ -117,6 +119,9 @@ class Daemon:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
         self.stopping = False
         self.reload_requested = False
+        # Started in run(); its HTTP thread reads what this thread counts, takes no lock.
+        self.metrics: Metrics | None = None
+        self._textfile_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -125,6 +130,15 @@ class Daemon:
         signal.signal(signal.SIGINT, self._note_signal)
         signal.signal(signal.SIGHUP, self._note_signal)
         now = time.time()
+        metrics_config = self.service.config.metrics  # as at start: a reload keeps it
+        try:
+            self.metrics = start_metrics(metrics_config, self.service, self._source_reports)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%s: %s", *metrics_config.listen or ("", ""),
+                      exc)
+            return 1
+        if metrics_config.listen is not None:
+            log.info("metrics on http://%s/metrics", _host_port(*metrics_config.listen))
         self.service.start(now)
         self.state.commit()
         self._sync_sources()
@@ -132,12 +146,15 @@ class Daemon:
         next_check = time.monotonic() + interval
         next_prune = time.monotonic()
         next_retry = time.monotonic() + SOURCE_RETRY
+        textfile = metrics_config.textfile if self.metrics is not None else None
+        next_textfile = time.monotonic() if textfile is not None else math.inf
         _sd_notify("READY=1\nSTATUS=following the kernel log")
         log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, self.control.paused_until or math.inf)
+                wake = min(next_check, next_retry, next_textfile,
+                           self.control.paused_until or math.inf)
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
@@ -156,12 +173,17 @@ class Daemon:
                     self.service.prune(time.time())
                     next_prune = tick + PRUNE_EVERY
                 self.state.commit()
+                if tick >= next_textfile and textfile is not None:
+                    self._write_textfile(textfile)
+                    next_textfile = tick + metrics_config.textfile_interval
         finally:
             _sd_notify("STOPPING=1")
             self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         for key in list(self.sources):
             self._close_source(key, save=True)
         self.state.commit()
@@ -248,6 +270,27 @@ class Daemon:
             self.state.save_position(source_label(key), position)
             self.state.commit()
 
+    def _write_textfile(self, path: str) -> None:
+        assert self.metrics is not None
+        try:
+            self.metrics.write_textfile(path)
+        except OSError as exc:
+            if self._textfile_error != str(exc):  # once per kind of failure, not per interval
+                log.error("cannot write the metrics file %s: %s", path, exc)
+            self._textfile_error = str(exc)
+        else:
+            if self._textfile_error is not None:
+                log.info("writing the metrics file %s again", path)
+            self._textfile_error = None
+
+    def _source_reports(self) -> list[tuple[SourceKey, dict[str, object]]]:
+        """Each source's health, for the metrics thread: the dicts are copied in one C-level
+        call each (atomic under the GIL) before they are walked."""
+        reports = [(key, source.health()) for key, source in list(self.sources.items())]
+        reports += [(key, {"state": "error", "error": error})
+                    for key, error in list(self.source_errors.items())]
+        return reports
+
     def _source_health(self) -> list[dict[str, object]]:
         health: list[dict[str, object]] = []
         for key, source in self.sources.items():
@@ -255,6 +298,10 @@ class Daemon:
         for key, error in self.source_errors.items():
             health.append({"source": source_label(key), "state": "error", "error": error})
         return health
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _sd_notify(message: str) -> None:

@@ -37,10 +37,12 @@ from blocker.validators import (
     Choice,
     ConfigError,
     Duration,
+    HostPort,
     Integer,
     Invalid,
     Networks,
     Number,
+    OrNone,
     Regex,
     Strings,
     Table,
@@ -201,8 +203,21 @@ JAIL: Final = Section("jails", (
         "cap on addresses with a live score, per jail"),
 ), checks=(_ban_time_within_max,))
 
+METRICS: Final = Section("metrics", (
+    "Prometheus metrics, off unless `listen` or `textfile` is set; names start with "
+    "`blocker_`, no label holds an address"), (
+    Key("listen", OrNone(HostPort()), None,
+        "serve `/metrics` over HTTP here, e.g. `\"127.0.0.1:9645\"` or `\"[::1]:9645\"`; "
+        "none: no HTTP server"),
+    Key("textfile", OrNone(AbsolutePath()), None,
+        "write the metrics to this file (replaced atomically) for node-exporter's textfile "
+        "collector; none: no file"),
+    Key("textfile_interval", Duration(low=1, high=3600), 15.0,
+        "how often `textfile` is written"),
+))
+
 # Every section, in the order the docs list them.
-SECTIONS: Final = (TOP, FIREWALL, JAIL)
+SECTIONS: Final = (TOP, FIREWALL, METRICS, JAIL)
 
 
 def jail_default(name: str) -> Any:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any
 
@@ -41,6 +42,26 @@ class ActiveBan:
     reason: str
 
 
+@dataclass
+class Activity:
+    """What the service did since it started, for the metrics and the status: counted per
+    batch or per ban, never per line. Keys come from the configuration (jails, sources) or
+    fixed words (origins, repair kinds): no address is ever a key."""
+
+    lines: Counter[SourceKey] = field(default_factory=Counter)
+    last_line: dict[SourceKey, float] = field(default_factory=dict)  # when read, epoch
+    bans: Counter[tuple[str, str]] = field(default_factory=Counter)  # (jail, origin)
+    unbans: Counter[tuple[str, str]] = field(default_factory=Counter)  # (jail, origin)
+    last_ban: dict[str, float] = field(default_factory=dict)  # jail -> epoch
+    repairs: Counter[str] = field(default_factory=Counter)  # set, rule, duplicate_rule
+    firewall_ok: bool = True  # the last rule and set check succeeded
+    firewall_failures: int = 0
+
+
+def _ignore_latency(_read_at: float, _bans: int) -> None:
+    pass
+
+
 class Service:
     def __init__(self, config: Config, state: State, backend: Backend, *,
                  own_addresses: Sequence[Address] = (), log_override: str | None = None,
@@ -53,6 +74,10 @@ class Service:
         self.active: dict[Network, ActiveBan] = {}
         self.started = 0.0
         self.source_health: Callable[[], list[dict[str, object]]] = list
+        self.activity = Activity()
+        # Called after the kernel acknowledged a batch of bans with the time its lines were
+        # read and the batch's size (the daemon measures line-read -> kernel-ack latency).
+        self.after_ban: Callable[[float, int], None] = _ignore_latency
         self._install(config)
 
     # -- configuration -------------------------------------------------------------------
@@ -83,6 +108,7 @@ class Service:
             self.active[row.target] = ActiveBan(row.target, row.jail, row.expires, row.reason)
             self._mark_everywhere(row.target, row.expires)
             entries.append((row.target, row.expires - now))
+            self.activity.bans[row.jail, "restore"] += 1
         if entries:
             self._kernel_ban(entries)
             log.info("restored %d active ban(s)", len(entries))
@@ -97,6 +123,8 @@ class Service:
         runners = self.groups.get(key)
         if not runners or not lines:
             return []
+        self.activity.lines[key] += len(lines)
+        self.activity.last_line[key] = now
         decisions: list[Decision] = []
         bulk: list[str] = []
         for line in lines:
@@ -133,6 +161,8 @@ class Service:
                                                      decision.reason)
             entries.append((decision.target, remaining))
             recorded.append(decision)
+            self.activity.bans[decision.jail, origin] += 1
+            self.activity.last_ban[decision.jail] = now
             text = decision.target_text
             texts.append(text)
             span = "permanently" if math.isinf(remaining) else f"for {remaining:.0f}s"
@@ -143,6 +173,7 @@ class Service:
             log.warning("%s", "\n".join(lines))
         if entries:
             self._kernel_ban(entries)
+            self.after_ban(now, len(entries))
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
 
@@ -158,16 +189,23 @@ class Service:
             repair = self.backend.ensure()
         except FirewallError as exc:
             log.error("firewall check failed: %s", exc)
+            self.activity.firewall_ok = False
+            self.activity.firewall_failures += 1
             return
+        self.activity.firewall_ok = True
         if repair:
             log.warning("firewall repaired: %s", repair)
+            repairs = self.activity.repairs
+            repairs["set"] += len(repair.sets_recreated)
+            repairs["rule"] += len(repair.rules_reinserted)
+            repairs["duplicate_rule"] += repair.rules_removed
         if repair.sets_recreated:
             entries = [(b.target, b.expires - now) for b in self.active.values()
                        if b.target.version in repair.sets_recreated and b.expires > now]
             if entries:
                 self._kernel_ban(entries)
         for target in [t for t, b in self.active.items() if b.expires <= now]:
-            del self.active[target]
+            self.activity.unbans[self.active.pop(target).jail, "expired"] += 1
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""
@@ -268,6 +306,8 @@ class Service:
             raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
         self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason)
+        self.activity.bans[runner.jail.name, "admin"] += 1
+        self.activity.last_ban[runner.jail.name] = now
         self.state.begin()
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
@@ -284,7 +324,9 @@ class Service:
             self.backend.unban([target])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
-        self.active.pop(target, None)
+        lifted_ban = self.active.pop(target, None)
+        if lifted_ban is not None:
+            self.activity.unbans[lifted_ban.jail, "admin"] += 1
         self.state.begin()
         lifted = self.state.lift(target, now)
         self.state.commit()
