@@ -9,10 +9,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
 from blocker.replay import ReplayResult, iso_time, replay_file
+from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -45,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("log", metavar="LOG", help="kernel log file (kern.log, journalctl -k, dmesg)")
     test.add_argument("--config", default=DEFAULT_CONFIG,
                       help=f"jails.toml (default {DEFAULT_CONFIG})")
-    test.add_argument("--json", action="store_true", help="print one JSON object")
+    test.add_argument("--json", action="store_true",
+                      help="print one JSON object (with --show: one JSON object per line, "
+                           "the summary last)")
+    test.add_argument("--show", choices=SHOW_CHOICES, metavar="{" + ",".join(SHOW_CHOICES) + "}",
+                      help="also print, per line, what became of it: hits (and the bans they "
+                           "made), bans, unparsed (malformed and not LOG records), malformed, "
+                           "or all (ignored records too)")
     return parser
 
 
@@ -66,11 +74,24 @@ def _test(args: argparse.Namespace) -> int:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = replay_file(Path(args.log), config)
+        if args.show is None:
+            result = replay_file(Path(args.log), config)
+        else:
+            shown = SHOWN[args.show]
+            write = _verdict_json if args.json else _verdict_text
+
+            def emit(verdicts: list[dict[str, Any]]) -> None:
+                for verdict in verdicts:
+                    if verdict["verdict"] in shown:
+                        print(write(verdict))
+
+            result = replay_file_verdicts(Path(args.log), config, emit)
     except OSError as exc:
         print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
-    if args.json:
+    if args.json and args.show is not None:
+        print(json.dumps({"summary": result.to_json()}))
+    elif args.json:
         print(json.dumps(result.to_json()))
     else:
         print(_test_report(args.log, result))
@@ -96,6 +117,49 @@ def _test_report(path: str, result: ReplayResult) -> str:
     if not result.decisions:
         out.append("    (none)")
     return "\n".join(out)
+
+
+def _verdict_json(verdict: dict[str, Any]) -> str:
+    return json.dumps(verdict)
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    """One line of `test --show`: line number, verdict, and what it is about."""
+    kind = verdict["verdict"]
+    head = f"{verdict['line']:>7} {kind:9}"
+    if kind == "not_log":
+        return f"{head} {verdict.get('reason', 'not a LOG record')}"
+    if kind == "malformed":
+        return f"{head} {verdict['reason']}"
+    if kind == "ban":
+        span = "permanent" if verdict["permanent"] else _span(float(verdict["duration"]))
+        return f"{head} {verdict['target']} ({verdict['jail']}) {span}: {verdict['reason']}"
+    packet = _packet_text(verdict["fields"])
+    if kind == "hit":
+        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']} "
+                f"score {verdict['score']:g}/{verdict['threshold']:g}  {packet}")
+    if "jail" in verdict:
+        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']}: "
+                f"{verdict['reason']}  {packet}")
+    return f"{head} {verdict['reason']}  {packet}"
+
+
+def _packet_text(fields: dict[str, Any]) -> str:
+    src, dst = fields["src"], fields["dst"]
+    if "dpt" in fields:
+        src, dst = _with_port(src, fields["spt"]), _with_port(dst, fields["dpt"])
+    text = f"{fields['proto']} {src} -> {dst}"
+    if "flags" in fields:
+        text += " " + (",".join(fields["flags"]) or "(no flags)")
+    if "icmp_type" in fields:
+        text += f" type {fields['icmp_type']} code {fields['icmp_code']}"
+    where = f"in={fields['in']}" if fields["in"] else f"out={fields['out']}"
+    prefix = f" [{fields['prefix']}]" if fields["prefix"] else ""
+    return f"{text} {where}{prefix} at {fields['time']}"
+
+
+def _with_port(address: str, port: object) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _span(seconds: float) -> str:
