@@ -28,9 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"blockerd's control socket (default {DEFAULT_SOCKET})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("status", help="per jail: hits, tracked addresses, active bans; sources")
+    status = commands.add_parser(
+        "status", help="per jail: hits, tracked addresses, active bans; sources; firewall")
+    status.add_argument("--json", action="store_true", help="print the machine form (JSON)")
     listing = commands.add_parser("list", help="active bans")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.add_argument("--jail", help="only this jail's bans")
+    listing.add_argument("--sort", choices=("target", "expiry"), default="target",
+                         help="order: by address (default) or soonest expiry first")
     ban = commands.add_parser("ban", help="ban an address or network now")
     ban.add_argument("target", metavar="ADDR|CIDR")
     ban.add_argument("--for", dest="duration", metavar="DURATION",
@@ -188,6 +193,10 @@ def _remote(args: argparse.Namespace) -> int:
         message["target"] = args.target
     elif args.command == "explain":
         message["address"] = args.address
+    elif args.command == "list":
+        message["sort"] = args.sort
+        if args.jail:
+            message["jail"] = args.jail
     try:
         reply = request(args.socket, message)
     except ControlError as exc:
@@ -201,11 +210,84 @@ def _remote(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     elif args.command == "list":
         print(_list_report(result))
+    elif args.command == "status" and not args.json and isinstance(result, dict):
+        print(status_report(result))
     elif isinstance(result, str):
         print(result)
     else:
         print(json.dumps(result, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def status_report(status: dict[str, Any]) -> str:
+    """`blockerctl status` for people: what blockerd does and whether it keeps up."""
+    out = [f"blockerd {status.get('version', '?')}, up {_ago(status.get('uptime'))}",
+           f"lines {status.get('lines', 0)}: parsed {status.get('parsed', 0)}, unparsed "
+           f"{status.get('unparsed', 0)} (malformed {status.get('malformed', 0)})",
+           f"active bans {status.get('active_bans', 0)}", "", "jails:"]
+    for name, jail in sorted(dict(status.get("jails") or {}).items()):
+        hits = dict(jail.get("hits") or {})
+        detail = ", ".join(f"{f} {n}" for f, n in sorted(hits.items(), key=lambda h: -h[1]))
+        last = jail.get("last_ban") or "never"
+        out.append(f"  {name:12} hits {sum(hits.values())}" + (f" ({detail})" if detail else ""))
+        out.append(f"  {'':12} tracked {jail.get('tracked', 0)}, active bans "
+                   f"{jail.get('active_bans', 0)}, last ban {last}")
+    out += ["", "sources:"]
+    for source in status.get("sources") or [{"source": "(none)", "status": "none"}]:
+        line = f"  {source.get('source', '?')}: {source.get('status', source.get('state'))}"
+        if source.get("behind_bytes") is not None:
+            line += f", {source['behind_bytes']} bytes behind"
+        if source.get("last_line_age") is not None:
+            line += f", last line {_ago(source['last_line_age'])} ago"
+        if source.get("error") or source.get("last_error"):
+            line += f" ({source.get('error') or source.get('last_error')})"
+        out.append(line)
+    out += ["", "firewall:"]
+    out += _firewall_lines(status)
+    return "\n".join(out)
+
+
+def _firewall_lines(status: dict[str, Any]) -> list[str]:
+    firewall = status.get("firewall") or {}
+    rules = firewall.get("rules") if isinstance(firewall, dict) else None
+    out: list[str] = []
+    if isinstance(rules, dict):
+        for family, rule in sorted(rules.items()):
+            where = "in place" if rule.get("in_place") else "MISSING"
+            positions = ",".join(str(p) for p in rule.get("positions") or []) or "-"
+            out.append(f"  {family} rule: {where} (INPUT position {positions}, "
+                       f"{rule.get('variant', '?')})")
+    elif isinstance(firewall, dict) and "backend" in firewall:
+        out.append(f"  backend {firewall['backend']}: no kernel rules")
+    for family, info in sorted(dict(status.get("sets") or {}).items()):
+        capacity = info.get("capacity")
+        fill = (f"{info.get('entries', 0)}/{capacity} "
+                f"({100 * info.get('entries', 0) / capacity:.1f}% full)" if capacity
+                else f"{info.get('entries', 0)} entries")
+        out.append(f"  {family} set {info.get('name')}: {fill}")
+    checks = status.get("firewall_checks") or {}
+    if checks:
+        repairs = ", ".join(f"{k} {v}" for k, v in sorted(dict(checks.get("repairs") or {}
+                                                                 ).items())) or "none"
+        state = "ok" if checks.get("ok") else "FAILING"
+        out.append(f"  checks: {state}, failures {checks.get('failures', 0)}, repairs {repairs}")
+    return out
+
+
+def _ago(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{seconds:.1f}s" if isinstance(seconds, float) else f"{whole}s"
 
 
 def _list_report(result: object) -> str:

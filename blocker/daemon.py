@@ -23,7 +23,7 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
-from blocker.metrics import Metrics
+from blocker.metrics import Metrics, behind_bytes
 from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
@@ -292,11 +292,24 @@ class Daemon:
         return reports
 
     def _source_health(self) -> list[dict[str, object]]:
+        """Per source: its own report, plus `status` (following, lagging, waiting, error),
+        `behind_bytes` (kern.log: unread bytes) and `last_line_age` (seconds)."""
         health: list[dict[str, object]] = []
+        now = time.time()
+        last_line = self.service.activity.last_line
         for key, source in self.sources.items():
-            health.append({"source": source_label(key), **source.health()})
+            report = source.health()
+            behind = behind_bytes(report)
+            state = report.get("state")
+            status = "error" if state == "error" else "waiting" if state == "waiting" \
+                else "lagging" if behind else "following"
+            seen = last_line.get(key)
+            health.append({"source": source_label(key), **report, "status": status,
+                           "behind_bytes": behind,
+                           "last_line_age": None if seen is None else round(now - seen, 1)})
         for key, error in self.source_errors.items():
-            health.append({"source": source_label(key), "state": "error", "error": error})
+            health.append({"source": source_label(key), "state": "error", "status": "error",
+                           "error": error})
         return health
 
 

@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
-from importlib import metadata
 from ipaddress import IPv4Network, IPv6Network
 from operator import attrgetter
 from typing import Any
@@ -41,6 +40,7 @@ from prometheus_client.registry import Collector
 from blocker.config import MetricsConfig
 from blocker.firewall.base import Backend
 from blocker.service import Service, SourceKey, source_label
+from blocker.version import version
 
 # Ban latency (line read -> kernel ack) buckets: a healthy daemon answers in milliseconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -50,13 +50,6 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 _JAIL_OF = attrgetter("jail")
 COUNT_SLICE = 10_000
 SourceHealth = Callable[[], list[tuple[SourceKey, dict[str, object]]]]
-
-
-def version() -> str:
-    try:
-        return metadata.version("blocker")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class BlockerCollector(Collector):

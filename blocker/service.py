@@ -23,6 +23,7 @@ from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
+from blocker.version import version
 
 log = logging.getLogger("blocker")
 
@@ -238,9 +239,11 @@ class Service:
     def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
         stats = self.pipeline.stats
         counts = self.pipeline.hit_counts()
+        activity = self.activity
         jails: dict[str, object] = {}
         for runner in self.pipeline.runners:
             name = runner.jail.name
+            last_ban = activity.last_ban.get(name)
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": source_label(self.source_key(runner.jail)),
@@ -249,29 +252,56 @@ class Service:
                 "tracked": runner.scorer.tracked_count(),
                 "active_bans": sum(1 for b in self.active.values()
                                    if b.jail == name and b.expires > now),
+                "last_ban": None if last_ban is None else iso_time(last_ban),
                 "scorer": runner.scorer.stats(),
             }
+        per_family = {4: 0, 6: 0}
+        for target, ban in self.active.items():
+            if ban.expires > now:
+                per_family[target.version] += 1
+        firewall = self.config.firewall
+        maxelem = getattr(self.backend, "maxelem", None)
         return {
+            "version": version(),
             "uptime": round(now - self.started, 1),
             "lines": stats.lines,
             "parsed": stats.parsed,
             "unparsed": stats.unparsed,
             "malformed": stats.malformed,
-            "active_bans": sum(1 for b in self.active.values() if b.expires > now),
+            "active_bans": sum(per_family.values()),
             "jails": jails,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
+            "sets": {f"ipv{family}": {"name": name, "entries": per_family[family],
+                                      "capacity": maxelem if isinstance(maxelem, int) else None}
+                     for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))},
+            "firewall_checks": {"ok": activity.firewall_ok,
+                                "failures": activity.firewall_failures,
+                                "repairs": dict(activity.repairs)},
         }
 
-    def cmd_list(self, _message: dict[str, Any], now: float) -> list[dict[str, object]]:
-        """The kernel's sets are the truth; the state adds which jail and why."""
+    def cmd_list(self, message: dict[str, Any], now: float) -> list[dict[str, object]]:
+        """The kernel's sets are the truth; the state adds which jail and why. `jail`: only
+        that jail's bans; `sort`: "target" (the default) or "expiry" (soonest first)."""
+        jail, order = message.get("jail"), message.get("sort", "target")
+        if jail is not None and (not isinstance(jail, str) or self.pipeline.runner(jail) is None):
+            names = ", ".join(r.jail.name for r in self.pipeline.runners)
+            raise RequestError(f"no jail {jail!r} (jails: {names})")
+        if order not in ("target", "expiry"):
+            raise RequestError("sort must be 'target' or 'expiry'")
         try:
             kernel = self.backend.list()
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
+        if order == "expiry":
+            kernel = sorted(kernel, key=lambda e: (e[1], e[0].version, e[0]))  # inf last
+        else:
+            kernel = sorted(kernel, key=lambda e: (e[0].version, e[0]))
         rows: list[dict[str, object]] = []
-        for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0])):
+        for target, remaining in kernel:
             ban = self.active.get(target)
+            if jail is not None and (ban is None or ban.jail != jail):
+                continue
             expires = None if math.isinf(remaining) else iso_time(now + remaining)
             rows.append({
                 "target": network_text(target),
