@@ -23,6 +23,7 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
+from blocker.journal import journal_handler
 from blocker.metrics import Metrics, behind_bytes
 from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
@@ -61,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
+    handler: logging.Handler | None = journal_handler()  # under systemd: structured
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         handlers=[handler])
     config_path = Path(args.config)

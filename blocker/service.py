@@ -18,6 +18,7 @@ from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
+from blocker.journal import ban_events
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
@@ -144,6 +145,7 @@ class Service:
         caller's position update)."""
         entries: list[tuple[Network, float]] = []
         recorded: list[Decision] = []
+        spans: list[float] = []
         lines: list[str] = []
         texts: list[str] = []
         for decision in decisions:
@@ -162,6 +164,7 @@ class Service:
                                                      decision.reason)
             entries.append((decision.target, remaining))
             recorded.append(decision)
+            spans.append(remaining)
             self.activity.bans[decision.jail, origin] += 1
             self.activity.last_ban[decision.jail] = now
             text = decision.target_text
@@ -170,8 +173,10 @@ class Service:
             lines.append(f"ban {text} ({decision.jail}) {span}: {decision.reason}")
         if lines:
             # One record for the batch, one line per ban (the daemon's formatter prefixes
-            # each line): a burst of thousands of bans costs one write, not thousands.
-            log.warning("%s", "\n".join(lines))
+            # each line): a burst of thousands of bans costs one write, not thousands. Under
+            # systemd each line becomes a journal entry with its ban's fields (journal.py).
+            log.warning("%s", "\n".join(lines),
+                        extra={"bans": ban_events(recorded, spans, origin)})
         if entries:
             self._kernel_ban(entries)
             self.after_ban(now, len(entries))
@@ -344,7 +349,7 @@ class Service:
         self.state.commit()
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
-                    decision.reason)
+                    decision.reason, extra={"bans": ban_events([decision], [seconds], "admin")})
         self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
@@ -362,7 +367,8 @@ class Service:
         self.state.commit()
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
-        log.warning("unban %s (admin)", network_text(target))
+        event = ("unban", target, lifted_ban.jail if lifted_ban else "", None, "", "admin")
+        log.warning("unban %s (admin)", network_text(target), extra={"bans": [event]})
         covering = [network_text(t) for t in self.active
                     if t != target and t.version == target.version and target.subnet_of(t)]  # type: ignore[arg-type]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
