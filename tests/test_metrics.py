@@ -3,20 +3,28 @@ read back with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import math
+import re
 import socket
 import time
 import urllib.request
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 from daemon_fixture import CONFIG, poll, running_blockerd
+from fakes.backend import FakeBackend
 from loglines import synack
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from blocker.config import ConfigError, parse_config
-from blocker.metrics import behind_bytes
+from blocker.config import ConfigError, load_config, parse_config
+from blocker.metrics import BlockerCollector, behind_bytes
+from blocker.service import ActiveBan, Service
+from blocker.state import State
 
 ATTACKERS = ("203.0.113.66", "198.51.100.7")
+EXAMPLES = Path(__file__).resolve().parents[1] / "packaging" / "examples"
 
 
 def free_port() -> int:
@@ -96,6 +104,15 @@ def test_real_scrape_counts_lines_hits_bans_and_latency() -> None:
         # No address is a label anywhere: the series are bounded by the configuration.
         text = scrape(url)
         assert not any(attacker in text for attacker in ATTACKERS)
+        # The shipped dashboard and alert rules only name series that really exist.
+        exported = {name for name, _ in figures}
+        for example in ("blocker-dashboard.json", "blocker-alerts.yml"):
+            named = set(re.findall(r"\b((?:blocker|process)_[a-z0-9_]+)", (EXAMPLES / example)
+                                   .read_text(encoding="utf-8")))
+            assert named, example
+            # Capacity comes from a kernel set's maxelem: the dry-run backend has none
+            # (test_collector_with_a_kernel_backend checks it).
+            assert named - {"blocker_set_capacity"} <= exported, (example, named - exported)
 
         assert daemon.ctl("ban", "198.51.100.99", "--for", "1h").code == 0
         assert daemon.ctl("unban", "198.51.100.99").code == 0
@@ -216,3 +233,25 @@ def test_bad_listen_values_are_config_errors(tmp_path: Path, listen: str) -> Non
             "jails": {"probes": {"filters": ["unsolicited_synack"]}}}
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         parse_config(data, "jails.toml", tmp_path)
+
+
+def test_collector_with_a_kernel_backend(tmp_path: Path) -> None:
+    """Set fill against capacity, counted without a Python loop over the bans."""
+    backend = FakeBackend()
+    backend.maxelem = 1024  # type: ignore[attr-defined]  # what IpsetBackend has
+    config_path = tmp_path / "jails.toml"
+    config_path.write_text(CONFIG.replace('backend = "dry-run"\n', ""), encoding="utf-8")
+    service = Service(load_config(config_path), State(tmp_path / "state"), backend)
+    now = 1_000_000.0
+    for i in range(25_000):  # more than one counting slice
+        target = ip_network(f"2001:db8:a::{i + 1:x}/128")
+        service.active[target] = ActiveBan(target, "probes", now + 600, "test")
+    target = ip_network("203.0.113.0/24")
+    service.active[target] = ActiveBan(target, "probes", math.inf, "test")
+    registry = CollectorRegistry()
+    registry.register(BlockerCollector(service, list, clock=lambda: now))
+    figures = samples(generate_latest(registry).decode())
+    assert value(figures, "blocker_set_capacity", set="blocker6", family="ipv6") == 1024
+    assert value(figures, "blocker_set_entries", set="blocker6", family="ipv6") == 25_000
+    assert value(figures, "blocker_set_entries", set="blocker4", family="ipv4") == 1
+    assert value(figures, "blocker_active_bans", jail="probes") == 25_001
