@@ -14,7 +14,9 @@ the number of series is bounded by the configuration.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import socket
 import threading
 import time
@@ -32,7 +34,7 @@ from prometheus_client import (
     CollectorRegistry,
     Histogram,
     MetricsHandler,
-    write_to_textfile,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -49,6 +51,7 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 # (source key, its health report), as the daemon sees them at the time of the call.
 _JAIL_OF = attrgetter("jail")
 COUNT_SLICE = 10_000
+HTTP_TIMEOUT = 10.0  # seconds a scrape connection may sit idle
 SourceHealth = Callable[[], list[tuple[SourceKey, dict[str, object]]]]
 
 
@@ -244,7 +247,13 @@ class Metrics:
             address_family = family
             daemon_threads = True
 
-        server = Server((host, port), MetricsHandler.factory(self.registry))
+        class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
+            timeout = HTTP_TIMEOUT  # an idle or slow client does not keep its thread
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape is not worth a log line
+
+        server = Server((host, port), Handler)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="metrics-http",
                                         daemon=True)
@@ -253,8 +262,24 @@ class Metrics:
         return str(bound[0]), int(bound[1])
 
     def write_textfile(self, path: str) -> None:
-        """Replace `path` atomically with the current figures. Raises OSError."""
-        write_to_textfile(path, self.registry)
+        """Replace `path` atomically with the current figures. Raises OSError.
+
+        Not prometheus_client's write_to_textfile(): its temporary name is predictable and
+        opened following symlinks, and the textfile directory often belongs to another user
+        (prometheus); a root daemon must not write through a link planted there."""
+        data = generate_latest(self.registry)
+        directory, name = os.path.split(path)
+        temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+            os.replace(temporary, path)  # a rename replaces a link, never writes through it
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def close(self) -> None:
         if self._server is not None:

@@ -18,8 +18,9 @@ from loglines import synack
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from blocker import metrics as metrics_module
 from blocker.config import ConfigError, load_config, parse_config
-from blocker.metrics import BlockerCollector, behind_bytes
+from blocker.metrics import BlockerCollector, Metrics, behind_bytes
 from blocker.service import ActiveBan, Service
 from blocker.state import State
 
@@ -255,3 +256,39 @@ def test_collector_with_a_kernel_backend(tmp_path: Path) -> None:
     assert value(figures, "blocker_set_entries", set="blocker6", family="ipv6") == 25_000
     assert value(figures, "blocker_set_entries", set="blocker4", family="ipv4") == 1
     assert value(figures, "blocker_active_bans", jail="probes") == 25_001
+
+
+def in_process_metrics(tmp_path: Path) -> Metrics:
+    config_path = tmp_path / "jails.toml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    service = Service(load_config(config_path), State(tmp_path / "state"), FakeBackend())
+    return Metrics(service, list)
+
+
+def test_textfile_replaces_a_planted_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n", encoding="utf-8")
+    target = tmp_path / "blocker.prom"
+    target.symlink_to(victim)
+    metrics = in_process_metrics(tmp_path)
+    metrics.write_textfile(str(target))
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert not target.is_symlink()
+    assert value(samples(target.read_text(encoding="utf-8")), "blocker_lines_read_total") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker.prom", "jails.toml",
+                                                          "state", "victim"]
+
+
+def test_an_idle_scrape_connection_is_closed(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics_module, "HTTP_TIMEOUT", 0.5)
+    metrics = in_process_metrics(tmp_path)
+    host, port = metrics.serve("127.0.0.1", 0)
+    try:
+        with socket.create_connection((host, port), timeout=10) as idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server, not by our timeout
+            assert time.monotonic() - started < 9
+        assert "blocker_up_seconds" in scrape(f"http://{host}:{port}/metrics")
+    finally:
+        metrics.close()
