@@ -29,12 +29,16 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _JAIL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}")
+# syslog levels by name, as iptables' --log-level and nftables' `log level` take them.
+LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5,
+              "info": 6, "debug": 7}
 
 # Every jail key with its default; [defaults] and [jails.X] accept exactly these (+ filters).
 JAIL_DEFAULTS: dict[str, Any] = {
     "enabled": True,
     "source": "auto",
     "log_path": "/var/log/kern.log",
+    "log_level": "warning",
     "prefix": "",
     "weights": {},
     "threshold": 5.0,
@@ -79,6 +83,7 @@ class Jail:
     filters: tuple[tuple[Filter, float], ...]  # ordered chain: (filter, weight in this jail)
     policy: JailPolicy
     prefix: re.Pattern[str] | None = None
+    log_level: int = 4  # syslog level of the LOG rule; kmsg/journald drop other levels
 
     def matcher(self) -> Matcher:
         return Matcher(self.name, self.filters, self.prefix)
@@ -144,6 +149,7 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
             jails.append(jail)
     if not jails:
         raise ConfigError(where, "jails", "every jail is disabled")
+    _one_level_per_source(jails, where)
     return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall)
 
 
@@ -224,7 +230,27 @@ def _jail(name: str, raw: dict[str, Any], filters: dict[str, Filter], where: str
         max_tracked=_integer(raw["max_tracked"], where, key("max_tracked"), 1, 10_000_000),
     )
     return Jail(name=name, source=source, log_path=log_path, filters=tuple(chain),
-                policy=policy, prefix=prefix)
+                policy=policy, prefix=prefix,
+                log_level=_log_level(raw["log_level"], where, key("log_level")))
+
+
+def _log_level(value: object, where: str, key: str) -> int:
+    """A syslog level by name ("warning") or number (0-7)."""
+    if isinstance(value, str) and value in LOG_LEVELS:
+        return LOG_LEVELS[value]
+    if type(value) is int and 0 <= value <= 7:
+        return value
+    raise ConfigError(where, key, f"must be a syslog level 0-7 or one of {', '.join(LOG_LEVELS)}")
+
+
+def _one_level_per_source(jails: list[Jail], where: str) -> None:
+    """Jails reading one source share its level filter: they must agree on it."""
+    seen: dict[tuple[str, str], Jail] = {}
+    for jail in jails:
+        first = seen.setdefault((jail.source, jail.log_path), jail)
+        if first.log_level != jail.log_level:
+            raise ConfigError(where, f"jails.{jail.name}.log_level",
+                              f"differs from jail {first.name!r}, which reads the same source")
 
 
 def _firewall(table: dict[str, Any], where: str) -> FirewallConfig:

@@ -26,6 +26,7 @@ from blocker.host import host_addresses
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import Source, SourceError, open_source
+from blocker.sources.rsyslog_guard import unguarded_reason
 from blocker.state import State
 
 log = logging.getLogger("blocker")
@@ -108,6 +109,7 @@ class Daemon:
                                reload_config=lambda: load_config(Path(args.config)))
         self.sources: dict[SourceKey, Source] = {}
         self.source_errors: dict[SourceKey, str] = {}
+        self._guard_warned: dict[str, str] = {}
         self.service.source_health = self._source_health
         self.control = ControlServer(args.socket, self.selector,
                                      lambda: self.service.handlers(time.time))
@@ -199,9 +201,10 @@ class Daemon:
             self._close_source(key, save=True)
         for key in wanted - set(self.sources):
             kind, path = key
+            levels = frozenset(r.jail.log_level for r in self.service.groups[key])
             try:
                 source = open_source(kind, path, self.state.position(source_label(key)),
-                                     from_start=self.args.from_start)
+                                     from_start=self.args.from_start, levels=levels)
             except (OSError, SourceError) as exc:
                 if self.source_errors.get(key) != str(exc):
                     log.error("source %s unavailable (retrying every %gs): %s",
@@ -213,10 +216,21 @@ class Daemon:
             self.selector.register(source.fileno(), selectors.EVENT_READ,
                                    lambda k=key: self._on_source(k))
             log.info("following %s", source.name)
+            if source.name.startswith("kernlog:"):
+                self._check_rsyslog_guard(source.name, levels)
             # Save where we start at once: a crash before the first line must resume here,
             # not at a later end of the file.
             self._save_position(key, source)
             self._on_source(key)  # lines already waiting
+
+    def _check_rsyslog_guard(self, name: str, levels: frozenset[int]) -> None:
+        """Warn (once per source and reason) when nothing keeps forged lines out of kern.log."""
+        reason = unguarded_reason(levels)
+        if reason is not None and self._guard_warned.get(name) != reason:
+            log.warning("%s is not guarded by blocker's rsyslog drop-in, so local users may "
+                        "forge LOG lines in it (see README, 'Only the kernel can write'): %s",
+                        name, reason)
+        self._guard_warned[name] = reason or ""
 
     def _on_source(self, key: SourceKey) -> None:
         source = self.sources.get(key)

@@ -1,7 +1,11 @@
 """Kernel lines from the systemd journal, read from a `journalctl --follow --output=json` child.
 
 Only entries whose trusted _TRANSPORT field is "kernel" are accepted: journald sets fields
-that start with "_" itself and drops such fields when a client sends them.
+that start with "_" itself and drops such fields when a client sends them. For kernel entries
+journald also sets PRIORITY from the record's level: only the LOG rule's level (`log_level`)
+is accepted. A MESSAGE holding a newline or another control character is refused: the kernel
+quotes user-chosen text in some records (a segfault names the crashing file, whose name may
+hold a newline and a LOG-like record), and netfilter's LOG target never prints one.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -33,6 +38,8 @@ STABLE_SECONDS = 30.0  # a child that lived this long resets the backoff
 MAX_BACKOFF_SECONDS = 60.0
 # Waits before exec without blocking the daemon, so the pipe exists during the backoff.
 _DELAYED_EXEC = 'sleep "$0" && exec "$@"'
+WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,8 @@ def _realtime(value: object) -> float | None:
     return None
 
 
-def parse_journal_line(raw: bytes) -> JournalEntry:
+def parse_journal_line(raw: bytes, levels: frozenset[int] = frozenset((WARNING,))
+                       ) -> JournalEntry:
     """Parse one line of `journalctl --output=json`; never raises."""
     try:
         entry = json.loads(raw)
@@ -73,10 +81,17 @@ def parse_journal_line(raw: bytes) -> JournalEntry:
     cursor = cursor if isinstance(cursor, str) and cursor else None
     if entry.get("_TRANSPORT") != "kernel":
         return JournalEntry(None, cursor, "_TRANSPORT is not kernel")
+    priority = _field_text(entry.get("PRIORITY"))
+    if priority is None or not (priority.isascii() and priority.isdigit()):
+        return JournalEntry(None, cursor, "no PRIORITY")
+    if int(priority) not in levels:
+        return JournalEntry(None, cursor, f"PRIORITY {priority} is not the LOG level")
     message = _field_text(entry.get("MESSAGE"))
     if message is None:
         return JournalEntry(None, cursor, "no readable MESSAGE")
     message = message.rstrip("\n")
+    if _CONTROL.search(message):
+        return JournalEntry(None, cursor, "MESSAGE holds a newline or control character")
     encoded = message.encode("utf-8", errors="replace")
     if len(encoded) > MAX_LINE_BYTES:
         message = decode_line(encoded[:MAX_LINE_BYTES])
@@ -108,8 +123,10 @@ class JournaldSource:
         from_start: bool = False,
         command: Sequence[str] = ("journalctl",),
         backoff_base: float = 1.0,
+        levels: frozenset[int] = frozenset((WARNING,)),
     ) -> None:
         self.name = "journald"
+        self._levels = levels
         self._command = list(command)
         self._from_start = from_start
         self._backoff_base = backoff_base
@@ -153,6 +170,7 @@ class JournaldSource:
             args.append("--lines=0")
         # journald sets _TRANSPORT itself; this match is a first filter, the parser the second.
         args.append("_TRANSPORT=kernel")
+        args += [f"PRIORITY={level}" for level in sorted(self._levels)]  # ORed by journalctl
         return args
 
     def _spawn(self, delay: float) -> None:
@@ -200,7 +218,7 @@ class JournaldSource:
                 break
             budget -= len(chunk)
             for raw in self._splitter.feed(chunk):
-                self._take(parse_journal_line(raw), out)
+                self._take(parse_journal_line(raw, self._levels), out)
         if ended:
             self._restart(proc)
         self._lines += len(out)

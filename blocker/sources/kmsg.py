@@ -3,11 +3,18 @@
 Only facility 0 (kernel) is accepted. The kernel gives every record written to /dev/kmsg
 from user space facility LOG_USER (1) unless the writer names a facility other than 0
 (devkmsg_write in kernel/printk/printk.c), so user space cannot produce a facility-0 record.
+
+Kernel records may still quote text a user chose (a segfault report names the crashing file,
+and a file name may hold a newline and a LOG-like record). So a record is also refused when it
+is not at the LOG rule's level (`log_level`, warning by default) or when it holds an escaped
+control character: /dev/kmsg prints a newline in a record as "\\x0a" (and a backslash as
+"\\x5c"), and netfilter's LOG target never prints one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -18,6 +25,9 @@ BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 RECORD_BYTES = 8192  # CONSOLE_EXT_LOG_MAX: a smaller read buffer gets EINVAL
 RECORDS_PER_READ = 4096  # /dev/kmsg stays readable, so the rest waits for the next call
 KERNEL_FACILITY = 0
+WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
+# How /dev/kmsg escapes a C0 control character or DEL inside a record.
+_ESCAPED_CONTROL = re.compile(r"\\x(?:[01][0-9a-f]|7f)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +79,17 @@ def read_record(fd: int) -> bytes:
 
 
 class RecordFilter:
-    """Keeps facility-0 records, skips those seen before a restart, counts gaps in seq."""
+    """Keeps facility-0 records at the LOG level without control characters, skips those
+    seen before a restart, counts gaps in seq."""
 
-    def __init__(self, boot_time: float, last_seq: int | None = None) -> None:
+    def __init__(self, boot_time: float, last_seq: int | None = None,
+                 levels: frozenset[int] = frozenset((WARNING,))) -> None:
         self.boot_time = boot_time
         self.last_seq = last_seq
+        self.levels = levels
         self.rejected = 0
+        self.wrong_level = 0
+        self.control_chars = 0
         self.malformed = 0
         self.lost = 0
         self.skipped = 0
@@ -94,6 +109,12 @@ class RecordFilter:
         if record.facility != KERNEL_FACILITY:
             self.rejected += 1
             return None
+        if record.level not in self.levels:
+            self.wrong_level += 1
+            return None
+        if "\\x" in record.message and _ESCAPED_CONTROL.search(record.message):
+            self.control_chars += 1
+            return None
         return SourceLine(record.message, self.boot_time + record.usec / 1e6)
 
 
@@ -106,6 +127,7 @@ class KmsgSource:
         from_start: bool = False,
         device: str = DEVICE,
         boot_id_path: str = BOOT_ID_PATH,
+        levels: frozenset[int] = frozenset((WARNING,)),
     ) -> None:
         self.name = "kmsg"
         self._device = device
@@ -114,7 +136,8 @@ class KmsgSource:
         except OSError as exc:
             raise SourceError(f"{device}: {exc.strerror or exc}") from exc
         # Record times count from boot on the monotonic clock (local_clock(), no suspend).
-        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))
+        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC),
+                                    levels=levels)
         self._boot_id = _read_boot_id(boot_id_path)
         self._lines = 0
         self._overruns = 0
@@ -185,6 +208,9 @@ class KmsgSource:
             "path": self._device,
             "lines": self._lines,
             "rejected_not_kernel": self._filter.rejected,
+            "rejected_level": self._filter.wrong_level,
+            "rejected_control_chars": self._filter.control_chars,
+            "log_levels": sorted(self._filter.levels),
             "malformed": self._filter.malformed,
             "lost_records": self._filter.lost,
             "overruns": self._overruns,
