@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import selectors
 import signal
@@ -139,14 +138,14 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, self.control.paused_until or math.inf)
+                wake = min(next_check, next_retry, self.control.next_wake())
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
                     self.reload_requested = False
                     self._reload()
                 tick = time.monotonic()
-                self.control.resume(tick)
+                self.control.tick(tick)
                 if tick >= next_check:
                     self.service.tick(time.time())
                     interval = self.service.config.firewall.rule_check_interval

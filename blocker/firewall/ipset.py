@@ -291,6 +291,43 @@ class IpsetBackend:
                     bans.append((target, float(timeout) if timeout else math.inf))
         return bans
 
+    def list_batches(self) -> Iterator[Bans]:
+        """list() a kernel message at a time (~1,000 entries), on a netlink socket of its
+        own: a caller can serve a million entries between other work, and bans keep using
+        the batch socket meanwhile. Closing the generator ends the dump."""
+        with self._lock:
+            self._batch_socket()  # learns the protocol version
+            protocol = self._protocol
+        for family in sorted(self.sets):
+            name = self.sets[family]
+            with namespace.entered(self.netns):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                     ipset_wire.NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.settimeout(_ACK_TIMEOUT)
+                sock.send(ipset_wire.list_request(name, _FAMILY[family], seq=1,
+                                                  protocol=protocol))
+                while True:
+                    found, end = ipset_wire.list_replies(sock.recv(1 << 16), 1)
+                    batch: Bans = []
+                    for packed, prefix, timeout in found:
+                        try:
+                            target = ip_network((packed, prefix))
+                        except ValueError:
+                            continue  # host bits set: not an entry blocker could have made
+                        batch.append((target, float(timeout) if timeout else math.inf))
+                    if batch:
+                        yield batch
+                    if end is not None:
+                        break
+            except OSError as err:  # includes the socket timeout
+                raise FirewallError(f"cannot list ipset {name}: {err}") from err
+            finally:
+                sock.close()
+            if end and end != errno.ENOENT:  # a missing set holds nothing
+                raise FirewallError(f"cannot list ipset {name}: {ipset_wire.describe(end)}")
+
     def _dump(self, family: int) -> Sequence[ipset_wire.DumpEntry]:
         """The entries of one set, dumped on the batch socket; [] when the set is missing."""
         sock = self._batch_socket()
