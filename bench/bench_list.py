@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_daemon import KernelSets, ctl, offenders_v4, synack_lines, wait_for  # noqa: E402
 
 
-def start_daemon(work: Path, tag: str, blockerd: list[str]) -> subprocess.Popen[bytes]:
+def start_daemon(work: Path, tag: str, blockerd: list[str], cwd: Path | None
+                 ) -> subprocess.Popen[bytes]:
     config = (REPO / "jails.toml").read_text()
     config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
     config = config.replace('"blocker4"', f'"bl4-{tag}"').replace('"blocker6"', f'"bl6-{tag}"')
@@ -44,7 +45,8 @@ def start_daemon(work: Path, tag: str, blockerd: list[str]) -> subprocess.Popen[
     argv = [*blockerd, "--config", str(work / "jails.toml"), "--log", str(work / "kern.log"),
             "--state-dir", str(work / "state"), "--socket", str(work / "ctl.sock")]
     err = (work / "blockerd.err").open("w")
-    process = subprocess.Popen(argv, stderr=err)
+    # In the checkout's directory: `python -m` looks for the package there first.
+    process = subprocess.Popen(argv, stderr=err, cwd=cwd)
     deadline = time.monotonic() + 30
     while not ctl(work / "ctl.sock", "status"):
         if time.monotonic() > deadline or process.poll() is not None:
@@ -132,8 +134,10 @@ def main() -> int:
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     blockerd = [args.blockerd]
+    checkout = None
     if Path(args.blockerd).is_dir():  # a checkout: its package, this interpreter
-        os.environ["PYTHONPATH"] = str(Path(args.blockerd).resolve())
+        checkout = Path(args.blockerd).resolve()
+        os.environ["PYTHONPATH"] = str(checkout)
         blockerd = [sys.executable, "-m", "blocker.daemon"]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     tag = uuid.uuid4().hex[:6]
@@ -141,7 +145,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="blkbench-") as tmp:
         work = Path(tmp)
         work.chmod(0o700)
-        process = start_daemon(work, tag, blockerd)
+        process = start_daemon(work, tag, blockerd, checkout)
+        print(f"blockerd {' '.join(blockerd)} (cwd {checkout or '.'})")
         try:
             filled = fill_set(f"bl6-{tag}", args.entries)
             print(f"filled   {args.entries:,} entries into bl6-{tag} in {filled:.1f} s "
