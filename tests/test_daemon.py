@@ -21,6 +21,8 @@ from daemon_fixture import (
 )
 from loglines import synack
 
+from blocker.sources.rsyslog_guard import unguarded_reason
+
 ATTACKER = "203.0.113.66"
 
 
@@ -208,3 +210,14 @@ def test_poll_gives_up() -> None:
     """The fixture's wait fails instead of hanging (so a broken daemon cannot stall CI)."""
     with pytest.raises(AssertionError, match="timed out"):
         poll(lambda: False, timeout=0.1, what="nothing")
+
+
+def test_a_kern_log_without_the_rsyslog_guard_is_warned_about_at_start(daemon: Blockerd) -> None:
+    # What blockerd finds on this host decides: the warning names the reason it found.
+    reason = unguarded_reason(frozenset((4,)))
+    daemon.wait_log("following kernlog:")
+    if reason is None:
+        assert "not guarded by blocker's rsyslog drop-in" not in daemon.stderr()
+    else:
+        daemon.wait_log(f"is not guarded by blocker's rsyslog drop-in, so local users may forge "
+                        f"LOG lines in it (see README, 'Only the kernel can write'): {reason}")
