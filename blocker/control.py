@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from blocker.private_dir import open_private_dir
+from blocker.refusals import RefusalLog
 
 DEFAULT_SOCKET = "/run/blocker/blocker.sock"
 MAX_REQUEST = 64 * 1024
@@ -30,7 +31,6 @@ ACCEPT_BACKOFF = 1.0  # seconds without accepting after running out of descripto
 IDLE_TIMEOUT = 10.0  # seconds a client may take to send its request or to read more reply
 MAX_CONNECTIONS = 32  # served at once; more wait in the listen queue
 STREAM_BUFFER = 256 * 1024  # a streamed reply makes its next batch below this many unsent bytes
-REFUSAL_LOG_WINDOW = 60.0  # seconds: each cause of refusal is logged once per window
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 Handler = Callable[[dict[str, Any]], object]
 log = logging.getLogger("blocker.control")
@@ -129,34 +129,6 @@ class _Writer:
         self.deadline = deadline
 
 
-class RefusalLog:
-    """Logs a refusal once per cause and window; the ones held back are counted and
-    reported with the cause's next message or when its window ends."""
-
-    def __init__(self, window: float = REFUSAL_LOG_WINDOW) -> None:
-        self.window = window
-        self._until: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def note(self, cause: str, message: str, now: float) -> None:
-        if now < self._until.get(cause, -math.inf):
-            self._held[cause] = self._held.get(cause, 0) + 1
-            return
-        held = self._held.pop(cause, 0)
-        more = f" ({held} more since the last such message)" if held else ""
-        log.warning("control: %s%s", message, more)
-        self._until[cause] = now + self.window
-
-    def flush(self, now: float) -> None:
-        for cause, until in list(self._until.items()):
-            if now >= until:
-                held = self._held.pop(cause, 0)
-                if held:
-                    log.warning("control: %d more refusal(s) (%s) in the last %gs",
-                                held, cause, self.window)
-                del self._until[cause]
-
-
 class ControlServer:
     """Listens on a Unix socket (mode 0600) and answers one JSON request per connection.
 
@@ -184,7 +156,7 @@ class ControlServer:
         self.refused = 0
         self.timed_out = 0
         self.paused_until: float | None = None  # monotonic time; None when accepting
-        self.refusals = RefusalLog()
+        self.refusals = RefusalLog(log, "control: ")
         self._buffers: dict[socket.socket, bytearray] = {}
         self._deadlines: dict[socket.socket, float] = {}
         self._writers: dict[socket.socket, _Writer] = {}

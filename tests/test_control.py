@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import resource
@@ -30,12 +31,12 @@ from blocker.control import (
     ControlError,
     ControlServer,
     Handler,
-    RefusalLog,
     RequestError,
     Streamed,
     dispatch,
     request,
 )
+from blocker.refusals import RefusalLog
 
 NOBODY = 65534
 
@@ -468,7 +469,7 @@ def test_refused_peers_cost_the_loop_no_waiting(short_dir: Path) -> None:
 
 
 def test_refusals_are_logged_once_per_cause_and_window(caplog: pytest.LogCaptureFixture) -> None:
-    refusals = RefusalLog(window=60)
+    refusals = RefusalLog(logging.getLogger("blocker.control"), "control: ", window=60)
     with caplog.at_level("WARNING", logger="blocker.control"):
         for i in range(5):
             refusals.note("uid 1000", "refused a peer with uid 1000", now=100.0 + i)

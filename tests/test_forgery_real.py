@@ -81,7 +81,8 @@ def _wait_for(fd: int, needle: bytes, timeout: float = 3.0) -> bytes:
 
 
 def test_a_crash_report_is_a_forgery_the_kmsg_source_refuses(
-        crash_record: tuple[str, bytes, list[KmsgSource]]) -> None:
+        crash_record: tuple[str, bytes, list[KmsgSource]],
+        caplog: pytest.LogCaptureFixture) -> None:
     tag, raw, (default, at_info) = crash_record
     parsed = parse_kmsg_record(raw)
     assert parsed is not None
@@ -92,11 +93,16 @@ def test_a_crash_report_is_a_forgery_the_kmsg_source_refuses(
     packet = KernelLogParser().parse(parsed.message, time.time(), source_time=time.time())
     assert packet is not None and str(packet.src) == FORGED
 
-    for source in (default, at_info):
-        lines = [line.text for line in settle(source)]
-        assert not [text for text in lines if tag in text]
+    with caplog.at_level("WARNING", logger="blocker.sources"):
+        for source in (default, at_info):
+            lines = [line.text for line in settle(source)]
+            assert not [text for text in lines if tag in text]
     assert default.health()["rejected_level"] >= 1    # info level: not the LOG level
     assert at_info.health()["rejected_control_chars"] >= 1  # at its level: the newline
+    logged = [r.getMessage() for r in caplog.records]
+    assert "/dev/kmsg: refused a LOG-like record at level 6: log_level is [4] (if your LOG " \
+           "rules use that level, set log_level to it)" in logged
+    assert any(m.startswith("/dev/kmsg: refused a kernel record holding a newline") for m in logged)
 
 
 def journal_export(fields: dict[str, bytes]) -> bytes:

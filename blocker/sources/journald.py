@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import select
@@ -22,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from blocker.refusals import RefusalLog
 from blocker.sources.base import (
     MAX_LINE_BYTES,
     LineSplitter,
@@ -40,6 +42,8 @@ MAX_BACKOFF_SECONDS = 60.0
 _DELAYED_EXEC = 'sleep "$0" && exec "$@"'
 WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_REJECTED = "MESSAGE holds a newline or control character"
+log = logging.getLogger("blocker.sources")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ def parse_journal_line(raw: bytes, levels: frozenset[int] = frozenset((WARNING,)
         return JournalEntry(None, cursor, "no readable MESSAGE")
     message = message.rstrip("\n")
     if _CONTROL.search(message):
-        return JournalEntry(None, cursor, "MESSAGE holds a newline or control character")
+        return JournalEntry(None, cursor, CONTROL_REJECTED)
     encoded = message.encode("utf-8", errors="replace")
     if len(encoded) > MAX_LINE_BYTES:
         message = decode_line(encoded[:MAX_LINE_BYTES])
@@ -141,6 +145,7 @@ class JournaldSource:
         self._failures = 0
         self._restarts = 0
         self._lines = 0
+        self._refusals = RefusalLog(log, "journald: ")
         self._rejected = 0
         self._last_rejected: str | None = None
         self._stderr_tail = ""
@@ -221,6 +226,7 @@ class JournaldSource:
                 self._take(parse_journal_line(raw, self._levels), out)
         if ended:
             self._restart(proc)
+        self._refusals.flush(time.monotonic())
         self._lines += len(out)
         return out
 
@@ -230,6 +236,11 @@ class JournaldSource:
         if entry.line is None:
             self._rejected += 1
             self._last_rejected = entry.rejected
+            if entry.rejected == CONTROL_REJECTED:
+                self._refusals.note(
+                    "control", "refused a kernel entry whose MESSAGE holds a newline or control "
+                    "character (LOG never prints one: a kernel message quoting a forged "
+                    "record? see README, 'Only the kernel can write')", time.monotonic())
         else:
             out.append(entry.line)
 

@@ -13,16 +13,20 @@ control character: /dev/kmsg prints a newline in a record as "\\x0a" (and a back
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
 from dataclasses import dataclass
 
+from blocker.netfilter import looks_like_netfilter
+from blocker.refusals import RefusalLog
 from blocker.sources.base import MAX_LINE_BYTES, SourceError, SourceLine, decode_line
 
 DEVICE = "/dev/kmsg"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 RECORD_BYTES = 8192  # CONSOLE_EXT_LOG_MAX: a smaller read buffer gets EINVAL
+log = logging.getLogger("blocker.sources")
 RECORDS_PER_READ = 4096  # /dev/kmsg stays readable, so the rest waits for the next call
 KERNEL_FACILITY = 0
 WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
@@ -89,6 +93,7 @@ class RecordFilter:
         self.levels = levels
         self.rejected = 0
         self.wrong_level = 0
+        self.log_like_wrong_level: int | None = None  # the level of the last such record
         self.control_chars = 0
         self.malformed = 0
         self.lost = 0
@@ -111,6 +116,8 @@ class RecordFilter:
             return None
         if record.level not in self.levels:
             self.wrong_level += 1
+            if looks_like_netfilter(record.message):
+                self.log_like_wrong_level = record.level
             return None
         if "\\x" in record.message and _ESCAPED_CONTROL.search(record.message):
             self.control_chars += 1
@@ -140,6 +147,7 @@ class KmsgSource:
                                     levels=levels)
         self._boot_id = _read_boot_id(boot_id_path)
         self._lines = 0
+        self._refusals = RefusalLog(log, f"{device}: ")
         self._overruns = 0
         self._last_error: str | None = None
         self._failing = False
@@ -174,6 +182,7 @@ class KmsgSource:
 
     def read(self) -> list[SourceLine]:
         out: list[SourceLine] = []
+        controls_before = self._filter.control_chars
         for _ in range(RECORDS_PER_READ):
             try:
                 raw = read_record(self._fd)
@@ -194,7 +203,24 @@ class KmsgSource:
             if line is not None:
                 out.append(line)
         self._lines += len(out)
+        self._report_refusals(controls_before)
         return out
+
+    def _report_refusals(self, controls_before: int) -> None:
+        now = time.monotonic()
+        records = self._filter
+        if records.control_chars > controls_before:
+            self._refusals.note(
+                "control", "refused a kernel record holding a newline or control character "
+                "(LOG never prints one: a kernel message quoting a forged record? see README, "
+                "'Only the kernel can write')", now)
+        if records.log_like_wrong_level is not None:
+            self._refusals.note(
+                "level", f"refused a LOG-like record at level {records.log_like_wrong_level}: "
+                f"log_level is {sorted(records.levels)} (if your LOG rules use that level, "
+                "set log_level to it)", now)
+            records.log_like_wrong_level = None
+        self._refusals.flush(now)
 
     def position(self) -> dict[str, object] | None:
         if self._filter.last_seq is None or self._boot_id is None:
