@@ -317,6 +317,7 @@ class ControlServer:
         assert writer.batches is not None
         try:
             batch = next(writer.batches, None)
+            text = "" if batch is None else ", ".join(map(json.dumps, batch))
         except Exception as exc:  # a listing that fails midway must not take the daemon down
             log.error("control: a streamed reply failed midway, cutting it short: %s", exc)
             writer.batches = None
@@ -325,9 +326,7 @@ class ControlServer:
         if batch is None:
             writer.batches = None
             writer.pending += b"]}\n"
-            return
-        if batch:
-            text = ", ".join(map(json.dumps, batch))
+        elif text:
             writer.pending += (text if writer.first else ", " + text).encode()
             writer.first = False
 
