@@ -157,8 +157,12 @@ def main() -> int:
             done = threading.Event()
 
             def lister() -> None:
-                read_list(work / "ctl.sock", listed)
-                done.set()
+                try:
+                    read_list(work / "ctl.sock", listed)
+                except OSError as exc:  # e.g. no byte within the client's 120 s
+                    print(f"list     failed: {exc!r}")
+                finally:
+                    done.set()
 
             thread = threading.Thread(target=lister)
             thread.start()
