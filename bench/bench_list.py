@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,21 +62,33 @@ def fill_set(name: str, count: int) -> float:
     return time.perf_counter() - start
 
 
+# The reader runs as its own process: in this one it would compete with the latency probe
+# for the GIL and the figures would measure the bench, not blockerd.
+_READER = """
+import json, socket, sys, time
+start = time.perf_counter()
+first = None
+size = rows = 0
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock.settimeout(120)
+    sock.connect(sys.argv[1])
+    sock.sendall(b'{"cmd": "list"}\\n')
+    while chunk := sock.recv(1 << 20):
+        if first is None:
+            first = time.perf_counter() - start
+        size += len(chunk)
+        rows += chunk.count(b'"target"')
+print(json.dumps({"seconds": time.perf_counter() - start, "first_byte": first or 0.0,
+                  "bytes": size, "rows": rows}))
+"""
+
+
 def read_list(path: Path, result: dict[str, float]) -> None:
-    start = time.perf_counter()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(120)
-        sock.connect(str(path))
-        sock.sendall(b'{"cmd": "list"}\n')
-        size = rows = 0
-        first = None
-        while chunk := sock.recv(1 << 20):
-            if first is None:
-                first = time.perf_counter() - start
-            size += len(chunk)
-            rows += chunk.count(b'"target"')
-    result.update(seconds=time.perf_counter() - start, first_byte=first or 0.0,
-                  bytes=size, rows=rows)
+    done = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr else "reader failed")
+    result.update(json.loads(done.stdout))
 
 
 def ban_latencies(log: Path, tag: str, addresses: list[str],
