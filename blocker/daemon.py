@@ -109,6 +109,7 @@ class Daemon:
         self.sources: dict[SourceKey, Source] = {}
         self.source_errors: dict[SourceKey, str] = {}
         self._guard_warned: dict[str, str] = {}
+        self._source_levels: dict[SourceKey, frozenset[int]] = {}
         self.service.source_health = self._source_health
         self.control = ControlServer(args.socket, self.selector,
                                      lambda: self.service.handlers(time.time))
@@ -194,13 +195,15 @@ class Daemon:
 
     # -- sources ---------------------------------------------------------------------------
     def _sync_sources(self) -> None:
-        """Open a source per (kind, path) the jails need; close the ones no jail needs."""
-        wanted = set(self.service.groups)
-        for key in [k for k in self.sources if k not in wanted]:
+        """Open a source per (kind, path) the jails need; close the ones no jail needs, and
+        reopen (from its saved position) one whose jails changed their log_level."""
+        wanted = {key: frozenset(r.jail.log_level for r in runners)
+                  for key, runners in self.service.groups.items()}
+        for key in [k for k in self.sources if wanted.get(k) != self._source_levels.get(k)]:
             self._close_source(key, save=True)
-        for key in wanted - set(self.sources):
+        for key in wanted.keys() - set(self.sources):
             kind, path = key
-            levels = frozenset(r.jail.log_level for r in self.service.groups[key])
+            levels = wanted[key]
             try:
                 source = open_source(kind, path, self.state.position(source_label(key)),
                                      from_start=self.args.from_start, levels=levels)
@@ -212,6 +215,7 @@ class Daemon:
                 continue
             self.source_errors.pop(key, None)
             self.sources[key] = source
+            self._source_levels[key] = levels
             self.selector.register(source.fileno(), selectors.EVENT_READ,
                                    lambda k=key: self._on_source(k))
             log.info("following %s", source.name)
@@ -248,6 +252,7 @@ class Daemon:
 
     def _close_source(self, key: SourceKey, save: bool) -> None:
         source = self.sources.pop(key)
+        self._source_levels.pop(key, None)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.selector.unregister(source.fileno())
         if save:

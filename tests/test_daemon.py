@@ -221,3 +221,22 @@ def test_a_kern_log_without_the_rsyslog_guard_is_warned_about_at_start(daemon: B
     else:
         daemon.wait_log(f"is not guarded by blocker's rsyslog drop-in, so local users may forge "
                         f"LOG lines in it (see README, 'Only the kernel can write'): {reason}")
+
+
+def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
+        daemon: Blockerd) -> None:
+    assert daemon.notify is not None
+    daemon.notify.wait_for("READY=1")
+    daemon.append(synack_train(ATTACKER, count=3))
+    poll(lambda: json.loads(daemon.ctl("status").out)["lines"] == 3, what="3 lines read")
+    daemon.config.write_text(CONFIG + 'log_level = "info"\n', encoding="utf-8")
+    daemon.send(signal.SIGHUP)
+    daemon.notify.wait_for("READY=1")
+    assert daemon.stderr().count("following kernlog:") == 2  # closed and opened again
+    if unguarded_reason(frozenset((6,))) is not None:  # the check names the new level's rule
+        daemon.wait_log("$syslogseverity != 6")
+    # Reopened at the saved position: the 3 lines read before are not read again (a reload
+    # starts the scores and counters afresh), the new ones are.
+    daemon.append(synack_train(ATTACKER))
+    assert daemon.wait_ban(ATTACKER)["jail"] == "probes"
+    assert json.loads(daemon.ctl("status").out)["lines"] == 5
