@@ -24,7 +24,7 @@ from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
 
-LIST_SLICE = 200  # rows of a streamed `list` made per loop turn (~3 ms)
+LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
@@ -248,7 +248,7 @@ class Service:
         def rows() -> Iterator[list[dict[str, object]]]:
             try:
                 for batch in itertools.chain([first], batches):
-                    # A kernel message holds ~1,000 entries: a few ms of rows per loop turn.
+                    # A backend's batch may be its whole list: a few ms of rows per loop turn.
                     for start in range(0, len(batch), LIST_SLICE):
                         yield [self._list_row(target, remaining, now)
                                for target, remaining in batch[start : start + LIST_SLICE]]
