@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +194,8 @@ def _remote(args: argparse.Namespace) -> int:
         message["target"] = args.target
     elif args.command == "explain":
         message["address"] = args.address
-    elif args.command == "list":
-        message["sort"] = args.sort
-        if args.jail:
-            message["jail"] = args.jail
+    elif args.command == "list" and args.jail:
+        message["jail"] = args.jail
     try:
         reply = request(args.socket, message)
     except ControlError as exc:
@@ -206,6 +205,9 @@ def _remote(args: argparse.Namespace) -> int:
         print(f"blockerctl: {reply.get('error', 'request failed')}", file=sys.stderr)
         return EXIT_FAIL
     result = reply.get("result")
+    if args.command == "list" and isinstance(result, list):
+        # blockerd streams them in the kernel's order
+        result.sort(key=_expiry_order if args.sort == "expiry" else _ban_order)
     if args.command == "list" and args.json:
         print(json.dumps(result))
     elif args.command == "list":
@@ -288,6 +290,23 @@ def _ago(seconds: object) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{seconds:.1f}s" if isinstance(seconds, float) else f"{whole}s"
+
+
+def _expiry_order(row: object) -> tuple[float, tuple[int, int, int, str]]:
+    """Soonest expiry first, permanent bans last, then by address."""
+    remaining = row.get("remaining") if isinstance(row, dict) else None
+    soon = float(remaining) if isinstance(remaining, int | float) else math.inf
+    return (soon, _ban_order(row))
+
+
+def _ban_order(row: object) -> tuple[int, int, int, str]:
+    """IPv4 before IPv6, then by network address and prefix; anything odd last."""
+    text = row.get("target") if isinstance(row, dict) else None
+    try:
+        network = ip_network(str(text), strict=False)
+    except ValueError:
+        return (9, 0, 0, str(text))
+    return (network.version, int(network.network_address), network.prefixlen, "")
 
 
 def _list_report(result: object) -> str:

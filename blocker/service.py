@@ -6,18 +6,19 @@ it read and the time it read them at. Tests drive it directly with a fake backen
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
-from blocker.control import Handler, RequestError
-from blocker.firewall.base import Backend, FirewallError, InvalidBan
+from blocker.control import Handler, RequestError, Streamed
+from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.journal import ban_events
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
@@ -26,6 +27,7 @@ from blocker.sources.base import SourceLine
 from blocker.state import State
 from blocker.version import version
 
+LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
@@ -234,7 +236,7 @@ class Service:
 
         return {
             "status": bind(self.cmd_status),
-            "list": bind(self.cmd_list),
+            "list": bind(self.cmd_list_streamed),
             "ban": bind(self.cmd_ban),
             "unban": bind(self.cmd_unban),
             "reload": bind(self.cmd_reload),
@@ -288,10 +290,7 @@ class Service:
     def cmd_list(self, message: dict[str, Any], now: float) -> list[dict[str, object]]:
         """The kernel's sets are the truth; the state adds which jail and why. `jail`: only
         that jail's bans; `sort`: "target" (the default) or "expiry" (soonest first)."""
-        jail, order = message.get("jail"), message.get("sort", "target")
-        if jail is not None and (not isinstance(jail, str) or self.pipeline.runner(jail) is None):
-            names = ", ".join(r.jail.name for r in self.pipeline.runners)
-            raise RequestError(f"no jail {jail!r} (jails: {names})")
+        jail, order = self._list_jail(message), message.get("sort", "target")
         if order not in ("target", "expiry"):
             raise RequestError("sort must be 'target' or 'expiry'")
         try:
@@ -299,23 +298,56 @@ class Service:
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
         if order == "expiry":
-            kernel = sorted(kernel, key=lambda e: (e[1], e[0].version, e[0]))  # inf last
+            kernel = sorted(kernel, key=_by_expiry)
         else:
             kernel = sorted(kernel, key=lambda e: (e[0].version, e[0]))
-        rows: list[dict[str, object]] = []
-        for target, remaining in kernel:
-            ban = self.active.get(target)
-            if jail is not None and (ban is None or ban.jail != jail):
-                continue
-            expires = None if math.isinf(remaining) else iso_time(now + remaining)
-            rows.append({
-                "target": network_text(target),
-                "jail": ban.jail if ban else "(not blocker's)",
-                "expires": expires,
-                "remaining": None if math.isinf(remaining) else round(remaining),
-                "reason": ban.reason if ban else "",
-            })
-        return rows
+        return [self._list_row(target, remaining, now) for target, remaining in kernel
+                if jail is None or self._jail_of(target) == jail]
+
+    def cmd_list_streamed(self, message: dict[str, Any], now: float) -> Streamed:
+        """`list` for the control socket: the rows of one kernel dump message at a time, in
+        the kernel's order (blockerctl sorts), so a million bans never hold the loop.
+        `jail`: only that jail's bans."""
+        jail = self._list_jail(message)
+        batches = kernel_batches(self.backend)
+        try:
+            first = next(batches, [])  # a failure now is still an error reply
+        except FirewallError as exc:
+            raise RequestError(f"cannot read the kernel sets: {exc}") from exc
+
+        def rows() -> Iterator[list[dict[str, object]]]:
+            try:
+                for batch in itertools.chain([first], batches):
+                    # A backend's batch may be its whole list: a few ms of rows per loop turn.
+                    for start in range(0, len(batch), LIST_SLICE):
+                        yield [self._list_row(target, remaining, now)
+                               for target, remaining in batch[start : start + LIST_SLICE]
+                               if jail is None or self._jail_of(target) == jail]
+            finally:
+                batches.close()
+
+        return Streamed(rows())
+
+    def _list_jail(self, message: dict[str, Any]) -> str | None:
+        jail = message.get("jail")
+        if jail is not None and (not isinstance(jail, str) or self.pipeline.runner(jail) is None):
+            names = ", ".join(r.jail.name for r in self.pipeline.runners)
+            raise RequestError(f"no jail {jail!r} (jails: {names})")
+        return jail
+
+    def _jail_of(self, target: Network) -> str | None:
+        ban = self.active.get(target)
+        return None if ban is None else ban.jail
+
+    def _list_row(self, target: Network, remaining: float, now: float) -> dict[str, object]:
+        ban = self.active.get(target)
+        return {
+            "target": network_text(target),
+            "jail": ban.jail if ban else "(not blocker's)",
+            "expires": None if math.isinf(remaining) else iso_time(now + remaining),
+            "remaining": None if math.isinf(remaining) else round(remaining),
+            "reason": ban.reason if ban else "",
+        }
 
     def cmd_ban(self, message: dict[str, Any], now: float) -> str:
         target = _target(message.get("target"))
@@ -442,6 +474,11 @@ class Service:
         return runner
 
 
+def _by_expiry(entry: tuple[Network, float]) -> tuple[float, int, Network]:
+    """Soonest expiry first, permanent (inf) last, then by address."""
+    return (entry[1], entry[0].version, entry[0])
+
+
 def _target(value: object) -> Network:
     if not isinstance(value, str) or not value.strip():
         raise RequestError("give an address or a network, e.g. 203.0.113.7 or 203.0.113.0/24")
@@ -463,3 +500,13 @@ def _describe(backend: Backend) -> object:
         except FirewallError as exc:
             return {"error": str(exc)}
     return {"backend": type(backend).__name__}
+
+
+def kernel_batches(backend: Backend) -> Generator[Bans, None, None]:
+    """The backend's bans a batch at a time: list_batches() where it has it (ipset),
+    else list() as one batch."""
+    batches = getattr(backend, "list_batches", None)
+    if batches is None:
+        yield backend.list()
+    else:
+        yield from batches()
