@@ -228,7 +228,7 @@ def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
     assert daemon.notify is not None
     daemon.notify.wait_for("READY=1")
     daemon.append(synack_train(ATTACKER, count=3))
-    poll(lambda: json.loads(daemon.ctl("status").out)["lines"] == 3, what="3 lines read")
+    poll(lambda: json.loads(daemon.ctl("status", "--json").out)["lines"] == 3, what="3 lines read")
     daemon.config.write_text(CONFIG + 'log_level = "info"\n', encoding="utf-8")
     daemon.send(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
@@ -239,4 +239,4 @@ def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
     # starts the scores and counters afresh), the new ones are.
     daemon.append(synack_train(ATTACKER))
     assert daemon.wait_ban(ATTACKER)["jail"] == "probes"
-    assert json.loads(daemon.ctl("status").out)["lines"] == 5
+    assert json.loads(daemon.ctl("status", "--json").out)["lines"] == 5
