@@ -4,9 +4,10 @@ Nothing here runs per line. The daemon counts in the structures it already keeps
 pipeline's LineStats and hit counts, Service.activity, the sources' health) and a custom
 collector turns them into metric families when someone scrapes. The HTTP server answers from
 its own thread: collection there takes no lock the ban path waits for; it copies each shared
-dict or list in one C-level call (atomic under the GIL) and reads the copy. Only the two
-histograms (ban latency, sqlite commit time) are prometheus_client objects, observed once per
-batch of bans or per commit.
+dict or list in one C-level call (atomic under the GIL) and reads the copy, and it runs at most
+once a second however often /metrics is fetched (the body is served again in between). Only
+the two histograms (ban latency, sqlite commit time) are prometheus_client objects, observed
+per ban (after the kernel acknowledged its batch) and per commit.
 
 Labels are jail, filter, source, set and fixed words (origin, repair kind): no address, so
 the number of series is bounded by the configuration.
@@ -22,18 +23,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Network, IPv6Network
 from operator import attrgetter
 from typing import Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Histogram,
-    MetricsHandler,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -52,6 +53,7 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.
 _JAIL_OF = attrgetter("jail")
 COUNT_SLICE = 10_000
 HTTP_TIMEOUT = 10.0  # seconds a scrape connection may sit idle
+COLLECT_EVERY = 1.0  # seconds a collected scrape body is served again
 SourceHealth = Callable[[], list[tuple[SourceKey, dict[str, object]]]]
 
 
@@ -232,6 +234,9 @@ class Metrics:
         service.after_ban = self.observe_bans
         service.state.on_commit = self.commit_time.observe
         self._server: ThreadingHTTPServer | None = None
+        self._collect_lock = threading.Lock()  # HTTP threads only; the daemon never takes it
+        self._body: bytes | None = None
+        self._collected = 0.0
         self._thread: threading.Thread | None = None
 
     def observe_bans(self, read_at: float, bans: int) -> None:
@@ -247,8 +252,21 @@ class Metrics:
             address_family = family
             daemon_threads = True
 
-        class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
             timeout = HTTP_TIMEOUT  # an idle or slow client does not keep its thread
+
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                body = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # a scrape is not worth a log line
@@ -260,6 +278,17 @@ class Metrics:
         self._thread.start()
         bound = server.server_address
         return str(bound[0]), int(bound[1])
+
+    def exposition(self) -> bytes:
+        """The scrape body, collected at most once per COLLECT_EVERY seconds: however often
+        anyone scrapes (any local user can reach a loopback port), collection takes at most
+        a few ms of the GIL per second away from the ban path."""
+        with self._collect_lock:
+            now = time.monotonic()
+            if self._body is None or now - self._collected >= COLLECT_EVERY:
+                self._body = generate_latest(self.registry)
+                self._collected = now
+            return self._body
 
     def write_textfile(self, path: str) -> None:
         """Replace `path` atomically with the current figures. Raises OSError.
