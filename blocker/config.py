@@ -37,6 +37,7 @@ class Jail:
     policy: JailPolicy
     source: str = jail_default("source")
     log_path: str = jail_default("log_path")
+    nflog_groups: tuple[int, ...] = jail_default("nflog_groups")
     prefix: re.Pattern[str] | None = jail_default("prefix")  # noqa: RUF009 (None, immutable)
 
     def matcher(self) -> Matcher:

@@ -25,7 +25,7 @@ from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
-from blocker.sources import Source, SourceError, open_source
+from blocker.sources import NflogSource, Source, SourceError, open_source
 from blocker.state import State, StateError
 
 log = logging.getLogger("blocker")
@@ -106,7 +106,7 @@ class Daemon:
         self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
                                log_override=args.log,
                                reload_config=lambda: load_config(Path(args.config)))
-        self.sources: dict[SourceKey, Source] = {}
+        self.sources: dict[SourceKey, Source | NflogSource] = {}
         self.source_errors: dict[SourceKey, str] = {}
         self.service.source_health = self._source_health
         self.control = ControlServer(args.socket, self.selector,
@@ -222,6 +222,12 @@ class Daemon:
         source = self.sources.get(key)
         if source is None:
             return
+        if isinstance(source, NflogSource):  # packets, not lines; nothing to resume from
+            now = time.time()
+            records = source.read_records(now)
+            if records:
+                self.service.handle_records(key, records, now)
+            return
         try:
             lines = source.read()
         except (OSError, SourceError) as exc:
@@ -241,7 +247,7 @@ class Daemon:
             self._save_position(key, source)
         source.close()
 
-    def _save_position(self, key: SourceKey, source: Source) -> None:
+    def _save_position(self, key: SourceKey, source: Source | NflogSource) -> None:
         position = source.position()
         if position is not None:
             self.state.begin()

@@ -17,6 +17,7 @@ from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
+from blocker.netfilter import Record
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
@@ -29,7 +30,8 @@ SourceKey = tuple[str, str]  # (kind, path)
 
 
 def source_label(key: SourceKey) -> str:
-    """'kernlog:/var/log/kern.log': how a source is named in logs, status and the state."""
+    """'kernlog:/var/log/kern.log', 'nflog:5,6': how a source is named in logs, status and
+    the state."""
     return f"{key[0]}:{key[1]}"
 
 
@@ -66,6 +68,8 @@ class Service:
     def source_key(self, jail: Jail) -> SourceKey:
         if self.log_override is not None:
             return ("kernlog", self.log_override)
+        if jail.source == "nflog":
+            return ("nflog", ",".join(map(str, jail.nflog_groups)))
         return (jail.source, jail.log_path)
 
     def start(self, now: float) -> None:
@@ -106,6 +110,17 @@ class Service:
                 decisions += self.pipeline.feed_line(line.text, now, line.time, runners)
         if bulk:
             decisions += self.pipeline.feed_lines(bulk, now, runners)
+        if decisions:
+            self.apply(decisions, now)
+        return decisions
+
+    def handle_records(self, key: SourceKey, records: Sequence[Record], now: float
+                       ) -> list[Decision]:
+        """Records from a packet source (NFLOG) for the jails that read `key`."""
+        runners = self.groups.get(key)
+        if not runners or not records:
+            return []
+        decisions = self.pipeline.feed_records(records, runners)
         if decisions:
             self.apply(decisions, now)
         return decisions
