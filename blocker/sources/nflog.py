@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 
 from blocker import nflog_wire
+from blocker.link_names import LinkNames
 from blocker.netfilter import Record
 from blocker.packet_decode import record
 from blocker.sources.base import SourceError, SourceLine
@@ -66,6 +67,7 @@ class NflogSource:
             self._sock.bind((0, 0))
             self.rcvbuf = _set_rcvbuf(self._sock, rcvbuf)
             self._configure(copy_range)
+            self._links = LinkNames()  # in this namespace, as the NFLOG socket is
         except BaseException:
             self._sock.close()
             raise
@@ -148,7 +150,7 @@ class NflogSource:
         if not now - NAME_TTL < self._names_at <= now:
             self._names.clear()
             self._names_at = now
-        return _Namer(self._names)
+        return _Namer(self._names, self._links)
 
     def position(self) -> dict[str, object] | None:
         return None  # packets not read before a restart are gone: there is nothing to resume
@@ -170,24 +172,23 @@ class NflogSource:
 
     def close(self) -> None:
         self._sock.close()
+        self._links.close()
 
 
 class _Namer:
     """ifindex -> interface name, cached; an index that no longer names an interface
     becomes 'if<N>' (never "", which would change the packet's direction)."""
 
-    __slots__ = ("_names",)
+    __slots__ = ("_links", "_names")
 
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], links: LinkNames) -> None:
         self._names = names
+        self._links = links
 
     def __call__(self, index: int) -> str:
         name = self._names.get(index)
         if name is None:
-            try:
-                name = socket.if_indextoname(index)
-            except OSError:
-                name = f"if{index}"
+            name = self._links.name(index) or f"if{index}"
             self._names[index] = name
         return name
 
@@ -201,8 +202,9 @@ def _set_rcvbuf(sock: socket.socket, size: int) -> int:
 
 
 def _explain(error: int) -> str:
-    if error == errno.EBUSY:
-        return "the group is already bound by another process (ulogd? another blockerd?)"
-    if error == errno.EPERM:
-        return "operation not permitted (needs CAP_NET_ADMIN in this network namespace)"
+    if error in (errno.EPERM, errno.EBUSY):
+        # The kernel answers EPERM both to a socket without CAP_NET_ADMIN and to one that is
+        # not the group's owner (nfulnl_recv_config).
+        return ("not permitted: the group is bound by another process (ulogd, another "
+                "blockerd?), or this process lacks CAP_NET_ADMIN in its network namespace")
     return f"{errno.errorcode.get(error, 'error')} ({os.strerror(error)})"
