@@ -23,6 +23,7 @@ from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.host import host_addresses
+from blocker.live_peers import ConntrackError, LivePeers
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import NflogSource, Source, SourceError, open_source
@@ -105,7 +106,8 @@ class Daemon:
         self.backend = make_backend(backend_kind, config.firewall)
         self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
                                log_override=args.log,
-                               reload_config=lambda: load_config(Path(args.config)))
+                               reload_config=lambda: load_config(Path(args.config)),
+                               live_peers=_open_live_peers())
         self.sources: dict[SourceKey, Source | NflogSource] = {}
         self.source_errors: dict[SourceKey, str] = {}
         self.service.source_health = self._source_health
@@ -261,6 +263,15 @@ class Daemon:
         for key, error in self.source_errors.items():
             health.append({"source": source_label(key), "state": "error", "error": error})
         return health
+
+
+def _open_live_peers() -> LivePeers | None:
+    """conntrack, for spare_live_peers; without it every ban goes ahead (said once)."""
+    try:
+        return LivePeers()
+    except ConntrackError as exc:
+        log.warning("spare_live_peers is off: %s", exc)
+        return None
 
 
 def _sd_notify(message: str) -> None:

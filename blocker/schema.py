@@ -213,6 +213,10 @@ JAIL: Final = Section("jails", (
         "start"),
     Key("max_tracked", Integer(1, 10_000_000), 100_000,
         "cap on addresses with a live score, per jail"),
+    Key("spare_live_peers", Duration(positive=False, high=30 * 86400), 600.0,
+        "before a ban on spoofable evidence (every shipped filter), ask conntrack: an address "
+        "with an assured connection that carried traffic within this window is not banned "
+        "(nor a subnet holding one); 0 disables"),
 ), checks=(_ban_time_within_max, _nflog_groups_given))
 
 # Every section, in the order the docs list them.

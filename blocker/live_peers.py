@@ -1,0 +1,171 @@
+"""Does an address (or any address of a network) hold a live connection with this host?
+
+Asked before a ban on spoofable evidence (issue 10.3): anyone can forge a SYN/ACK or a scan in
+a peer's name, nobody can forge a connection conntrack saw answered both ways (ASSURED) and
+that carried traffic within the window. The answer comes from the kernel's conntrack table
+over netlink (conntrack_wire.py), in the network namespace this object was opened in.
+
+How idle a connection is: conntrack resets an entry's timeout on every packet, to the state's
+timeout (net.netfilter.nf_conntrack_tcp_timeout_established, 5 days by default; for UDP
+streams nf_conntrack_udp_timeout_stream, 120 s), so idle = that timeout - seconds left. Only
+established TCP and assured UDP count; closing or half-open connections never do.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+from ipaddress import ip_address
+
+from blocker import conntrack_wire
+from blocker.conntrack_wire import Entry
+from blocker.records import Address, Network
+
+_SYSCTL = "/proc/sys/net/netfilter/"
+DEFAULT_TCP_ESTABLISHED = 432000
+DEFAULT_UDP_STREAM = 120
+DUMP_TIMEOUT = 2.0
+_TCP, _UDP = 6, 17
+
+
+class ConntrackError(Exception):
+    """conntrack cannot be asked (no module, no permission, a broken answer)."""
+
+
+@dataclass(frozen=True)
+class LiveConnection:
+    peer: Address  # the address the connection proves
+    local: Address
+    proto: str  # "TCP" / "UDP"
+    peer_port: int
+    local_port: int
+    idle: float  # seconds since its last packet
+    opened_by_peer: bool
+
+    def describe(self) -> str:
+        who = "it opened" if self.opened_by_peer else "this host opened"
+        return (f"{self.peer} has a live {self.proto} connection that {who} "
+                f"({self.peer}:{self.peer_port} <-> {self.local}:{self.local_port}, "
+                f"idle {self.idle:.0f}s)")
+
+
+def idle_seconds(entry: Entry, tcp_established: float, udp_stream: float) -> float | None:
+    """How long `entry` has carried no packet; None when it does not prove a live peer."""
+    if not entry.status & conntrack_wire.IPS_ASSURED or entry.status & conntrack_wire.IPS_DYING:
+        return None
+    if entry.proto == _TCP:
+        if entry.tcp_state != conntrack_wire.TCP_CONNTRACK_ESTABLISHED:
+            return None
+        return max(0.0, tcp_established - entry.timeout)
+    if entry.proto == _UDP:
+        return max(0.0, udp_stream - entry.timeout)
+    return None
+
+
+def live_connection(entries: list[Entry], target: Network, window: float,
+                    tcp_established: float, udp_stream: float) -> LiveConnection | None:
+    """The most recently active connection of `entries` with an end in `target` that
+    carried traffic within `window` seconds, or None."""
+    best: LiveConnection | None = None
+    for entry in entries:
+        idle = idle_seconds(entry, tcp_established, udp_stream)
+        if idle is None or idle > window:
+            continue
+        src, dst = ip_address(entry.src), ip_address(entry.dst)
+        if src in target:
+            found = LiveConnection(src, dst, _name(entry.proto), entry.sport, entry.dport,
+                                   idle, True)
+        elif dst in target:
+            found = LiveConnection(dst, src, _name(entry.proto), entry.dport, entry.sport,
+                                   idle, False)
+        else:
+            continue  # a kernel that ignored the filter: every entry came back
+        if best is None or found.idle < best.idle:
+            best = found
+    return best
+
+
+def _name(proto: int) -> str:
+    return {_TCP: "TCP", _UDP: "UDP"}.get(proto, str(proto))
+
+
+class LivePeers:
+    """Asks conntrack, over its own netlink socket, in the namespace it was opened in."""
+
+    def __init__(self, sysctl_dir: str = _SYSCTL) -> None:
+        try:
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                       conntrack_wire.NETLINK_NETFILTER)
+            self._sock.bind((0, 0))
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        except OSError as exc:
+            raise ConntrackError(f"cannot open a netfilter netlink socket: {exc}") from exc
+        self._sysctl = sysctl_dir
+        self._seq = 0
+        self.queries = 0
+
+    def find(self, target: Network, window: float) -> LiveConnection | None:
+        """A live connection of `target` (a host: two kernel-filtered dumps; a network: one
+        dump of the assured entries of its family)."""
+        tcp, udp = self._timeouts()
+        family = socket.AF_INET6 if target.version == 6 else socket.AF_INET
+        if target.prefixlen == target.max_prefixlen:
+            packed = target.network_address.packed
+            entries = self._dump(family, packed, as_source=True)
+            entries += self._dump(family, packed, as_source=False)
+        else:
+            entries = self._dump(family, None, as_source=True)
+        return live_connection(entries, target, window, tcp, udp)
+
+    def _timeouts(self) -> tuple[float, float]:
+        return (_read_int(self._sysctl + "nf_conntrack_tcp_timeout_established",
+                          DEFAULT_TCP_ESTABLISHED),
+                _read_int(self._sysctl + "nf_conntrack_udp_timeout_stream",
+                          DEFAULT_UDP_STREAM))
+
+    def _dump(self, family: int, address: bytes | None, *, as_source: bool) -> list[Entry]:
+        self._seq += 1
+        self.queries += 1
+        seq = self._seq
+        try:
+            self._sock.send(conntrack_wire.dump_request(family, seq, address=address,
+                                                        as_source=as_source))
+        except OSError as exc:
+            raise ConntrackError(f"conntrack request failed: {exc}") from exc
+        entries: list[Entry] = []
+        deadline = time.monotonic() + DUMP_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                raise ConntrackError("conntrack did not answer within "
+                                     f"{DUMP_TIMEOUT:g} s")
+            try:
+                data = self._sock.recv(1 << 18)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    raise ConntrackError("conntrack dump overran the socket") from exc
+                raise ConntrackError(f"conntrack answer failed: {exc}") from exc
+            found, end = conntrack_wire.dump_replies(data, seq)
+            entries += found
+            if end is None:
+                continue
+            if end == errno.ENOENT:  # nf_conntrack not loaded here: no connections at all
+                return entries
+            if end:
+                raise ConntrackError(f"conntrack refused the dump: {os.strerror(end)}")
+            return entries
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _read_int(path: str, default: int) -> int:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return default
