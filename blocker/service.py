@@ -140,7 +140,7 @@ class Service:
         if bulk:
             decisions += self.pipeline.feed_lines(bulk, now, runners)
         if decisions:
-            self.apply(decisions, now)
+            decisions = self.apply(decisions, now)
         return decisions
 
     def handle_records(self, key: SourceKey, records: Sequence[Record], now: float
@@ -151,12 +151,13 @@ class Service:
             return []
         decisions = self.pipeline.feed_records(records, runners)
         if decisions:
-            self.apply(decisions, now)
+            decisions = self.apply(decisions, now)
         return decisions
 
-    def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto") -> None:
+    def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto"
+              ) -> list[Decision]:
         """Bans into the kernel (one batch) and into the state (same transaction as the
-        caller's position update)."""
+        caller's position update). Returns the decisions left after spare_live_peers."""
         if origin == "auto" and self.live_peers is not None:
             decisions = self._spare_live_peers(decisions, now)
         entries: list[tuple[Network, float]] = []
@@ -191,6 +192,7 @@ class Service:
             self._kernel_ban(entries)
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
+        return list(decisions)
 
     def _spare_live_peers(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
         """The decisions left once those on spoofable evidence against a target holding a
