@@ -73,7 +73,7 @@ class Service:
                  live_peers: PeerCheck | None = None) -> None:
         self.state = state
         self.live_peers = live_peers
-        self.spared: OrderedDict[Network, Spared] = OrderedDict()
+        self.spared: OrderedDict[tuple[Network, str], Spared] = OrderedDict()
         self.spared_count = 0
         self.conntrack_error: str | None = None
         self._spare_logged: dict[Network, float] = {}
@@ -235,8 +235,9 @@ class Service:
                   f"(spare_live_peers {window:g}s)")
         runner.scorer.retract(target, decision.at)
         self.spared_count += 1
-        self.spared[target] = Spared(target, decision.jail, now, reason)
-        self.spared.move_to_end(target)
+        key = (target, decision.jail)
+        self.spared[key] = Spared(target, decision.jail, now, reason)
+        self.spared.move_to_end(key)
         while len(self.spared) > SPARED_REMEMBERED:
             self.spared.popitem(last=False)
         last = self._spare_logged.get(target)
