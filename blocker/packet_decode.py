@@ -43,6 +43,7 @@ _FLAG_TEXT = tuple(
     for byte in range(256)
 )
 _INCOMPLETE = "INCOMPLETE"
+_PREFIXES: dict[bytes, str] = {}  # a rule's prefix, decoded once
 # (src, dst, LEN, TTL, ID, HOPLIMIT, PROTO, SPT, DPT, flags, TYPE, CODE, INCOMPLETE)
 NetworkFields = tuple[str | None, ...]
 
@@ -67,6 +68,12 @@ def _ipv4(data: bytes) -> NetworkFields | None:
     ihl = (ver_ihl & 15) * 4
     if ihl < 20:
         return None
+    if proto == _TCP and not frag & 0x1FFF and len(data) >= ihl + 20:
+        # The flood case (SYN/ACKs, scans) in one tuple; _transport() says the same.
+        spt, dpt = _PORTS.unpack_from(data, ihl)
+        return (inet_ntop(AF_INET, src), inet_ntop(AF_INET, dst), str(length), str(ttl),
+                str(ident), None, "TCP", str(spt), str(dpt), _FLAG_TEXT[data[ihl + 13]], None,
+                None, None)
     head = (inet_ntop(AF_INET, src), inet_ntop(AF_INET, dst), str(length), str(ttl),
             str(ident), None)
     name = _NAMES4.get(proto)
@@ -140,5 +147,9 @@ def record(packet: NflogPacket, interface: Callable[[int], str], now: float) -> 
         interface(packet.physindev) if packet.physindev else None,
         *network,
     )
-    prefix = packet.prefix.decode("utf-8", errors="replace")
+    prefix = _PREFIXES.get(packet.prefix)
+    if prefix is None:
+        if len(_PREFIXES) >= 1024:  # a handful of rules; bounded anyway
+            _PREFIXES.clear()
+        prefix = _PREFIXES[packet.prefix] = packet.prefix.decode("utf-8", errors="replace")
     return (now if packet.time is None else packet.time, prefix, fields)
