@@ -258,3 +258,37 @@ def test_closed_socket_releases_the_group() -> None:
         with inside(server.name):
             again = NflogSource([nflog_group])
         again.close()
+
+
+NFT_RULES = """
+table inet blocker_test {
+  chain input {
+    type filter hook input priority 0;
+    ct state invalid log group GROUP prefix "INVALID " drop
+    tcp flags & (syn|ack|fin|rst) == syn ct state new log group GROUP prefix "DROP " drop
+  }
+}
+"""
+
+
+def test_the_readmes_nftables_rules_feed_the_source() -> None:
+    """README's nft setup: `log group N prefix ...` reaches the source as LOG would print it."""
+    nflog_group = group()
+    with ExitStack() as stack:
+        server = stack.enter_context(namespace("blknft"))
+        client = stack.enter_context(namespace("blknfc"))
+        server_if, _ = stack.enter_context(veth(server, client))
+        server.run("nft", "-f", "-", stdin=NFT_RULES.replace("GROUP", str(nflog_group)))
+        with inside(server.name):
+            source = NflogSource([nflog_group])
+        stack.callback(source.close)
+        with inside(client.name):
+            sender = RawSender()
+        stack.callback(sender.close)
+        sender.send(with_checksums(ipv4("192.0.2.77", SERVER_V4, 6,
+                                        tcp_header(443, 40000, "SA"))))
+        sender.send(with_checksums(ipv4(CLIENT_V4, SERVER_V4, 6, tcp_header(5555, 22, "S"))))
+        got = [p for p in collect(source, 2) if str(p.src) in ("192.0.2.77", CLIENT_V4)]
+        assert [(p.prefix, str(p.src), p.flags, p.dpt, p.iface_in) for p in got] == [
+            ("INVALID", "192.0.2.77", frozenset({"SYN", "ACK"}), 40000, server_if),
+            ("DROP", CLIENT_V4, frozenset({"SYN"}), 22, server_if)]
