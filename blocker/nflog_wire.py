@@ -108,6 +108,7 @@ def packets(data: bytes) -> Batch:  # noqa: PLR0915 - one flat loop is the hot p
     attributes dispatched on their type."""
     out: list[NflogPacket] = []
     append = out.append
+    new = tuple.__new__
     malformed = 0
     unpack_header = _HEADER.unpack_from
     unpack_nla = _NLA.unpack_from
@@ -164,8 +165,9 @@ def packets(data: bytes) -> Batch:  # noqa: PLR0915 - one flat loop is the hot p
         if payload is None:
             malformed += 1
             continue
-        append(NflogPacket(family, group, hook, prefix, indev, outdev, physindev, stamp,
-                           payload))
+        # tuple.__new__ skips NamedTuple's Python-level __new__: half the cost per packet.
+        append(new(NflogPacket, (family, group, hook, prefix, indev, outdev, physindev, stamp,
+                                 payload)))
     return Batch(out, malformed)
 
 
