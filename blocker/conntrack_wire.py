@@ -1,16 +1,15 @@
-"""ctnetlink (conntrack over netlink): dump requests filtered in the kernel, and the entries of
-the answer. Pure: bytes in, bytes out; the socket lives in live_peers.py. Hand-packed, as
-firewall/ipset_wire.py is: one address's entries are asked for before a ban, on the ban path.
+"""ctnetlink (conntrack over netlink): a dump request for the assured entries, and the entries
+of the answer. Pure: bytes in, bytes out; the socket lives in live_peers.py. Hand-packed, as
+firewall/ipset_wire.py is (pyroute2's decoder is slow and differs between 0.7 and 0.9).
 
 Layout (include/uapi/linux/netfilter/nfnetlink_conntrack.h):
 
-    request: nlmsghdr(CT_GET, DUMP) | nfgenmsg(family) | CTA_TUPLE_ORIG{ CTA_TUPLE_IP{ SRC|DST } }
-             | CTA_FILTER{ ORIG_FLAGS } | CTA_STATUS + CTA_STATUS_MASK (assured only)
+    request: nlmsghdr(CT_GET, DUMP) | nfgenmsg(family) | CTA_STATUS + CTA_STATUS_MASK (assured)
     entry:   nlmsghdr(CT_NEW) | nfgenmsg | CTA_TUPLE_ORIG{ IP{SRC, DST}, PROTO{NUM, SPORT, DPORT} }
              | CTA_STATUS | CTA_TIMEOUT (seconds left) | CTA_PROTOINFO{ TCP{ STATE } } | ...
 
-Kernels without dump filters (before 5.9 for addresses, 6.0 for status) answer with every
-entry: callers check each entry themselves (matches()).
+Kernels before 6.0 ignore the status filter and send every entry: callers check each entry
+themselves (live_peers.idle_seconds()).
 """
 
 from __future__ import annotations
@@ -29,13 +28,11 @@ IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
 ENTRY_TYPE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 
 CTA_TUPLE_ORIG, CTA_STATUS, CTA_PROTOINFO, CTA_TIMEOUT = 1, 3, 4, 7
-CTA_FILTER, CTA_STATUS_MASK = 25, 26
+CTA_STATUS_MASK = 26
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
-CTA_FILTER_ORIG_FLAGS = 1
-FILTER_IP_SRC, FILTER_IP_DST = 1 << 0, 1 << 1
 IPS_ASSURED, IPS_DYING = 1 << 2, 1 << 9
 TCP_CONNTRACK_ESTABLISHED = 3
 
@@ -64,20 +61,10 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return _NLA.pack(size, kind) + payload + b"\0" * (-size & 3)
 
 
-def dump_request(family: int, seq: int, *, address: bytes | None = None,
-                 as_source: bool = True, assured_only: bool = True) -> bytes:
-    """Dump the entries of `family` (AF_INET/AF_INET6); with `address`, only those whose
-    original source (or destination, `as_source=False`) it is."""
+def dump_request(family: int, seq: int, *, assured_only: bool = True) -> bytes:
+    """Dump the entries of `family` (AF_INET/AF_INET6), only the assured ones by default
+    (filtered in the kernel since 6.0; older kernels send every entry)."""
     attrs = b""
-    if address is not None:
-        v6 = len(address) == 16
-        kind = (CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC) if as_source else (
-            CTA_IP_V6_DST if v6 else CTA_IP_V4_DST)
-        ip = _attr(CTA_TUPLE_IP | NLA_F_NESTED, _attr(kind, address))
-        attrs += _attr(CTA_TUPLE_ORIG | NLA_F_NESTED, ip)
-        flags = FILTER_IP_SRC if as_source else FILTER_IP_DST
-        attrs += _attr(CTA_FILTER | NLA_F_NESTED,
-                       _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags)))
     if assured_only:
         attrs += _attr(CTA_STATUS, _BE32.pack(IPS_ASSURED))
         attrs += _attr(CTA_STATUS_MASK, _BE32.pack(IPS_ASSURED))

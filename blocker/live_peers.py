@@ -29,6 +29,7 @@ _SYSCTL = "/proc/sys/net/netfilter/"
 DEFAULT_TCP_ESTABLISHED = 432000
 DEFAULT_UDP_STREAM = 120
 DUMP_TIMEOUT = 2.0
+SNAPSHOT_TTL = 1.0  # seconds one dump of the table answers for
 _TCP, _UDP = 6, 17
 
 
@@ -94,32 +95,38 @@ def _name(proto: int) -> str:
 
 
 class LivePeers:
-    """Asks conntrack, over its own netlink socket, in the namespace it was opened in."""
+    """Asks conntrack, over its own netlink socket, in the namespace it was opened in.
 
-    def __init__(self, sysctl_dir: str = _SYSCTL) -> None:
+    A dump walks the kernel's whole conntrack hash (shared by every namespace: 262,144
+    buckets here, ~10 ms of kernel time) whatever it filters on, so one dump of a family's
+    assured entries answers every question for SNAPSHOT_TTL: a burst of thousands of bans
+    costs one walk, not one per ban. A connection opened within the TTL may be missed.
+    """
+
+    def __init__(self, sysctl_dir: str = _SYSCTL, ttl: float = SNAPSHOT_TTL) -> None:
         try:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
                                        conntrack_wire.NETLINK_NETFILTER)
             self._sock.bind((0, 0))
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError as exc:
             raise ConntrackError(f"cannot open a netfilter netlink socket: {exc}") from exc
         self._sysctl = sysctl_dir
+        self._ttl = ttl
         self._seq = 0
-        self.queries = 0
+        self._snapshots: dict[int, tuple[float, list[Entry]]] = {}
+        self.dumps = 0
 
     def find(self, target: Network, window: float) -> LiveConnection | None:
-        """A live connection of `target` (a host: two kernel-filtered dumps; a network: one
-        dump of the assured entries of its family)."""
+        """A live connection with an end in `target` (a host or a network)."""
         tcp, udp = self._timeouts()
         family = socket.AF_INET6 if target.version == 6 else socket.AF_INET
-        if target.prefixlen == target.max_prefixlen:
-            packed = target.network_address.packed
-            entries = self._dump(family, packed, as_source=True)
-            entries += self._dump(family, packed, as_source=False)
-        else:
-            entries = self._dump(family, None, as_source=True)
-        return live_connection(entries, target, window, tcp, udp)
+        taken = time.monotonic()
+        snapshot = self._snapshots.get(family)
+        if snapshot is None or not taken - self._ttl < snapshot[0] <= taken:
+            snapshot = (taken, self._dump(family))
+            self._snapshots[family] = snapshot
+        return live_connection(snapshot[1], target, window, tcp, udp)
 
     def _timeouts(self) -> tuple[float, float]:
         return (_read_int(self._sysctl + "nf_conntrack_tcp_timeout_established",
@@ -127,13 +134,12 @@ class LivePeers:
                 _read_int(self._sysctl + "nf_conntrack_udp_timeout_stream",
                           DEFAULT_UDP_STREAM))
 
-    def _dump(self, family: int, address: bytes | None, *, as_source: bool) -> list[Entry]:
+    def _dump(self, family: int) -> list[Entry]:
         self._seq += 1
-        self.queries += 1
+        self.dumps += 1
         seq = self._seq
         try:
-            self._sock.send(conntrack_wire.dump_request(family, seq, address=address,
-                                                        as_source=as_source))
+            self._sock.send(conntrack_wire.dump_request(family, seq))
         except OSError as exc:
             raise ConntrackError(f"conntrack request failed: {exc}") from exc
         entries: list[Entry] = []

@@ -195,13 +195,13 @@ def test_what_proves_a_live_peer(item: Entry, live: bool) -> None:
         assert found.peer == ip_address(PEER)
 
 
-def test_dump_request_filters_in_the_kernel() -> None:
-    request = conntrack_wire.dump_request(socket.AF_INET, 7,
-                                          address=socket.inet_aton(PEER), as_source=False)
+def test_dump_request_asks_for_assured_entries() -> None:
+    request = conntrack_wire.dump_request(socket.AF_INET6, 7)
     assert request[4:8] == bytes((1, 1, 1, 3))  # CT_GET in ctnetlink, REQUEST|DUMP (LE host)
-    assert request[16] == socket.AF_INET
-    assert socket.inet_aton(PEER) in request
-    assert conntrack_wire.FILTER_IP_DST.to_bytes(4, "little") in request
+    assert request[16] == socket.AF_INET6
+    assured = conntrack_wire.IPS_ASSURED.to_bytes(4, "big")
+    assert request[20:28] == (8).to_bytes(2, "little") + bytes((3, 0)) + assured
+    assert request[28:36] == (8).to_bytes(2, "little") + bytes((26, 0)) + assured
 
 
 def test_dump_replies_read_what_the_kernel_sends() -> None:
