@@ -74,8 +74,8 @@ def blockerd(ns: Namespace | None, workdir: Path, *, nflog_group: int | None
     config = (REPO / "jails.toml").read_text()
     config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
     if nflog_group is not None:
-        config = config.replace('source = "auto"',
-                                f'source = "nflog"\nnflog_groups = [{nflog_group}]')
+        config = config.replace('source = "auto"', 'source = "nflog"')
+        config = config.replace("nflog_groups = [5]", f"nflog_groups = [{nflog_group}]")
     (workdir / "jails.toml").write_text(config)
     log = workdir / "kern.log"
     log.write_text("")
