@@ -115,24 +115,25 @@ class LivePeers:
         self._ttl = ttl
         self._seq = 0
         self._snapshots: dict[int, tuple[float, list[Entry]]] = {}
+        self._timeouts = (float(DEFAULT_TCP_ESTABLISHED), float(DEFAULT_UDP_STREAM))
         self.dumps = 0
 
     def find(self, target: Network, window: float) -> LiveConnection | None:
         """A live connection with an end in `target` (a host or a network)."""
-        tcp, udp = self._timeouts()
         family = socket.AF_INET6 if target.version == 6 else socket.AF_INET
         taken = time.monotonic()
         snapshot = self._snapshots.get(family)
         if snapshot is None or not taken - self._ttl < snapshot[0] <= taken:
+            self._timeouts = self._read_timeouts()  # with the entries they interpret
             snapshot = (taken, self._dump(family))
             self._snapshots[family] = snapshot
-        return live_connection(snapshot[1], target, window, tcp, udp)
+        return live_connection(snapshot[1], target, window, *self._timeouts)
 
-    def _timeouts(self) -> tuple[float, float]:
-        return (_read_int(self._sysctl + "nf_conntrack_tcp_timeout_established",
-                          DEFAULT_TCP_ESTABLISHED),
-                _read_int(self._sysctl + "nf_conntrack_udp_timeout_stream",
-                          DEFAULT_UDP_STREAM))
+    def _read_timeouts(self) -> tuple[float, float]:
+        return (float(_read_int(self._sysctl + "nf_conntrack_tcp_timeout_established",
+                                DEFAULT_TCP_ESTABLISHED)),
+                float(_read_int(self._sysctl + "nf_conntrack_udp_timeout_stream",
+                                DEFAULT_UDP_STREAM)))
 
     def _dump(self, family: int) -> list[Entry]:
         self._seq += 1
