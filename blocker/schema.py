@@ -44,6 +44,7 @@ from blocker.validators import (
     Number,
     Regex,
     Strings,
+    SyslogLevel,
     Table,
     Text,
     Validator,
@@ -183,6 +184,10 @@ JAIL: Final = Section("jails", (
     Key("nflog_groups", Integers(0, 65535, single_ok=True), (5,),
         "the NFLOG groups read with `source = \"nflog\"` (`-j NFLOG --nflog-group 5`, nft "
         "`log group 5`); jails with the same groups share one socket"),
+    Key("log_level", SyslogLevel(), 4,
+        "syslog level of your LOG rules (iptables' `--log-level`, nftables' `log level`): "
+        "kmsg and journald drop kernel records at other levels; jails reading one source "
+        "must agree on it"),
     Key("prefix", Regex(), None, "only LOG lines whose prefix matches count in this jail"),
     Key("weights", Table(Number(low=0, low_open=True)), {},
         "per-filter weights in this jail, e.g. `{ udp_probe = 0.5 }`; a filter not named "

@@ -26,18 +26,21 @@ def choose_kind(path: str) -> str:
 
 
 def open_source(
-    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False
+    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False,
+    levels: frozenset[int] = frozenset((4,)),
 ) -> Source | NflogSource:
     """Open a source; a saved position from another kind is ignored by the source itself.
-    For "nflog", `path` is the groups ("5,6") and the source gives Records, not lines."""
+    `levels`: the syslog levels of LOG records (kmsg and journald check them; for kern.log
+    the rsyslog drop-in does, see blocker.sources.rsyslog_guard). For "nflog", `path` is the
+    groups ("5,6") and the source gives Records, not lines."""
     if kind == "auto":
         kind = choose_kind(path)
     if kind == "kernlog":
         return KernlogSource(path, start, from_start)
     if kind == "journald":
-        return JournaldSource(start, from_start)
+        return JournaldSource(start, from_start, levels=levels)
     if kind == "kmsg":
-        return KmsgSource(start, from_start)
+        return KmsgSource(start, from_start, levels=levels)
     if kind == "nflog":
         return NflogSource(parse_groups(path))
     raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
