@@ -5,10 +5,13 @@ a peer's name, nobody can forge a connection conntrack saw answered both ways (A
 that carried traffic within the window. The answer comes from the kernel's conntrack table
 over netlink (conntrack_wire.py), in the network namespace this object was opened in.
 
-How idle a connection is: conntrack resets an entry's timeout on every packet, to the state's
-timeout (net.netfilter.nf_conntrack_tcp_timeout_established, 5 days by default; for UDP
-streams nf_conntrack_udp_timeout_stream, 120 s), so idle = that timeout - seconds left. Only
-established TCP and assured UDP count; closing or half-open connections never do.
+Only established, assured TCP counts: its handshake cannot be completed blind, so the peer
+really answered the host. UDP does not: a forger can send a request in a peer's name to a UDP
+service, let the host's answer go to the real peer, and send more in its name; conntrack then
+marks the flow assured although the peer never spoke. Closing or half-open connections never
+count either. How idle a connection is: conntrack resets an established entry's timeout on
+every packet (net.netfilter.nf_conntrack_tcp_timeout_established, 5 days by default), so
+idle = that timeout - seconds left.
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from blocker.records import Address, Network
 
 _SYSCTL = "/proc/sys/net/netfilter/"
 DEFAULT_TCP_ESTABLISHED = 432000
-DEFAULT_UDP_STREAM = 120
 DUMP_TIMEOUT = 2.0
 SNAPSHOT_TTL = 1.0  # seconds one dump of the table answers for
-_TCP, _UDP = 6, 17
+_TCP = 6
 
 
 class ConntrackError(Exception):
@@ -41,7 +43,7 @@ class ConntrackError(Exception):
 class LiveConnection:
     peer: Address  # the address the connection proves
     local: Address
-    proto: str  # "TCP" / "UDP"
+    proto: str  # "TCP"
     peer_port: int
     local_port: int
     idle: float  # seconds since its last packet
@@ -54,44 +56,34 @@ class LiveConnection:
                 f"idle {self.idle:.0f}s)")
 
 
-def idle_seconds(entry: Entry, tcp_established: float, udp_stream: float) -> float | None:
+def idle_seconds(entry: Entry, tcp_established: float) -> float | None:
     """How long `entry` has carried no packet; None when it does not prove a live peer."""
     if not entry.status & conntrack_wire.IPS_ASSURED or entry.status & conntrack_wire.IPS_DYING:
         return None
-    if entry.proto == _TCP:
-        if entry.tcp_state != conntrack_wire.TCP_CONNTRACK_ESTABLISHED:
-            return None
-        return max(0.0, tcp_established - entry.timeout)
-    if entry.proto == _UDP:
-        return max(0.0, udp_stream - entry.timeout)
-    return None
+    if entry.proto != _TCP or entry.tcp_state != conntrack_wire.TCP_CONNTRACK_ESTABLISHED:
+        return None
+    return max(0.0, tcp_established - entry.timeout)
 
 
 def live_connection(entries: list[Entry], target: Network, window: float,
-                    tcp_established: float, udp_stream: float) -> LiveConnection | None:
+                    tcp_established: float) -> LiveConnection | None:
     """The most recently active connection of `entries` with an end in `target` that
     carried traffic within `window` seconds, or None."""
     best: LiveConnection | None = None
     for entry in entries:
-        idle = idle_seconds(entry, tcp_established, udp_stream)
+        idle = idle_seconds(entry, tcp_established)
         if idle is None or idle > window:
             continue
         src, dst = ip_address(entry.src), ip_address(entry.dst)
         if src in target:
-            found = LiveConnection(src, dst, _name(entry.proto), entry.sport, entry.dport,
-                                   idle, True)
+            found = LiveConnection(src, dst, "TCP", entry.sport, entry.dport, idle, True)
         elif dst in target:
-            found = LiveConnection(dst, src, _name(entry.proto), entry.dport, entry.sport,
-                                   idle, False)
+            found = LiveConnection(dst, src, "TCP", entry.dport, entry.sport, idle, False)
         else:
             continue  # a kernel that ignored the filter: every entry came back
         if best is None or found.idle < best.idle:
             best = found
     return best
-
-
-def _name(proto: int) -> str:
-    return {_TCP: "TCP", _UDP: "UDP"}.get(proto, str(proto))
 
 
 class LivePeers:
@@ -115,7 +107,7 @@ class LivePeers:
         self._ttl = ttl
         self._seq = 0
         self._snapshots: dict[int, tuple[float, list[Entry]]] = {}
-        self._timeouts = (float(DEFAULT_TCP_ESTABLISHED), float(DEFAULT_UDP_STREAM))
+        self._tcp_established = float(DEFAULT_TCP_ESTABLISHED)
         self.dumps = 0
 
     def find(self, target: Network, window: float) -> LiveConnection | None:
@@ -124,16 +116,13 @@ class LivePeers:
         taken = time.monotonic()
         snapshot = self._snapshots.get(family)
         if snapshot is None or not taken - self._ttl < snapshot[0] <= taken:
-            self._timeouts = self._read_timeouts()  # with the entries they interpret
+            # The timeout is read with the entries it interprets.
+            self._tcp_established = float(_read_int(
+                self._sysctl + "nf_conntrack_tcp_timeout_established",
+                DEFAULT_TCP_ESTABLISHED))
             snapshot = (taken, self._dump(family))
             self._snapshots[family] = snapshot
-        return live_connection(snapshot[1], target, window, *self._timeouts)
-
-    def _read_timeouts(self) -> tuple[float, float]:
-        return (float(_read_int(self._sysctl + "nf_conntrack_tcp_timeout_established",
-                                DEFAULT_TCP_ESTABLISHED)),
-                float(_read_int(self._sysctl + "nf_conntrack_udp_timeout_stream",
-                                DEFAULT_UDP_STREAM)))
+        return live_connection(snapshot[1], target, window, self._tcp_established)
 
     def _dump(self, family: int) -> list[Entry]:
         self._seq += 1
