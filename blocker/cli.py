@@ -226,7 +226,10 @@ def status_report(status: dict[str, Any]) -> str:
     out = [f"blockerd {status.get('version', '?')}, up {_ago(status.get('uptime'))}",
            f"lines {status.get('lines', 0)}: parsed {status.get('parsed', 0)}, unparsed "
            f"{status.get('unparsed', 0)} (malformed {status.get('malformed', 0)})",
-           f"active bans {status.get('active_bans', 0)}", "", "jails:"]
+           f"active bans {status.get('active_bans', 0)}"
+           + (f", spared for live peers {status['spared_live_peers']} (conntrack "
+              f"{status.get('conntrack', '?')})" if "spared_live_peers" in status else ""),
+           "", "jails:"]
     for name, jail in sorted(dict(status.get("jails") or {}).items()):
         hits = dict(jail.get("hits") or {})
         detail = ", ".join(f"{f} {n}" for f, n in sorted(hits.items(), key=lambda h: -h[1]))
