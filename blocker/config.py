@@ -1,7 +1,7 @@
 """jails.toml -> Config, or ConfigError(path, key, reason). Pure apart from reading the files.
 
     filters_dir = "filters"            # relative to this file
-    [firewall]  backend, set_v4, set_v6, rule_check_interval
+    [firewall]  backend, set_v4, set_v6, rule_check_interval, maxelem
     [defaults]  any jail key, inherited by every jail
     [jails.NAME] filters = [...], plus any jail key
 
@@ -58,6 +58,7 @@ _FIREWALL_DEFAULTS: dict[str, Any] = {
     "set_v4": "blocker4",
     "set_v6": "blocker6",
     "rule_check_interval": 2.0,
+    "maxelem": 1_048_576,
 }
 
 
@@ -90,6 +91,7 @@ class FirewallConfig:
     set_v4: str = "blocker4"
     set_v6: str = "blocker6"
     rule_check_interval: float = 2.0
+    maxelem: int = 1_048_576  # entries per kernel set, fixed when the set is created
 
 
 @dataclass(frozen=True)
@@ -242,8 +244,11 @@ def _firewall(table: dict[str, Any], where: str) -> FirewallConfig:
     if not 0.1 <= interval <= 5:
         raise ConfigError(where, "firewall.rule_check_interval",
                           "must be between 0.1 s and 5 s (a flushed rule is restored within it)")
+    maxelem = raw["maxelem"]
+    if isinstance(maxelem, bool) or not isinstance(maxelem, int) or not 1 <= maxelem < 2**32:
+        raise ConfigError(where, "firewall.maxelem", "must be a whole number in 1..4294967295")
     return FirewallConfig(backend=raw["backend"], set_v4=raw["set_v4"], set_v6=raw["set_v6"],
-                          rule_check_interval=interval)
+                          rule_check_interval=interval, maxelem=maxelem)
 
 
 def duration(value: object, where: str, key: str, permanent_ok: bool = False) -> float:
