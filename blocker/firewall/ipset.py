@@ -21,6 +21,7 @@ pyroute2 0.7.x (Debian 12) and 0.9.x (PyPI) differ in ways handled here:
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import socket
 import threading
@@ -55,6 +56,7 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}  # also NFPROTO_IPV4/IPV6 (2, 
 _ACK_TIMEOUT = 10.0  # seconds to wait for the kernel's answer to one batch
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _IPSET_ERR_BUSY = 4100
+log = logging.getLogger(__name__)
 
 
 class IpsetBackend:
@@ -62,6 +64,10 @@ class IpsetBackend:
 
     Timeouts live in the kernel: a finite ban is rounded up to whole seconds and clamped to
     2147483 s (~24.8 days, ipset's maximum, base.MAX_TIMEOUT); math.inf = timeout 0 = permanent.
+    `maxelem` sizes a set blockerd creates; an existing set keeps its own size (setup() logs
+    when it differs). A full set refuses new entries and ban() returns them with the kernel's
+    reason; entries already in it stay, and refreshing one still succeeds; the kernel reclaims
+    expired entries when the set is full. Nothing is flushed or re-created to make room.
     `netns` names a network namespace (under /run/netns) to work in instead of the current one.
     `iptables` picks the binary ("iptables", "iptables-nft", "iptables-legacy", or a path);
     ip6tables defaults to its counterpart. Thread-safe (one lock); close() releases the sockets.
@@ -259,7 +265,12 @@ class IpsetBackend:
         """Create both sets (an existing set must match) and put the rules first in INPUT."""
         with self._lock:
             for family in self.sets:
-                self._create(family)
+                if not self._create(family):
+                    fill = self._fill(family)
+                    if fill is not None and fill[1] != self.maxelem:
+                        log.warning("ipset %s exists with maxelem %d (configured: %d); it keeps "
+                                    "its size until it is destroyed", self.sets[family], fill[1],
+                                    self.maxelem)
             self.rules.ensure()
 
     def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
