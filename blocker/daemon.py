@@ -137,16 +137,11 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._note_signal)
         signal.signal(signal.SIGINT, self._note_signal)
         signal.signal(signal.SIGHUP, self._note_signal)
+        began = time.monotonic()
         now = time.time()
         metrics_config = self.service.config.metrics  # as at start: a reload keeps it
-        try:
-            self.metrics = start_metrics(metrics_config, self.service, self._source_reports)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s:%s: %s", *metrics_config.listen or ("", ""),
-                      exc)
+        if not self._start_metrics():
             return 1
-        if metrics_config.listen is not None:
-            log.info("metrics on http://%s/metrics", _host_port(*metrics_config.listen))
         self.service.start(now)
         self.state.commit()
         self._sync_sources()
@@ -157,7 +152,9 @@ class Daemon:
         textfile = metrics_config.textfile if self.metrics is not None else None
         next_textfile = time.monotonic() if textfile is not None else math.inf
         _sd_notify("READY=1\nSTATUS=following the kernel log")
-        log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
+        log.info("ready in %.1f s (%d active ban(s)): %d jail(s), sources: %s",
+                 time.monotonic() - began, len(self.service.active),
+                 len(self.service.config.jails),
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
@@ -298,6 +295,17 @@ class Daemon:
             self.state.begin()
             self.state.save_position(source_label(key), position)
             self.state.commit()
+
+    def _start_metrics(self) -> bool:
+        config = self.service.config.metrics
+        try:
+            self.metrics = start_metrics(config, self.service, self._source_reports)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%s: %s", *config.listen or ("", ""), exc)
+            return False
+        if config.listen is not None:
+            log.info("metrics on http://%s/metrics", _host_port(*config.listen))
+        return True
 
     def _write_textfile(self, path: str) -> None:
         assert self.metrics is not None

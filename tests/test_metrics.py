@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from blocker import metrics as metrics_module
 from blocker.config import ConfigError, load_config, parse_config
 from blocker.metrics import BlockerCollector, Metrics, behind_bytes
-from blocker.service import ActiveBan, Service
+from blocker.service import Service
 from blocker.state import State
 
 ATTACKERS = ("203.0.113.66", "198.51.100.7")
@@ -253,9 +253,9 @@ def test_collector_with_a_kernel_backend(tmp_path: Path) -> None:
     now = 1_000_000.0
     for i in range(25_000):  # more than one counting slice
         target = ip_network(f"2001:db8:a::{i + 1:x}/128")
-        service.active[target] = ActiveBan(target, "probes", now + 600, "test")
+        service.active.set(target, "probes", now + 600)
     target = ip_network("203.0.113.0/24")
-    service.active[target] = ActiveBan(target, "probes", math.inf, "test")
+    service.active.set(target, "probes", math.inf)
     registry = CollectorRegistry()
     registry.register(BlockerCollector(service, list, clock=lambda: now))
     figures = samples(generate_latest(registry).decode())
