@@ -52,13 +52,17 @@ ban marks, ban history and subnet counters each capped at ``max_tracked`` entrie
 from __future__ import annotations
 
 import math
+import struct
 from bisect import insort
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
+from itertools import islice
 from typing import Final, TypeVar
 
 from blocker.addresses import AllowList, host_network, is_special, is_special_network, subnet_of
+from blocker.doorkeeper import Doorkeeper
 from blocker.records import Address, Decision, Hit, Network, network_text
 
 __all__ = ["JailPolicy", "Scorer"]
@@ -67,6 +71,17 @@ UNITS: Final = 1_000_000  # weights are summed as integer micro-points: exact an
 MAX_HITS_PER_ADDRESS: Final = 4096
 MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
 GATE_CACHE_SIZE: Final = 65536
+CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_tracked sources
+MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
+MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
+# Address keys of the packed tiers: the int of an IPv4 address, the int of an IPv6 address
+# with this bit set (so ::192.0.2.1 and 192.0.2.1 never share a key).
+_V6_TAG: Final = 1 << 128
+# A climbing source's record: its kind number, then the times of its live hits, oldest
+# first, all as doubles (exact: the times are the lines' own floats).
+_PACK: Final = [struct.Struct(f"<{n}d").pack for n in range(MAX_CLIMBING_HITS + 2)]
+_UNPACK: Final = [struct.Struct(f"<{n}d").unpack for n in range(MAX_CLIMBING_HITS + 2)]
+_LAST_TIME: Final = struct.Struct("<d")
 
 # (time, filter, distinct_key, weight in UNITS)
 _Entry = tuple[float, str, tuple[object, ...] | None, int]
@@ -232,13 +247,23 @@ class Scorer:
         # Rounded like the weights, so 3 hits of 0.1 do reach a threshold of 0.3.
         self._threshold_units = max(1, round(policy.threshold * UNITS))
         self._max_tracked = policy.max_tracked
+        self._max_climbing = policy.max_tracked * CLIMBING_PER_TRACKED
         self._now = -math.inf
-        # address -> live score window, in eviction order (see _evict_one); an address seen
-        # once has only that hit's entry
-        self._tracked: OrderedDict[Address, _Window | _Entry] = OrderedDict()
+        # Tier 1, admission: address key (see _key) -> its one hit, oldest first (FIFO)
+        self._once: OrderedDict[int, _Entry] = OrderedDict()
+        # Addresses pushed out of _once (or _climbing) within the window; None until then
+        self._doorkeeper: Doorkeeper | None = None
+        # Tier 2, climbing: address key -> packed kind and hit times (see _pack)
+        self._climbing: dict[int, bytes] = {}
+        self._kinds: list[tuple[str, int]] = []  # kind number -> (filter, weight units)
+        self._kind_numbers: dict[tuple[str, int], int] = {}
+        # Tier 3, full windows: keyed (scan) or mixed hits, in clock eviction order
+        self._tracked: OrderedDict[Address, _Window] = OrderedDict()
         # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
         # for an address that may never be banned.  Addresses not in it are open.
         self._gate: dict[Address, float] = {}
+        self._gate_refusals = 0  # refusals added to the gate since it was last rebuilt
+        self._gate_copied = 0  # entries copied by gate rebuilds (work, for tests)
         self._units: dict[float, int] = {}  # hit weight -> integer micro-points
         # host address -> banned until (hits make no decisions before then)
         self._banned: OrderedDict[Address, float] = OrderedDict()
@@ -251,9 +276,15 @@ class Scorer:
         self._ignored = 0
         self._while_banned = 0
         self._stale = 0
-        self._evicted = 0
+        self._evicted = 0  # sources whose live hits were forgotten for room
+        self._readmitted = 0  # new hits of sources the doorkeeper had seen
+        self._last_eviction = -math.inf
         self._bans = 0
         self._subnet_bans = 0
+        # new sources per minute of log time: (minute, count) now and the minute before
+        self._minute = -math.inf
+        self._new_this_minute = 0
+        self._new_last_minute = 0
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -289,22 +320,25 @@ class Scorer:
         if weight is None:
             weight = self._to_units(weight_points)
         entry = (t, filter_name, key, weight)
-        tracked = self._tracked
-        found = tracked.get(addr)
-        if found is None:
-            opened = self._open(addr, entry)
-            if opened is None:
-                return None
-            state = opened
-        elif type(found) is tuple:
-            state = self._second_hit(addr, found)
-        else:
-            state = found  # type: ignore[assignment]  # narrowed by the type() test above
-            state.seen_again = True
-            if now - state.hits[0][0] >= window:
-                state.expire(now, window)
+        state = self._tracked.get(addr)
+        if state is None:
+            ip = int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG
+            packed = self._climbing.get(ip)
+            if packed is not None:
+                return self._climb(addr, ip, packed, entry)
+            first = self._once.pop(ip, None)
+            if first is None:
+                return self._open(addr, ip, entry)
+            return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
+        state.seen_again = True
+        if now - state.hits[0][0] >= window:
+            state.expire(now, window)
+        return self._add_to_window(addr, state, entry)
+
+    def _add_to_window(self, addr: Address, state: _Window, entry: _Entry
+                       ) -> list[Decision] | None:
+        t, _, key, weight = entry
         hits = state.hits
-        # The window update is inlined: this is the hottest code of the daemon.
         if not hits or t >= hits[-1][0]:
             hits.append(entry)
         else:  # a slightly late line: keep the hits in time order so expiry stays exact
@@ -319,39 +353,155 @@ class Scorer:
         score = state.plain + max_sum + self._repeat_factor * (state.keyed_total - max_sum)
         if score < self._threshold_units:
             return None
-        return self._ban_host(addr, state, t, score / UNITS)
+        del self._tracked[addr]
+        return self._ban_host(addr, Counter(entry[1] for entry in hits), t, score / UNITS)
 
-    def _open(self, addr: Address, entry: _Entry) -> _Window | None:
-        """A window for an address seen for the first time; None when nothing more is to
-        be done with its first hit."""
-        # Whether an address may be banned is settled once, when its window opens; only
+    def _climb(self, addr: Address, ip: int, packed: bytes, entry: _Entry
+               ) -> list[Decision] | None:
+        """One more hit of a source in the climbing tier."""
+        t, name, key, weight = entry
+        kind, *times = _UNPACK[len(packed) >> 3](packed)
+        now, window = self._now, self._window
+        if now - times[0] >= window:
+            times = [when for when in times if now - when < window]
+        number = int(kind)
+        if key is not None or self._kinds[number] != (name, weight) or \
+                len(times) >= MAX_CLIMBING_HITS:
+            del self._climbing[ip]  # not one kind of plain hit any more: a full window
+            return self._hold(addr, ip, self._entries(number, times), entry)
+        if not times or t >= times[-1]:
+            times.append(t)
+        else:
+            insort(times, t)
+        score = len(times) * weight
+        if score >= self._threshold_units:
+            del self._climbing[ip]
+            return self._ban_host(addr, {name: len(times)}, t, score / UNITS)
+        self._climbing[ip] = _PACK[len(times) + 1](kind, *times)
+        return None
+
+    def _entries(self, number: int, times: Iterable[float]) -> list[_Entry]:
+        name, weight = self._kinds[number]
+        return [(when, name, None, weight) for when in times]
+
+    def _hold(self, addr: Address, ip: int, earlier: list[_Entry], entry: _Entry
+              ) -> list[Decision] | None:
+        """Keep the live hits of a source that is past its first one (`earlier`, then
+        `entry`, the newest line): as packed times when they are plain hits of one kind,
+        else as a full window."""
+        _, name, key, weight = entry
+        count = len(earlier) + 1
+        number = None
+        if key is None and count <= MAX_CLIMBING_HITS and all(
+                e[1] == name and e[2] is None and e[3] == weight for e in earlier):
+            number = self._kind_number(name, weight)
+        if number is not None:
+            score = count * weight
+            if score >= self._threshold_units:
+                return self._ban_host(addr, {name: count}, entry[0], score / UNITS)
+            climbing = self._climbing
+            if len(climbing) >= self._max_climbing:
+                self._evict_climbing()
+            times = sorted([e[0] for e in earlier] + [entry[0]])
+            climbing[ip] = _PACK[count + 1](number, *times)
+            return None
+        tracked = self._tracked
+        if len(tracked) >= self._max_tracked:
+            self._evict_window()
+        state = tracked[addr] = _Window()
+        state.seen_again = True
+        for e in sorted(earlier, key=_entry_time):
+            state.hits.append(e)
+            if e[2] is None:
+                state.plain += e[3]
+            else:
+                state.count_key(e[2], e[3])
+        return self._add_to_window(addr, state, entry)
+
+    def _kind_number(self, name: str, weight: int) -> int | None:
+        kind = (name, weight)
+        number = self._kind_numbers.get(kind)
+        if number is None and len(self._kinds) < MAX_KINDS:
+            number = self._kind_numbers[kind] = len(self._kinds)
+            self._kinds.append(kind)
+        return number
+
+    def _open(self, addr: Address, ip: int, entry: _Entry) -> list[Decision] | None:
+        """The first hit of an address not held in any tier."""
+        # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self.refusal(addr) is not None:
             self._set_gate(addr, math.inf)
             self._ignored += 1
             return None
-        tracked = self._tracked
-        if len(tracked) >= self._max_tracked:
-            self._evict_one()
-        if entry[3] < self._threshold_units:
-            # One hit scores its weight. Most sources are seen once: their window is kept
-            # as that hit alone, and becomes a _Window if they come back.
-            tracked[addr] = entry
-            return None
-        state = tracked[addr] = _Window()
-        return state
+        t = entry[0]
+        if t >= self._minute + 60.0:
+            self._new_last_minute = self._new_this_minute if t < self._minute + 120.0 else 0
+            self._minute = t - t % 60.0
+            self._new_this_minute = 0
+        self._new_this_minute += 1
+        if entry[3] >= self._threshold_units:
+            return self._hold(addr, ip, [], entry)
+        doorkeeper = self._doorkeeper
+        if doorkeeper is not None and doorkeeper.seen(ip, self._now):
+            # Seen within the window, its hits pushed out by a flood: this one starts it
+            # climbing, so another wave of one-hit sources cannot push it out again.
+            self._readmitted += 1
+            return self._hold(addr, ip, [], entry)
+        once = self._once
+        if len(once) >= self._max_tracked:
+            self._evict_once()
+        once[ip] = entry
+        return None
 
-    def _second_hit(self, addr: Address, first: _Entry) -> _Window:
-        """The _Window of an address kept as its one hit so far, which comes back."""
-        state = self._tracked[addr] = _Window()  # in place: the eviction order is kept
-        state.seen_again = True
-        if self._now - first[0] < self._window:
-            state.hits.append(first)
-            if first[2] is None:
-                state.plain += first[3]
-            else:
-                state.count_key(first[2], first[3])
-        return state
+    def _evict_once(self) -> None:
+        """Make room in the admission tier: its oldest hit goes, into the doorkeeper."""
+        ip, (t, _, _, _) = self._once.popitem(last=False)
+        now = self._now
+        if now - t < self._window:
+            self._forgotten(ip)
+
+    def _forgotten(self, ip: int) -> None:
+        """`ip` loses live hits for room: remember that it was seen, in fixed memory."""
+        doorkeeper = self._doorkeeper
+        if doorkeeper is None:
+            doorkeeper = self._doorkeeper = Doorkeeper(self._window)
+        doorkeeper.add(ip, self._now)
+        self._evicted += 1
+        self._last_eviction = self._now
+
+    def _evict_climbing(self) -> None:
+        """The climbing tier is full: drop what holds no live hit, and at least 1/16 of it,
+        oldest first (they go to the doorkeeper, so their next hit climbs again)."""
+        climbing = self._climbing
+        now, window = self._now, self._window
+        dead = [ip for ip, packed in climbing.items()
+                if now - _LAST_TIME.unpack_from(packed, len(packed) - 8)[0] >= window]
+        for ip in dead:
+            del climbing[ip]
+        need = self._max_climbing // 16 - len(dead)
+        if need > 0:
+            for ip in list(islice(climbing, need)):
+                del climbing[ip]
+                self._forgotten(ip)
+        if len(climbing) * 2 < self._max_climbing:  # shed the dict's dead slots too
+            self._climbing = dict(climbing)
+
+    def _evict_window(self) -> None:
+        """Make room for one full window: drop the oldest that holds no score any more or was
+        not hit again since it was created or last spared; spare the others (to the back)."""
+        tracked = self._tracked
+        now, window = self._now, self._window
+        while True:
+            addr, state = tracked.popitem(last=False)
+            hits = state.hits
+            if not hits or now - hits[-1][0] >= window:
+                return  # no score left
+            if not state.seen_again:
+                self._forgotten(int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG)
+                return
+            state.seen_again = False
+            tracked[addr] = state
 
     def _to_units(self, weight: float) -> int:
         if 0 < weight <= MAX_WEIGHT:
@@ -363,30 +513,16 @@ class Scorer:
         self._units[weight] = units
         return units
 
-    def _evict_one(self) -> None:
-        """Make room for one window: drop the oldest that holds no score any more or was not
-        hit again since it was created or last spared; spare the others (to the back)."""
-        tracked = self._tracked
-        now, window = self._now, self._window
-        while True:
-            addr, state = tracked.popitem(last=False)
-            if type(state) is tuple:  # one hit, never seen again
-                if now - state[0] < window:
-                    self._evicted += 1
-                return
-            hits = state.hits  # type: ignore[union-attr]  # narrowed by the type() test
-            if not hits or now - hits[-1][0] >= window:
-                return  # no score left
-            if not state.seen_again:  # type: ignore[union-attr]
-                self._evicted += 1
-                return
-            state.seen_again = False  # type: ignore[union-attr]
-            tracked[addr] = state
-
     def _set_gate(self, addr: Address, until: float) -> None:
-        if len(self._gate) >= GATE_CACHE_SIZE:
+        if until == _FOREVER and addr not in self._banned:
+            self._gate_refusals += 1
             # Forget cached refusals (they are recomputed on demand); keep every ban mark.
-            self._gate = dict(self._banned)
+            # Only once refusals outnumber the marks: rebuilding costs one copy of the
+            # marks, paid for by as many refusals, so a ban's cost stays flat.
+            if self._gate_refusals > max(GATE_CACHE_SIZE, len(self._banned)):
+                self._gate = dict(self._banned)
+                self._gate_copied += len(self._gate)
+                self._gate_refusals = 1
         self._gate[addr] = until
 
     def refusal(self, addr: Address) -> str | None:
@@ -401,10 +537,10 @@ class Scorer:
 
     # -- bans ---------------------------------------------------------------------------
 
-    def _ban_host(self, addr: Address, state: _Window, at: float, score: float) -> list[Decision]:
+    def _ban_host(self, addr: Address, counts: Mapping[str, int], at: float, score: float
+                  ) -> list[Decision]:
+        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
         policy = self.policy
-        counts = Counter(entry[1] for entry in state.hits)
-        del self._tracked[addr]
         target = host_network(addr)
         duration = self._duration(target)
         self._remember_ban(target, at)
@@ -548,7 +684,7 @@ class Scorer:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
-            self._tracked.pop(addr, None)
+            self._drop_hits(addr)
             self._mark(self._banned, addr, until)
             self._set_gate(addr, until)
         else:
@@ -561,7 +697,7 @@ class Scorer:
         """
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
-            self._tracked.pop(addr, None)
+            self._drop_hits(addr)
             self._banned.pop(addr, None)
             self._gate.pop(addr, None)
             policy = self.policy
@@ -574,15 +710,36 @@ class Scorer:
             self._banned_subnets.pop(target, None)
             self._offenders.pop(target, None)
 
+    def _drop_hits(self, addr: Address) -> None:
+        ip = _key(addr)
+        self._tracked.pop(addr, None)
+        self._climbing.pop(ip, None)
+        self._once.pop(ip, None)
+
     # -- introspection ------------------------------------------------------------------
+
+    def _held(self, addr: Address) -> tuple[str | None, list[_Entry]]:
+        """The tier holding `addr` and its hits there, oldest first."""
+        ip = _key(addr)
+        state = self._tracked.get(addr)
+        if state is not None:
+            return "window", list(state.hits)
+        packed = self._climbing.get(ip)
+        if packed is not None:
+            kind, *times = _UNPACK[len(packed) >> 3](packed)
+            return "climbing", self._entries(int(kind), times)
+        first = self._once.get(ip)
+        if first is not None:
+            return "admission", [first]
+        if self._doorkeeper is not None and self._doorkeeper.seen(ip, self._now):
+            return "doorkeeper", []  # seen lately, its hits pushed out by a flood
+        return None, []
 
     def explain(self, addr: Address, now: float) -> dict[str, object]:
         """Why `addr` is (not) banned, as of `now`.  JSON-able; changes no scoring state."""
         policy = self.policy
         refusal = self.refusal(addr)
-        state = self._tracked.get(addr)
-        held = ([] if state is None else [state] if type(state) is tuple
-                else state.hits)  # type: ignore[union-attr]
+        tier, held = self._held(addr)
         entries = [e for e in held if now - e[0] < policy.window]
         until = self._banned.get(addr)
         banned_until: object = None
@@ -595,6 +752,7 @@ class Scorer:
             "address": str(addr),
             "jail": policy.name,
             "now": now,
+            "tier": tier,
             "score": _score_of(entries, policy.repeat_factor) / UNITS,
             "threshold": policy.threshold,
             "window": policy.window,
@@ -614,24 +772,38 @@ class Scorer:
             ),
         }
 
-    def stats(self) -> dict[str, int]:
-        """Counters since start: hits fed, ignored (never-ban addresses), bans, ..."""
+    def stats(self) -> dict[str, int | bool]:
+        """Counters since start (hits fed, ignored never-ban addresses, bans, ...), the
+        sources held in each tier now, and whether the jail works under flood."""
         return {
             "hits": self._hits,
             "ignored": self._ignored,
             "while_banned": self._while_banned,
             "stale": self._stale,
-            "tracked": len(self._tracked),
+            "tracked": self.tracked_count(),
+            "tracked_admission": len(self._once),
+            "tracked_climbing": len(self._climbing),
+            "tracked_windows": len(self._tracked),
             "evicted": self._evicted,
+            "readmitted": self._readmitted,
+            "sources_per_minute": max(self._new_this_minute, self._new_last_minute),
+            "under_flood": self._now - self._last_eviction < self.policy.window,
+            "gate_copies": self._gate_copied,
             "bans": self._bans,
             "subnet_bans": self._subnet_bans,
         }
 
     def tracked_count(self) -> int:
-        """Addresses with live score state (always <= policy.max_tracked)."""
-        return len(self._tracked)
+        """Addresses with live score state, in all tiers: at most max_tracked one-hit
+        sources, 12 * max_tracked climbing ones and max_tracked full windows."""
+        return len(self._once) + len(self._climbing) + len(self._tracked)
 
     @property
     def now(self) -> float:
         """The newest event time seen so far (-inf before the first hit)."""
         return self._now
+
+
+def _key(addr: Address) -> int:
+    """`addr` as the key of the packed tiers (see _V6_TAG)."""
+    return int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG
