@@ -7,12 +7,14 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
-from blocker.replay import ReplayResult, iso_time, replay_file
+from blocker.records import Decision
+from blocker.replay import ReplayResult, decision_json, iso_time, replay_file, write_json
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -65,15 +67,26 @@ def _test(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        result = replay_file(Path(args.log), config)
-    except OSError as exc:
-        print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAIL
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
+    if not args.json:
+        try:
+            result = replay_file(Path(args.log), config)
+        except OSError as exc:
+            print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
         print(_test_report(args.log, result))
+        return EXIT_OK
+    # Bans are spooled to a file while the log replays: a flood's million bans as objects
+    # would outweigh everything else the replay holds.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        def spill(decisions: list[Decision]) -> None:
+            spool.writelines(json.dumps(decision_json(d)) + "\n" for d in decisions)
+        try:
+            result = replay_file(Path(args.log), config, spill)
+        except OSError as exc:
+            print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
+        spool.seek(0)
+        write_json(result, spool, sys.stdout)
     return EXIT_OK
 
 
