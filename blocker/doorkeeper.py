@@ -23,7 +23,7 @@ from typing import Final
 __all__ = ["CELLS", "Doorkeeper"]
 
 CELLS: Final = 1 << 24  # 16 MB, allocated only once a scorer is under flood
-PROBES: Final = 4
+PROBES: Final = 4  # _probes() spells out four
 QUANTA: Final = 8  # stamps per window: a stamp is fresh for window * (1 + 1/QUANTA) at most
 _M64: Final = (1 << 64) - 1
 
@@ -38,26 +38,24 @@ class Doorkeeper:
         self._mask = cells - 1
         self._quantum = window / QUANTA
 
-    def _stamp(self, now: float) -> int:
-        return int(now // self._quantum) % 255 + 1  # 1..255; 0 is "never written"
-
-    def _probes(self, key: int) -> list[int]:
+    def _probes(self, key: int) -> tuple[int, int, int, int]:
+        """PROBES cell indexes for `key`: double hashing (h1 + i * h2) over 64-bit mixes."""
         x = (key ^ (key >> 64) ^ (key >> 128)) & _M64
-        h1 = (x * 0x9E3779B97F4A7C15) & _M64
+        h1 = ((x * 0x9E3779B97F4A7C15) & _M64) >> 7
         h2 = ((x ^ 0x5BD1E9955BD1E995) * 0xC2B2AE3D27D4EB4F) & _M64 | 1
         mask = self._mask
-        return [((h1 >> 7) + i * h2) & mask for i in range(PROBES)]
+        return h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask, (h1 + 3 * h2) & mask
 
     def add(self, key: int, now: float) -> None:
         """Note `key` (an address as an int) as seen at `now`."""
-        stamp = self._stamp(now)
+        stamp = int(now // self._quantum) % 255 + 1  # 1..255; 0 is "never written"
         cells = self._cells
-        for index in self._probes(key):
-            cells[index] = stamp
+        a, b, c, d = self._probes(key)
+        cells[a] = cells[b] = cells[c] = cells[d] = stamp
 
     def seen(self, key: int, now: float) -> bool:
         """True when `key` was added within the last window (and rarely when it was not)."""
-        newest = self._stamp(now)
+        newest = int(now // self._quantum) % 255 + 1
         cells = self._cells
         for index in self._probes(key):
             stamp = cells[index]

@@ -42,11 +42,52 @@ individually: which hosts get a Decision must not depend on the order of equal-t
 
 Never banned: special addresses, allowlisted addresses, the host's own addresses.
 
-Memory is bounded: at most ``max_tracked`` addresses with live window state; at the cap,
-a window that holds no score any more goes first, else the oldest address not hit again
-since it was created or last spared (the clock, or second chance, algorithm), so a flood of
-one-off sources evicts its own kind first.  At most 4096 hits per address (oldest dropped);
-ban marks, ban history and subnet counters each capped at ``max_tracked`` entries.
+Where a source's hits live (issue 9: floods of millions of sources)
+-------------------------------------------------------------------
+Each source is in at most one of three tiers, keyed by the address as an int (IPv6 with
+bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
+
+1. *Admission*: a source seen once, as that one hit; at most ``max_tracked`` of them, oldest
+   pushed out first (FIFO), ~220 bytes each.  Most sources of a flood never leave it.
+2. *Climbing*: a source with two or more live hits that are all plain (no distinct key) and
+   of one filter and weight: its kind number and the exact times of its hits, packed in one
+   ``bytes`` of 8 * (hits + 1) bytes, ~150 bytes a source with 4 hits (measured: a dict of
+   1M such records grows RSS by 122 bytes each plus the 32-byte key).  Up to
+   ``12 * max_tracked`` sources, so 1.2M at the default: every reflector of a 1M-source
+   storm is climbing at once while it sends its 2nd..5th SYN/ACK.  Past 16 hits, or on a
+   keyed or different hit, a source moves, all hits kept, to tier 3.
+3. *Full windows*: per-hit entries, distinct keys for scans, running sums (_Window), at most
+   ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
+   one hit again since it was last passed is spared once).
+
+A source pushed out of tier 1 (or 2 or 3) while it still had live hits is written into the
+*doorkeeper* (doorkeeper.py): a fixed 16 MB table of time stamps, allocated at the first such
+eviction, that answers "seen within the window?" with no false negatives.  When such a
+source comes back, its new hit starts it in tier 2 or 3 directly, so a wave of one-hit
+sources can never push it out again: eviction takes from the admission FIFO, and only
+climbing sources compete with climbing sources.
+
+Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
+exact for every source they hold.  While no tier has pushed out a live source, the engine
+decides exactly as the single-tier scorer before it (tests/reference_scorer.py, compared
+in tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under
+pressure it can only under-count: a pushed-out source loses the hits it had (at most one
+for a source pushed out of admission; the doorkeeper remembers *that* it was seen, never a
+hit, and its answer is never added to a score), so it needs that many more hits within the
+window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources
+a window) only lets a one-hit source skip admission: it costs a climbing slot, never a
+point of score.  Hence no address is ever banned on hits it did not send, and a ban's
+reason and ``explain`` list only hits the source sent.  What is lost, when: a source
+pushed out of admission before its second hit (over ``max_tracked`` new sources in between,
+and only once per window: after that it is climbing); a climbing source when more than
+``12 * max_tracked`` sources climb at once (oldest first, to the doorkeeper); a full
+window under the clock.  ``stats()`` reports tiers, evictions, readmissions, new sources
+per minute and ``under_flood`` (a live source was pushed out within the last window).
+
+At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
+counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
+refusals) is rebuilt from the marks only once cached refusals outnumber them, so a ban
+costs the same with 1M marks as with 10.
 """
 
 from __future__ import annotations
@@ -61,7 +102,7 @@ from ipaddress import IPv4Address
 from itertools import islice
 from typing import Final, TypeVar
 
-from blocker.addresses import AllowList, host_network, is_special, is_special_network, subnet_of
+from blocker.addresses import AddressRules, host_network, subnet_of
 from blocker.doorkeeper import Doorkeeper
 from blocker.records import Address, Decision, Hit, Network, network_text
 
@@ -240,8 +281,8 @@ class Scorer:
         if problems:
             raise ValueError(f"jail {policy.name!r}: " + "; ".join(problems))
         self.policy = policy
-        self._allow = AllowList(policy.allow)
-        self._own = frozenset(policy.own_addresses)
+        self.rules = AddressRules(policy.allow, policy.own_addresses, policy.name)
+        self.refusal = self.rules.address_refusal  # why an address may never be banned
         self._window = policy.window
         self._repeat_factor = policy.repeat_factor
         # Rounded like the weights, so 3 hits of 0.1 do reach a threshold of 0.3.
@@ -322,7 +363,7 @@ class Scorer:
         entry = (t, filter_name, key, weight)
         state = self._tracked.get(addr)
         if state is None:
-            ip = int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG
+            ip = int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG
             packed = self._climbing.get(ip)
             if packed is not None:
                 return self._climb(addr, ip, packed, entry)
@@ -498,7 +539,7 @@ class Scorer:
             if not hits or now - hits[-1][0] >= window:
                 return  # no score left
             if not state.seen_again:
-                self._forgotten(int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG)
+                self._forgotten(int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG)
                 return
             state.seen_again = False
             tracked[addr] = state
@@ -524,16 +565,6 @@ class Scorer:
                 self._gate_copied += len(self._gate)
                 self._gate_refusals = 1
         self._gate[addr] = until
-
-    def refusal(self, addr: Address) -> str | None:
-        """Why `addr` may never be banned ("special", "own address", "allowlisted"), or None."""
-        if is_special(addr):
-            return "special"
-        if self._own and addr in self._own:  # empty in a replay: skip hashing for nothing
-            return "own address"
-        if self._allow.contains_address(addr):
-            return "allowlisted"
-        return None
 
     # -- bans ---------------------------------------------------------------------------
 
@@ -599,9 +630,7 @@ class Scorer:
 
     def subnet_may_be_banned(self, subnet: Network) -> bool:
         """False for subnets holding an own address, allowlisted or special addresses."""
-        if any(own in subnet for own in self._own):
-            return False
-        return not (self._allow.overlaps(subnet) or is_special_network(subnet))
+        return self.rules.network_refusal(subnet) is None
 
     def _count_offender(self, subnet: Network, addr: Address, at: float) -> dict[Address, float]:
         """Record `addr` as banned at `at` in `subnet`; return its live offenders."""
@@ -806,4 +835,4 @@ class Scorer:
 
 def _key(addr: Address) -> int:
     """`addr` as the key of the packed tiers (see _V6_TAG)."""
-    return int(addr) if type(addr) is IPv4Address else int(addr) | _V6_TAG
+    return int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG

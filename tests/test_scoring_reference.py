@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loglines import PROBER4, synack
 from reference_scorer import ReferenceScorer
 from test_scoring_properties import KEYS, NEVER, ORDINARY, WEIGHTS, policies
 
@@ -110,3 +112,13 @@ def test_bench_mixed_log_decides_as_the_reference(tmp_path: Path) -> None:
     found = new.feed_text(text, BASE)
     assert found == old.feed_text(text, BASE)
     assert len(found) >= 20
+
+
+def test_state_from_parsed_addresses_is_found_by_plain_ones() -> None:
+    # The parser's address types are subclasses: explain() with ip_address() must agree.
+    new, _ = _pipelines()
+    new.feed_text(f"{synack(at=BASE)}\n{synack(at=BASE + 1)}\n", BASE)
+    probes = new.runner("probes")
+    assert probes is not None
+    info = probes.scorer.explain(ip_address(PROBER4), BASE + 1)
+    assert (info["tier"], info["score"]) == ("climbing", 2.0)
