@@ -10,6 +10,8 @@ Scenarios (SYN/ACK lines in the rsyslog rfc3339 style, the shipped jails.toml):
      ranges, spread evenly over `--seconds` of log time, with 10 attackers (198.51.100.1-10)
      each sending 6 SYN/ACKs 10 s apart in the middle minute. Checked: all 10 banned, no
      spoofed source banned (alone or inside a banned subnet).
+  c  bench's mixed 1M-line log (gen_kernlog.py, cached): the full `bans` of every tree
+     compared; prints whether they are identical (needs --baseline).
   b  `--sources` reflectors x 6 SYN/ACKs in 6 rounds of one line per reflector, same order
      every round, so each reflector's lines are `--sources` lines apart; the 6 rounds take
      55 s of log time (one window). Checked: every reflector banned, alone or inside a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import json
 import mmap
 import os
 import random
@@ -40,7 +43,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_kernlog import DEFAULT_START, HOST, HOST_V4, MAC_V4  # a sibling script
+from gen_kernlog import DEFAULT_START, HOST, HOST_V4, MAC_V4, default_path, generate
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -179,9 +182,26 @@ def covered(addr: str, hosts: set[str], subnets: set[str]) -> bool:
     return str(IPv4Network((int(IPv4Address(addr)) & ~0xFF, 24))) in subnets
 
 
+def compare_mixed(baselines: list[Path]) -> int:
+    log = default_path(1_000_000, 1, "rfc3339")
+    if not log.exists():
+        generate(log, 1_000_000, 1, "rfc3339")
+    outputs = []
+    for tree in [*baselines, REPO]:
+        wall, cpu, rss, result = run(tree.resolve(), log)
+        data = json.loads(result.read_text(encoding="utf-8"))
+        result.unlink()
+        outputs.append(data["bans"])
+        print(f"  {tree!s:32} wall {wall:6.1f} s  cpu {cpu:6.1f} s  peak RSS "
+              f"{rss / 2**20:6.0f} MiB  bans {len(data['bans']):,}")
+    same = all(bans == outputs[-1] for bans in outputs)
+    print(f"{log.name}: bans identical in every tree: {same}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("scenario", choices=("a", "b"))
+    parser.add_argument("scenario", choices=("a", "b", "c"))
     parser.add_argument("--sources", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=60.0, help="scenario a: log span")
     parser.add_argument("--spread", choices=("clustered", "random"), default="clustered")
@@ -190,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another checkout to run on the same file (repeatable)")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.scenario == "c":
+        return compare_mixed(args.baseline)
     if args.scenario == "a":
         log = OUT / f"flood_a_{args.sources}_{args.seconds:g}s_{args.seed}.log"
     else:
