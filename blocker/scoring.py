@@ -96,22 +96,23 @@ import math
 import struct
 from bisect import insort
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from itertools import islice
-from typing import Final, TypeVar
+from typing import Final
 
-from blocker.addresses import AddressRules, host_network, subnet_of
+from blocker.addresses import AddressRules, host_network
+from blocker.ban_book import BanBook
+from blocker.ban_history import BanHistory
 from blocker.doorkeeper import Doorkeeper
 from blocker.records import Address, Decision, Hit, Network, network_text
+from blocker.subnet_escalation import SubnetOffenders
 
 __all__ = ["JailPolicy", "Scorer"]
 
 UNITS: Final = 1_000_000  # weights are summed as integer micro-points: exact and order-free
 MAX_HITS_PER_ADDRESS: Final = 4096
-MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
-GATE_CACHE_SIZE: Final = 65536
 CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_tracked sources
 MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
 MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
@@ -126,7 +127,6 @@ _LAST_TIME: Final = struct.Struct("<d")
 
 # (time, filter, distinct_key, weight in UNITS)
 _Entry = tuple[float, str, tuple[object, ...] | None, int]
-_K = TypeVar("_K", bound=Hashable)
 MAX_WEIGHT: Final = 1e9  # one hit never needs more; keeps int() away from inf
 _FOREVER: Final = math.inf  # a module global: one lookup on the hot path, not two
 
@@ -300,19 +300,13 @@ class Scorer:
         self._kind_numbers: dict[tuple[str, int], int] = {}
         # Tier 3, full windows: keyed (scan) or mixed hits, in clock eviction order
         self._tracked: OrderedDict[Address, _Window] = OrderedDict()
-        # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
-        # for an address that may never be banned.  Addresses not in it are open.
-        self._gate: dict[Address, float] = {}
-        self._gate_refusals = 0  # refusals added to the gate since it was last rebuilt
-        self._gate_copied = 0  # entries copied by gate rebuilds (work, for tests)
         self._units: dict[float, int] = {}  # hit weight -> integer micro-points
-        # host address -> banned until (hits make no decisions before then)
-        self._banned: OrderedDict[Address, float] = OrderedDict()
-        self._banned_subnets: OrderedDict[Network, float] = OrderedDict()
-        # target -> times of its bans, oldest first (for ban time growth)
-        self._history: OrderedDict[Network, list[float]] = OrderedDict()
-        # subnet -> {banned host address: ban time} (for escalation)
-        self._offenders: OrderedDict[Network, dict[Address, float]] = OrderedDict()
+        self.book = BanBook(policy.max_tracked)  # who is banned until when, and the gate
+        self.history = BanHistory(policy.ban_time, policy.ban_factor, policy.max_ban_time,
+                                  policy.history_window, policy.max_tracked)
+        self.escalation = SubnetOffenders(policy.subnet_min_offenders, policy.subnet_window,
+                                          policy.subnet_v4_prefix, policy.subnet_v6_prefix,
+                                          policy.max_tracked)
         self._hits = 0
         self._ignored = 0
         self._while_banned = 0
@@ -346,9 +340,9 @@ class Scorer:
         if t > self._now:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._now = t
         now = self._now
-        until = self._gate.get(addr)
+        until = self.book.gate.get(addr)
         if until is not None and now < until:
-            if until == _FOREVER and addr not in self._banned:
+            if until == _FOREVER and addr not in self.book.hosts:
                 self._ignored += 1
             else:
                 self._while_banned += 1
@@ -472,7 +466,7 @@ class Scorer:
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self.refusal(addr) is not None:
-            self._set_gate(addr, math.inf)
+            self.book.refuse(addr)
             self._ignored += 1
             return None
         t = entry[0]
@@ -554,18 +548,6 @@ class Scorer:
         self._units[weight] = units
         return units
 
-    def _set_gate(self, addr: Address, until: float) -> None:
-        if until == _FOREVER and addr not in self._banned:
-            self._gate_refusals += 1
-            # Forget cached refusals (they are recomputed on demand); keep every ban mark.
-            # Only once refusals outnumber the marks: rebuilding costs one copy of the
-            # marks, paid for by as many refusals, so a ban's cost stays flat.
-            if self._gate_refusals > max(GATE_CACHE_SIZE, len(self._banned)):
-                self._gate = dict(self._banned)
-                self._gate_copied += len(self._gate)
-                self._gate_refusals = 1
-        self._gate[addr] = until
-
     # -- bans ---------------------------------------------------------------------------
 
     def _ban_host(self, addr: Address, counts: Mapping[str, int], at: float, score: float
@@ -573,10 +555,9 @@ class Scorer:
         """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
         policy = self.policy
         target = host_network(addr)
-        duration = self._duration(target)
-        self._remember_ban(target, at)
-        self._mark(self._banned, addr, at + duration)
-        self._set_gate(addr, at + duration)
+        duration = self.history.duration(target, self._now)
+        self.history.remember(target, at, self._now)
+        self.book.ban_host(addr, at + duration, self._now)
         self._bans += 1
         filters = tuple(sorted(counts))
         detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
@@ -601,18 +582,19 @@ class Scorer:
 
     def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
         policy = self.policy
-        subnet = subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-        offenders = self._count_offender(subnet, addr, at)
+        escalation = self.escalation
+        subnet = escalation.subnet(addr)
+        offenders = escalation.count(subnet, addr, at, self._now)
         if len(offenders) < policy.subnet_min_offenders:
             return None
-        until = self._banned_subnets.get(subnet)
+        until = self.book.subnet_until(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):
             return None
-        duration = self._duration(subnet)
-        self._remember_ban(subnet, at)
-        self._mark(self._banned_subnets, subnet, at + duration)
+        duration = self.history.duration(subnet, self._now)
+        self.history.remember(subnet, at, self._now)
+        self.book.ban_subnet(subnet, at + duration, self._now)
         self._subnet_bans += 1
         hosts = ", ".join(str(host) for host in sorted(offenders))
         return Decision(
@@ -632,92 +614,24 @@ class Scorer:
         """False for subnets holding an own address, allowlisted or special addresses."""
         return self.rules.network_refusal(subnet) is None
 
-    def _count_offender(self, subnet: Network, addr: Address, at: float) -> dict[Address, float]:
-        """Record `addr` as banned at `at` in `subnet`; return its live offenders."""
-        offenders = self._offenders.get(subnet)
-        if offenders is None:
-            offenders = self._offenders[subnet] = {}
-            while len(self._offenders) > self._max_tracked:
-                self._offenders.popitem(last=False)
-        else:
-            self._offenders.move_to_end(subnet)
-        offenders[addr] = max(at, offenders.get(addr, at))
-        horizon = self._now - self.policy.subnet_window
-        for host in [host for host, when in offenders.items() if when <= horizon]:
-            del offenders[host]
-        # Only "are there enough?" matters, so the newest few are all worth keeping.
-        keep = max(self.policy.subnet_min_offenders, 1) * 4
-        while len(offenders) > keep:  # ties broken by address: hit order must not matter
-            oldest = min(offenders.items(), key=lambda item: (item[1], item[0]))
-            del offenders[oldest[0]]
-        return offenders
-
-    def _earlier_bans(self, target: Network, now: float) -> int:
-        times = self._history.get(target)
-        if not times:
-            return 0
-        horizon = now - self.policy.history_window
-        return sum(1 for when in times if horizon < when <= now)
-
-    def _duration(self, target: Network) -> float:
-        policy = self.policy
-        if math.isinf(policy.ban_time):
-            return math.inf
-        duration = policy.ban_time
-        for _ in range(self._earlier_bans(target, self._now)):
-            duration *= policy.ban_factor
-            if duration >= policy.max_ban_time:
-                break
-        return min(duration, policy.max_ban_time)
-
-    def _remember_ban(self, target: Network, at: float) -> None:
-        history = self._history
-        times = history.get(target)
-        if times is None:
-            times = history[target] = []
-            while len(history) > self._max_tracked:
-                history.popitem(last=False)
-        else:
-            history.move_to_end(target)
-        insort(times, at)
-        horizon = max(self._now, at) - self.policy.history_window
-        drop = sum(1 for when in times if when <= horizon)
-        drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
-        if drop > 0:
-            del times[:drop]
-
-    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float) -> None:
-        marks[key] = until
-        marks.move_to_end(key)
-        if len(marks) <= self._max_tracked:
-            return
-        # Sweep expired marks first; drop to 90% so the sweep is amortized over many bans.
-        now = self._now
-        for stale in [k for k, u in marks.items() if u <= now]:
-            del marks[stale]
-        while len(marks) > self._max_tracked * 9 // 10:
-            marks.popitem(last=False)
-
     # -- state from outside: restore, manual bans, unbans -------------------------------
 
     def restore_history(self, entries: Iterable[tuple[Network, float]]) -> None:
         """Load earlier bans (target, at), e.g. from the state database at startup."""
         for target, at in entries:
-            self._remember_ban(target, at)
+            self.history.remember(target, at, self._now)
             if target.prefixlen == target.max_prefixlen and self.policy.subnet_min_offenders:
                 addr = target.network_address
-                subnet = subnet_of(addr, self.policy.subnet_v4_prefix, self.policy.subnet_v6_prefix)
-                self._count_offender(subnet, addr, at)
+                self.escalation.count(self.escalation.subnet(addr), addr, at, self._now)
 
     def mark_banned(self, target: Network, until: float) -> None:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
             self._drop_hits(addr)
-            self._mark(self._banned, addr, until)
-            self._set_gate(addr, until)
+            self.book.ban_host(addr, until, self._now)
         else:
-            self._mark(self._banned_subnets, target, until)
+            self.book.ban_subnet(target, until, self._now)
 
     def forget(self, target: Network) -> None:
         """Admin unban: clear the target's score window, ban mark and escalation count.
@@ -727,17 +641,11 @@ class Scorer:
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
             self._drop_hits(addr)
-            self._banned.pop(addr, None)
-            self._gate.pop(addr, None)
-            policy = self.policy
-            offenders = self._offenders.get(
-                subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-            )
-            if offenders is not None:
-                offenders.pop(addr, None)
+            self.book.forget_host(addr)
+            self.escalation.forget_host(addr)
         else:
-            self._banned_subnets.pop(target, None)
-            self._offenders.pop(target, None)
+            self.book.forget_subnet(target)
+            self.escalation.forget_subnet(target)
 
     def _drop_hits(self, addr: Address) -> None:
         ip = _key(addr)
@@ -770,13 +678,12 @@ class Scorer:
         refusal = self.refusal(addr)
         tier, held = self._held(addr)
         entries = [e for e in held if now - e[0] < policy.window]
-        until = self._banned.get(addr)
+        until = self.book.host_until(addr)
         banned_until: object = None
         if until is not None and now < until:
             banned_until = until if math.isfinite(until) else "permanent"
-        subnet = subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-        subnet_until = self._banned_subnets.get(subnet)
-        offenders = self._offenders.get(subnet, {})
+        subnet = self.escalation.subnet(addr)
+        subnet_until = self.book.subnet_until(subnet)
         return {
             "address": str(addr),
             "jail": policy.name,
@@ -790,12 +697,10 @@ class Scorer:
                 for t, name, key, weight in entries
             ],
             "banned_until": banned_until,
-            "earlier_bans": self._earlier_bans(host_network(addr), now),
+            "earlier_bans": self.history.earlier_bans(host_network(addr), now),
             "never_banned_because": refusal,
             "subnet": network_text(subnet),
-            "subnet_offenders": sum(
-                1 for when in offenders.values() if now - when < policy.subnet_window
-            ),
+            "subnet_offenders": self.escalation.live(subnet, now),
             "subnet_banned_until": (
                 _jsonable(subnet_until) if subnet_until is not None and now < subnet_until else None
             ),
@@ -817,7 +722,7 @@ class Scorer:
             "readmitted": self._readmitted,
             "sources_per_minute": max(self._new_this_minute, self._new_last_minute),
             "under_flood": self._now - self._last_eviction < self.policy.window,
-            "gate_copies": self._gate_copied,
+            "gate_copies": self.book.gate_copies,
             "bans": self._bans,
             "subnet_bans": self._subnet_bans,
         }

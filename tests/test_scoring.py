@@ -9,7 +9,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from blocker import scoring
+from blocker.ban_book import GATE_CACHE_SIZE
 from blocker.records import Address, Decision, Hit, Network
 from blocker.scoring import JailPolicy, Scorer
 
@@ -558,7 +558,7 @@ def test_one_million_ban_marks_cost_flat_gate_work() -> None:
     copied = s.stats()["gate_copies"]
     assert isinstance(copied, int)
     assert copied <= 2 * (bans + bans // 2)
-    assert bans > scoring.GATE_CACHE_SIZE
+    assert bans > GATE_CACHE_SIZE
 
 
 def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> None:
