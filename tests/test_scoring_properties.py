@@ -9,7 +9,7 @@ from ipaddress import ip_address, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blocker import scoring
+from blocker import tiers
 from blocker.addresses import is_special, is_special_network
 from blocker.records import Address, Decision, Hit
 from blocker.scoring import JailPolicy, Scorer
@@ -164,7 +164,7 @@ def test_tracked_addresses_never_exceed_the_cap(
         scorer.feed(h)
         stats = scorer.stats()
         assert stats["tracked_admission"] <= cap
-        assert stats["tracked_climbing"] <= cap * scoring.CLIMBING_PER_TRACKED
+        assert stats["tracked_climbing"] <= cap * tiers.CLIMBING_PER_TRACKED
         assert stats["tracked_windows"] <= cap
         assert stats["tracked"] == scorer.tracked_count()
 
