@@ -1,5 +1,11 @@
 """Turn Hits into ban Decisions.  PURE: no clock reads, no I/O; time comes from Hit.time.
 
+The per-jail engine, Scorer, composes small parts, each with one job (all pure):
+tiers.py (where a source's hits live: admission, climbing, full windows, doorkeeper.py),
+score_window.py (one source's Window), ban_book.py (marks while banned and the gate),
+ban_history.py (repeat-offender growth), subnet_escalation.py (banned hosts per subnet)
+and addresses.py (whether an address or a subnet may be banned at all).
+
 Score model (one Scorer per jail)
 ---------------------------------
 ``now`` is the newest event time the scorer has seen (``max`` of every Hit.time), so

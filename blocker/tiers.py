@@ -32,11 +32,30 @@ CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_track
 MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
 MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
 _V6_TAG: Final = 1 << 128
-# A climbing source's record: its kind number, then the times of its live hits, oldest
-# first, all as doubles (exact: the times are the lines' own floats).
+# A climbing source's record: hits * MAX_KINDS + its kind number, then the times of its
+# live hits, oldest first, all as doubles (exact: the times are the lines' own floats).
+# Records of up to SMALL_RECORD hits all take SMALL_RECORD slots: one size of block, so
+# the allocator reuses the block a record frees when it grows by a hit (with one size per
+# hit count, a storm left a million freed blocks of each smaller size behind).
+SMALL_RECORD: Final = 4
 _PACK: Final = [struct.Struct(f"<{n}d").pack for n in range(MAX_CLIMBING_HITS + 2)]
 _UNPACK: Final = [struct.Struct(f"<{n}d").unpack for n in range(MAX_CLIMBING_HITS + 2)]
-_LAST_TIME: Final = struct.Struct("<d")
+_PAD: Final = [(0.0,) * (SMALL_RECORD - n) for n in range(SMALL_RECORD + 1)]
+
+
+def _pack(kind: int, times: list[float]) -> bytes:
+    hits = len(times)
+    if hits <= SMALL_RECORD:
+        return _PACK[SMALL_RECORD + 1](hits * MAX_KINDS + kind, *times, *_PAD[hits])
+    return _PACK[hits + 1](hits * MAX_KINDS + kind, *times)
+
+
+def _unpack(packed: bytes) -> tuple[int, list[float]]:
+    """(kind number, hit times) of a climbing record."""
+    header, *times = _UNPACK[len(packed) >> 3](packed)
+    hits, kind = divmod(int(header), MAX_KINDS)
+    del times[hits:]
+    return kind, times
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
 Reached = tuple[Mapping[str, int], float]
@@ -121,11 +140,10 @@ class Tiers:
                ) -> Reached | None:
         """One more hit of a source in the climbing tier."""
         t, name, key, weight = entry
-        kind, *times = _UNPACK[len(packed) >> 3](packed)
+        number, times = _unpack(packed)
         now, window = self.now, self._window
         if now - times[0] >= window:
             times = [when for when in times if now - when < window]
-        number = int(kind)
         if key is not None or self._kinds[number] != (name, weight) or \
                 len(times) >= MAX_CLIMBING_HITS:
             del self._climbing[ip]  # not one kind of plain hit any more: a full window
@@ -138,7 +156,7 @@ class Tiers:
         if score >= self._threshold_units:
             del self._climbing[ip]
             return {name: len(times)}, score
-        self._climbing[ip] = _PACK[len(times) + 1](kind, *times)
+        self._climbing[ip] = _pack(number, times)
         return None
 
     def _entries(self, number: int, times: Iterable[float]) -> list[Entry]:
@@ -164,7 +182,7 @@ class Tiers:
             if len(climbing) >= self._max_climbing:
                 self._evict_climbing()
             times = sorted([e[0] for e in earlier] + [entry[0]])
-            climbing[ip] = _PACK[count + 1](number, *times)
+            climbing[ip] = _pack(number, times)
             return None
         tracked = self._tracked
         if len(tracked) >= self._max_tracked:
@@ -235,7 +253,7 @@ class Tiers:
         climbing = self._climbing
         now, window = self.now, self._window
         dead = [ip for ip, packed in climbing.items()
-                if now - _LAST_TIME.unpack_from(packed, len(packed) - 8)[0] >= window]
+                if now - max(_unpack(packed)[1], default=-math.inf) >= window]
         for ip in dead:
             del climbing[ip]
         need = self._max_climbing // 16 - len(dead)
@@ -279,8 +297,8 @@ class Tiers:
             return "window", list(state.hits)
         packed = self._climbing.get(ip)
         if packed is not None:
-            kind, *times = _UNPACK[len(packed) >> 3](packed)
-            return "climbing", self._entries(int(kind), times)
+            number, times = _unpack(packed)
+            return "climbing", self._entries(number, times)
         first = self._once.get(ip)
         if first is not None:
             return "admission", [first]
