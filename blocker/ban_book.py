@@ -1,8 +1,9 @@
 """Ban book: who is banned until when, so their further hits stay quiet.  PURE.
 
 Host marks and subnet marks, each capped at ``cap`` (past it, expired marks are swept and
-the oldest dropped down to 90%, so the sweep is amortized over many bans).  A forgotten
-mark only means a later hit of that host is scored again and may ban it again.
+the oldest dropped down to 90%, so the sweep is amortized over many bans), and the gate
+with them.  A forgotten mark only means a later hit of that host is scored again and may
+ban it again.
 
 ``gate`` is the one lookup the engine's hot path makes per hit: host -> drop its hits
 while now < this, holding every host mark and a cache of refusals (``inf`` for addresses
@@ -51,8 +52,10 @@ class BanBook:
         self.gate[addr] = math.inf
 
     def ban_host(self, addr: Address, until: float, now: float) -> None:
-        self._mark(self.hosts, addr, until, now)
         self.gate[addr] = until
+        for gone in self._mark(self.hosts, addr, until, now):
+            if self.gate.get(gone) != math.inf:  # a refusal stays cached
+                self.gate.pop(gone, None)
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
         self._mark(self.subnets, subnet, until, now)
@@ -70,12 +73,17 @@ class BanBook:
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
 
-    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float) -> None:
+    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float
+              ) -> list[_K]:
+        """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
+        sweep is amortized over many bans).  Returns the keys dropped."""
         marks[key] = until
         marks.move_to_end(key)
         if len(marks) <= self._cap:
-            return
-        for stale in [k for k, u in marks.items() if u <= now]:
+            return []
+        gone = [k for k, u in marks.items() if u <= now]
+        for stale in gone:
             del marks[stale]
         while len(marks) > self._cap * 9 // 10:
-            marks.popitem(last=False)
+            gone.append(marks.popitem(last=False)[0])
+        return gone

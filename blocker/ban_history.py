@@ -32,11 +32,13 @@ class BanHistory:
         self._max_ban_time = max_ban_time
         self._history_window = history_window
         self._cap = cap
-        # target -> times of its bans, oldest first; least recently banned target first
-        self._times: OrderedDict[Network, list[float]] = OrderedDict()
+        # target -> times of its bans, oldest first; least recently banned target first.
+        # Keyed by (first address as an int, prefix length, version): a Network object
+        # with its cached properties weighs ~400 bytes, and a storm bans a million.
+        self._times: OrderedDict[tuple[int, int, int], list[float]] = OrderedDict()
 
     def earlier_bans(self, target: Network, now: float) -> int:
-        times = self._times.get(target)
+        times = self._times.get(_key(target))
         if not times:
             return 0
         horizon = now - self._history_window
@@ -56,16 +58,21 @@ class BanHistory:
     def remember(self, target: Network, at: float, now: float) -> None:
         """Record a ban of `target` at `at` (`now`: the newest event time)."""
         history = self._times
-        times = history.get(target)
+        key = _key(target)
+        times = history.get(key)
         if times is None:
-            times = history[target] = []
+            times = history[key] = []
             while len(history) > self._cap:
                 history.popitem(last=False)
         else:
-            history.move_to_end(target)
+            history.move_to_end(key)
         insort(times, at)
         horizon = max(now, at) - self._history_window
         drop = sum(1 for when in times if when <= horizon)
         drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
         if drop > 0:
             del times[:drop]
+
+
+def _key(target: Network) -> tuple[int, int, int]:
+    return int(target.network_address), target.prefixlen, target.version

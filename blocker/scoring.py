@@ -305,11 +305,10 @@ class Scorer:
 
     def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
         policy = self.policy
-        escalation = self.escalation
-        subnet = escalation.subnet(addr)
-        offenders = escalation.count(subnet, addr, at, self._now)
+        offenders = self.escalation.count(addr, at, self._now)
         if len(offenders) < policy.subnet_min_offenders:
             return None
+        subnet = self.escalation.subnet(addr)
         until = self.book.subnet_until(subnet)
         if until is not None and self._now < until:
             return None
@@ -345,7 +344,7 @@ class Scorer:
             self.history.remember(target, at, self._now)
             if target.prefixlen == target.max_prefixlen and self.policy.subnet_min_offenders:
                 addr = target.network_address
-                self.escalation.count(self.escalation.subnet(addr), addr, at, self._now)
+                self.escalation.count(addr, at, self._now)
 
     def mark_banned(self, target: Network, until: float) -> None:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""

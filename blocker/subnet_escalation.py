@@ -10,6 +10,7 @@ most ``cap`` subnets (least recently touched forgotten first).
 from __future__ import annotations
 
 from collections import OrderedDict
+from ipaddress import IPv4Address, IPv4Network
 
 from blocker.addresses import subnet_of
 from blocker.records import Address, Network
@@ -18,7 +19,8 @@ __all__ = ["SubnetOffenders"]
 
 
 class SubnetOffenders:
-    __slots__ = ("_cap", "_offenders", "min_offenders", "v4_prefix", "v6_prefix", "window")
+    __slots__ = ("_cap", "_offenders", "_v4_shift", "_v6_shift", "min_offenders", "v4_prefix",
+                 "v6_prefix", "window")
 
     def __init__(self, min_offenders: int, window: float, v4_prefix: int, v6_prefix: int,
                  cap: int) -> None:
@@ -27,23 +29,38 @@ class SubnetOffenders:
         self.v4_prefix = v4_prefix
         self.v6_prefix = v6_prefix
         self._cap = cap
-        # subnet -> {banned host address: ban time}
-        self._offenders: OrderedDict[Network, dict[Address, float]] = OrderedDict()
+        self._v4_shift = 32 - v4_prefix
+        self._v6_shift = 128 - v6_prefix
+        # subnet key (see _key) -> {banned host address: ban time}.  Not Network objects:
+        # one weighs ~400 bytes with its cached properties, and a storm touches 100,000s.
+        self._offenders: OrderedDict[tuple[int, int], dict[Address, float]] = OrderedDict()
 
     def subnet(self, addr: Address) -> Network:
         """The subnet `addr` escalates to, e.g. 203.0.113.0/24."""
         return subnet_of(addr, self.v4_prefix, self.v6_prefix)
 
-    def count(self, subnet: Network, addr: Address, at: float, now: float
-              ) -> dict[Address, float]:
-        """Record `addr` as banned at `at` in `subnet`; return its live offenders."""
-        offenders = self._offenders.get(subnet)
+    def _key(self, addr: Address) -> tuple[int, int]:
+        if isinstance(addr, IPv4Address):
+            return 4, int(addr) >> self._v4_shift
+        return 6, int(addr) >> self._v6_shift
+
+    def _subnet_key(self, subnet: Network) -> tuple[int, int] | None:
+        prefix = self.v4_prefix if isinstance(subnet, IPv4Network) else self.v6_prefix
+        if subnet.prefixlen != prefix:
+            return None
+        return self._key(subnet.network_address)
+
+    def count(self, addr: Address, at: float, now: float) -> dict[Address, float]:
+        """Record `addr` as banned at `at` in its subnet; return the subnet's live
+        offenders."""
+        key = self._key(addr)
+        offenders = self._offenders.get(key)
         if offenders is None:
-            offenders = self._offenders[subnet] = {}
+            offenders = self._offenders[key] = {}
             while len(self._offenders) > self._cap:
                 self._offenders.popitem(last=False)
         else:
-            self._offenders.move_to_end(subnet)
+            self._offenders.move_to_end(key)
         offenders[addr] = max(at, offenders.get(addr, at))
         horizon = now - self.window
         for host in [host for host, when in offenders.items() if when <= horizon]:
@@ -56,13 +73,16 @@ class SubnetOffenders:
 
     def live(self, subnet: Network, now: float) -> int:
         """Hosts of `subnet` banned within the window before `now` (for explain)."""
-        offenders = self._offenders.get(subnet, {})
+        key = self._subnet_key(subnet)
+        offenders = {} if key is None else self._offenders.get(key, {})
         return sum(1 for when in offenders.values() if now - when < self.window)
 
     def forget_host(self, addr: Address) -> None:
-        offenders = self._offenders.get(self.subnet(addr))
+        offenders = self._offenders.get(self._key(addr))
         if offenders is not None:
             offenders.pop(addr, None)
 
     def forget_subnet(self, subnet: Network) -> None:
-        self._offenders.pop(subnet, None)
+        key = self._subnet_key(subnet)
+        if key is not None:
+            self._offenders.pop(key, None)
