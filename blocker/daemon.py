@@ -26,7 +26,7 @@ from blocker.host import host_addresses
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import Source, SourceError, open_source
-from blocker.state import State
+from blocker.state import State, StateError
 
 log = logging.getLogger("blocker")
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
     try:
         daemon = Daemon(config, args)
-    except (OSError, SourceError) as exc:
+    except (OSError, SourceError, StateError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return daemon.run()

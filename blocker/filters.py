@@ -29,12 +29,27 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from blocker.records import Address, Hit, Packet, Signature
+from blocker.validators import (
+    ANY_TABLE,
+    Bool,
+    Choice,
+    ConfigError,
+    Integers,
+    Invalid,
+    Number,
+    Regex,
+    Strings,
+    Text,
+    Validator,
+    check,
+)
+
+T = TypeVar("T")
 
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
-_DIRECTIONS = frozenset(("in", "out", "forward"))
 # What a distinct key can be made of, in the order DistinctKey takes the values.
 _DISTINCT_FIELDS = ("src", "dst", "sport", "dport", "proto", "icmp_type")
 _TOP_KEYS = frozenset(("name", "description", "offender", "weight", "distinct", "match", "ignore"))
@@ -43,17 +58,10 @@ _MATCH_KEYS = frozenset(
      "prefix", "dst_unicast", "icmp_type", "icmp_code")
 )
 _IGNORE_KEYS = frozenset(("prefix",))
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
-class FilterError(ValueError):
+class FilterError(ConfigError):
     """A filter file is invalid: names the file, the key and the reason."""
-
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(f"{path}: {key}: {reason}")
-        self.path = path
-        self.key = key
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -239,34 +247,28 @@ def load_filter(path: Path) -> Filter:
 
 
 def parse_filter(data: dict[str, Any], where: str, default_name: str = "") -> Filter:
+    def get(validator: Validator[T], table: dict[str, Any], key: str, default: object,
+            scope: str = "") -> T:
+        return check(validator, table.get(key, default), where, scope + key, FilterError)
+
     _no_unknown(data, _TOP_KEYS, where, "")
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise FilterError(where, "name", "must be lowercase letters, digits, '_' or '-'")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise FilterError(where, "description", "must be a string")
-    offender = data.get("offender", "src")
-    if offender not in ("src", "dst"):
-        raise FilterError(where, "offender", "must be 'src' or 'dst'")
-    weight = _number(data.get("weight", 1.0), where, "weight")
-    if not 0 < weight <= 1000:
-        raise FilterError(where, "weight", "must be > 0 and <= 1000")
-    distinct = _strings(data.get("distinct", []), where, "distinct")
-    for field_name in distinct:
-        if field_name not in _DISTINCT_FIELDS:
-            raise FilterError(where, "distinct", f"unknown field {field_name!r}; "
-                              f"choose from {', '.join(_DISTINCT_FIELDS)}")
-    match = _table(data.get("match", {}), where, "match")
+    name = get(_NAME, data, "name", default_name)
+    description = get(Text(), data, "description", "")
+    offender = get(_OFFENDER, data, "offender", "src")
+    weight = get(_WEIGHT, data, "weight", 1.0)
+    distinct = get(_DISTINCT, data, "distinct", [])
+    match = get(ANY_TABLE, data, "match", {})
     _no_unknown(match, _MATCH_KEYS, where, "match.")
-    ignore = _table(data.get("ignore", {}), where, "ignore")
+    ignore = get(ANY_TABLE, data, "ignore", {})
     _no_unknown(ignore, _IGNORE_KEYS, where, "ignore.")
-    direction = _optional_set(match, "direction", where)
-    if direction is not None and not direction <= _DIRECTIONS:
-        raise FilterError(where, "match.direction", "must be among 'in', 'out', 'forward'")
-    flags = _optional_flags(match, "flags", where)
-    flags_all = _optional_flags(match, "flags_all", where) or frozenset()
-    flags_none = _optional_flags(match, "flags_none", where) or frozenset()
+
+    def optional(validator: Validator[T], key: str) -> T | None:
+        return None if key not in match else get(validator, match, key, None, "match.")
+
+    direction = optional(_DIRECTION, "direction")
+    flags = optional(_FLAGS, "flags")
+    flags_all = optional(_FLAGS, "flags_all")
+    flags_none = optional(_FLAGS, "flags_none")
     if not match:
         raise FilterError(where, "match", "a filter needs at least one condition")
     for key, value in match.items():
@@ -275,28 +277,29 @@ def parse_filter(data: dict[str, Any], where: str, default_name: str = "") -> Fi
             raise FilterError(where, f"match.{key}", "must not be empty")
     if ignore.get("prefix") == "":
         raise FilterError(where, "ignore.prefix", "must not be empty")
-    dst_unicast = match.get("dst_unicast", False)
-    if not isinstance(dst_unicast, bool):
-        raise FilterError(where, "match.dst_unicast", "must be true or false")
+    proto = optional(_PROTOCOLS, "proto")
+    not_proto = optional(_PROTOCOLS, "not_proto")
+    icmp_type = optional(_ICMP, "icmp_type")
+    icmp_code = optional(_ICMP, "icmp_code")
     return Filter(
         name=name,
         description=description,
         offender=offender,
         weight=weight,
-        distinct=tuple(distinct),
-        direction=direction,
-        proto=_optional_set(match, "proto", where, numbers_ok=True),
-        not_proto=_optional_set(match, "not_proto", where, numbers_ok=True) or frozenset(),
-        flags=flags,
-        flags_all=flags_all,
-        flags_none=flags_none,
+        distinct=distinct,
+        direction=None if direction is None else frozenset(direction),
+        proto=None if proto is None else frozenset(proto),
+        not_proto=frozenset(not_proto or ()),
+        flags=None if flags is None else frozenset(flags),
+        flags_all=frozenset(flags_all or ()),
+        flags_none=frozenset(flags_none or ()),
         dport=_ports(match, "dport", where),
         sport=_ports(match, "sport", where),
-        prefix=_regex(match.get("prefix"), where, "match.prefix"),
-        ignore_prefix=_regex(ignore.get("prefix"), where, "ignore.prefix"),
-        dst_unicast=dst_unicast,
-        icmp_type=_optional_ints(match, "icmp_type", where),
-        icmp_code=_optional_ints(match, "icmp_code", where),
+        prefix=optional(Regex(), "prefix"),
+        ignore_prefix=get(Regex(), ignore, "prefix", None, "ignore."),
+        dst_unicast=get(Bool(), match, "dst_unicast", False, "match."),
+        icmp_type=None if icmp_type is None else frozenset(icmp_type),
+        icmp_code=None if icmp_code is None else frozenset(icmp_code),
         path=where,
     )
 
@@ -307,55 +310,45 @@ def _no_unknown(table: dict[str, Any], known: Iterable[str], where: str, scope: 
             raise FilterError(where, scope + key, "unknown key")
 
 
-def _table(value: object, where: str, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise FilterError(where, key, "must be a table")
-    return value
+@dataclass(frozen=True)
+class _Protocols(Validator[tuple[str, ...]]):
+    """Protocol names as the kernel prints them, or numbers (kept as the text the kernel
+    prints for a protocol it has no name for)."""
+
+    kind = "list of protocols"
+
+    def __call__(self, value: object) -> tuple[str, ...]:
+        if isinstance(value, list):
+            value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                     for v in value]
+        return _STRINGS(value)
 
 
-def _number(value: object, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise FilterError(where, key, "must be a number")
-    try:
-        return float(value)
-    except OverflowError:
-        raise FilterError(where, key, "is far too large") from None
+@dataclass(frozen=True)
+class _Flags(Validator[tuple[str, ...]]):
+    kind = "list of TCP flags"
+
+    def __call__(self, value: object) -> tuple[str, ...]:
+        flags = _STRINGS(value)
+        unknown = sorted(set(flags) - _TCP_FLAGS)
+        if unknown:
+            raise Invalid(f"unknown TCP flag(s) {unknown}")
+        return flags
 
 
-def _strings(value: object, where: str, key: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise FilterError(where, key, "must be a string or a list of strings")
-    return list(value)
-
-
-def _optional_set(match: dict[str, Any], key: str, where: str,
-                  numbers_ok: bool = False) -> frozenset[str] | None:
-    if key not in match:
-        return None
-    value = match[key]
-    if numbers_ok and isinstance(value, list):
-        value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-    return frozenset(_strings(value, where, "match." + key))
-
-
-def _optional_flags(match: dict[str, Any], key: str, where: str) -> frozenset[str] | None:
-    flags = _optional_set(match, key, where)
-    if flags is not None and not flags <= _TCP_FLAGS:
-        raise FilterError(where, "match." + key,
-                          f"unknown TCP flag(s) {sorted(flags - _TCP_FLAGS)}")
-    return flags
-
-
-def _optional_ints(match: dict[str, Any], key: str, where: str) -> frozenset[int] | None:
-    if key not in match:
-        return None
-    value = match[key]
-    values = value if isinstance(value, list) else [value]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
-        raise FilterError(where, "match." + key, "must be integers 0-255")
-    return frozenset(values)
+_STRINGS = Strings("must be a string or a list of strings", single_ok=True)
+_NAME = Text(r"[a-z0-9][a-z0-9_-]{0,63}", "must be lowercase letters, digits, '_' or '-'")
+_OFFENDER = Choice(("src", "dst"), "must be 'src' or 'dst'")
+_WEIGHT = Number(low=0, high=1000, low_open=True)
+_DISTINCT = Strings("must be a string or a list of strings", single_ok=True,
+                    options=_DISTINCT_FIELDS,
+                    unknown="unknown field {item!r}; choose from {options}")
+_DIRECTION = Strings("must be among 'in', 'out', 'forward'", single_ok=True,
+                     options=("in", "out", "forward"),
+                     unknown="must be among 'in', 'out', 'forward'")
+_PROTOCOLS = _Protocols()
+_FLAGS = _Flags()
+_ICMP = Integers(0, 255, single_ok=True)
 
 
 def _ports(match: dict[str, Any], key: str, where: str) -> PortSet | None:
@@ -377,12 +370,3 @@ def _ports(match: dict[str, Any], key: str, where: str) -> PortSet | None:
     return PortSet(tuple(ranges))
 
 
-def _regex(value: object, where: str, key: str) -> re.Pattern[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise FilterError(where, key, "must be a regular expression string")
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise FilterError(where, key, f"bad regular expression: {exc}") from exc

@@ -100,13 +100,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Final
 
 from blocker.addresses import AddressRules, host_network
 from blocker.ban_book import BanBook
 from blocker.ban_history import BanHistory
 from blocker.records import Address, Decision, Hit, Network, network_text
+from blocker.schema import JAIL, jail_default
 from blocker.score_window import UNITS, score_of
 from blocker.subnet_escalation import SubnetOffenders
 from blocker.tiers import Tiers
@@ -122,50 +123,26 @@ class JailPolicy:
     """How one jail scores hits and sizes bans.  Times are seconds."""
 
     name: str
-    threshold: float = 5.0  # ban when score >= threshold
-    window: float = 60.0  # score = weighted hits within the last `window` seconds
-    repeat_factor: float = 0.25  # a scan hit on an already-seen distinct key weighs this much
-    ban_time: float = 600.0  # first ban; math.inf = permanent
-    ban_factor: float = 2.0  # each earlier ban within history_window multiplies ban_time
-    max_ban_time: float = 86400.0 * 7
-    history_window: float = 86400.0 * 30
-    subnet_min_offenders: int = 3  # 0 disables subnet escalation
-    subnet_window: float = 3600.0
-    subnet_v4_prefix: int = 24
-    subnet_v6_prefix: int = 64
-    allow: tuple[Network, ...] = ()
-    own_addresses: tuple[Address, ...] = ()  # never banned, never inside an escalated subnet
-    max_tracked: int = 100_000  # cap on addresses with live score state
+    threshold: float = jail_default("threshold")  # ban when score >= threshold
+    window: float = jail_default("window")  # score = weighted hits within the last `window` s
+    repeat_factor: float = jail_default("repeat_factor")  # a repeated distinct key's weight
+    ban_time: float = jail_default("ban_time")  # first ban; math.inf = permanent
+    ban_factor: float = jail_default("ban_factor")  # per earlier ban within history_window
+    max_ban_time: float = jail_default("max_ban_time")
+    history_window: float = jail_default("history_window")
+    subnet_min_offenders: int = jail_default("subnet_min_offenders")  # 0: no escalation
+    subnet_window: float = jail_default("subnet_window")
+    subnet_v4_prefix: int = jail_default("subnet_v4_prefix")
+    subnet_v6_prefix: int = jail_default("subnet_v6_prefix")
+    allow: tuple[Network, ...] = jail_default("allow")
+    own_addresses: tuple[Address, ...] = jail_default("own_addresses")  # never banned
+    max_tracked: int = jail_default("max_tracked")  # cap on addresses with live score state
 
     def problems(self) -> list[str]:
-        """Human-readable reasons this policy is unusable; empty when it is fine."""
-        out: list[str] = []
-
-        def positive_finite(key: str, value: float) -> None:
-            if not (math.isfinite(value) and value > 0):
-                out.append(f"{key} must be a finite number > 0, got {value!r}")
-
-        positive_finite("threshold", self.threshold)
-        positive_finite("window", self.window)
-        positive_finite("history_window", self.history_window)
-        positive_finite("subnet_window", self.subnet_window)
-        if not (math.isfinite(self.repeat_factor) and self.repeat_factor >= 0):
-            out.append(f"repeat_factor must be a finite number >= 0, got {self.repeat_factor!r}")
-        if not (self.ban_time > 0):  # inf is allowed: permanent bans
-            out.append(f"ban_time must be > 0, got {self.ban_time!r}")
-        if not (math.isfinite(self.ban_factor) and self.ban_factor >= 1):
-            out.append(f"ban_factor must be a finite number >= 1, got {self.ban_factor!r}")
-        if math.isfinite(self.ban_time):
-            positive_finite("max_ban_time", self.max_ban_time)
-        if self.subnet_min_offenders < 0:
-            out.append(f"subnet_min_offenders must be >= 0, got {self.subnet_min_offenders!r}")
-        if not 0 <= self.subnet_v4_prefix <= 32:
-            out.append(f"subnet_v4_prefix must be in 0..32, got {self.subnet_v4_prefix!r}")
-        if not 0 <= self.subnet_v6_prefix <= 128:
-            out.append(f"subnet_v6_prefix must be in 0..128, got {self.subnet_v6_prefix!r}")
-        if self.max_tracked < 1:
-            out.append(f"max_tracked must be >= 1, got {self.max_tracked!r}")
-        return out
+        """Human-readable reasons this policy is unusable (the schema's rules for each key);
+        empty when it is fine."""
+        return JAIL.problems({f.name: getattr(self, f.name) for f in fields(self)
+                              if f.name != "name"})
 
 
 def _jsonable(value: object) -> object:

@@ -17,27 +17,8 @@ from ipaddress import ip_network
 from pathlib import Path
 
 from blocker.records import Decision, Network, network_text
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bans (
-    id INTEGER PRIMARY KEY,
-    target TEXT NOT NULL,
-    jail TEXT NOT NULL,
-    at REAL NOT NULL,
-    expires REAL,              -- NULL = permanent
-    score REAL NOT NULL DEFAULT 0,
-    filters TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '',
-    origin TEXT NOT NULL DEFAULT 'auto',   -- 'auto' (scoring) or 'manual' (blockerctl ban)
-    lifted REAL                -- set by an unban before expiry
-);
-CREATE INDEX IF NOT EXISTS bans_target ON bans(target);
-CREATE INDEX IF NOT EXISTS bans_expires ON bans(expires);
-CREATE TABLE IF NOT EXISTS positions (
-    source TEXT PRIMARY KEY,
-    data TEXT NOT NULL
-);
-"""
+from blocker.state_schema import StateError as StateError  # noqa: PLC0414 (for callers)
+from blocker.state_schema import migrate
 
 
 @dataclass(frozen=True)
@@ -66,7 +47,11 @@ class State:
         # NORMAL is crash-safe for process death (kill -9); only power loss may drop the
         # newest transaction, never corrupt the file.
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        try:
+            migrate(self.db, str(self.path))  # the tables and their versions: state_schema.py
+        except BaseException:
+            self.db.close()
+            raise
         self._in_tx = False
 
     def begin(self) -> None:
