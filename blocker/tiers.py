@@ -88,7 +88,7 @@ class Tiers:
         self._kinds: list[tuple[str, int]] = []  # kind number -> (filter, weight units)
         self._kind_numbers: dict[tuple[str, int], int] = {}
         # Tier 3, full windows: keyed (scan) or mixed hits, in clock eviction order
-        self._tracked: OrderedDict[Address, Window] = OrderedDict()
+        self._tracked: OrderedDict[int, Window] = OrderedDict()
         self.evicted = 0  # sources whose live hits were forgotten for room
         self.readmitted = 0  # new hits of sources the doorkeeper had seen
         self.last_eviction = -math.inf
@@ -100,9 +100,9 @@ class Tiers:
     def add(self, addr: Address, entry: Entry) -> Reached | None:
         """One hit, live at self.now, of a source neither banned nor refused yet."""
         now, window = self.now, self._window
-        state = self._tracked.get(addr)
+        ip = int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG
+        state = self._tracked.get(ip)
         if state is None:
-            ip = int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG
             packed = self._climbing.get(ip)
             if packed is not None:
                 return self._climb(addr, ip, packed, entry)
@@ -113,9 +113,9 @@ class Tiers:
         state.seen_again = True
         if now - state.hits[0][0] >= window:
             state.expire(now, window)
-        return self._add_to_window(addr, state, entry)
+        return self._add_to_window(ip, state, entry)
 
-    def _add_to_window(self, addr: Address, state: Window, entry: Entry
+    def _add_to_window(self, ip: int, state: Window, entry: Entry
                        ) -> Reached | None:
         t, _, key, weight = entry
         hits = state.hits
@@ -133,7 +133,7 @@ class Tiers:
         score = state.plain + max_sum + self._repeat_factor * (state.keyed_total - max_sum)
         if score < self._threshold_units:
             return None
-        del self._tracked[addr]
+        del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
 
     def _climb(self, addr: Address, ip: int, packed: bytes, entry: Entry
@@ -187,7 +187,7 @@ class Tiers:
         tracked = self._tracked
         if len(tracked) >= self._max_tracked:
             self._evict_window()
-        state = tracked[addr] = Window()
+        state = tracked[ip] = Window()
         state.seen_again = True
         for e in sorted(earlier, key=entry_time):
             state.hits.append(e)
@@ -195,7 +195,7 @@ class Tiers:
                 state.plain += e[3]
             else:
                 state.count_key(e[2], e[3])
-        return self._add_to_window(addr, state, entry)
+        return self._add_to_window(ip, state, entry)
 
     def _kind_number(self, name: str, weight: int) -> int | None:
         kind = (name, weight)
@@ -270,20 +270,20 @@ class Tiers:
         tracked = self._tracked
         now, window = self.now, self._window
         while True:
-            addr, state = tracked.popitem(last=False)
+            ip, state = tracked.popitem(last=False)
             hits = state.hits
             if not hits or now - hits[-1][0] >= window:
                 return  # no score left
             if not state.seen_again:
-                self._forgotten(key_of(addr))
+                self._forgotten(ip)
                 return
             state.seen_again = False
-            tracked[addr] = state
+            tracked[ip] = state
 
     def drop(self, addr: Address) -> None:
         """Forget every hit of `addr` (banned or unbanned from outside)."""
         ip = key_of(addr)
-        self._tracked.pop(addr, None)
+        self._tracked.pop(ip, None)
         self._climbing.pop(ip, None)
         self._once.pop(ip, None)
 
@@ -292,7 +292,7 @@ class Tiers:
     def held(self, addr: Address) -> tuple[str | None, list[Entry]]:
         """The tier holding `addr` and its hits there, oldest first."""
         ip = key_of(addr)
-        state = self._tracked.get(addr)
+        state = self._tracked.get(ip)
         if state is not None:
             return "window", list(state.hits)
         packed = self._climbing.get(ip)
