@@ -19,8 +19,8 @@ __all__ = ["SubnetOffenders"]
 
 
 class SubnetOffenders:
-    __slots__ = ("_cap", "_offenders", "_v4_shift", "_v6_shift", "min_offenders", "v4_prefix",
-                 "v6_prefix", "window")
+    __slots__ = ("_cap", "_networks", "_offenders", "_v4_shift", "_v6_shift", "min_offenders",
+                 "v4_prefix", "v6_prefix", "window")
 
     def __init__(self, min_offenders: int, window: float, v4_prefix: int, v6_prefix: int,
                  cap: int) -> None:
@@ -34,10 +34,18 @@ class SubnetOffenders:
         # subnet key (see _key) -> {banned host address: ban time}.  Not Network objects:
         # one weighs ~400 bytes with its cached properties, and a storm touches 100,000s.
         self._offenders: OrderedDict[tuple[int, int], dict[Address, float]] = OrderedDict()
+        self._networks: dict[tuple[int, int], Network] = {}  # subnet() per key with offenders
 
     def subnet(self, addr: Address) -> Network:
-        """The subnet `addr` escalates to, e.g. 203.0.113.0/24."""
-        return subnet_of(addr, self.v4_prefix, self.v6_prefix)
+        """The subnet `addr` escalates to, e.g. 203.0.113.0/24 (one object per subnet
+        while it has offenders: a storm asks for the same /24 hundreds of times)."""
+        key = self._key(addr)
+        network = self._networks.get(key)
+        if network is None:
+            network = subnet_of(addr, self.v4_prefix, self.v6_prefix)
+            if key in self._offenders:
+                self._networks[key] = network
+        return network
 
     def _key(self, addr: Address) -> tuple[int, int]:
         if isinstance(addr, IPv4Address):
@@ -58,7 +66,7 @@ class SubnetOffenders:
         if offenders is None:
             offenders = self._offenders[key] = {}
             while len(self._offenders) > self._cap:
-                self._offenders.popitem(last=False)
+                self._networks.pop(self._offenders.popitem(last=False)[0], None)
         else:
             self._offenders.move_to_end(key)
         offenders[addr] = max(at, offenders.get(addr, at))
@@ -86,3 +94,4 @@ class SubnetOffenders:
         key = self._subnet_key(subnet)
         if key is not None:
             self._offenders.pop(key, None)
+            self._networks.pop(key, None)
