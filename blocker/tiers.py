@@ -165,15 +165,20 @@ class Tiers:
 
     def _hold(self, addr: Address, ip: int, earlier: list[Entry], entry: Entry
               ) -> Reached | None:
-        """Keep the live hits of a source that is past its first one (`earlier`, then
-        `entry`, the newest line): as packed times when they are plain hits of one kind,
-        else as a full window."""
-        _, name, key, weight = entry
+        """Keep the live hits of a source that is past its first one (`earlier`, oldest
+        first, then `entry`, the newest line): as packed times when they are plain hits of
+        one kind, else as a full window."""
+        t, name, key, weight = entry
         count = len(earlier) + 1
         number = None
-        if key is None and count <= MAX_CLIMBING_HITS and all(
-                e[1] == name and e[2] is None and e[3] == weight for e in earlier):
-            number = self._kind_number(name, weight)
+        if key is None and count <= MAX_CLIMBING_HITS:
+            for e in earlier:
+                if e[1] != name or e[2] is not None or e[3] != weight:
+                    break
+            else:
+                number = self._kind_numbers.get((name, weight))
+                if number is None:
+                    number = self._kind_number(name, weight)
         if number is not None:
             score = count * weight
             if score >= self._threshold_units:
@@ -181,7 +186,11 @@ class Tiers:
             climbing = self._climbing
             if len(climbing) >= self._max_climbing:
                 self._evict_climbing()
-            times = sorted([e[0] for e in earlier] + [entry[0]])
+            times = [e[0] for e in earlier]
+            if times and t < times[-1]:
+                insort(times, t)
+            else:
+                times.append(t)
             climbing[ip] = _pack(number, times)
             return None
         tracked = self._tracked
@@ -189,7 +198,7 @@ class Tiers:
             self._evict_window()
         state = tracked[ip] = Window()
         state.seen_again = True
-        for e in sorted(earlier, key=entry_time):
+        for e in earlier:
             state.hits.append(e)
             if e[2] is None:
                 state.plain += e[3]
