@@ -73,6 +73,15 @@ class BanHistory:
         if drop > 0:
             del times[:drop]
 
+    def forget_ban(self, target: Network, at: float) -> None:
+        """Drop the ban of `target` at `at` (one that did not happen after all)."""
+        key = _key(target)
+        times = self._times.get(key)
+        if times and at in times:
+            times.remove(at)
+            if not times:
+                del self._times[key]
+
 
 def _key(target: Network) -> tuple[int, int, int]:
     return int(target.network_address), target.prefixlen, target.version

@@ -346,6 +346,14 @@ class Scorer:
             self.book.forget_subnet(target)
             self.escalation.forget_subnet(target)
 
+    def retract(self, target: Network, at: float) -> None:
+        """A ban this scorer decided at `at` did not happen (the daemon refused it): forget it
+        as an unban does, and drop it from the history so it never lengthens a later ban."""
+        self.forget(target)
+        self.history.forget_ban(target, at)
+
+    # -- introspection ------------------------------------------------------------------
+
     def explain(self, addr: Address, now: float) -> dict[str, object]:
         """Why `addr` is (not) banned, as of `now`.  JSON-able; changes no scoring state."""
         policy = self.policy

@@ -657,3 +657,13 @@ def test_a_climbing_hit_exactly_one_window_old_has_left_it() -> None:
     assert s.explain(a("198.51.100.1"), T0 + 3)["tier"] == "climbing"
     assert s.feed(hit("198.51.100.1", 60)) == []  # the hit at 0 is out: 4, not 5
     assert targets(s.feed(hit("198.51.100.1", 60.5))) == ["198.51.100.1"]
+
+
+def test_a_retracted_ban_leaves_no_mark_and_no_history() -> None:
+    s = scorer()
+    [decision] = feed_all(s, burst("198.51.100.7", 0))
+    s.retract(decision.target, decision.at)
+    info = s.explain(a("198.51.100.7"), T0 + 5)
+    assert (info["banned_until"], info["earlier_bans"]) == (None, 0)
+    [again] = feed_all(s, burst("198.51.100.7", 10))
+    assert again.duration == 600.0  # not doubled by the ban that never happened
