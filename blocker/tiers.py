@@ -14,7 +14,6 @@ its hits dropped; the engine makes the ban.
 from __future__ import annotations
 
 import math
-import struct
 from bisect import insort
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -32,30 +31,18 @@ CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_track
 MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
 MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
 _V6_TAG: Final = 1 << 128
-# A climbing source's record: hits * MAX_KINDS + its kind number, then the times of its
-# live hits, oldest first, all as doubles (exact: the times are the lines' own floats).
-# Records of up to SMALL_RECORD hits all take SMALL_RECORD slots: one size of block, so
-# the allocator reuses the block a record frees when it grows by a hit (with one size per
-# hit count, a storm left a million freed blocks of each smaller size behind).
-SMALL_RECORD: Final = 4
-_PACK: Final = [struct.Struct(f"<{n}d").pack for n in range(MAX_CLIMBING_HITS + 2)]
-_UNPACK: Final = [struct.Struct(f"<{n}d").unpack for n in range(MAX_CLIMBING_HITS + 2)]
-_PAD: Final = [(0.0,) * (SMALL_RECORD - n) for n in range(SMALL_RECORD + 1)]
+# A climbing source's record is one int (see Tiers._encode): from the low bits up, its kind
+# number (12 bits), its hit count (5 bits), each live hit's time as whole microseconds
+# since the record's base second (oldest first, `width` bits each: wide enough for one
+# window), and on top the base second, counted from the tiers' epoch.  Times go in only
+# when they come back out as the very same float (log lines carry whole microseconds;
+# anything else is held as a full window), so scores and expiry stay exact.  A 4-hit
+# record is a 48-byte int where packed doubles took an 80-byte bytes object.
+_KIND_MASK: Final = MAX_KINDS - 1
+_COUNT_SHIFT: Final = 12
+_TIMES_SHIFT: Final = 17
+_MICRO: Final = 1_000_000
 
-
-def _pack(kind: int, times: list[float]) -> bytes:
-    hits = len(times)
-    if hits <= SMALL_RECORD:
-        return _PACK[SMALL_RECORD + 1](hits * MAX_KINDS + kind, *times, *_PAD[hits])
-    return _PACK[hits + 1](hits * MAX_KINDS + kind, *times)
-
-
-def _unpack(packed: bytes) -> tuple[int, list[float]]:
-    """(kind number, hit times) of a climbing record."""
-    header, *times = _UNPACK[len(packed) >> 3](packed)
-    hits, kind = divmod(int(header), MAX_KINDS)
-    del times[hits:]
-    return kind, times
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
 Reached = tuple[Mapping[str, int], float]
@@ -83,8 +70,13 @@ class Tiers:
         self._once: OrderedDict[int, Entry] = OrderedDict()
         # Addresses pushed out while live within the window; None until the first
         self._doorkeeper: Doorkeeper | None = None
-        # Tier 2, climbing: address key -> packed kind and hit times (_PACK)
-        self._climbing: dict[int, bytes] = {}
+        # Tier 2, climbing: address key -> packed kind and hit times (_encode)
+        self._climbing: dict[int, int] = {}
+        # Bits per hit time in a climbing record (0: the window is too long to pack), and
+        # the second its base seconds count from (set at the first record: one window
+        # before it, so every later live hit is after it).
+        self._width = (int((window + 2) * _MICRO)).bit_length() if window < 1e7 else 0
+        self._epoch: int | None = None
         self._kinds: list[tuple[str, int]] = []  # kind number -> (filter, weight units)
         self._kind_numbers: dict[tuple[str, int], int] = {}
         # Tier 3, full windows: keyed (scan) or mixed hits, in clock eviction order
@@ -136,11 +128,35 @@ class Tiers:
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
 
-    def _climb(self, addr: Address, ip: int, packed: bytes, entry: Entry
+    def _climb(self, addr: Address, ip: int, packed: int, entry: Entry
                ) -> Reached | None:
         """One more hit of a source in the climbing tier."""
         t, name, key, weight = entry
-        number, times = _unpack(packed)
+        number = packed & _KIND_MASK
+        count = (packed >> _COUNT_SHIFT) & 31
+        epoch = self._epoch
+        if key is None and count < MAX_CLIMBING_HITS and epoch is not None and \
+                self._kinds[number] == (name, weight):
+            # The common case, without unpacking: the oldest hit is surely still live (its
+            # base second is), and this one is the newest and packs exactly: append it.
+            width = self._width
+            shift = _TIMES_SHIFT + width * count
+            base = (packed >> shift) + epoch
+            if self.now - base < self._window and t >= base:
+                second = int(t)
+                micros = round((t - second) * _MICRO)
+                offset = (second - base) * _MICRO + micros
+                if second + micros * 1e-6 == t and not offset >> width and \
+                        offset >= (packed >> (shift - width)) & ((1 << width) - 1):
+                    count += 1
+                    score = count * weight
+                    if score >= self._threshold_units:
+                        del self._climbing[ip]
+                        return {name: count}, score
+                    self._climbing[ip] = ((packed >> shift) << (shift + width)) | \
+                        (offset << shift) | ((packed & ((1 << shift) - 1)) + (1 << _COUNT_SHIFT))
+                    return None
+        number, times = self._decode(packed)
         now, window = self.now, self._window
         if now - times[0] >= window:
             times = [when for when in times if now - when < window]
@@ -156,8 +172,51 @@ class Tiers:
         if score >= self._threshold_units:
             del self._climbing[ip]
             return {name: len(times)}, score
-        self._climbing[ip] = _pack(number, times)
+        record = self._encode(number, times)
+        if record is None:  # a time that does not pack exactly: a full window
+            del self._climbing[ip]
+            times.remove(t)
+            return self._hold(addr, ip, self._entries(number, times), entry)
+        self._climbing[ip] = record
         return None
+
+    def _encode(self, number: int, times: list[float]) -> int | None:
+        """The climbing record of kind `number` and hit `times` (oldest first), or None
+        when a time would not come back out exactly as the same float."""
+        width = self._width
+        first = times[0]
+        if not width or not 0 <= first < 2.0**52:
+            return None
+        epoch = self._epoch
+        if epoch is None:
+            epoch = self._epoch = int(first - self._window) - 1
+        base = int(first)
+        record = base - epoch
+        if record < 0:
+            return None
+        for t in reversed(times):
+            second = int(t)
+            micros = round((t - second) * _MICRO)
+            offset = (second - base) * _MICRO + micros
+            if second + micros * 1e-6 != t or offset < 0 or offset >> width:
+                return None
+            record = record << width | offset
+        return ((record << 5 | len(times)) << _COUNT_SHIFT) | number
+
+    def _decode(self, packed: int) -> tuple[int, list[float]]:
+        """(kind number, hit times oldest first) of a climbing record."""
+        number = packed & _KIND_MASK
+        count = (packed >> _COUNT_SHIFT) & 31
+        width = self._width
+        mask = (1 << width) - 1
+        packed >>= _TIMES_SHIFT
+        base = (packed >> (width * count)) + (self._epoch or 0)
+        times = []
+        for _ in range(count):
+            seconds, micros = divmod(packed & mask, _MICRO)
+            times.append((base + seconds) + micros * 1e-6)
+            packed >>= width
+        return number, times
 
     def _entries(self, number: int, times: Iterable[float]) -> list[Entry]:
         name, weight = self._kinds[number]
@@ -183,16 +242,18 @@ class Tiers:
             score = count * weight
             if score >= self._threshold_units:
                 return {name: count}, score
-            climbing = self._climbing
-            if len(climbing) >= self._max_climbing:
-                self._evict_climbing()
             times = [e[0] for e in earlier]
             if times and t < times[-1]:
                 insort(times, t)
             else:
                 times.append(t)
-            climbing[ip] = _pack(number, times)
-            return None
+            record = self._encode(number, times)
+            if record is not None:
+                climbing = self._climbing
+                if len(climbing) >= self._max_climbing:
+                    self._evict_climbing()
+                climbing[ip] = record
+                return None
         tracked = self._tracked
         if len(tracked) >= self._max_tracked:
             self._evict_window()
@@ -262,7 +323,7 @@ class Tiers:
         climbing = self._climbing
         now, window = self.now, self._window
         dead = [ip for ip, packed in climbing.items()
-                if now - max(_unpack(packed)[1], default=-math.inf) >= window]
+                if now - max(self._decode(packed)[1], default=-math.inf) >= window]
         for ip in dead:
             del climbing[ip]
         need = self._max_climbing // 16 - len(dead)
@@ -306,7 +367,7 @@ class Tiers:
             return "window", list(state.hits)
         packed = self._climbing.get(ip)
         if packed is not None:
-            number, times = _unpack(packed)
+            number, times = self._decode(packed)
             return "climbing", self._entries(number, times)
         first = self._once.get(ip)
         if first is not None:

@@ -667,3 +667,30 @@ def test_a_retracted_ban_leaves_no_mark_and_no_history() -> None:
     assert (info["banned_until"], info["earlier_bans"]) == (None, 0)
     [again] = feed_all(s, burst("198.51.100.7", 10))
     assert again.duration == 600.0  # not doubled by the ban that never happened
+
+
+@pytest.mark.parametrize("times", [
+    [0.000001, 7.250003, 7.250003, 50.999999],  # whole microseconds: packed in one int
+    [0.1234567, 1.0, 2.5, 3.0000004],  # finer than log lines: held as a full window
+    [5.0, 1.000002, 3.5, 2.25],  # late lines, out of order
+])
+def test_climbing_hit_times_come_back_exactly_and_ban_at_the_fifth(times: list[float]) -> None:
+    s = scorer()
+    fed = [T0 + t for t in times]
+    for t in fed:
+        assert s.feed(Hit(t, "test", SYNACK, a("198.51.100.7"), 1.0)) == []
+    report = s.explain(a("198.51.100.7"), max(fed))
+    assert report["tier"] in {"climbing", "window"}
+    assert [h["time"] for h in report["hits"]] == sorted(fed)  # type: ignore[union-attr,index]
+    [decision] = s.feed(Hit(max(fed) + 0.5, "test", SYNACK, a("198.51.100.7"), 1.0))
+    assert decision.at == max(fed) + 0.5
+    assert decision.reason == "score 5.0 >= 5 within 60s: unsolicited_synack x5"
+
+
+def test_a_climbing_record_holds_its_times_as_one_small_int() -> None:
+    s = scorer()
+    for t in (0.000001, 7.250003, 30.5):
+        s.feed(hit("198.51.100.7", t))
+    assert s.explain(a("198.51.100.7"), T0 + 31)["tier"] == "climbing"
+    [record] = s.tiers._climbing.values()
+    assert isinstance(record, int) and record.bit_length() <= 120
