@@ -33,15 +33,19 @@ class BanHistory:
         self._history_window = history_window
         self._cap = cap
         # target -> times of its bans, oldest first; least recently banned target first.
-        # Keyed by (first address as an int, prefix length, version): a Network object
-        # with its cached properties weighs ~400 bytes, and a storm bans a million.
-        self._times: OrderedDict[tuple[int, int, int], list[float]] = OrderedDict()
+        # Keyed by one int (_key): a Network object with its cached properties weighs ~400
+        # bytes, a (address, prefix, version) tuple 100 with its ints, and a storm bans a
+        # million.  Most targets are banned once: their value is that time as a float
+        # (24 bytes), not a list of one (100).
+        self._times: OrderedDict[int, float | list[float]] = OrderedDict()
 
     def earlier_bans(self, target: Network, now: float) -> int:
         times = self._times.get(_key(target))
-        if not times:
+        if times is None:
             return 0
         horizon = now - self._history_window
+        if isinstance(times, float):
+            return 1 if horizon < times <= now else 0
         return sum(1 for when in times if horizon < when <= now)
 
     def duration(self, target: Network, now: float) -> float:
@@ -60,14 +64,17 @@ class BanHistory:
         history = self._times
         key = _key(target)
         times = history.get(key)
+        horizon = max(now, at) - self._history_window
         if times is None:
-            times = history[key] = []
+            if at > horizon:
+                history[key] = float(at)
             while len(history) > self._cap:
                 history.popitem(last=False)
-        else:
-            history.move_to_end(key)
+            return
+        history.move_to_end(key)
+        if isinstance(times, float):
+            times = history[key] = [times]
         insort(times, at)
-        horizon = max(now, at) - self._history_window
         drop = sum(1 for when in times if when <= horizon)
         drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
         if drop > 0:
@@ -77,11 +84,15 @@ class BanHistory:
         """Drop the ban of `target` at `at` (one that did not happen after all)."""
         key = _key(target)
         times = self._times.get(key)
-        if times and at in times:
+        if isinstance(times, float):
+            if times == at:
+                del self._times[key]
+        elif times and at in times:
             times.remove(at)
             if not times:
                 del self._times[key]
 
 
-def _key(target: Network) -> tuple[int, int, int]:
-    return int(target.network_address), target.prefixlen, target.version
+def _key(target: Network) -> int:
+    """(first address, prefix length, version) of `target` as one int."""
+    return (int(target.network_address) << 8 | target.prefixlen) << 1 | (target.version == 6)
