@@ -2,6 +2,7 @@
 
     filters_dir = "filters"            # relative to this file
     [firewall]  backend, set_v4, set_v6, rule_check_interval
+    [fleet]     url, key_file, publish, accept, ... (sharing bans through Redis)
     [defaults]  any jail key, inherited by every jail
     [jails.NAME] filters = [...], plus any jail key
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from blocker.filters import Filter, FilterError, Matcher, load_filters
-from blocker.schema import FIREWALL, JAIL, JAIL_NAME, SECTIONS, TOP, Section, jail_default
+from blocker.schema import FIREWALL, FLEET, JAIL, JAIL_NAME, SECTIONS, TOP, Section, jail_default
 from blocker.scoring import JailPolicy
 from blocker.validators import ANY_TABLE, Duration, check
 from blocker.validators import ConfigError as ConfigError  # noqa: PLC0414 (callers import it)
@@ -52,11 +53,26 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    url: str | None = FLEET.default("url")
+    username: str | None = FLEET.default("username")
+    password_file: str | None = FLEET.default("password_file")
+    host_id: str | None = FLEET.default("host_id")
+    publish: tuple[str, ...] = FLEET.default("publish")
+    accept: bool = FLEET.default("accept")
+    max_remote_bans_per_second: int = FLEET.default("max_remote_bans_per_second")
+    key_file: str | None = FLEET.default("key_file")
+    key_prefix: str = FLEET.default("key_prefix")
+    retention: float = FLEET.default("retention")
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     jails: tuple[Jail, ...]
     filters: dict[str, Filter] = field(default_factory=dict)
     firewall: FirewallConfig = FirewallConfig()
+    fleet: FleetConfig = FleetConfig()
 
     def jail(self, name: str) -> Jail | None:
         return next((jail for jail in self.jails if jail.name == name), None)
@@ -98,7 +114,12 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
             jails.append(jail)
     if not jails:
         raise ConfigError(where, "jails", "every jail is disabled")
-    return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall)
+    fleet = FleetConfig(**_section(FLEET, data, where))
+    for name in fleet.publish:
+        if name not in jails_table:
+            raise ConfigError(where, "fleet.publish", f"no jail {name!r}")
+    return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall,
+                  fleet=fleet)
 
 
 def _section(section: Section, data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
+from blocker.fleet.daemon_side import FleetWiring
 from blocker.host import host_addresses
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
@@ -115,6 +116,8 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
+        self.fleet = FleetWiring.open(config, self.state, self.service, self._wake) \
+            if config.fleet.url else None
         self.stopping = False
         self.reload_requested = False
 
@@ -127,6 +130,8 @@ class Daemon:
         now = time.time()
         self.service.start(now)
         self.state.commit()
+        if self.fleet is not None:
+            self.fleet.start()
         self._sync_sources()
         interval = self.service.config.firewall.rule_check_interval
         next_check = time.monotonic() + interval
@@ -137,7 +142,8 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, self.control.paused_until or math.inf)
+                wake = min(next_check, next_retry, self.control.paused_until or math.inf,
+                           self.fleet.due() if self.fleet is not None else math.inf)
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
@@ -155,13 +161,19 @@ class Daemon:
                 if tick >= next_prune:
                     self.service.prune(time.time())
                     next_prune = tick + PRUNE_EVERY
+                if self.fleet is not None:
+                    self.fleet.turn()  # remote bans in, its own transaction
                 self.state.commit()
+                if self.fleet is not None:
+                    self.fleet.hand_outbox()  # committed bans out
         finally:
             _sd_notify("STOPPING=1")
             self._shutdown()
         return 0
 
     def _shutdown(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         for key in list(self.sources):
             self._close_source(key, save=True)
         self.state.commit()
@@ -174,6 +186,11 @@ class Daemon:
             self.reload_requested = True
         else:
             self.stopping = True
+
+    def _wake(self) -> None:
+        """Called from the fleet's threads: make select() return."""
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+            self._wake_w.send(b"f")
 
     def _on_signal(self) -> None:
         try:
@@ -188,6 +205,8 @@ class Daemon:
             log.info("%s", self.service.reload(time.time()))
         except Exception as exc:  # the running configuration stays: report, never die
             log.error("%s", exc)
+        if self.fleet is not None:
+            self.fleet.reconfigure(self.service.config)
         self._sync_sources()
         _sd_notify("READY=1")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
@@ -17,6 +18,7 @@ from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
+from blocker.fleet.events import FleetEvent
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
@@ -39,6 +41,16 @@ class ActiveBan:
     jail: str
     expires: float  # wall-clock epoch; math.inf = permanent
     reason: str
+    origin: str = "auto"  # "auto", "manual" or "fleet:HOST"
+
+
+@dataclass(frozen=True)
+class FleetRole:
+    """This host in the fleet: its name, the jails it shares, whether it takes others' bans."""
+
+    host_id: str
+    publish: frozenset[str]
+    accept: bool
 
 
 class Service:
@@ -53,6 +65,10 @@ class Service:
         self.active: dict[Network, ActiveBan] = {}
         self.started = 0.0
         self.source_health: Callable[[], list[dict[str, object]]] = list
+        self.fleet: FleetRole | None = None
+        self.fleet_health: Callable[[], dict[str, object]] | None = None
+        # Remote bans an admin lifted here: target -> until when the fleet may not re-ban it.
+        self.held: dict[Network, float] = {}
         self._install(config)
 
     # -- configuration -------------------------------------------------------------------
@@ -79,8 +95,10 @@ class Service:
         self._load_history(now)
         self.active.clear()
         entries: list[tuple[Network, float]] = []
+        self.held = dict(self.state.held(now))
         for row in self.state.active(now):
-            self.active[row.target] = ActiveBan(row.target, row.jail, row.expires, row.reason)
+            self.active[row.target] = ActiveBan(row.target, row.jail, row.expires, row.reason,
+                                                row.origin)
             self._mark_everywhere(row.target, row.expires)
             entries.append((row.target, row.expires - now))
         if entries:
@@ -145,6 +163,79 @@ class Service:
             self._kernel_ban(entries)
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
+            self._publish([(d, self.active[d.target].expires) for d in recorded], now)
+
+    # -- the fleet -------------------------------------------------------------------------
+    def _publish(self, bans: Sequence[tuple[Decision, float]], now: float) -> None:
+        """Queue this host's bans of shared jails in the outbox (the caller's transaction)."""
+        fleet = self.fleet
+        if fleet is None or not fleet.publish:
+            return
+        self.state.queue_outbox(
+            FleetEvent("ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires,
+                       d.reason).payload()
+            for d, expires in bans if d.jail in fleet.publish)
+
+    def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+        """Other hosts' bans and unbans, through this host's own gate; returns counts."""
+        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans"), 0)
+        fleet = self.fleet
+        if fleet is None or not fleet.accept:
+            return counts
+        by_origin: dict[str, list[Decision]] = {}
+        entries: list[tuple[Network, float]] = []
+        for event in events:
+            target = event.target
+            if event.kind == "unban":
+                counts["unbans"] += self._remote_unban(event, now)
+                continue
+            remaining = event.expires - now
+            current = self.active.get(target)
+            if remaining <= 0 or (current is not None and current.expires >= event.expires):
+                counts["expired"] += 1  # over, or already banned at least as long
+                continue
+            if self.held.get(target, 0.0) > now:
+                counts["held"] += 1
+                continue
+            problem = self.refusal(target)
+            if problem:
+                counts["refused"] += 1
+                log.info("fleet: not banning %s from %s: %s", network_text(target),
+                         event.origin, problem)
+                continue
+            origin = f"fleet:{event.origin}"
+            self.active[target] = ActiveBan(target, event.jail, event.expires, event.reason,
+                                            origin)
+            entries.append((target, remaining))
+            by_origin.setdefault(origin, []).append(Decision(
+                target=target, jail=event.jail, at=now, duration=remaining, score=0.0,
+                filters=(), reason=event.reason))
+            self._mark_everywhere(target, event.expires)
+        if entries:
+            self._kernel_ban(entries)
+            self.state.begin()
+            for origin, decisions in by_origin.items():
+                self.state.record_bans(decisions, origin)
+            counts["applied"] = len(entries)
+            log.warning("fleet: %d ban(s) from other hosts applied", len(entries))
+        return counts
+
+    def _remote_unban(self, event: FleetEvent, now: float) -> int:
+        """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
+        if event.target not in self.active:
+            return 0
+        try:
+            self.backend.unban([event.target])
+        except (FirewallError, InvalidBan) as exc:
+            log.error("fleet: cannot unban %s: %s", network_text(event.target), exc)
+            return 0
+        self.active.pop(event.target, None)
+        self.state.begin()
+        self.state.lift(event.target, now)
+        for runner in self.pipeline.runners:
+            runner.scorer.forget(event.target)
+        log.warning("unban %s (fleet, from %s)", network_text(event.target), event.origin)
+        return 1
 
     def _kernel_ban(self, entries: list[tuple[Network, float]]) -> None:
         try:
@@ -223,6 +314,7 @@ class Service:
             "jails": jails,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
+            **({"fleet": self.fleet_health()} if self.fleet_health is not None else {}),
         }
 
     def cmd_list(self, _message: dict[str, Any], now: float) -> list[dict[str, object]]:
@@ -238,6 +330,7 @@ class Service:
             rows.append({
                 "target": network_text(target),
                 "jail": ban.jail if ban else "(not blocker's)",
+                "origin": ban.origin if ban else "",
                 "expires": expires,
                 "remaining": None if math.isinf(remaining) else round(remaining),
                 "reason": ban.reason if ban else "",
@@ -267,10 +360,12 @@ class Service:
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
-        self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason)
+        self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason,
+                                        "manual")
         self.state.begin()
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
+        self._publish([(decision, now + seconds)], now)
         self.state.commit()
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
@@ -280,13 +375,23 @@ class Service:
 
     def cmd_unban(self, message: dict[str, Any], now: float) -> str:
         target = _target(message.get("target"))
+        fleet_wide = message.get("fleet") is True
+        if fleet_wide and self.fleet is None:
+            raise RequestError("--fleet: this host is in no fleet ([fleet] url is not set)")
         try:
             self.backend.unban([target])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
-        self.active.pop(target, None)
+        ban = self.active.pop(target, None)
+        if ban is not None and ban.origin.startswith("fleet:"):
+            self.held[target] = ban.expires  # the fleet may not ban it here again until then
         self.state.begin()
         lifted = self.state.lift(target, now)
+        if fleet_wide and self.fleet is not None:
+            self.state.queue_outbox([FleetEvent(
+                "unban", uuid.uuid4().hex, self.fleet.host_id, target,
+                ban.jail if ban else self.pipeline.runners[0].jail.name, now, math.inf,
+                "admin unban (blockerctl unban --fleet)").payload()])
         self.state.commit()
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
@@ -294,6 +399,8 @@ class Service:
         covering = [network_text(t) for t in self.active
                     if t != target and t.version == target.version and target.subnet_of(t)]  # type: ignore[arg-type]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
+        if fleet_wide:
+            text += "; the unban goes to every host of the fleet"
         if covering:
             text += f"; still covered by the ban of {', '.join(covering)}"
         return text
@@ -327,6 +434,7 @@ class Service:
             raise RequestError(f"{text!r} is not an IP address") from None
         covering = [
             {"target": network_text(b.target), "jail": b.jail, "reason": b.reason,
+             "origin": b.origin,
              "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
             for b in self.active.values() if address in b.target and b.expires > now
         ]

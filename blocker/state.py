@@ -100,13 +100,38 @@ class State:
         return list(longest.values())
 
     def history(self, since: float) -> list[tuple[Network, float]]:
-        """(target, at) of every automatic or manual ban since `since` (for ban-time growth)."""
-        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,))
+        """(target, at) of every automatic or manual ban since `since` (for ban-time growth);
+        other hosts' bans (origin fleet:HOST) never make this host's bans longer."""
+        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? "
+                               "AND origin NOT LIKE 'fleet:%' ORDER BY at", (since,))
         return [(ip_network(target, strict=False), at) for target, at in rows]
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""
         self.db.execute("DELETE FROM bans WHERE COALESCE(lifted, expires) < ?", (before,))
+
+    def held(self, now: float) -> list[tuple[Network, float]]:
+        """(target, expires) of remote bans an admin lifted here that have not yet expired:
+        the fleet does not ban these targets on this host again until then."""
+        rows = self.db.execute(
+            "SELECT target, MAX(COALESCE(expires, 1e308)) FROM bans WHERE origin LIKE 'fleet:%' "
+            "AND lifted IS NOT NULL AND (expires IS NULL OR expires > ?) GROUP BY target",
+            (now,))
+        return [(ip_network(target, strict=False), math.inf if expires >= 1e308 else expires)
+                for target, expires in rows]
+
+    # -- the fleet's outbox: events to publish, in order ------------------------------------
+    def queue_outbox(self, payloads: Iterable[bytes]) -> None:
+        self.db.executemany("INSERT INTO outbox (payload) VALUES (?)",
+                            [(payload,) for payload in payloads])
+
+    def outbox(self, after: int, limit: int = 100_000) -> list[tuple[int, bytes]]:
+        rows = self.db.execute("SELECT id, payload FROM outbox WHERE id > ? ORDER BY id "
+                               "LIMIT ?", (after, limit))
+        return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+
+    def sent_outbox(self, upto: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id <= ?", (upto,))
 
     def save_position(self, source: str, data: dict[str, object]) -> None:
         self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "
