@@ -83,7 +83,7 @@ def decode_snapshot(key: bytes, value: object) -> FleetEvent | Drop:
     if not isinstance(value, bytes):
         return "malformed"
     signature, space, payload = value.partition(b" ")
-    if not space:
+    if not space or len(signature) != SIGNATURE_HEX:
         return "unsigned"
     return decode(key, {PAYLOAD_FIELD: payload, SIGNATURE_FIELD: signature})
 
