@@ -65,7 +65,8 @@ _V1 = sql(
 # Version 2: the fleet's outbox, bans to publish, in order, committed with the bans themselves.
 _V2 = sql(
     """CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,   -- publish order
+        -- publish order; AUTOINCREMENT: an id is never reused once its row is sent and gone
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         payload BLOB NOT NULL     -- the event's JSON (blocker/fleet/events.py), signed when sent
     )""",
 )

@@ -109,6 +109,9 @@ def test_a_version_1_file_gets_the_fleet_outbox_and_keeps_its_bans(tmp_path: Pat
         state.queue_outbox([b'{"a":1}', b'{"b":2}'])
         state.commit()
         assert [payload for _, payload in state.outbox(0)] == [b'{"a":1}', b'{"b":2}']
+        state.sent_outbox(state.outbox(0)[-1][0])
+        state.queue_outbox([b'{"c":3}'])
+        assert [row_id for row_id, _ in state.outbox(0)] == [3], "ids are never reused"
     finally:
         state.close()
     assert user_version(path) == len(MIGRATIONS) == 2

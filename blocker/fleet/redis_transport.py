@@ -111,17 +111,22 @@ class RedisTransport:
         return Snapshot(list(values.values()) if isinstance(values, dict) else [], position)
 
     def _trimmed_past(self, cursor: str) -> bool:
-        """Were entries after `cursor` trimmed? Redis 7 records the newest deleted ID;
-        Redis 6 only the first one left, and a cursor before it may have missed some."""
+        """May entries after `cursor` have been trimmed? Redis 7 counts the entries ever
+        added (none deleted: no gap); else the first entry left is compared with the cursor,
+        which errs towards loading the snapshot, never towards missing a ban."""
         try:
             info = self.client.xinfo_stream(self.stream)
         except redis.ResponseError:
             return False  # no stream yet: nothing was trimmed
-        fields = {_text(k): v for k, v in info.items()}
-        deleted = fields.get("max-deleted-entry-id")
-        if deleted is not None:
-            return stream_id(cursor) < stream_id(_text(deleted))
-        first: Any = fields.get("first-entry")
+        fields: dict[str, Any] = {_text(k): v for k, v in info.items()}
+        length = int(fields.get("length") or 0)
+        added = fields.get("entries-added")
+        if added is not None and int(added) == length:
+            return False
+        if length == 0:
+            last = fields.get("last-generated-id")
+            return last is not None and stream_id(cursor) < stream_id(_text(last))
+        first = fields.get("first-entry")
         return bool(first) and stream_id(cursor) < stream_id(_text(first[0]))
 
     def read(self, cursor: str, block: float, count: int) -> list[tuple[str, object]]:
