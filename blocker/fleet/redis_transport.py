@@ -126,7 +126,7 @@ class RedisTransport:
         if length == 0:
             last = fields.get("last-generated-id")
             return last is not None and stream_id(cursor) < stream_id(_text(last))
-        first = fields.get("first-entry")
+        first: Any = fields.get("first-entry")
         return bool(first) and stream_id(cursor) < stream_id(_text(first[0]))
 
     def read(self, cursor: str, block: float, count: int) -> list[tuple[str, object]]:
