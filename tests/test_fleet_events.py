@@ -9,6 +9,7 @@ from ipaddress import ip_network
 import pytest
 
 from blocker.fleet.events import (
+    MAX_ENTRY_BYTES,
     PAYLOAD_FIELD,
     SIGNATURE_FIELD,
     FleetEvent,
@@ -31,8 +32,8 @@ def ban(target: str = "203.0.113.7", *, expires: float = T0 + 600, event_id: str
                       "score 5.0 >= 5 within 60s")
 
 
-def signed(data: dict[str, object], key: bytes = KEY) -> dict[bytes, bytes]:
-    payload = json.dumps(data).encode()
+def signed(data: object, key: bytes = KEY) -> dict[bytes, bytes]:
+    payload = json.dumps([data]).encode()
     return {PAYLOAD_FIELD: payload, SIGNATURE_FIELD: sign(key, payload)}
 
 
@@ -44,7 +45,7 @@ def good() -> dict[str, object]:
 
 def test_an_entry_decodes_to_the_same_event() -> None:
     for event in (ban(), ban("2001:db8::/48", expires=math.inf), ban("198.51.100.0/24")):
-        assert decode(KEY, entry(KEY, event)) == event
+        assert decode(KEY, entry(KEY, [event])) == [event]
         assert decode_snapshot(KEY, snapshot_value(KEY, event)) == event
         assert from_payload(event.payload()) == event
 
@@ -57,7 +58,7 @@ def test_the_payload_carries_the_contract_fields() -> None:
 
 
 def test_unsigned_and_badly_signed_entries_are_dropped() -> None:
-    fields = entry(KEY, ban())
+    fields = entry(KEY, [ban()])
     assert decode(KEY, {PAYLOAD_FIELD: fields[PAYLOAD_FIELD]}) == "unsigned"
     assert decode(KEY, {**fields, SIGNATURE_FIELD: b""}) == "unsigned"
     assert decode(b"x" * 32, fields) == "bad_signature"  # another key
@@ -65,8 +66,9 @@ def test_unsigned_and_badly_signed_entries_are_dropped() -> None:
     assert decode(KEY, {**fields, SIGNATURE_FIELD: b"short"}) == "bad_signature"
     tampered = fields[PAYLOAD_FIELD].replace(b"203.0.113.7", b"203.0.113.8")
     assert decode(KEY, {**fields, PAYLOAD_FIELD: tampered}) == "bad_signature"
-    assert decode_snapshot(KEY, fields[PAYLOAD_FIELD]) == "unsigned"
-    assert decode_snapshot(KEY, b"0" * 64 + b" " + fields[PAYLOAD_FIELD]) == "bad_signature"
+    single = ban().payload()
+    assert decode_snapshot(KEY, single) == "unsigned"
+    assert decode_snapshot(KEY, b"0" * 64 + b" " + single) == "bad_signature"
 
 
 @pytest.mark.parametrize("fields", [
@@ -77,10 +79,32 @@ def test_wrongly_typed_entries_are_malformed(fields: object) -> None:
 
 
 def test_oversized_entries_are_dropped_before_any_parsing() -> None:
-    huge = b"{" + b" " * 5000 + b"}"
+    huge = b"[" + b" " * (MAX_ENTRY_BYTES + 1) + b"]"
     assert decode(KEY, {PAYLOAD_FIELD: huge, SIGNATURE_FIELD: sign(KEY, huge)}) == "oversized"
-    extra = {**entry(KEY, ban()), b"more": b"x"}
+    extra = {**entry(KEY, [ban()]), b"more": b"x"}
     assert decode(KEY, extra) == "oversized"
+    big = b" " * 3000 + ban().payload()
+    assert decode_snapshot(KEY, sign(KEY, big) + b" " + big) == "oversized"
+
+
+def test_an_entry_holds_up_to_500_events_and_a_bad_one_costs_only_itself() -> None:
+    events = [ban(f"2001:db8::{i:x}", event_id=f"{i:032x}") for i in range(1, 501)]
+    assert decode(KEY, entry(KEY, events)) == events
+    with pytest.raises(AssertionError):
+        entry(KEY, [*events, ban()])
+    mixed = json.dumps([good(), {**good(), "target": "nonsense"}]).encode()
+    assert decode(KEY, {PAYLOAD_FIELD: mixed, SIGNATURE_FIELD: sign(KEY, mixed)}) == [
+        ban(), "malformed"]
+    for shape in (b"[]", b"{}", json.dumps([good()] * 501).encode()):
+        assert decode(KEY, {PAYLOAD_FIELD: shape, SIGNATURE_FIELD: sign(KEY, shape)}) == (
+            "malformed")
+
+
+def test_a_long_reason_is_cut_so_the_event_stays_valid() -> None:
+    event = FleetEvent("ban", "a" * 32, "web-1", ip_network("203.0.113.7"), "probes", T0,
+                       T0 + 600, "x" * 5000)
+    [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
+    assert isinstance(decoded, FleetEvent) and decoded.reason == "x" * 400
 
 
 @pytest.mark.parametrize("change", [
@@ -96,13 +120,13 @@ def test_signed_garbage_is_malformed(change: dict[str, object]) -> None:
         fields = signed(data)
     except ValueError:
         pytest.skip("not JSON")
-    assert decode(KEY, fields) == "malformed"
-    assert decode(KEY, signed({"k": [1] * 10})) == "malformed"
+    assert decode(KEY, fields) == ["malformed"]
+    assert decode(KEY, signed({"k": [1] * 10})) == ["malformed"]
     assert decode(KEY, {PAYLOAD_FIELD: b"{not json", SIGNATURE_FIELD: sign(KEY, b"{not json")}
                   ) == "malformed"
-    deep = b"[" * 1000 + b"]" * 1000
-    assert decode(KEY, {PAYLOAD_FIELD: deep, SIGNATURE_FIELD: sign(KEY, deep)}) in (
-        "malformed", "oversized")
+    deeper = b"[" * 100_000 + b"]" * 100_000  # Python's JSON parser recurses: RecursionError
+    assert decode(KEY, {PAYLOAD_FIELD: deeper, SIGNATURE_FIELD: sign(KEY, deeper)}) == (
+        "malformed")
 
 
 def ids(n: int) -> list[FleetEvent]:
@@ -139,3 +163,23 @@ def test_a_snapshot_moves_the_cursor_only_once_it_is_all_applied() -> None:
     assert (part.events, part.cursor) == (events[:2], None)  # a restart loads it again
     rest = inbox.take(1.0)
     assert (rest.events, rest.cursor) == (events[2:], "9-0")
+
+
+def test_own_events_are_echoes_and_others_are_checked() -> None:
+    mine, theirs = ban(origin="web-1"), ban("203.0.113.8", origin="web-2")
+    assert decode(KEY, entry(KEY, [mine, theirs]), own="web-1") == ["echo", theirs]
+    assert decode(KEY, entry(KEY, [mine]), own=None) == [mine]
+
+
+@pytest.mark.parametrize("text", ["fe80::1%eth0", "1.2.3", "2001:db8::1::2", "::ffff:1.2.3",
+                                  " 203.0.113.7", "203.0.113.7 "])
+def test_a_target_that_is_no_address_is_malformed(text: str) -> None:
+    assert decode(KEY, signed({**good(), "target": text})) == ["malformed"]
+
+
+def test_the_inbox_hands_out_at_most_a_slice_per_take() -> None:
+    inbox = Inbox(rate=1000)
+    events = ids(10)
+    inbox.add([(f"1-{i}", e) for i, e in enumerate(events)])
+    assert inbox.take(0.0, most=4).events == events[:4]
+    assert inbox.take(0.0, most=4).events == events[4:8]

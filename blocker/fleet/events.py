@@ -1,6 +1,7 @@
 """Fleet events: what one host tells the others, signed. PURE (no I/O, time passed in).
 
-An event is a JSON object, signed with HMAC-SHA256 under the fleet's shared key:
+An event is a JSON object; a stream entry holds a JSON array of up to 500 events of one host,
+signed with HMAC-SHA256 under the fleet's shared key:
 
     {"v": 1, "kind": "ban", "id": "<32 hex>", "origin": "web-7", "target": "203.0.113.7/32",
      "jail": "probes", "at": 1764450000.0, "expires": 1764450600.0, "reason": "..."}
@@ -9,7 +10,8 @@ An event is a JSON object, signed with HMAC-SHA256 under the fleet's shared key:
 applies only the time left. An unban carries the same fields; its `expires` is null.
 
 decode() checks everything a stranger could get wrong on purpose: size, signature, JSON shape,
-each field's type and range. It returns the event or the name of the counter the drop goes to.
+each field's type and range. It returns the events, or the name of the counter the drop goes
+to. The snapshot holds one event per target, each signed on its own.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import hmac
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Final, Literal
 
 from blocker.records import Network, network_text
 
 VERSION: Final = 1
-MAX_PAYLOAD: Final = 2048  # bytes of JSON; a real event is about 250
+MAX_PAYLOAD: Final = 2048  # bytes of one event's JSON; a real one is about 250
+MAX_EVENTS_PER_ENTRY: Final = 500
+MAX_ENTRY_BYTES: Final = MAX_EVENTS_PER_ENTRY * MAX_PAYLOAD
 MAX_REASON: Final = 400
 SIGNATURE_HEX: Final = 64  # HMAC-SHA256, hex
 MIN_KEY_BYTES: Final = 16
@@ -38,8 +44,9 @@ PAYLOAD_FIELD: Final = b"e"
 SIGNATURE_FIELD: Final = b"s"
 
 Kind = Literal["ban", "unban"]
-# Why an entry was dropped: each is a counter in `blockerctl status`.
-Drop = Literal["unsigned", "bad_signature", "oversized", "malformed"]
+# Why an entry (or one event of it) was dropped: each is a counter in `blockerctl status`.
+# "echo": this host's own event, passed over unchecked (it ignores its own echoes anyway).
+Drop = Literal["unsigned", "bad_signature", "oversized", "malformed", "echo"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ class FleetEvent:
             "target": network_text(self.target),
             "jail": self.jail, "at": self.at,
             "expires": None if math.isinf(self.expires) else self.expires,
-            "reason": self.reason,
+            "reason": self.reason[:MAX_REASON],
         }, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -67,9 +74,11 @@ def sign(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, payload, hashlib.sha256).hexdigest().encode()
 
 
-def entry(key: bytes, event: FleetEvent) -> dict[bytes, bytes]:
-    """The stream entry's fields for `event`."""
-    payload = event.payload()
+def entry(key: bytes, events: Sequence[FleetEvent]) -> dict[bytes, bytes]:
+    """The stream entry's fields for up to MAX_EVENTS_PER_ENTRY events of one host: a JSON
+    array of their payloads, signed once (a burst of 100,000 bans is 200 XADDs, not 100,000)."""
+    assert 0 < len(events) <= MAX_EVENTS_PER_ENTRY
+    payload = b"[" + b",".join(event.payload() for event in events) + b"]"
     return {PAYLOAD_FIELD: payload, SIGNATURE_FIELD: sign(key, payload)}
 
 
@@ -85,23 +94,31 @@ def decode_snapshot(key: bytes, value: object) -> FleetEvent | Drop:
     signature, space, payload = value.partition(b" ")
     if not space or len(signature) != SIGNATURE_HEX:
         return "unsigned"
-    return decode(key, {PAYLOAD_FIELD: payload, SIGNATURE_FIELD: signature})
+    if len(payload) > MAX_PAYLOAD:
+        return "oversized"
+    if not _signed(key, payload, signature):
+        return "bad_signature"
+    try:
+        return _event(json.loads(payload)) or "malformed"
+    except (ValueError, RecursionError):
+        return "malformed"
 
 
-def decode(key: bytes, fields: object) -> FleetEvent | Drop:
-    """The event of one stream entry ({field: value} as read), or why it is dropped."""
+def decode(key: bytes, fields: object, own: str | None = None
+           ) -> list[FleetEvent | Drop] | Drop:
+    """The events of one stream entry ({field: value} as read), each an event, "malformed" or
+    "echo" (its origin is `own`); or why the whole entry is dropped."""
     if not isinstance(fields, dict):
         return "malformed"
     payload = fields.get(PAYLOAD_FIELD)
     signature = fields.get(SIGNATURE_FIELD)
     if not isinstance(payload, bytes):
         return "malformed"
-    if len(payload) > MAX_PAYLOAD or len(fields) > 2:
+    if len(payload) > MAX_ENTRY_BYTES or len(fields) > 2:
         return "oversized"
     if not isinstance(signature, bytes) or not signature:
         return "unsigned"
-    if len(signature) != SIGNATURE_HEX or not hmac.compare_digest(sign(key, payload),
-                                                                  signature):
+    if not _signed(key, payload, signature):
         return "bad_signature"
     # Signed by a holder of the key: still checked field by field (a bug on a peer must not
     # crash this host either).
@@ -109,7 +126,15 @@ def decode(key: bytes, fields: object) -> FleetEvent | Drop:
         data = json.loads(payload)
     except (ValueError, RecursionError):
         return "malformed"
-    return _event(data) or "malformed"
+    if not isinstance(data, list) or not 0 < len(data) <= MAX_EVENTS_PER_ENTRY:
+        return "malformed"
+    return [("echo" if isinstance(item, dict) and item.get("origin") == own and own
+             else _event(item) or "malformed") for item in data]
+
+
+def _signed(key: bytes, payload: bytes, signature: bytes) -> bool:
+    return len(signature) == SIGNATURE_HEX and hmac.compare_digest(sign(key, payload),
+                                                                   signature)
 
 
 def from_payload(payload: bytes) -> FleetEvent | None:
@@ -134,15 +159,27 @@ def _event(data: object) -> FleetEvent | None:
         return None
     if not _time(at) or not (expires is None or _time(expires)):
         return None
-    try:
-        target = ip_network(target_text, strict=True)
-    except ValueError:
+    target = _network(target_text)
+    if target is None:
         return None
     assert isinstance(at, int | float) and isinstance(event_id, str) and isinstance(origin, str)
     assert isinstance(jail, str)
     return FleetEvent(kind=kind, id=event_id, origin=origin, target=target, jail=jail,
                       at=float(at), expires=math.inf if expires is None else float(expires),
                       reason=reason)
+
+
+def _network(text: str) -> Network | None:
+    """ip_network(text, strict=True), about five times faster for a single address (a burst
+    of 100,000 remote bans parses 100,000 of them)."""
+    try:
+        if "/" in text:
+            return ip_network(text, strict=True)
+        if ":" in text:
+            return IPv6Network((int.from_bytes(inet_pton(AF_INET6, text), "big"), 128))
+        return IPv4Network((int.from_bytes(inet_pton(AF_INET, text), "big"), 32))
+    except (ValueError, OSError):  # inet_pton raises OSError for text it cannot read
+        return None
 
 
 def _text(value: object, pattern: re.Pattern[str]) -> bool:

@@ -8,12 +8,13 @@ or a snapshot that overlaps the stream) is passed over.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from blocker.fleet.events import FleetEvent
 
 SEEN_IDS = 200_000  # recent event ids remembered against duplicates
+TAKE_AT_MOST = 2000  # events per take(): the daemon serves its sockets between two takes
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Inbox:
         self.tokens = rate
         self.last = 0.0
         self.queue: deque[tuple[str, FleetEvent | None]] = deque()
-        self._seen: dict[str, None] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -56,10 +57,11 @@ class Inbox:
         self._refill(now)
         return now if self.tokens >= 1 else now + (1 - self.tokens) / self.rate
 
-    def take(self, now: float) -> Taken:
+    def take(self, now: float, most: int = TAKE_AT_MOST) -> Taken:
         self._refill(now)
         taken = Taken([], None)
-        while self.queue and (self.tokens >= 1 or self.queue[0][1] is None):
+        while self.queue and (self.tokens >= 1 or self.queue[0][1] is None) and len(
+                taken.events) < most:
             cursor, event = self.queue.popleft()
             if cursor:
                 taken.cursor = cursor
@@ -76,4 +78,4 @@ class Inbox:
     def _remember(self, event_id: str) -> None:
         self._seen[event_id] = None
         if len(self._seen) > SEEN_IDS:
-            del self._seen[next(iter(self._seen))]
+            self._seen.popitem(last=False)

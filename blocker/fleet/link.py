@@ -31,7 +31,7 @@ from blocker.fleet.transport import START, Transport, TransportError
 log = logging.getLogger("blocker.fleet")
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
 READ_BLOCK = 1.0  # seconds an XREAD waits (also how long stop() may wait for the reader)
-READ_COUNT = 1000
+READ_COUNT = 20  # entries per XREAD: up to 10,000 events
 PUBLISH_BATCH = 1000
 INBOUND_BATCHES = 64  # the reader waits when the daemon is this many batches behind
 
@@ -182,17 +182,28 @@ class FleetLink:
             if not entries:
                 continue
             self.counters.add("received", len(entries))
-            batch = [(entry_id, self._check(decode(self.key, fields)))
-                     for entry_id, fields in entries]
-            if not self._post(Inbound("entries", batch, batch[-1][0])):
+            batch: list[tuple[str, FleetEvent | None]] = []
+            for entry_id, fields in entries:
+                batch += self._entry(entry_id, fields)
+            if not self._post(Inbound("entries", batch, entries[-1][0])):
                 break
-            cursor = batch[-1][0]
+            cursor = entries[-1][0]
         if transport is not None:
             transport.close()
 
+    def _entry(self, entry_id: str, fields: object) -> list[tuple[str, FleetEvent | None]]:
+        """(cursor, event) items of one entry: only its last item moves the cursor, so a
+        restart halfway through an entry reads all of it again (the rest are duplicates)."""
+        decoded = decode(self.key, fields, self.host_id)
+        if isinstance(decoded, str):
+            self._check(decoded)
+            return [(entry_id, None)]
+        events = [e for e in map(self._check, decoded) if e is not None]
+        return [("", e) for e in events] + [(entry_id, None)]
+
     def _check(self, decoded: FleetEvent | str) -> FleetEvent | None:
         if isinstance(decoded, str):
-            self.counters.add(decoded)
+            self.counters.add("echoes" if decoded == "echo" else decoded)
             if decoded in ("unsigned", "bad_signature"):
                 log.debug("fleet: dropped an entry (%s)", decoded)
             return None

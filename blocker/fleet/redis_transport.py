@@ -1,6 +1,7 @@
 """The fleet transport on Redis: a stream for the events, a hash and a sorted set for a snapshot.
 
-    <prefix>:events   stream; entry fields e (event JSON) and s (its HMAC); trimmed with MINID
+    <prefix>:events   stream; entry fields e (JSON array of up to 500 events) and s (its
+                      HMAC); trimmed with MINID
     <prefix>:bans     hash   target -> "<hmac> <event JSON>" of the newest ban of each target
     <prefix>:expiry   zset   target -> expiry (epoch s; +inf permanent), to prune the hash
 
@@ -23,7 +24,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from blocker.fleet.events import FleetEvent, entry, snapshot_value
+from blocker.fleet.events import MAX_EVENTS_PER_ENTRY, FleetEvent, entry, snapshot_value
 from blocker.fleet.transport import START, Snapshot, TransportError
 
 log = logging.getLogger("blocker.fleet")
@@ -61,17 +62,21 @@ class RedisTransport:
 
     def publish(self, events: Sequence[FleetEvent], now: float) -> None:
         minid = f"{max(0, int((now - self.retention) * 1000))}"
+        newest: dict[str, FleetEvent] = {}  # the snapshot keeps each target's last word
         pipe = self.client.pipeline(transaction=True)
-        for event in events:
-            target = str(event.target)
-            pipe.xadd(self.stream, entry(self.key, event), minid=minid, approximate=True)
-            if event.kind == "ban":
-                pipe.hset(self.bans, target, snapshot_value(self.key, event))
-                pipe.zadd(self.expiry, {target: "+inf" if math.isinf(event.expires)
-                                        else event.expires})
-            else:
-                pipe.hdel(self.bans, target)
-                pipe.zrem(self.expiry, target)
+        for start in range(0, len(events), MAX_EVENTS_PER_ENTRY):
+            chunk = events[start:start + MAX_EVENTS_PER_ENTRY]
+            pipe.xadd(self.stream, entry(self.key, chunk), minid=minid, approximate=True)
+            newest.update((str(event.target), event) for event in chunk)
+        bans = {t: e for t, e in newest.items() if e.kind == "ban"}
+        unbans = [t for t, e in newest.items() if e.kind == "unban"]
+        if bans:
+            pipe.hset(self.bans, mapping={t: snapshot_value(self.key, e) for t, e in bans.items()})
+            pipe.zadd(self.expiry, {t: "+inf" if math.isinf(e.expires) else e.expires
+                                    for t, e in bans.items()})
+        if unbans:
+            pipe.hdel(self.bans, *unbans)
+            pipe.zrem(self.expiry, *unbans)
         try:
             pipe.execute()
             if now >= self._next_prune:
