@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from ipaddress import ip_network
 from pathlib import Path
 
 from blocker.config import ConfigError, duration, load_config
@@ -137,6 +138,8 @@ def _remote(args: argparse.Namespace) -> int:
         print(f"blockerctl: {reply.get('error', 'request failed')}", file=sys.stderr)
         return EXIT_FAIL
     result = reply.get("result")
+    if args.command == "list" and isinstance(result, list):
+        result.sort(key=_ban_order)  # blockerd streams them in the kernel's order
     if args.command == "list" and args.json:
         print(json.dumps(result))
     elif args.command == "list":
@@ -146,6 +149,16 @@ def _remote(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(result, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _ban_order(row: object) -> tuple[int, int, int, str]:
+    """IPv4 before IPv6, then by network address and prefix; anything odd last."""
+    text = row.get("target") if isinstance(row, dict) else None
+    try:
+        network = ip_network(str(text), strict=False)
+    except ValueError:
+        return (9, 0, 0, str(text))
+    return (network.version, int(network.network_address), network.prefixlen, "")
 
 
 def _list_report(result: object) -> str:

@@ -38,6 +38,7 @@ class Jail:
     policy: JailPolicy
     source: str = jail_default("source")
     log_path: str = jail_default("log_path")
+    log_level: int = jail_default("log_level")  # kmsg/journald drop records at other levels
     prefix: re.Pattern[str] | None = jail_default("prefix")  # noqa: RUF009 (None, immutable)
 
     def matcher(self) -> Matcher:
@@ -114,12 +115,23 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
             jails.append(jail)
     if not jails:
         raise ConfigError(where, "jails", "every jail is disabled")
+    _one_level_per_source(jails, where)
     fleet = FleetConfig(**_section(FLEET, data, where))
     for name in fleet.publish:
         if name not in jails_table:
             raise ConfigError(where, "fleet.publish", f"no jail {name!r}")
     return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall,
                   fleet=fleet)
+
+
+def _one_level_per_source(jails: list[Jail], where: str) -> None:
+    """Jails reading one source share its level filter: they must agree on it."""
+    seen: dict[tuple[str, str], Jail] = {}
+    for jail in jails:
+        first = seen.setdefault((jail.source, jail.log_path), jail)
+        if first.log_level != jail.log_level:
+            raise ConfigError(where, f"jails.{jail.name}.log_level",
+                              f"differs from jail {first.name!r}, which reads the same source")
 
 
 def _section(section: Section, data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from blocker.host import host_addresses
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import Source, SourceError, open_source
+from blocker.sources.rsyslog_guard import unguarded_reason
 from blocker.state import State, StateError
 
 log = logging.getLogger("blocker")
@@ -109,6 +110,8 @@ class Daemon:
                                reload_config=lambda: load_config(Path(args.config)))
         self.sources: dict[SourceKey, Source] = {}
         self.source_errors: dict[SourceKey, str] = {}
+        self._guard_warned: dict[str, str] = {}
+        self._source_levels: dict[SourceKey, frozenset[int]] = {}
         self.service.source_health = self._source_health
         self.control = ControlServer(args.socket, self.selector,
                                      lambda: self.service.handlers(time.time))
@@ -142,7 +145,7 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, self.control.paused_until or math.inf,
+                wake = min(next_check, next_retry, self.control.next_wake(),
                            self.fleet.due() if self.fleet is not None else math.inf)
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
@@ -150,7 +153,7 @@ class Daemon:
                     self.reload_requested = False
                     self._reload()
                 tick = time.monotonic()
-                self.control.resume(tick)
+                self.control.tick(tick)
                 if tick >= next_check:
                     self.service.tick(time.time())
                     interval = self.service.config.firewall.rule_check_interval
@@ -212,15 +215,18 @@ class Daemon:
 
     # -- sources ---------------------------------------------------------------------------
     def _sync_sources(self) -> None:
-        """Open a source per (kind, path) the jails need; close the ones no jail needs."""
-        wanted = set(self.service.groups)
-        for key in [k for k in self.sources if k not in wanted]:
+        """Open a source per (kind, path) the jails need; close the ones no jail needs, and
+        reopen (from its saved position) one whose jails changed their log_level."""
+        wanted = {key: frozenset(r.jail.log_level for r in runners)
+                  for key, runners in self.service.groups.items()}
+        for key in [k for k in self.sources if wanted.get(k) != self._source_levels.get(k)]:
             self._close_source(key, save=True)
-        for key in wanted - set(self.sources):
+        for key in wanted.keys() - set(self.sources):
             kind, path = key
+            levels = wanted[key]
             try:
                 source = open_source(kind, path, self.state.position(source_label(key)),
-                                     from_start=self.args.from_start)
+                                     from_start=self.args.from_start, levels=levels)
             except (OSError, SourceError) as exc:
                 if self.source_errors.get(key) != str(exc):
                     log.error("source %s unavailable (retrying every %gs): %s",
@@ -229,13 +235,25 @@ class Daemon:
                 continue
             self.source_errors.pop(key, None)
             self.sources[key] = source
+            self._source_levels[key] = levels
             self.selector.register(source.fileno(), selectors.EVENT_READ,
                                    lambda k=key: self._on_source(k))
             log.info("following %s", source.name)
+            if source.name.startswith("kernlog:"):
+                self._check_rsyslog_guard(source.name, levels)
             # Save where we start at once: a crash before the first line must resume here,
             # not at a later end of the file.
             self._save_position(key, source)
             self._on_source(key)  # lines already waiting
+
+    def _check_rsyslog_guard(self, name: str, levels: frozenset[int]) -> None:
+        """Warn (once per source and reason) when nothing keeps forged lines out of kern.log."""
+        reason = unguarded_reason(levels)
+        if reason is not None and self._guard_warned.get(name) != reason:
+            log.warning("%s is not guarded by blocker's rsyslog drop-in, so local users may "
+                        "forge LOG lines in it (see README, 'Only the kernel can write'): %s",
+                        name, reason)
+        self._guard_warned[name] = reason or ""
 
     def _on_source(self, key: SourceKey) -> None:
         source = self.sources.get(key)
@@ -254,6 +272,7 @@ class Daemon:
 
     def _close_source(self, key: SourceKey, save: bool) -> None:
         source = self.sources.pop(key)
+        self._source_levels.pop(key, None)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.selector.unregister(source.fileno())
         if save:

@@ -7,7 +7,9 @@ Accepted line forms (what admins actually have):
   journald / kmsg text ``PREFIX IN=eth0 OUT= ...`` (the source supplies the time)
 
 A line with a syslog header whose tag is not exactly ``kernel:`` is refused: only the kernel
-writes netfilter LOG records, and a user process could otherwise forge them.
+writes netfilter LOG records, and a user process could otherwise forge them. Text from a file
+(kern.log) must carry that header: headerless text is valid only where the source itself
+vouches for the kernel (kmsg's facility, journald's _TRANSPORT), so scan() is told which.
 """
 
 from __future__ import annotations
@@ -171,10 +173,12 @@ class KernelLogParser:
 
     # -- scanning: the bulk path ---------------------------------------------------------
 
-    def scan(self, text: str, now: float, source_time: float | None = None
-             ) -> list[Record]:
+    def scan(self, text: str, now: float, source_time: float | None = None,
+             headerless: bool = True) -> list[Record]:
         """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
         header; lines with a bad or forged header are counted as rejected and skipped.
+        `headerless=False` (text read from a file) also refuses lines without a syslog
+        header with the `kernel:` tag: in a file, anyone's text can look headerless.
 
         The caller validates the fields: signature() for what depends on the kind of packet
         (cached), address() and the ports for the rest. `prefix` is the raw text between the
@@ -203,7 +207,8 @@ class KernelLogParser:
                 for line in text[line_start:done].split("\n"):
                     one = _PACKET.search(line)
                     if one is not None:
-                        found = self._time_and_prefix(line[: one.start()], now, source_time)
+                        found = self._time_and_prefix(line[: one.start()], now, source_time,
+                                                      headerless)
                         if found is None:
                             self._rejected += 1
                         else:
@@ -227,7 +232,7 @@ class KernelLogParser:
                         prefix = _without_uptime(prefix)[1]
                     append((event_time, prefix, m.groups()))
                     continue
-            found = self._time_and_prefix(head, now, source_time)
+            found = self._time_and_prefix(head, now, source_time, headerless)
             if found is None:
                 self._rejected += 1
             else:
@@ -239,8 +244,8 @@ class KernelLogParser:
         day = now // 86400 * 86400
         self._cache_from, self._cache_until = day, day + 86400
 
-    def _time_and_prefix(self, head: str, now: float, source_time: float | None
-                         ) -> tuple[float, str] | None:
+    def _time_and_prefix(self, head: str, now: float, source_time: float | None,
+                         headerless: bool) -> tuple[float, str] | None:
         """Event time and raw prefix from the text before 'IN=' on a line; None when the
         line has a bad syslog header or one a user process wrote. Only scan() calls it, after
         making the header cache valid for `now`."""
@@ -250,8 +255,8 @@ class KernelLogParser:
             if event_time is None:
                 return None
             head = head[k + 9 :]  # len(_KERNEL_TAG)
-        elif _SYSLOG_START.match(head):
-            return None  # a syslog line from a user process: never trusted
+        elif not headerless or _SYSLOG_START.match(head):
+            return None  # a syslog line from a user process (or any tag but kernel:)
         else:
             event_time = now if source_time is None else source_time
         if head.startswith("["):

@@ -105,17 +105,18 @@ class Pipeline:
         parsed as one text."""
         if lines and max(map(len, lines)) > MAX_LINE:  # rare: checked in C, cut in Python
             lines = [line[:MAX_LINE] for line in lines]
-        return self.feed_text("\n".join(lines) + "\n", now, jails)
+        return self.feed_text("\n".join(lines) + "\n", now, jails, headerless=False)
 
-    def feed_text(self, text: str, now: float, jails: Sequence[JailRunner] | None = None
-                  ) -> list[Decision]:
+    def feed_text(self, text: str, now: float, jails: Sequence[JailRunner] | None = None,
+                  headerless: bool = True) -> list[Decision]:
         """Many complete lines at once, each already within MAX_LINE (replay cuts them while
-        reading): the fast path."""
+        reading): the fast path. `headerless=False` for a live file: only lines with a
+        `kernel:` syslog header count (see KernelLogParser.scan)."""
         lines = text.count("\n")
         if text and not text.endswith("\n"):
             lines += 1
         self.stats.lines += lines
-        return self._feed_records(self.parser.scan(text, now), jails)
+        return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
 
     def _feed_records(self, records: Iterable[Record], jails: Sequence[JailRunner] | None
                       ) -> list[Decision]:

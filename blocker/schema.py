@@ -44,6 +44,7 @@ from blocker.validators import (
     OrNone,
     Regex,
     Strings,
+    SyslogLevel,
     Table,
     Text,
     Validator,
@@ -170,6 +171,10 @@ JAIL: Final = Section("jails", (
         "where kernel log lines come from; `auto`: kern.log if it exists, else the journal, "
         "else /dev/kmsg"),
     Key("log_path", AbsolutePath(), "/var/log/kern.log", "the kern.log to follow"),
+    Key("log_level", SyslogLevel(), 4,
+        "syslog level of your LOG rules (iptables' `--log-level`, nftables' `log level`): "
+        "kmsg and journald drop kernel records at other levels; jails reading one source "
+        "must agree on it"),
     Key("prefix", Regex(), None, "only LOG lines whose prefix matches count in this jail"),
     Key("weights", Table(Number(low=0, low_open=True)), {},
         "per-filter weights in this jail, e.g. `{ udp_probe = 0.5 }`; a filter not named "

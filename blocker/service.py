@@ -6,18 +6,19 @@ it read and the time it read them at. Tests drive it directly with a fake backen
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Any
 
 from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
-from blocker.control import Handler, RequestError
-from blocker.firewall.base import Backend, FirewallError, InvalidBan
+from blocker.control import Handler, RequestError, Streamed
+from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet.events import FleetEvent
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
@@ -25,6 +26,7 @@ from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
 
+LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
@@ -281,7 +283,7 @@ class Service:
 
         return {
             "status": bind(self.cmd_status),
-            "list": bind(self.cmd_list),
+            "list": bind(self.cmd_list_streamed),
             "ban": bind(self.cmd_ban),
             "unban": bind(self.cmd_unban),
             "reload": bind(self.cmd_reload),
@@ -323,19 +325,40 @@ class Service:
             kernel = self.backend.list()
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
-        rows: list[dict[str, object]] = []
-        for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0])):
-            ban = self.active.get(target)
-            expires = None if math.isinf(remaining) else iso_time(now + remaining)
-            rows.append({
-                "target": network_text(target),
-                "jail": ban.jail if ban else "(not blocker's)",
-                "origin": ban.origin if ban else "",
-                "expires": expires,
-                "remaining": None if math.isinf(remaining) else round(remaining),
-                "reason": ban.reason if ban else "",
-            })
-        return rows
+        return [self._list_row(target, remaining, now)
+                for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0]))]
+
+    def cmd_list_streamed(self, _message: dict[str, Any], now: float) -> Streamed:
+        """`list` for the control socket: the rows of one kernel dump message at a time, in
+        the kernel's order (blockerctl sorts), so a million bans never hold the loop."""
+        batches = kernel_batches(self.backend)
+        try:
+            first = next(batches, [])  # a failure now is still an error reply
+        except FirewallError as exc:
+            raise RequestError(f"cannot read the kernel sets: {exc}") from exc
+
+        def rows() -> Iterator[list[dict[str, object]]]:
+            try:
+                for batch in itertools.chain([first], batches):
+                    # A backend's batch may be its whole list: a few ms of rows per loop turn.
+                    for start in range(0, len(batch), LIST_SLICE):
+                        yield [self._list_row(target, remaining, now)
+                               for target, remaining in batch[start : start + LIST_SLICE]]
+            finally:
+                batches.close()
+
+        return Streamed(rows())
+
+    def _list_row(self, target: Network, remaining: float, now: float) -> dict[str, object]:
+        ban = self.active.get(target)
+        return {
+            "target": network_text(target),
+            "jail": ban.jail if ban else "(not blocker's)",
+            "origin": ban.origin if ban else "",
+            "expires": None if math.isinf(remaining) else iso_time(now + remaining),
+            "remaining": None if math.isinf(remaining) else round(remaining),
+            "reason": ban.reason if ban else "",
+        }
 
     def cmd_ban(self, message: dict[str, Any], now: float) -> str:
         target = _target(message.get("target"))
@@ -493,3 +516,13 @@ def _describe(backend: Backend) -> object:
         except FirewallError as exc:
             return {"error": str(exc)}
     return {"backend": type(backend).__name__}
+
+
+def kernel_batches(backend: Backend) -> Generator[Bans, None, None]:
+    """The backend's bans a batch at a time: list_batches() where it has it (ipset),
+    else list() as one batch."""
+    batches = getattr(backend, "list_batches", None)
+    if batches is None:
+        yield backend.list()
+    else:
+        yield from batches()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
 
+from blocker.private_dir import create_private_file, open_private_dir, regular_or_missing
 from blocker.records import Decision, Network, network_text
 from blocker.state_schema import StateError as StateError  # noqa: PLC0414 (for callers)
 from blocker.state_schema import migrate
@@ -39,10 +40,19 @@ class BanRow:
 
 class State:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """UnsafePathError (an OSError) when the state dir or a file sqlite would open in it
+        could be controlled by another user (see blocker.private_dir)."""
         self.path = state_dir / "state.sqlite"
+        dir_fd = open_private_dir(state_dir, "state dir")
+        try:
+            create_private_file(dir_fd, self.path.name, state_dir)
+            for suffix in ("-wal", "-shm", "-journal"):
+                regular_or_missing(dir_fd, self.path.name + suffix, state_dir)
+        finally:
+            os.close(dir_fd)
+        # By path (sqlite has no descriptor API): the checked directory is private, so what
+        # was checked above is what sqlite opens.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        os.chmod(self.path, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is crash-safe for process death (kill -9); only power loss may drop the
         # newest transaction, never corrupt the file.

@@ -451,3 +451,25 @@ def check(validator: Validator[T], value: object, where: str, key: str,
     except Invalid as exc:
         raise error(where, join_key(key, exc.subkey), exc.reason) from None
 
+
+# syslog levels by name, as iptables' --log-level and nftables' `log level` take them.
+SYSLOG_LEVELS: Final = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
+                        "notice": 5, "info": 6, "debug": 7}
+
+
+@dataclass(frozen=True)
+class SyslogLevel(Validator[int]):
+    """A syslog level by name ("warning") or number (0-7) -> the number."""
+
+    kind = "syslog level: name or 0-7"
+
+    def __call__(self, value: object) -> int:
+        if isinstance(value, str) and value in SYSLOG_LEVELS:
+            return SYSLOG_LEVELS[value]
+        if type(value) is int and 0 <= value <= 7:
+            return value
+        raise Invalid(f"must be a syslog level 0-7 or one of {', '.join(SYSLOG_LEVELS)}")
+
+    def show(self, value: object) -> str:
+        names = {number: name for name, number in SYSLOG_LEVELS.items()}
+        return f'"{names[value]}"' if isinstance(value, int) and value in names else str(value)

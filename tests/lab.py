@@ -50,6 +50,7 @@ BENIGN_V4, BENIGN_V6 = "203.0.113.10", "2001:db8:b::10"
 EXTRA_HOSTS = range(67, 91)
 LOG_ALL_NETNS = Path("/proc/sys/net/netfilter/nf_log_all_netns")
 WAIT = 10.0
+DROPIN = REPO / "packaging" / "rsyslog" / "00-blocker-kernel-only.conf"
 
 # A dual-stack TCP service that accepts and closes: enough for `nc -z`.
 _LISTENER = """
@@ -69,8 +70,8 @@ global(workDirectory="{tmp}/rsyslog-work")
 module(load="imklog")
 module(load="imuxsock" SysSock.Use="off")
 input(type="imuxsock" Socket="{tmp}/log.sock")
-# blocker's rsyslog drop-in: only imklog may write kernel-facility lines.
-if $syslogfacility-text == "kern" and $inputname != "imklog" then stop
+# blocker's rsyslog drop-in, as shipped (packaging/rsyslog), before any rule that writes.
+{dropin}
 kern.* action(type="omfile" file="{tmp}/kern.log")
 kern.* action(type="omfile" file="{tmp}/kern-trad.log" template="RSYSLOG_TraditionalFileFormat")
 user.* action(type="omfile" file="{tmp}/user.log")
@@ -174,7 +175,7 @@ class Rsyslog:
     def start(self) -> None:
         (self.tmp / "rsyslog-work").mkdir(exist_ok=True)
         conf = self.tmp / "rsyslog.conf"
-        conf.write_text(_RSYSLOG_CONF.format(tmp=self.tmp))
+        conf.write_text(_RSYSLOG_CONF.format(tmp=self.tmp, dropin=DROPIN.read_text()))
         with (self.tmp / "rsyslogd.out").open("wb") as out:
             self.process = subprocess.Popen(
                 ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.tmp / "rsyslogd.pid")],

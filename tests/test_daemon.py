@@ -21,6 +21,8 @@ from daemon_fixture import (
 )
 from loglines import synack
 
+from blocker.sources.rsyslog_guard import unguarded_reason
+
 ATTACKER = "203.0.113.66"
 
 
@@ -208,3 +210,33 @@ def test_poll_gives_up() -> None:
     """The fixture's wait fails instead of hanging (so a broken daemon cannot stall CI)."""
     with pytest.raises(AssertionError, match="timed out"):
         poll(lambda: False, timeout=0.1, what="nothing")
+
+
+def test_a_kern_log_without_the_rsyslog_guard_is_warned_about_at_start(daemon: Blockerd) -> None:
+    # What blockerd finds on this host decides: the warning names the reason it found.
+    reason = unguarded_reason(frozenset((4,)))
+    daemon.wait_log("following kernlog:")
+    if reason is None:
+        assert "not guarded by blocker's rsyslog drop-in" not in daemon.stderr()
+    else:
+        daemon.wait_log(f"is not guarded by blocker's rsyslog drop-in, so local users may forge "
+                        f"LOG lines in it (see README, 'Only the kernel can write'): {reason}")
+
+
+def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
+        daemon: Blockerd) -> None:
+    assert daemon.notify is not None
+    daemon.notify.wait_for("READY=1")
+    daemon.append(synack_train(ATTACKER, count=3))
+    poll(lambda: json.loads(daemon.ctl("status").out)["lines"] == 3, what="3 lines read")
+    daemon.config.write_text(CONFIG + 'log_level = "info"\n', encoding="utf-8")
+    daemon.send(signal.SIGHUP)
+    daemon.notify.wait_for("READY=1")
+    assert daemon.stderr().count("following kernlog:") == 2  # closed and opened again
+    if unguarded_reason(frozenset((6,))) is not None:  # the check names the new level's rule
+        daemon.wait_log("$syslogseverity != 6")
+    # Reopened at the saved position: the 3 lines read before are not read again (a reload
+    # starts the scores and counters afresh), the new ones are.
+    daemon.append(synack_train(ATTACKER))
+    assert daemon.wait_ban(ATTACKER)["jail"] == "probes"
+    assert json.loads(daemon.ctl("status").out)["lines"] == 5

@@ -7,11 +7,13 @@ never only blockerd's word. See tests/lab.py for the topology.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from crash import crash_as_nobody, crashing_program, exception_trace
 from lab import (
     ATTACKER_LISTEN_PORT,
     ATTACKER_V4,
@@ -161,6 +163,29 @@ def test_forged_kernel_lines_never_reach_kern_log(lab: Lab) -> None:
         assert counted == {}, "no line of this test may count"
         assert not daemon.banned(forged_source)
         assert not daemon.banned(kmsg_source)
+
+
+def test_a_crash_report_quoting_a_forged_record_never_reaches_kern_log(lab: Lab) -> None:
+    """The segfault trick (issue 10): an unprivileged program whose file name holds a newline
+    and a LOG record crashes; the kernel's info-level report quotes the name, imklog reads the
+    part after the newline as a kernel line of its own. The shipped drop-in drops it."""
+    forged_source = "198.51.100.97"
+    with lab.blockerd() as daemon:
+        record = (f"{daemon.tag} INVALID IN={lab.att_if} OUT= SRC={forged_source} "
+                  f"DST={SERVER_ATT_V4} LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID=1 PROTO=TCP "
+                  f"SPT=1234 DPT={SYNACK_PORT} WINDOW=512 RES=0x00 ACK SYN URGP=0 ")
+        with exception_trace(), crashing_program(record) as program:
+            reported = 0
+            for _ in range(8):  # more than enough to ban, were the lines let through
+                assert crash_as_nobody(program) == -signal.SIGSEGV
+                time.sleep(0.6)  # printk_ratelimit: 10 messages per 5 s, 2 per crash
+            lab.mark()
+            reported = count_lines([lab.rsyslog.kern_log], "segfault at ")
+        kern_logs = [lab.rsyslog.kern_log, lab.rsyslog.kern_trad]
+        # Proof that the crashes were reported: their first line, without "SRC=", is kept.
+        assert reported >= 5
+        assert count_lines(kern_logs, f"SRC={forged_source} ") == 0
+        assert not daemon.banned(forged_source)
 
 
 def test_ban_through_the_traditional_timestamp_format(lab: Lab) -> None:

@@ -143,6 +143,29 @@ def test_list_agrees_with_pyroute2s_decoding(ns: Namespace, backend: IpsetBacken
             assert abs(seconds - reference[target]) <= 2
 
 
+def test_list_batches_is_list_a_slice_at_a_time(ns: Namespace,
+                                                        backend: IpsetBackend) -> None:
+    bans: list[tuple[Network, float]] = [
+        (IPv6Network(((0x20010DB8 << 96) + (i << 64), 64)), 600) for i in range(5000)
+    ] + [(HOST, math.inf)]
+    backend.ban(bans)
+    batches = list(backend.list_batches())
+    assert len(batches) >= 5000 // 128  # slices of the several messages a dump of 5,000 takes
+    assert max(map(len, batches)) <= 128
+    streamed = [entry for batch in batches for entry in batch]
+    assert len(streamed) == len(bans)
+    assert {t for t, _ in streamed} == {t for t, _ in backend.list()} == {t for t, _ in bans}
+    # Bans go on while a listing is half read: it has a socket of its own.
+    half = backend.list_batches()
+    next(half)
+    backend.ban([(NET, 600)])
+    assert NET in dict(backend.list())
+    half.close()
+    ns.run("iptables", "-F", "INPUT")
+    ns.run("ipset", "destroy", backend.sets[4])  # a missing set holds nothing
+    assert len([e for batch in backend.list_batches() for e in batch]) == 5000
+
+
 def test_list_of_a_missing_set_is_empty_not_an_error(ns: Namespace,
                                                      backend: IpsetBackend) -> None:
     backend.ban([(HOST, 600), (HOST6, 600)])

@@ -17,7 +17,7 @@ from fakes.backend import FakeBackend
 from loglines import BASE, syn, synack
 
 from blocker.config import Config, load_config
-from blocker.control import RequestError
+from blocker.control import RequestError, Streamed
 from blocker.firewall.base import Repair
 from blocker.pipeline import MAX_LINE
 from blocker.records import Decision, Network
@@ -530,6 +530,18 @@ def test_list_with_a_failing_firewall_is_an_error(h: Harness) -> None:
     h.backend.fail = "no sets"
     with pytest.raises(RequestError, match="cannot read the kernel sets: no sets"):
         h.service.cmd_list({}, NOW)
+
+
+def test_list_on_the_socket_is_streamed_with_the_same_rows(h: Harness) -> None:
+    h.feed(synacks(ATTACKER, NOW))
+    h.backend.table[n("198.51.100.200")] = 30.0
+    streamed = h.service.handlers(lambda: NOW)["list"]({"cmd": "list"})
+    assert isinstance(streamed, Streamed)
+    rows = [row for batch in streamed.batches for row in batch]
+    assert sorted(rows, key=str) == sorted(h.service.cmd_list({}, NOW), key=str)
+    h.backend.fail = "no sets"
+    with pytest.raises(RequestError, match="cannot read the kernel sets: no sets"):
+        h.service.handlers(lambda: NOW)["list"]({"cmd": "list"})
 
 
 def test_explain(h: Harness) -> None:

@@ -29,6 +29,7 @@ def entry(
         "__CURSOR": cursor,
         "__REALTIME_TIMESTAMP": "1700000000250000",
         "_TRANSPORT": transport,
+        "PRIORITY": "4",
         "MESSAGE": message,
         **extra,
     }
@@ -160,7 +161,8 @@ def test_reads_kernel_entries_only_and_remembers_the_cursor(fake: FakeJournal) -
         assert health["rejected"] == 2
         assert health["lines"] == 2
         assert fake.runs() == [
-            ["--follow", "--output=json", "--no-pager", "--lines=0", "_TRANSPORT=kernel"]
+            ["--follow", "--output=json", "--no-pager", "--lines=0", "_TRANSPORT=kernel",
+             "PRIORITY=4"]
         ]
     finally:
         source.close()
@@ -178,7 +180,7 @@ def test_start_options(fake: FakeJournal) -> None:
     ]:
         source = JournaldSource(command=fake.command("stay"), **kwargs)  # type: ignore[arg-type]
         try:
-            assert source.command_line()[-2].startswith(expected)
+            assert source.command_line()[-3].startswith(expected)
         finally:
             source.close()
 
@@ -195,8 +197,8 @@ def test_exited_journalctl_is_restarted_after_the_last_cursor(fake: FakeJournal)
         assert len(again) == 2
         assert source.fileno() == fileno
         runs = fake.runs()
-        assert runs[0][-2] == "--lines=0"
-        assert runs[1][-2] == "--after-cursor=c2"
+        assert runs[0][-3] == "--lines=0"
+        assert runs[1][-3] == "--after-cursor=c2"
         health = source.health()
         assert int(str(health["restarts"])) >= 1
         assert (
@@ -221,9 +223,9 @@ def test_journalctl_restarted_before_any_entry_resumes_from_its_first_start(
             if select.select([source.fileno()], [], [], 0.5)[0]:
                 assert source.read() == []
         first, second = fake.runs()[:2]
-        assert first[-2] == "--lines=0"
+        assert first[-3] == "--lines=0"
         # Not --lines=0 again: what the kernel logged while journalctl was down would be lost.
-        option, _, stamp = second[-2].partition("=@")
+        option, _, stamp = second[-3].partition("=@")
         assert option == "--since"
         assert began <= float(stamp) <= ended
     finally:
@@ -308,8 +310,13 @@ def journal_file(tmp_path: Path) -> Path:
             "SYSLOG_IDENTIFIER": b"kernel",
             "MESSAGE": b"IN=forged SRC=192.0.2.9",
         },
-        {"_TRANSPORT": b"kernel", "MESSAGE": b"binary \xff\x01 kernel line"},
-        {"_TRANSPORT": b"kernel", "MESSAGE": b"third kernel line"},
+        {"_TRANSPORT": b"kernel", "MESSAGE": b"binary \xff\x02 kernel line", "PRIORITY": b"4"},
+        # The kernel's own info-level messages, and the segfault trick: a file name holding a
+        # newline and a LOG-like record, quoted by a kernel message (refused, not parsed).
+        {"_TRANSPORT": b"kernel", "MESSAGE": LOG_LINE.encode(), "PRIORITY": b"6"},
+        {"_TRANSPORT": b"kernel", "PRIORITY": b"4",
+         "MESSAGE": b"a[1]: segfault at 0 ip 0 sp 0 error 4 in x\n" + LOG_LINE.encode()},
+        {"_TRANSPORT": b"kernel", "MESSAGE": b"third kernel line", "PRIORITY": b"4"},
     ]
     data = b"".join(
         export_entry(
@@ -335,12 +342,8 @@ def test_real_journalctl_on_a_journal_file(journal_file: Path) -> None:
     command = ["journalctl", f"--file={journal_file}"]
     source = JournaldSource(from_start=True, command=command)
     try:
-        lines = collect(source, 3) + settle(source)
-        assert [line.text for line in lines] == [
-            LOG_LINE,
-            "binary \ufffd\x01 kernel line",
-            "third kernel line",
-        ]
+        lines = collect(source, 2) + settle(source)
+        assert [line.text for line in lines] == [LOG_LINE, "third kernel line"]
         assert lines[0].time == 1700000000.0
         position = source.position()
         assert position is not None
@@ -352,8 +355,8 @@ def test_real_journalctl_on_a_journal_file(journal_file: Path) -> None:
         [*command, "--output=json", "_TRANSPORT=kernel"], check=True, capture_output=True
     )
     cursors = [json.loads(line)["__CURSOR"] for line in listing.stdout.splitlines()]
-    assert position == {"cursor": cursors[2]}
-    resumed = JournaldSource(start={"cursor": cursors[1]}, command=command)
+    assert position == {"cursor": cursors[-1]}
+    resumed = JournaldSource(start={"cursor": cursors[-2]}, command=command)
     try:
         assert [line.text for line in collect(resumed, 1) + settle(resumed)] == [
             "third kernel line"
@@ -363,7 +366,7 @@ def test_real_journalctl_on_a_journal_file(journal_file: Path) -> None:
 
 
 def test_real_journalctl_takes_the_restart_time_option(journal_file: Path) -> None:
-    # The option a restart before any cursor uses. Kernel entries are at 1700000000, ...02, ...03.
+    # The option a restart before any cursor uses. Kernel entries are at 1700000000, ...02-...05.
     def since(stamp: str) -> list[object]:
         listing = subprocess.run(
             ["journalctl", f"--file={journal_file}", "--output=json", f"--since=@{stamp}",
@@ -371,5 +374,5 @@ def test_real_journalctl_takes_the_restart_time_option(journal_file: Path) -> No
         )
         return [json.loads(line)["MESSAGE"] for line in listing.stdout.splitlines()]
 
-    assert len(since("1700000001.500000")) == 2
-    assert since("1700000002.000001") == ["third kernel line"]  # to the microsecond
+    assert len(since("1700000003.500000")) == 2
+    assert since("1700000004.000001") == ["third kernel line"]  # to the microsecond

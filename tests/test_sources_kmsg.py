@@ -61,10 +61,10 @@ def test_filter_accepts_facility_zero_only() -> None:
 
 def test_filter_skips_records_seen_before_a_restart_and_counts_gaps() -> None:
     records = RecordFilter(boot_time=0.0, last_seq=10)
-    assert records.take(b"6,9,1,-;seen\n") is None
-    assert records.take(b"6,10,1,-;seen\n") is None
-    assert records.take(b"6,11,1,-;new\n") == SourceLine("new", 1e-6)
-    assert records.take(b"6,15,1,-;after a gap\n") is not None
+    assert records.take(b"4,9,1,-;seen\n") is None
+    assert records.take(b"4,10,1,-;seen\n") is None
+    assert records.take(b"4,11,1,-;new\n") == SourceLine("new", 1e-6)
+    assert records.take(b"4,15,1,-;after a gap\n") is not None
     assert (records.skipped, records.lost, records.last_seq) == (2, 3, 15)
 
 

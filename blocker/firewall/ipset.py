@@ -55,6 +55,7 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}  # also NFPROTO_IPV4/IPV6 (2, 
 _ACK_TIMEOUT = 10.0  # seconds to wait for the kernel's answer to one batch
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _IPSET_ERR_BUSY = 4100
+_LIST_SLICE = 128  # entries per batch of list_batches()
 
 
 class IpsetBackend:
@@ -290,6 +291,45 @@ class IpsetBackend:
                         continue  # host bits set: not an entry blocker could have made
                     bans.append((target, float(timeout) if timeout else math.inf))
         return bans
+
+    def list_batches(self) -> Iterator[Bans]:
+        """list() a slice of a kernel message at a time (up to 128 entries), on a netlink
+        socket of its own: a caller can serve a million entries between other work, and bans
+        keep using the batch socket meanwhile. Closing the generator ends the dump."""
+        with self._lock:
+            self._batch_socket()  # learns the protocol version
+            protocol = self._protocol
+        for family in sorted(self.sets):
+            name = self.sets[family]
+            with namespace.entered(self.netns):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                     ipset_wire.NETLINK_NETFILTER)
+            try:
+                sock.bind((0, 0))
+                sock.settimeout(_ACK_TIMEOUT)
+                sock.send(ipset_wire.list_request(name, _FAMILY[family], seq=1,
+                                                  protocol=protocol))
+                while True:
+                    found, end = ipset_wire.list_replies(sock.recv(1 << 16), 1)
+                    # A message holds ~1,000 entries: converted and handed out a slice at a
+                    # time, so the caller's work between two yields stays a few ms.
+                    for start in range(0, len(found), _LIST_SLICE):
+                        batch: Bans = []
+                        for packed, prefix, timeout in found[start : start + _LIST_SLICE]:
+                            try:
+                                target = ip_network((packed, prefix))
+                            except ValueError:
+                                continue  # host bits set: not an entry blocker could have made
+                            batch.append((target, float(timeout) if timeout else math.inf))
+                        yield batch
+                    if end is not None:
+                        break
+            except OSError as err:  # includes the socket timeout
+                raise FirewallError(f"cannot list ipset {name}: {err}") from err
+            finally:
+                sock.close()
+            if end and end != errno.ENOENT:  # a missing set holds nothing
+                raise FirewallError(f"cannot list ipset {name}: {ipset_wire.describe(end)}")
 
     def _dump(self, family: int) -> Sequence[ipset_wire.DumpEntry]:
         """The entries of one set, dumped on the batch socket; [] when the set is missing."""

@@ -24,15 +24,18 @@ def choose_kind(path: str) -> str:
 
 
 def open_source(
-    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False
+    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False,
+    levels: frozenset[int] = frozenset((4,)),
 ) -> Source:
-    """Open a source; a saved position from another kind is ignored by the source itself."""
+    """Open a source; a saved position from another kind is ignored by the source itself.
+    `levels`: the syslog levels of LOG records (kmsg and journald check them; for kern.log
+    the rsyslog drop-in does, see blocker.sources.rsyslog_guard)."""
     if kind == "auto":
         kind = choose_kind(path)
     if kind == "kernlog":
         return KernlogSource(path, start, from_start)
     if kind == "journald":
-        return JournaldSource(start, from_start)
+        return JournaldSource(start, from_start, levels=levels)
     if kind == "kmsg":
-        return KmsgSource(start, from_start)
+        return KmsgSource(start, from_start, levels=levels)
     raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -1,14 +1,20 @@
 """Kernel lines from the systemd journal, read from a `journalctl --follow --output=json` child.
 
 Only entries whose trusted _TRANSPORT field is "kernel" are accepted: journald sets fields
-that start with "_" itself and drops such fields when a client sends them.
+that start with "_" itself and drops such fields when a client sends them. For kernel entries
+journald also sets PRIORITY from the record's level: only the LOG rule's level (`log_level`)
+is accepted. A MESSAGE holding a newline or another control character is refused: the kernel
+quotes user-chosen text in some records (a segfault names the crashing file, whose name may
+hold a newline and a LOG-like record), and netfilter's LOG target never prints one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -17,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from blocker.refusals import RefusalLog
 from blocker.sources.base import (
     MAX_LINE_BYTES,
     LineSplitter,
@@ -33,6 +40,10 @@ STABLE_SECONDS = 30.0  # a child that lived this long resets the backoff
 MAX_BACKOFF_SECONDS = 60.0
 # Waits before exec without blocking the daemon, so the pipe exists during the backoff.
 _DELAYED_EXEC = 'sleep "$0" && exec "$@"'
+WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_REJECTED = "MESSAGE holds a newline or control character"
+log = logging.getLogger("blocker.sources")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,8 @@ def _realtime(value: object) -> float | None:
     return None
 
 
-def parse_journal_line(raw: bytes) -> JournalEntry:
+def parse_journal_line(raw: bytes, levels: frozenset[int] = frozenset((WARNING,))
+                       ) -> JournalEntry:
     """Parse one line of `journalctl --output=json`; never raises."""
     try:
         entry = json.loads(raw)
@@ -73,10 +85,17 @@ def parse_journal_line(raw: bytes) -> JournalEntry:
     cursor = cursor if isinstance(cursor, str) and cursor else None
     if entry.get("_TRANSPORT") != "kernel":
         return JournalEntry(None, cursor, "_TRANSPORT is not kernel")
+    priority = _field_text(entry.get("PRIORITY"))
+    if priority is None or not (priority.isascii() and priority.isdigit()):
+        return JournalEntry(None, cursor, "no PRIORITY")
+    if int(priority) not in levels:
+        return JournalEntry(None, cursor, f"PRIORITY {priority} is not the LOG level")
     message = _field_text(entry.get("MESSAGE"))
     if message is None:
         return JournalEntry(None, cursor, "no readable MESSAGE")
     message = message.rstrip("\n")
+    if _CONTROL.search(message):
+        return JournalEntry(None, cursor, CONTROL_REJECTED)
     encoded = message.encode("utf-8", errors="replace")
     if len(encoded) > MAX_LINE_BYTES:
         message = decode_line(encoded[:MAX_LINE_BYTES])
@@ -108,8 +127,10 @@ class JournaldSource:
         from_start: bool = False,
         command: Sequence[str] = ("journalctl",),
         backoff_base: float = 1.0,
+        levels: frozenset[int] = frozenset((WARNING,)),
     ) -> None:
         self.name = "journald"
+        self._levels = levels
         self._command = list(command)
         self._from_start = from_start
         self._backoff_base = backoff_base
@@ -124,6 +145,7 @@ class JournaldSource:
         self._failures = 0
         self._restarts = 0
         self._lines = 0
+        self._refusals = RefusalLog(log, "journald: ")
         self._rejected = 0
         self._last_rejected: str | None = None
         self._stderr_tail = ""
@@ -153,6 +175,7 @@ class JournaldSource:
             args.append("--lines=0")
         # journald sets _TRANSPORT itself; this match is a first filter, the parser the second.
         args.append("_TRANSPORT=kernel")
+        args += [f"PRIORITY={level}" for level in sorted(self._levels)]  # ORed by journalctl
         return args
 
     def _spawn(self, delay: float) -> None:
@@ -200,9 +223,10 @@ class JournaldSource:
                 break
             budget -= len(chunk)
             for raw in self._splitter.feed(chunk):
-                self._take(parse_journal_line(raw), out)
+                self._take(parse_journal_line(raw, self._levels), out)
         if ended:
             self._restart(proc)
+        self._refusals.flush(time.monotonic())
         self._lines += len(out)
         return out
 
@@ -212,6 +236,11 @@ class JournaldSource:
         if entry.line is None:
             self._rejected += 1
             self._last_rejected = entry.rejected
+            if entry.rejected == CONTROL_REJECTED:
+                self._refusals.note(
+                    "control", "refused a kernel entry whose MESSAGE holds a newline or control "
+                    "character (LOG never prints one: a kernel message quoting a forged "
+                    "record? see README, 'Only the kernel can write')", time.monotonic())
         else:
             out.append(entry.line)
 

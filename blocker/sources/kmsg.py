@@ -3,21 +3,35 @@
 Only facility 0 (kernel) is accepted. The kernel gives every record written to /dev/kmsg
 from user space facility LOG_USER (1) unless the writer names a facility other than 0
 (devkmsg_write in kernel/printk/printk.c), so user space cannot produce a facility-0 record.
+
+Kernel records may still quote text a user chose (a segfault report names the crashing file,
+and a file name may hold a newline and a LOG-like record). So a record is also refused when it
+is not at the LOG rule's level (`log_level`, warning by default) or when it holds an escaped
+control character: /dev/kmsg prints a newline in a record as "\\x0a" (and a backslash as
+"\\x5c"), and netfilter's LOG target never prints one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
+from blocker.netfilter import looks_like_netfilter
+from blocker.refusals import RefusalLog
 from blocker.sources.base import MAX_LINE_BYTES, SourceError, SourceLine, decode_line
 
 DEVICE = "/dev/kmsg"
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 RECORD_BYTES = 8192  # CONSOLE_EXT_LOG_MAX: a smaller read buffer gets EINVAL
+log = logging.getLogger("blocker.sources")
 RECORDS_PER_READ = 4096  # /dev/kmsg stays readable, so the rest waits for the next call
 KERNEL_FACILITY = 0
+WARNING = 4  # the level iptables' and nftables' LOG use unless told otherwise
+# How /dev/kmsg escapes a C0 control character or DEL inside a record.
+_ESCAPED_CONTROL = re.compile(r"\\x(?:[01][0-9a-f]|7f)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +83,18 @@ def read_record(fd: int) -> bytes:
 
 
 class RecordFilter:
-    """Keeps facility-0 records, skips those seen before a restart, counts gaps in seq."""
+    """Keeps facility-0 records at the LOG level without control characters, skips those
+    seen before a restart, counts gaps in seq."""
 
-    def __init__(self, boot_time: float, last_seq: int | None = None) -> None:
+    def __init__(self, boot_time: float, last_seq: int | None = None,
+                 levels: frozenset[int] = frozenset((WARNING,))) -> None:
         self.boot_time = boot_time
         self.last_seq = last_seq
+        self.levels = levels
         self.rejected = 0
+        self.wrong_level = 0
+        self.log_like_wrong_level: int | None = None  # the level of the last such record
+        self.control_chars = 0
         self.malformed = 0
         self.lost = 0
         self.skipped = 0
@@ -94,6 +114,14 @@ class RecordFilter:
         if record.facility != KERNEL_FACILITY:
             self.rejected += 1
             return None
+        if record.level not in self.levels:
+            self.wrong_level += 1
+            if looks_like_netfilter(record.message):
+                self.log_like_wrong_level = record.level
+            return None
+        if "\\x" in record.message and _ESCAPED_CONTROL.search(record.message):
+            self.control_chars += 1
+            return None
         return SourceLine(record.message, self.boot_time + record.usec / 1e6)
 
 
@@ -106,6 +134,7 @@ class KmsgSource:
         from_start: bool = False,
         device: str = DEVICE,
         boot_id_path: str = BOOT_ID_PATH,
+        levels: frozenset[int] = frozenset((WARNING,)),
     ) -> None:
         self.name = "kmsg"
         self._device = device
@@ -114,9 +143,11 @@ class KmsgSource:
         except OSError as exc:
             raise SourceError(f"{device}: {exc.strerror or exc}") from exc
         # Record times count from boot on the monotonic clock (local_clock(), no suspend).
-        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC))
+        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC),
+                                    levels=levels)
         self._boot_id = _read_boot_id(boot_id_path)
         self._lines = 0
+        self._refusals = RefusalLog(log, f"{device}: ")
         self._overruns = 0
         self._last_error: str | None = None
         self._failing = False
@@ -151,6 +182,7 @@ class KmsgSource:
 
     def read(self) -> list[SourceLine]:
         out: list[SourceLine] = []
+        controls_before = self._filter.control_chars
         for _ in range(RECORDS_PER_READ):
             try:
                 raw = read_record(self._fd)
@@ -171,7 +203,24 @@ class KmsgSource:
             if line is not None:
                 out.append(line)
         self._lines += len(out)
+        self._report_refusals(controls_before)
         return out
+
+    def _report_refusals(self, controls_before: int) -> None:
+        now = time.monotonic()
+        records = self._filter
+        if records.control_chars > controls_before:
+            self._refusals.note(
+                "control", "refused a kernel record holding a newline or control character "
+                "(LOG never prints one: a kernel message quoting a forged record? see README, "
+                "'Only the kernel can write')", now)
+        if records.log_like_wrong_level is not None:
+            self._refusals.note(
+                "level", f"refused a LOG-like record at level {records.log_like_wrong_level}: "
+                f"log_level is {sorted(records.levels)} (if your LOG rules use that level, "
+                "set log_level to it)", now)
+            records.log_like_wrong_level = None
+        self._refusals.flush(now)
 
     def position(self) -> dict[str, object] | None:
         if self._filter.last_seq is None or self._boot_id is None:
@@ -185,6 +234,9 @@ class KmsgSource:
             "path": self._device,
             "lines": self._lines,
             "rejected_not_kernel": self._filter.rejected,
+            "rejected_level": self._filter.wrong_level,
+            "rejected_control_chars": self._filter.control_chars,
+            "log_levels": sorted(self._filter.levels),
             "malformed": self._filter.malformed,
             "lost_records": self._filter.lost,
             "overruns": self._overruns,

@@ -21,9 +21,10 @@ from blocker.control import ControlServer, Handler
 
 class ControlLoop:
     def __init__(self, path: str, handlers: Callable[[], dict[str, Handler]],
-                 allowed_uids: frozenset[int] | None = None) -> None:
+                 allowed_uids: frozenset[int] | None = None, **options: float) -> None:
         self.selector = selectors.DefaultSelector()
-        self.server = ControlServer(path, self.selector, handlers, allowed_uids=allowed_uids)
+        self.server = ControlServer(path, self.selector, handlers, allowed_uids=allowed_uids,
+                                    **options)  # type: ignore[arg-type]
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control-loop", daemon=True)
@@ -34,6 +35,7 @@ class ControlLoop:
             while not self._stop.is_set():
                 for key, _ in self.selector.select(0.05):
                     key.data()
+                self.server.tick(time.monotonic())
         except BaseException as exc:  # kept for the test to see, like a daemon crash
             self.errors.append(exc)
 
