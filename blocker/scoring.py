@@ -361,7 +361,9 @@ class Scorer:
             tracked[addr] = state
 
     def _set_gate(self, addr: Address, until: float) -> None:
-        if len(self._gate) >= GATE_CACHE_SIZE:
+        # Counted beyond the ban marks: with more than GATE_CACHE_SIZE active bans (a fleet's
+        # burst, a big restore) a rebuild on every call would make n bans cost n^2.
+        if len(self._gate) >= GATE_CACHE_SIZE + len(self._banned):
             # Forget cached refusals (they are recomputed on demand); keep every ban mark.
             self._gate = dict(self._banned)
         self._gate[addr] = until

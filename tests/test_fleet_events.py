@@ -7,6 +7,8 @@ import math
 from ipaddress import ip_network
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blocker.fleet.events import (
     MAX_ENTRY_BYTES,
@@ -183,3 +185,13 @@ def test_the_inbox_hands_out_at_most_a_slice_per_take() -> None:
     inbox.add([(f"1-{i}", e) for i, e in enumerate(events)])
     assert inbox.take(0.0, most=4).events == events[:4]
     assert inbox.take(0.0, most=4).events == events[4:8]
+
+
+@given(reason=st.text(max_size=600), at=st.floats(946684800, 7258118400),
+       expires=st.one_of(st.just(math.inf), st.floats(946684800, 7258118400)))
+def test_any_reason_and_time_round_trip(reason: str, at: float, expires: float) -> None:
+    event = FleetEvent("ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at,
+                       expires, reason)
+    [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
+    assert decoded == FleetEvent("ban", "f" * 32, "web-1", ip_network("2001:db8::7"),
+                                 "probes", at, expires, reason[:400])

@@ -23,6 +23,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from socket import AF_INET, AF_INET6, inet_pton
 from typing import Final, Literal
@@ -61,13 +62,21 @@ class FleetEvent:
     reason: str
 
     def payload(self) -> bytes:
-        return json.dumps({
-            "v": VERSION, "kind": self.kind, "id": self.id, "origin": self.origin,
-            "target": network_text(self.target),
-            "jail": self.jail, "at": self.at,
-            "expires": None if math.isinf(self.expires) else self.expires,
-            "reason": self.reason[:MAX_REASON],
-        }, separators=(",", ":"), sort_keys=True).encode()
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> bytes:
+        """The JSON, written out by hand (a publisher writes 100,000 in a burst, each for the
+        stream and the snapshot): sorted keys, strings through json.dumps, finite floats by
+        repr, which JSON reads back exactly."""
+        expires = "null" if math.isinf(self.expires) else repr(float(self.expires))
+        return (f'{{"at":{float(self.at)!r},"expires":{expires},"id":{_json(self.id)},'
+                f'"jail":{_json(self.jail)},"kind":{_json(self.kind)},'
+                f'"origin":{_json(self.origin)},"reason":{_json(self.reason[:MAX_REASON])},'
+                f'"target":"{network_text(self.target)}","v":{VERSION}}}').encode()
+
+
+_json = json.dumps
 
 
 def sign(key: bytes, payload: bytes) -> bytes:

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from blocker.fleet.events import MAX_EVENTS_PER_ENTRY, FleetEvent, entry, snapshot_value
 from blocker.fleet.transport import START, Snapshot, TransportError
+from blocker.records import network_text
 
 log = logging.getLogger("blocker.fleet")
 PRUNE_EVERY = 60.0  # seconds between sweeps of expired bans out of the snapshot
@@ -67,7 +68,7 @@ class RedisTransport:
         for start in range(0, len(events), MAX_EVENTS_PER_ENTRY):
             chunk = events[start:start + MAX_EVENTS_PER_ENTRY]
             pipe.xadd(self.stream, entry(self.key, chunk), minid=minid, approximate=True)
-            newest.update((str(event.target), event) for event in chunk)
+            newest.update((network_text(event.target), event) for event in chunk)
         bans = {t: e for t, e in newest.items() if e.kind == "ban"}
         unbans = [t for t, e in newest.items() if e.kind == "unban"]
         if bans:
