@@ -229,7 +229,7 @@ FLEET: Final = Section("fleet", (
     Key("publish", Strings("must be a list of jail names", kind="list of jail names"), (),
         "the jails whose bans this host shares; empty: it shares none"),
     Key("accept", Bool(), True, "whether this host applies the other hosts' bans"),
-    Key("max_remote_bans_per_second", Integer(1, 1_000_000), 20_000,
+    Key("max_remote_bans_per_second", Integer(1, 1_000_000), 50_000,
         "remote bans applied per second at most; more wait in Redis, none is lost"),
     Key("key_file", OrNone(AbsolutePath()), None,
         "file holding the fleet's shared HMAC key (at least 16 bytes); required with `url`: "

@@ -15,6 +15,7 @@ Faults: any transport error closes that thread's connection and retries with bac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from blocker.fleet.events import FleetEvent, decode, decode_snapshot
-from blocker.fleet.transport import START, Transport, TransportError
+from blocker.fleet.transport import START, Transport
 
 log = logging.getLogger("blocker.fleet")
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
@@ -140,7 +141,8 @@ class FleetLink:
         self.state[role] = "down"
         self.errors[role] = str(exc)
         if transport is not None:
-            transport.close()
+            with contextlib.suppress(Exception):
+                transport.close()
         self.stopping.wait(backoff)
         return min(backoff * 2, BACKOFF_MAX)
 
@@ -175,7 +177,7 @@ class FleetLink:
                 entries = transport.read(cursor or START, READ_BLOCK, READ_COUNT)
                 self._up("reader")
                 backoff = BACKOFF_FIRST
-            except TransportError as exc:
+            except Exception as exc:  # TransportError, or a client bug: never let the thread die
                 backoff = self._failed("reader", exc, backoff, transport)
                 transport, resumed = None, False
                 continue
@@ -228,7 +230,7 @@ class FleetLink:
                 transport.publish([event for _, event in batch], time.time())
                 self._up("writer")
                 backoff = BACKOFF_FIRST
-            except TransportError as exc:
+            except Exception as exc:  # TransportError, or a client bug: never let the thread die
                 backoff = self._failed("writer", exc, backoff, transport)
                 transport = None
                 continue

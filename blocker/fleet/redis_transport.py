@@ -47,8 +47,9 @@ class RedisTransport:
         self.stream = f"{prefix}:events"
         self.bans = f"{prefix}:bans"
         self.expiry = f"{prefix}:expiry"
-        options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT,
-                                   "socket_timeout": read_timeout}
+        options: dict[str, Any] = {"socket_timeout": read_timeout}
+        if not url.startswith("unix:"):  # redis-py 4.3's Unix connections do not take it
+            options["socket_connect_timeout"] = CONNECT_TIMEOUT
         if username is not None:
             options["username"] = username
         if password is not None:
