@@ -233,6 +233,7 @@ class Service:
             return 0
         self.active.pop(event.target, None)
         self.state.begin()
+        self.state.forget_remote(event.target)
         self.state.lift(event.target, now)
         for runner in self.pipeline.runners:
             runner.scorer.forget(event.target)
@@ -261,6 +262,8 @@ class Service:
                 self._kernel_ban(entries)
         for target in [t for t, b in self.active.items() if b.expires <= now]:
             del self.active[target]
+        if self.held:
+            self.held = {t: until for t, until in self.held.items() if until > now}
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""

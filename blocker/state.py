@@ -130,6 +130,12 @@ class State:
         return [(ip_network(target, strict=False), math.inf if expires >= 1e308 else expires)
                 for target, expires in rows]
 
+    def forget_remote(self, target: Network) -> None:
+        """A fleet-wide unban: other hosts' bans of `target` go (they never count for ban-time
+        growth, and a lifted one would read as a local admin's hold)."""
+        self.db.execute("DELETE FROM bans WHERE target = ? AND origin LIKE 'fleet:%'",
+                        (network_text(target),))
+
     # -- the fleet's outbox: events to publish, in order ------------------------------------
     def queue_outbox(self, payloads: Iterable[bytes]) -> None:
         self.db.executemany("INSERT INTO outbox (payload) VALUES (?)",

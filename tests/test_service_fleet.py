@@ -124,3 +124,20 @@ def test_unban_fleet_outside_a_fleet_is_refused(h: Harness) -> None:
     h.service.fleet = None
     with pytest.raises(RequestError, match="in no fleet"):
         h.service.cmd_unban({"target": PEER, "fleet": True}, NOW)
+
+
+def test_a_fleet_unban_is_no_hold_after_a_restart(h: Harness) -> None:
+    h.service.apply_remote([remote(PEER, expires=NOW + 600)], NOW)
+    h.service.apply_remote([remote(PEER, kind="unban", event_id="d" * 32)], NOW + 1)
+    h.state.commit()
+    restarted = h.restart(NOW + 2)
+    restarted.fleet = FleetRole("web-1", frozenset({"probes"}), accept=True)
+    again = remote(PEER, expires=NOW + 900, event_id="e" * 32)
+    assert restarted.apply_remote([again], NOW + 3)["applied"] == 1
+
+
+def test_holds_end_with_the_ban_they_lifted(h: Harness) -> None:
+    h.service.apply_remote([remote(PEER, expires=NOW + 600)], NOW)
+    h.service.cmd_unban({"target": PEER}, NOW + 10)
+    h.service.tick(NOW + 601)
+    assert h.service.held == {}
