@@ -122,7 +122,7 @@ def test_acl_user_and_password(tmp_path: Path) -> None:
         good.close()
         other = RedisTransport(acl.url, key=KEY, username="blocker", password="s3cret-pass",
                                prefix="elsewhere")
-        with pytest.raises(TransportError, match="(?i)no permissions"):
+        with pytest.raises(TransportError, match=r"(?i)no permissions"):
             other.read(START, 0.1, 1)
         other.close()
 
