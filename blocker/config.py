@@ -38,6 +38,8 @@ class Jail:
     policy: JailPolicy
     source: str = jail_default("source")
     log_path: str = jail_default("log_path")
+    nflog_groups: tuple[int, ...] = jail_default("nflog_groups")
+    spare_live_peers: float = jail_default("spare_live_peers")
     log_level: int = jail_default("log_level")  # kmsg/journald drop records at other levels
     prefix: re.Pattern[str] | None = jail_default("prefix")  # noqa: RUF009 (None, immutable)
 

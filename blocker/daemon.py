@@ -24,9 +24,10 @@ from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.fleet.daemon_side import FleetWiring
 from blocker.host import host_addresses
+from blocker.live_peers import ConntrackError, LivePeers
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
-from blocker.sources import Source, SourceError, open_source
+from blocker.sources import NflogSource, Source, SourceError, open_source
 from blocker.sources.rsyslog_guard import unguarded_reason
 from blocker.state import State, StateError
 
@@ -107,8 +108,9 @@ class Daemon:
         self.backend = make_backend(backend_kind, config.firewall)
         self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
                                log_override=args.log,
-                               reload_config=lambda: load_config(Path(args.config)))
-        self.sources: dict[SourceKey, Source] = {}
+                               reload_config=lambda: load_config(Path(args.config)),
+                               live_peers=_open_live_peers())
+        self.sources: dict[SourceKey, Source | NflogSource] = {}
         self.source_errors: dict[SourceKey, str] = {}
         self._guard_warned: dict[str, str] = {}
         self._source_levels: dict[SourceKey, frozenset[int]] = {}
@@ -259,6 +261,12 @@ class Daemon:
         source = self.sources.get(key)
         if source is None:
             return
+        if isinstance(source, NflogSource):  # packets, not lines; nothing to resume from
+            now = time.time()
+            records = source.read_records(now)
+            if records:
+                self.service.handle_records(key, records, now)
+            return
         try:
             lines = source.read()
         except (OSError, SourceError) as exc:
@@ -279,7 +287,7 @@ class Daemon:
             self._save_position(key, source)
         source.close()
 
-    def _save_position(self, key: SourceKey, source: Source) -> None:
+    def _save_position(self, key: SourceKey, source: Source | NflogSource) -> None:
         position = source.position()
         if position is not None:
             self.state.begin()
@@ -293,6 +301,15 @@ class Daemon:
         for key, error in self.source_errors.items():
             health.append({"source": source_label(key), "state": "error", "error": error})
         return health
+
+
+def _open_live_peers() -> LivePeers | None:
+    """conntrack, for spare_live_peers; without it every ban goes ahead (said once)."""
+    try:
+        return LivePeers()
+    except ConntrackError as exc:
+        log.warning("spare_live_peers is off: %s", exc)
+        return None
 
 
 def _sd_notify(message: str) -> None:

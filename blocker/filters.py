@@ -7,6 +7,8 @@ A filter says which packets count, who the offender is and what they weigh:
     offender = "src"             # "src", or "dst" for the host's own outgoing packets
     weight = 1.0
     distinct = []                # scan filters: e.g. ["dst", "dport"]; [] = every hit counts
+    spoofable = true             # anyone can forge the packets it matches in another's name:
+                                 # a ban on it first asks conntrack (spare_live_peers)
     [match]                      # every given condition must hold
     direction = ["in"]           # "in" (to the host), "out" (the host's own), "forward"
     proto = ["TCP"]              # names as the kernel prints them, or protocol numbers
@@ -52,7 +54,8 @@ T = TypeVar("T")
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 # What a distinct key can be made of, in the order DistinctKey takes the values.
 _DISTINCT_FIELDS = ("src", "dst", "sport", "dport", "proto", "icmp_type")
-_TOP_KEYS = frozenset(("name", "description", "offender", "weight", "distinct", "match", "ignore"))
+_TOP_KEYS = frozenset(("name", "description", "offender", "weight", "distinct", "spoofable",
+                       "match", "ignore"))
 _MATCH_KEYS = frozenset(
     ("direction", "proto", "not_proto", "flags", "flags_all", "flags_none", "dport", "sport",
      "prefix", "dst_unicast", "icmp_type", "icmp_code")
@@ -92,6 +95,9 @@ class Filter:
     dst_unicast: bool = False
     icmp_type: frozenset[int] | None = None
     icmp_code: frozenset[int] | None = None
+    # A LOG record is one packet, forged as easily as sent: true unless the filter matches
+    # only packets of a connection conntrack saw answered.
+    spoofable: bool = True
     path: str = ""
 
     def static_match(self, signature: Signature) -> bool:
@@ -300,6 +306,7 @@ def parse_filter(data: dict[str, Any], where: str, default_name: str = "") -> Fi
         dst_unicast=get(Bool(), match, "dst_unicast", False, "match."),
         icmp_type=None if icmp_type is None else frozenset(icmp_type),
         icmp_code=None if icmp_code is None else frozenset(icmp_code),
+        spoofable=get(Bool(), data, "spoofable", True),
         path=where,
     )
 

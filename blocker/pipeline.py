@@ -118,6 +118,13 @@ class Pipeline:
         self.stats.lines += lines
         return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
 
+    def feed_records(self, records: Sequence[Record],
+                     jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+        """Records that did not come from text (NFLOG: packet_decode.record()), each one a
+        LOG line's worth: the same validation, filters and scores as a parsed line."""
+        self.stats.lines += len(records)
+        return self._feed_records(records, jails)
+
     def _feed_records(self, records: Iterable[Record], jails: Sequence[JailRunner] | None
                       ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.

@@ -38,6 +38,7 @@ from blocker.validators import (
     ConfigError,
     Duration,
     Integer,
+    Integers,
     Invalid,
     Networks,
     Number,
@@ -121,7 +122,7 @@ class Section:
 
 # ---- the sections ------------------------------------------------------------------------
 
-SOURCES: Final = ("auto", "kernlog", "journald", "kmsg")
+SOURCES: Final = ("auto", "kernlog", "journald", "kmsg", "nflog")
 BACKENDS: Final = ("ipset", "dry-run")
 
 TOP: Final = Section("", "where the filters are", (
@@ -156,6 +157,15 @@ def _ban_time_within_max(values: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _nflog_groups_given(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    groups = values["nflog_groups"]
+    if values["source"] == "nflog" and not groups:
+        return ("nflog_groups", "must name at least one group when source is nflog")
+    if len(set(groups)) != len(groups):
+        return ("nflog_groups", "names a group twice")
+    return None
+
+
 JAIL_NAME: Final = Text(r"[a-z0-9][a-z0-9_-]{0,31}",
                         "jail names are lowercase letters, digits, '_' or '-' (max 32)")
 
@@ -169,8 +179,12 @@ JAIL: Final = Section("jails", (
     Key("enabled", Bool(), True, "whether the jail runs"),
     Key("source", Choice(SOURCES), "auto",
         "where kernel log lines come from; `auto`: kern.log if it exists, else the journal, "
-        "else /dev/kmsg"),
+        "else /dev/kmsg; `nflog`: packets straight from the kernel over netlink (the NFLOG "
+        "groups in `nflog_groups`), the recommended source"),
     Key("log_path", AbsolutePath(), "/var/log/kern.log", "the kern.log to follow"),
+    Key("nflog_groups", Integers(0, 65535, single_ok=True), (5,),
+        "the NFLOG groups read with `source = \"nflog\"` (`-j NFLOG --nflog-group 5`, nft "
+        "`log group 5`); jails with the same groups share one socket"),
     Key("log_level", SyslogLevel(), 4,
         "syslog level of your LOG rules (iptables' `--log-level`, nftables' `log level`): "
         "kmsg and journald drop kernel records at other levels; jails reading one source "
@@ -205,7 +219,11 @@ JAIL: Final = Section("jails", (
         "start"),
     Key("max_tracked", Integer(1, 10_000_000), 100_000,
         "cap on addresses with a live score, per jail"),
-), checks=(_ban_time_within_max,))
+    Key("spare_live_peers", Duration(positive=False, high=30 * 86400), 600.0,
+        "before a ban on spoofable evidence (every shipped filter), ask conntrack: an address "
+        "with an assured connection that carried traffic within this window is not banned "
+        "(nor a subnet holding one); 0 disables"),
+), checks=(_ban_time_within_max, _nflog_groups_given))
 
 def _fleet_needs_key(values: Mapping[str, Any]) -> tuple[str, str] | None:
     if values["url"] is not None and values["key_file"] is None:

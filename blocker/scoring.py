@@ -553,6 +553,16 @@ class Scorer:
             self._banned_subnets.pop(target, None)
             self._offenders.pop(target, None)
 
+    def retract(self, target: Network, at: float) -> None:
+        """A ban this scorer decided at `at` did not happen (the daemon refused it): forget it
+        as an unban does, and drop it from the history so it never lengthens a later ban."""
+        self.forget(target)
+        times = self._history.get(target)
+        if times and at in times:
+            times.remove(at)
+            if not times:
+                del self._history[target]
+
     # -- introspection ------------------------------------------------------------------
 
     def explain(self, addr: Address, now: float) -> dict[str, object]:

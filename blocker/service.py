@@ -10,16 +10,19 @@ import itertools
 import logging
 import math
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
-from typing import Any
+from typing import Any, Protocol
 
 from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError, Streamed
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet.events import FleetEvent
+from blocker.live_peers import ConntrackError, LiveConnection
+from blocker.netfilter import Record
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
@@ -33,8 +36,30 @@ SourceKey = tuple[str, str]  # (kind, path)
 
 
 def source_label(key: SourceKey) -> str:
-    """'kernlog:/var/log/kern.log': how a source is named in logs, status and the state."""
+    """'kernlog:/var/log/kern.log', 'nflog:5,6': how a source is named in logs, status and
+    the state."""
     return f"{key[0]}:{key[1]}"
+
+
+class PeerCheck(Protocol):
+    """conntrack's answer to "does `target` hold a live connection?" (live_peers.LivePeers;
+    unit tests fake it)."""
+
+    def find(self, target: Network, window: float) -> LiveConnection | None: ...
+
+
+@dataclass(frozen=True)
+class Spared:
+    """A ban refused because the target holds a live connection with this host."""
+
+    target: Network
+    jail: str
+    at: float
+    reason: str
+
+
+# Spared bans remembered for `explain`, most recent last.
+SPARED_REMEMBERED = 10_000
 
 
 @dataclass
@@ -58,8 +83,14 @@ class FleetRole:
 class Service:
     def __init__(self, config: Config, state: State, backend: Backend, *,
                  own_addresses: Sequence[Address] = (), log_override: str | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 live_peers: PeerCheck | None = None) -> None:
         self.state = state
+        self.live_peers = live_peers
+        self.spared: OrderedDict[tuple[Network, str], Spared] = OrderedDict()
+        self.spared_count = 0
+        self.conntrack_error: str | None = None
+        self._spare_logged: dict[Network, float] = {}
         self.backend = backend
         self.own_addresses = tuple(own_addresses)
         self.log_override = log_override
@@ -84,6 +115,8 @@ class Service:
     def source_key(self, jail: Jail) -> SourceKey:
         if self.log_override is not None:
             return ("kernlog", self.log_override)
+        if jail.source == "nflog":
+            return ("nflog", ",".join(map(str, jail.nflog_groups)))
         return (jail.source, jail.log_path)
 
     def start(self, now: float) -> None:
@@ -127,12 +160,26 @@ class Service:
         if bulk:
             decisions += self.pipeline.feed_lines(bulk, now, runners)
         if decisions:
-            self.apply(decisions, now)
+            decisions = self.apply(decisions, now)
         return decisions
 
-    def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto") -> None:
+    def handle_records(self, key: SourceKey, records: Sequence[Record], now: float
+                       ) -> list[Decision]:
+        """Records from a packet source (NFLOG) for the jails that read `key`."""
+        runners = self.groups.get(key)
+        if not runners or not records:
+            return []
+        decisions = self.pipeline.feed_records(records, runners)
+        if decisions:
+            decisions = self.apply(decisions, now)
+        return decisions
+
+    def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto"
+              ) -> list[Decision]:
         """Bans into the kernel (one batch) and into the state (same transaction as the
-        caller's position update)."""
+        caller's position update). Returns the decisions left after spare_live_peers."""
+        if origin == "auto" and self.live_peers is not None:
+            decisions = self._spare_live_peers(decisions, now)
         entries: list[tuple[Network, float]] = []
         recorded: list[Decision] = []
         lines: list[str] = []
@@ -150,7 +197,7 @@ class Service:
             if current is not None and current.expires >= expires:
                 continue
             self.active[decision.target] = ActiveBan(decision.target, decision.jail, expires,
-                                                     decision.reason)
+                                                     decision.reason, origin)
             entries.append((decision.target, remaining))
             recorded.append(decision)
             text = decision.target_text
@@ -166,6 +213,61 @@ class Service:
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
             self._publish([(d, self.active[d.target].expires) for d in recorded], now)
+        return list(decisions)
+
+    def _spare_live_peers(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
+        """The decisions left once those on spoofable evidence against a target holding a
+        live connection (conntrack) are refused; their scorers are told the ban never was."""
+        assert self.live_peers is not None
+        kept: list[Decision] = []
+        for decision in decisions:
+            runner = self.pipeline.runner(decision.jail)
+            window = runner.jail.spare_live_peers if runner is not None else 0.0
+            if runner is None or window <= 0 or not self._spoofable(decision):
+                kept.append(decision)
+                continue
+            try:
+                live = self.live_peers.find(decision.target, window)
+            except ConntrackError as exc:
+                # Unable to ask: ban as if the check were off (a blocker that stops banning
+                # when conntrack misbehaves would be worse); said once per cause.
+                if self.conntrack_error != str(exc):
+                    log.error("cannot check live connections, banning without: %s", exc)
+                self.conntrack_error = str(exc)
+                kept.append(decision)
+                continue
+            self.conntrack_error = None
+            if live is None:
+                kept.append(decision)
+                continue
+            self._spare(decision, live, runner, window, now)
+        return kept
+
+    def _spoofable(self, decision: Decision) -> bool:
+        filters = self.config.filters
+        return any(filters[name].spoofable if name in filters else True
+                   for name in decision.filters) or not decision.filters
+
+    def _spare(self, decision: Decision, live: LiveConnection, runner: JailRunner,
+               window: float, now: float) -> None:
+        target = decision.target
+        reason = (f"not banned: {live.describe()}, and the evidence "
+                  f"({', '.join(decision.filters)}) can be forged in its name "
+                  f"(spare_live_peers {window:g}s)")
+        runner.scorer.retract(target, decision.at)
+        self.spared_count += 1
+        key = (target, decision.jail)
+        self.spared[key] = Spared(target, decision.jail, now, reason)
+        self.spared.move_to_end(key)
+        while len(self.spared) > SPARED_REMEMBERED:
+            self.spared.popitem(last=False)
+        last = self._spare_logged.get(target)
+        if last is None or now - last >= window:
+            self._spare_logged[target] = now
+            if len(self._spare_logged) > SPARED_REMEMBERED:
+                self._spare_logged = {t: at for t, at in self._spare_logged.items()
+                                      if now - at < window}
+            log.warning("spare %s (%s): %s", decision.target_text, decision.jail, reason)
 
     # -- the fleet -------------------------------------------------------------------------
     def _publish(self, bans: Sequence[tuple[Decision, float]], now: float) -> None:
@@ -180,12 +282,13 @@ class Service:
 
     def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
         """Other hosts' bans and unbans, through this host's own gate; returns counts."""
-        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans"), 0)
+        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans", "spared"), 0)
         fleet = self.fleet
         if fleet is None or not fleet.accept:
             return counts
         by_origin: dict[str, list[Decision]] = {}
         entries: list[tuple[Network, float]] = []
+        candidates: list[tuple[FleetEvent, Decision]] = []
         for event in events:
             target = event.target
             if event.kind == "unban":
@@ -205,14 +308,22 @@ class Service:
                 log.info("fleet: not banning %s from %s: %s", network_text(target),
                          event.origin, problem)
                 continue
-            origin = f"fleet:{event.origin}"
-            self.active[target] = ActiveBan(target, event.jail, event.expires, event.reason,
-                                            origin)
-            entries.append((target, remaining))
-            by_origin.setdefault(origin, []).append(Decision(
+            candidates.append((event, Decision(
                 target=target, jail=event.jail, at=now, duration=remaining, score=0.0,
-                filters=(), reason=event.reason))
-            self._mark_everywhere(target, event.expires)
+                filters=(), reason=event.reason)))
+        if candidates and self.live_peers is not None:
+            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
+            # a live connection of this host (the evidence is not ours to judge: spoofable).
+            kept = {id(d) for d in self._spare_live_peers([d for _, d in candidates], now)}
+            counts["spared"] = len(candidates) - len(kept)
+            candidates = [(e, d) for e, d in candidates if id(d) in kept]
+        for event, decision in candidates:
+            origin = f"fleet:{event.origin}"
+            self.active[decision.target] = ActiveBan(decision.target, event.jail,
+                                                     event.expires, event.reason, origin)
+            entries.append((decision.target, decision.duration))
+            by_origin.setdefault(origin, []).append(decision)
+            self._mark_everywhere(decision.target, event.expires)
         if entries:
             self._kernel_ban(entries)
             self.state.begin()
@@ -316,6 +427,9 @@ class Service:
             "unparsed": stats.unparsed,
             "malformed": stats.malformed,
             "active_bans": sum(1 for b in self.active.values() if b.expires > now),
+            "spared_live_peers": self.spared_count,
+            "conntrack": ("off" if self.live_peers is None
+                          else self.conntrack_error or "ok"),
             "jails": jails,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
@@ -464,9 +578,15 @@ class Service:
              "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
             for b in self.active.values() if address in b.target and b.expires > now
         ]
+        spared = [
+            {"target": network_text(s.target), "jail": s.jail, "at": iso_time(s.at),
+             "reason": s.reason}
+            for s in self.spared.values() if address in s.target
+        ]
         return {
             "address": str(address),
             "banned_by": covering,
+            "spared": spared,
             "refusal": self.refusal(ip_network(address)),
             "jails": {r.jail.name: r.scorer.explain(address, now) for r in self.pipeline.runners},
         }

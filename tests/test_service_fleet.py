@@ -141,3 +141,19 @@ def test_holds_end_with_the_ban_they_lifted(h: Harness) -> None:
     h.service.cmd_unban({"target": PEER}, NOW + 10)
     h.service.tick(NOW + 601)
     assert h.service.held == {}
+
+
+def test_a_remote_ban_spares_a_live_peer_of_this_host(tmp_path: Path) -> None:
+    from test_spare_live_peers import FakeConntrack, harness  # noqa: PLC0415
+
+    conntrack = FakeConntrack({PEER: 30.0})
+    h = harness(tmp_path, conntrack)
+    try:
+        h.service.fleet = FleetRole("web-1", frozenset(), accept=True)
+        counts = h.service.apply_remote([remote(PEER), remote("203.0.113.99",
+                                                              event_id="9" * 32)], NOW)
+        assert (counts["spared"], counts["applied"]) == (1, 1)
+        assert set(h.backend.table) == {n("203.0.113.99")}
+        assert [t for t, _ in conntrack.asked] == [n(PEER), n("203.0.113.99")]
+    finally:
+        h.state.close()

@@ -1,4 +1,5 @@
-"""Log sources for blockerd: kern.log (inotify), the systemd journal, /dev/kmsg."""
+"""Log sources for blockerd: kern.log (inotify), the systemd journal, /dev/kmsg, and NFLOG
+packets over netlink (no text at all)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from blocker.sources.base import Source, SourceError, SourceLine
 from blocker.sources.journald import JournaldSource, journal_usable
 from blocker.sources.kernlog import KernlogSource
 from blocker.sources.kmsg import KmsgSource
+from blocker.sources.nflog import NflogSource, parse_groups
 
-__all__ = ["Source", "SourceError", "SourceLine", "choose_kind", "open_source"]
+__all__ = ["NflogSource", "Source", "SourceError", "SourceLine", "choose_kind", "open_source"]
 
-KINDS = ("auto", "kernlog", "journald", "kmsg")
+KINDS = ("auto", "kernlog", "journald", "kmsg", "nflog")
 
 
 def choose_kind(path: str) -> str:
@@ -26,10 +28,11 @@ def choose_kind(path: str) -> str:
 def open_source(
     kind: str, path: str, start: dict[str, object] | None, from_start: bool = False,
     levels: frozenset[int] = frozenset((4,)),
-) -> Source:
+) -> Source | NflogSource:
     """Open a source; a saved position from another kind is ignored by the source itself.
     `levels`: the syslog levels of LOG records (kmsg and journald check them; for kern.log
-    the rsyslog drop-in does, see blocker.sources.rsyslog_guard)."""
+    the rsyslog drop-in does, see blocker.sources.rsyslog_guard). For "nflog", `path` is the
+    groups ("5,6") and the source gives Records, not lines."""
     if kind == "auto":
         kind = choose_kind(path)
     if kind == "kernlog":
@@ -38,4 +41,6 @@ def open_source(
         return JournaldSource(start, from_start, levels=levels)
     if kind == "kmsg":
         return KmsgSource(start, from_start, levels=levels)
+    if kind == "nflog":
+        return NflogSource(parse_groups(path))
     raise SourceError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
