@@ -53,6 +53,7 @@ class FirewallConfig:
     set_v4: str = FIREWALL.default("set_v4")
     set_v6: str = FIREWALL.default("set_v6")
     rule_check_interval: float = FIREWALL.default("rule_check_interval")
+    maxelem: int = FIREWALL.default("maxelem")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._note_signal)
         signal.signal(signal.SIGINT, self._note_signal)
         signal.signal(signal.SIGHUP, self._note_signal)
+        began = time.monotonic()
         now = time.time()
         self.service.start(now)
         self.state.commit()
@@ -143,7 +144,9 @@ class Daemon:
         next_prune = time.monotonic()
         next_retry = time.monotonic() + SOURCE_RETRY
         _sd_notify("READY=1\nSTATUS=following the kernel log")
-        log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
+        log.info("ready in %.1f s (%d active ban(s)): %d jail(s), sources: %s",
+                 time.monotonic() - began, len(self.service.active),
+                 len(self.service.config.jails),
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:

@@ -147,6 +147,10 @@ FIREWALL: Final = Section("firewall", "how bans reach the kernel", (
     Key("rule_check_interval", Duration(low=0.1, high=5), 2.0,
         "how often the INPUT rules and the sets are checked and restored; a firewall reload "
         "that flushed them is undone within it"),
+    Key("maxelem", Integer(1, 2**32 - 1), 1_048_576,
+        "entries each kernel set holds, fixed when blockerd creates the set (an existing set "
+        "keeps its own); when a set is full new bans are refused, counted and logged, and the "
+        "bans in it stay"),
 ), checks=(_distinct_sets,))
 
 

@@ -2,6 +2,15 @@
 
 The daemon shell (daemon.py) owns sockets, signals and the clock; it hands this class the lines
 it read and the time it read them at. Tests drive it directly with a fake backend.
+
+A ban is active only once the kernel holds it. When the kernel refuses one (its set is full,
+see the README's "A full kernel set"), the ban is not recorded, the jail's scorer forgets the
+target (so its next offence is a new decision), a counter grows, and one log line per
+REFUSAL_LOG_EVERY seconds says how many were refused. Bans already in the set stay, and a
+present entry can still be refreshed: only new entries are refused.
+
+Nothing here costs in proportion to the number of active bans except what must (a restart
+restores them all, in batches of RESTORE_BATCH; `list` lists them): see blocker/active.py.
 """
 
 from __future__ import annotations
@@ -12,10 +21,11 @@ import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any, Protocol
 
+from blocker.active import ActiveBans, key_of_text, target_of
 from blocker.addresses import is_special_network
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError, Streamed
@@ -33,6 +43,8 @@ LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
+RESTORE_BATCH = 50_000  # bans handed to the kernel and the scorers at a time on restore
+REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about bans the kernel refused
 
 
 def source_label(key: SourceKey) -> str:
@@ -63,12 +75,14 @@ SPARED_REMEMBERED = 10_000
 
 
 @dataclass
-class ActiveBan:
-    target: Network
-    jail: str
-    expires: float  # wall-clock epoch; math.inf = permanent
-    reason: str
-    origin: str = "auto"  # "auto", "manual" or "fleet:HOST"
+class Refusals:
+    """Bans the kernel refused, counted since start, and reported once per interval."""
+
+    total: int = 0
+    by_jail: dict[str, int] = field(default_factory=dict)
+    unreported: int = 0
+    examples: list[str] = field(default_factory=list)
+    next_report: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,9 @@ class Service:
         self.own_addresses = tuple(own_addresses)
         self.log_override = log_override
         self.reload_config = reload_config
-        self.active: dict[Network, ActiveBan] = {}
+        self.active = ActiveBans()
+        self.refusals = Refusals()
+        self._resync = False  # the kernel may lack active bans: re-add them all at the next tick
         self.started = 0.0
         self.source_health: Callable[[], list[dict[str, object]]] = list
         self.fleet: FleetRole | None = None
@@ -127,18 +143,45 @@ class Service:
         self._restore(now)
 
     def _restore(self, now: float) -> None:
+        """Read the state's active bans into ActiveBans (ints, no objects per ban), then hand
+        them to the kernel and the scorers RESTORE_BATCH at a time."""
         self._load_history(now)
         self.active.clear()
-        entries: list[tuple[Network, float]] = []
         self.held = dict(self.state.held(now))
-        for row in self.state.active(now):
-            self.active[row.target] = ActiveBan(row.target, row.jail, row.expires, row.reason,
-                                                row.origin)
-            self._mark_everywhere(row.target, row.expires)
-            entries.append((row.target, row.expires - now))
-        if entries:
-            self._kernel_ban(entries)
-            log.info("restored %d active ban(s)", len(entries))
+        unreadable = self.active.restore(self.state.active_rows(now))
+        if unreadable:
+            log.error("ignored %d active ban(s) in the state whose target is not an address "
+                      "or a network", unreadable)
+        refused: dict[Network, str] = {}
+        batch: list[tuple[Network, float]] = []
+        for entry in self.active.entries():
+            batch.append(entry)
+            if len(batch) >= RESTORE_BATCH:
+                refused.update(self._restore_batch(batch, now))
+                batch = []
+        if batch:
+            refused.update(self._restore_batch(batch, now))
+        for target in refused:
+            self._drop_refused(target, now)
+        if refused:
+            self._note_refused(refused, now, origin="restored")
+            self.state.begin()
+            for target in refused:  # not in the kernel, so not active: say so in the state too
+                self.state.lift(target, now)
+        if self.active:
+            log.info("restored %d active ban(s)", len(self.active))
+
+    def _restore_batch(self, batch: list[tuple[Network, float]], now: float
+                       ) -> dict[Network, str]:
+        refused = self._kernel_ban([(target, expires - now) for target, expires in batch])
+        if refused is None:  # the kernel could not be asked: keep them, re-add at the tick
+            self._resync = True
+            refused = {}
+        for runner in self.pipeline.runners:
+            for target, expires in batch:
+                if target not in refused:
+                    runner.scorer.mark_banned(target, expires)
+        return refused
 
     def _mark_everywhere(self, target: Network, until: float) -> None:
         for runner in self.pipeline.runners:
@@ -176,14 +219,12 @@ class Service:
 
     def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto"
               ) -> list[Decision]:
-        """Bans into the kernel (one batch) and into the state (same transaction as the
-        caller's position update). Returns the decisions left after spare_live_peers."""
+        """Bans into the kernel (one batch), then into ActiveBans and the state (same
+        transaction as the caller's position update) for those the kernel took. Returns the
+        decisions left after spare_live_peers (a ban the kernel refused is still one)."""
         if origin == "auto" and self.live_peers is not None:
             decisions = self._spare_live_peers(decisions, now)
-        entries: list[tuple[Network, float]] = []
-        recorded: list[Decision] = []
-        lines: list[str] = []
-        texts: list[str] = []
+        wanted: list[tuple[Decision, float]] = []
         for decision in decisions:
             end = decision.at + decision.duration
             # A decision on an old line (a backlog) keeps only the time its ban has left.
@@ -192,13 +233,20 @@ class Service:
                 log.info("not banning %s: its %gs ban ended before the line was read",
                          decision.target_text, decision.duration)
                 continue
-            expires = now + remaining
-            current = self.active.get(decision.target)
-            if current is not None and current.expires >= expires:
+            if self.active.longer(decision.target, now + remaining):
+                wanted.append((decision, remaining))
+        if not wanted:
+            return list(decisions)
+        refused = self._kernel_ban([(d.target, remaining) for d, remaining in wanted])
+        if refused is None:
+            refused = {d.target: "the firewall failed" for d, _ in wanted}
+        recorded: list[Decision] = []
+        lines: list[str] = []
+        texts: list[str] = []
+        for decision, remaining in wanted:
+            if decision.target in refused:
                 continue
-            self.active[decision.target] = ActiveBan(decision.target, decision.jail, expires,
-                                                     decision.reason, origin)
-            entries.append((decision.target, remaining))
+            self.active.set(decision.target, decision.jail, now + remaining)
             recorded.append(decision)
             text = decision.target_text
             texts.append(text)
@@ -208,12 +256,96 @@ class Service:
             # One record for the batch, one line per ban (the daemon's formatter prefixes
             # each line): a burst of thousands of bans costs one write, not thousands.
             log.warning("%s", "\n".join(lines))
-        if entries:
-            self._kernel_ban(entries)
+        if refused:
+            jails = {d.target: d.jail for d, _ in wanted}
+            for target in refused:
+                self._drop_refused(target, now, jails[target])
+            self._note_refused(refused, now, jails=jails)
+        if recorded:
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
-            self._publish([(d, self.active[d.target].expires) for d in recorded], now)
+            if origin == "auto":
+                self._publish([(d, now + min(d.duration, d.at + d.duration - now))
+                               for d in recorded], now)
         return list(decisions)
+
+    # -- the fleet -------------------------------------------------------------------------
+    def _publish(self, bans: Sequence[tuple[Decision, float]], now: float) -> None:
+        """Queue this host's bans of shared jails in the outbox (the caller's transaction)."""
+        fleet = self.fleet
+        if fleet is None or not fleet.publish:
+            return
+        self.state.queue_outbox(
+            FleetEvent("ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires,
+                       d.reason).payload()
+            for d, expires in bans if d.jail in fleet.publish)
+
+    def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+        """Other hosts' bans and unbans, through this host's own gate (the refusals, then
+        spare_live_peers), into apply() with origin fleet:HOST; returns counts."""
+        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans", "spared"), 0)
+        fleet = self.fleet
+        if fleet is None or not fleet.accept:
+            return counts
+        candidates: list[Decision] = []
+        origins: dict[Network, str] = {}
+        for event in events:
+            target = event.target
+            if event.kind == "unban":
+                counts["unbans"] += self._remote_unban(event, now)
+                continue
+            remaining = event.expires - now
+            if remaining <= 0 or not self.active.longer(target, event.expires):
+                counts["expired"] += 1  # over, or already banned at least as long
+                continue
+            if self.held.get(target, 0.0) > now:
+                counts["held"] += 1
+                continue
+            problem = self.refusal(target)
+            if problem:
+                counts["refused"] += 1
+                log.info("fleet: not banning %s from %s: %s", network_text(target),
+                         event.origin, problem)
+                continue
+            origins[target] = f"fleet:{event.origin}"
+            candidates.append(Decision(target=target, jail=event.jail, at=now,
+                                       duration=remaining, score=0.0, filters=(),
+                                       reason=event.reason))
+        if candidates and self.live_peers is not None:
+            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
+            # a live connection of this host (the evidence is not ours to judge: spoofable).
+            kept = self._spare_live_peers(candidates, now)
+            counts["spared"] = len(candidates) - len(kept)
+            candidates = kept
+        by_origin: dict[str, list[Decision]] = {}
+        for decision in candidates:
+            by_origin.setdefault(origins[decision.target], []).append(decision)
+        for origin, decisions in by_origin.items():
+            self.apply(decisions, now, origin)
+        for decision in candidates:
+            expires = self.active.expires(decision.target)
+            if expires is not None and expires >= now + decision.duration:
+                counts["applied"] += 1
+                self._mark_everywhere(decision.target, expires)
+        return counts
+
+    def _remote_unban(self, event: FleetEvent, now: float) -> int:
+        """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
+        if self.active.expires(event.target) is None:
+            return 0
+        try:
+            self.backend.unban([event.target])
+        except (FirewallError, InvalidBan) as exc:
+            log.error("fleet: cannot unban %s: %s", network_text(event.target), exc)
+            return 0
+        self.active.remove(event.target)
+        self.state.begin()
+        self.state.forget_remote(event.target)
+        self.state.lift(event.target, now)
+        for runner in self.pipeline.runners:
+            runner.scorer.forget(event.target)
+        log.warning("unban %s (fleet, from %s)", network_text(event.target), event.origin)
+        return 1
 
     def _spare_live_peers(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
         """The decisions left once those on spoofable evidence against a target holding a
@@ -269,96 +401,56 @@ class Service:
                                       if now - at < window}
             log.warning("spare %s (%s): %s", decision.target_text, decision.jail, reason)
 
-    # -- the fleet -------------------------------------------------------------------------
-    def _publish(self, bans: Sequence[tuple[Decision, float]], now: float) -> None:
-        """Queue this host's bans of shared jails in the outbox (the caller's transaction)."""
-        fleet = self.fleet
-        if fleet is None or not fleet.publish:
-            return
-        self.state.queue_outbox(
-            FleetEvent("ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires,
-                       d.reason).payload()
-            for d, expires in bans if d.jail in fleet.publish)
-
-    def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
-        """Other hosts' bans and unbans, through this host's own gate; returns counts."""
-        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans", "spared"), 0)
-        fleet = self.fleet
-        if fleet is None or not fleet.accept:
-            return counts
-        by_origin: dict[str, list[Decision]] = {}
-        entries: list[tuple[Network, float]] = []
-        candidates: list[tuple[FleetEvent, Decision]] = []
-        for event in events:
-            target = event.target
-            if event.kind == "unban":
-                counts["unbans"] += self._remote_unban(event, now)
-                continue
-            remaining = event.expires - now
-            current = self.active.get(target)
-            if remaining <= 0 or (current is not None and current.expires >= event.expires):
-                counts["expired"] += 1  # over, or already banned at least as long
-                continue
-            if self.held.get(target, 0.0) > now:
-                counts["held"] += 1
-                continue
-            problem = self.refusal(target)
-            if problem:
-                counts["refused"] += 1
-                log.info("fleet: not banning %s from %s: %s", network_text(target),
-                         event.origin, problem)
-                continue
-            candidates.append((event, Decision(
-                target=target, jail=event.jail, at=now, duration=remaining, score=0.0,
-                filters=(), reason=event.reason)))
-        if candidates and self.live_peers is not None:
-            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
-            # a live connection of this host (the evidence is not ours to judge: spoofable).
-            kept = {id(d) for d in self._spare_live_peers([d for _, d in candidates], now)}
-            counts["spared"] = len(candidates) - len(kept)
-            candidates = [(e, d) for e, d in candidates if id(d) in kept]
-        for event, decision in candidates:
-            origin = f"fleet:{event.origin}"
-            self.active[decision.target] = ActiveBan(decision.target, event.jail,
-                                                     event.expires, event.reason, origin)
-            entries.append((decision.target, decision.duration))
-            by_origin.setdefault(origin, []).append(decision)
-            self._mark_everywhere(decision.target, event.expires)
-        if entries:
-            self._kernel_ban(entries)
-            self.state.begin()
-            for origin, decisions in by_origin.items():
-                self.state.record_bans(decisions, origin)
-            counts["applied"] = len(entries)
-            log.warning("fleet: %d ban(s) from other hosts applied", len(entries))
-        return counts
-
-    def _remote_unban(self, event: FleetEvent, now: float) -> int:
-        """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
-        if event.target not in self.active:
-            return 0
+    def _kernel_ban(self, entries: list[tuple[Network, float]]) -> dict[Network, str] | None:
+        """-> the entries the kernel refused, or None when it could not be asked at all."""
         try:
-            self.backend.unban([event.target])
-        except (FirewallError, InvalidBan) as exc:
-            log.error("fleet: cannot unban %s: %s", network_text(event.target), exc)
-            return 0
-        self.active.pop(event.target, None)
-        self.state.begin()
-        self.state.forget_remote(event.target)
-        self.state.lift(event.target, now)
-        for runner in self.pipeline.runners:
-            runner.scorer.forget(event.target)
-        log.warning("unban %s (fleet, from %s)", network_text(event.target), event.origin)
-        return 1
-
-    def _kernel_ban(self, entries: list[tuple[Network, float]]) -> None:
-        try:
-            self.backend.ban(entries)
+            return self.backend.ban(entries)
         except (FirewallError, InvalidBan) as exc:
             log.error("firewall refused %d ban(s): %s", len(entries), exc)
+            return None
+
+    def _drop_refused(self, target: Network, now: float, jail: str | None = None) -> None:
+        """A ban the kernel does not hold is not active: the scorers forget it, so a later
+        decision bans it again. An earlier ban of it that the kernel still holds stays."""
+        expires = self.active.expires(target)
+        if jail is None:  # restored: the state said it was active
+            self.active.remove(target)
+            expires = None
+        runners = self.pipeline.runners if jail is None else [
+            r for r in self.pipeline.runners if r.jail.name == jail]
+        for runner in runners:
+            if expires is not None and expires > now:
+                runner.scorer.mark_banned(target, expires)
+            else:
+                runner.scorer.forget(target)
+
+    def _note_refused(self, refused: dict[Network, str], now: float, origin: str = "new",
+                      jails: dict[Network, str] | None = None) -> None:
+        """Count refused bans; one log line per REFUSAL_LOG_EVERY seconds, whatever the flood."""
+        counts = self.refusals
+        counts.total += len(refused)
+        counts.unreported += len(refused)
+        for target in refused:
+            jail = jails[target] if jails else "(restored)"
+            counts.by_jail[jail] = counts.by_jail.get(jail, 0) + 1
+            if len(counts.examples) < 3:
+                counts.examples.append(network_text(target))
+        if now < counts.next_report:
+            return
+        reasons = sorted(set(refused.values()))
+        log.error("the firewall refused %d %s ban(s) since the last report (%d since start), "
+                  "e.g. %s: %s; they are not banned, and their next offence is a new decision",
+                  counts.unreported, origin, counts.total, ", ".join(counts.examples),
+                  "; ".join(reasons))
+        counts.unreported = 0
+        counts.examples = []
+        counts.next_report = now + REFUSAL_LOG_EVERY
 
     def tick(self, now: float) -> None:
         """Periodic: rules and sets in place (re-adding bans to a recreated set), old bans gone."""
+        self.active.expire(now)
+        if self.held:
+            self.held = {t: until for t, until in self.held.items() if until > now}
         try:
             repair = self.backend.ensure()
         except FirewallError as exc:
@@ -366,15 +458,32 @@ class Service:
             return
         if repair:
             log.warning("firewall repaired: %s", repair)
-        if repair.sets_recreated:
-            entries = [(b.target, b.expires - now) for b in self.active.values()
-                       if b.target.version in repair.sets_recreated and b.expires > now]
-            if entries:
-                self._kernel_ban(entries)
-        for target in [t for t, b in self.active.items() if b.expires <= now]:
-            del self.active[target]
-        if self.held:
-            self.held = {t: until for t, until in self.held.items() if until > now}
+        families = set(repair.sets_recreated)
+        if self._resync:
+            self._resync = False
+            families = {4, 6}
+        if families:
+            self._readd(families, now)
+
+    def _readd(self, families: set[int], now: float) -> None:
+        """Put the active bans of these families back into the kernel, in batches."""
+        refused: dict[Network, str] = {}
+        batch: list[tuple[Network, float]] = []
+        for family in sorted(families):
+            for target, expires in self.active.entries(family):
+                batch.append((target, expires - now))
+                if len(batch) >= RESTORE_BATCH:
+                    refused.update(self._kernel_ban(batch) or {})
+                    batch = []
+        if batch:
+            refused.update(self._kernel_ban(batch) or {})
+        for target in refused:
+            self._drop_refused(target, now)
+        if refused:
+            self._note_refused(refused, now, origin="re-added")
+            self.state.begin()
+            for target in refused:
+                self.state.lift(target, now)
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""
@@ -382,9 +491,18 @@ class Service:
                          default=0.0)
 
     def _load_history(self, now: float) -> None:
-        history = self.state.history(self._history_horizon(now))
+        """Earlier bans into every scorer, RESTORE_BATCH at a time (a flood leaves millions)."""
+        batch: list[tuple[Network, float]] = []
+        for text, at in self.state.history_rows(self._history_horizon(now)):
+            key = key_of_text(text)
+            if key is not None:
+                batch.append((target_of(key), at))
+            if len(batch) >= RESTORE_BATCH:
+                for runner in self.pipeline.runners:
+                    runner.scorer.restore_history(batch)
+                batch = []
         for runner in self.pipeline.runners:
-            runner.scorer.restore_history(history)
+            runner.scorer.restore_history(batch)
 
     def prune(self, now: float) -> None:
         self.state.begin()
@@ -407,6 +525,7 @@ class Service:
     def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
         stats = self.pipeline.stats
         counts = self.pipeline.hit_counts()
+        self.active.expire(now)
         jails: dict[str, object] = {}
         for runner in self.pipeline.runners:
             name = runner.jail.name
@@ -416,8 +535,8 @@ class Service:
                 "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
                          if key.startswith(name + "/") and count},
                 "tracked": runner.scorer.tracked_count(),
-                "active_bans": sum(1 for b in self.active.values()
-                                   if b.jail == name and b.expires > now),
+                "active_bans": self.active.count(name),
+                "refused_bans": self.refusals.by_jail.get(name, 0),
                 "scorer": runner.scorer.stats(),
             }
         return {
@@ -426,7 +545,8 @@ class Service:
             "parsed": stats.parsed,
             "unparsed": stats.unparsed,
             "malformed": stats.malformed,
-            "active_bans": sum(1 for b in self.active.values() if b.expires > now),
+            "active_bans": len(self.active),
+            "refused_bans": self.refusals.total,
             "spared_live_peers": self.spared_count,
             "conntrack": ("off" if self.live_peers is None
                           else self.conntrack_error or "ok"),
@@ -442,8 +562,7 @@ class Service:
             kernel = self.backend.list()
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
-        return [self._list_row(target, remaining, now)
-                for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0]))]
+        return self._list_rows(sorted(kernel, key=lambda e: (e[0].version, e[0])), now)
 
     def cmd_list_streamed(self, _message: dict[str, Any], now: float) -> Streamed:
         """`list` for the control socket: the rows of one kernel dump message at a time, in
@@ -459,23 +578,30 @@ class Service:
                 for batch in itertools.chain([first], batches):
                     # A backend's batch may be its whole list: a few ms of rows per loop turn.
                     for start in range(0, len(batch), LIST_SLICE):
-                        yield [self._list_row(target, remaining, now)
-                               for target, remaining in batch[start : start + LIST_SLICE]]
+                        yield self._list_rows(batch[start : start + LIST_SLICE], now)
             finally:
                 batches.close()
 
         return Streamed(rows())
 
-    def _list_row(self, target: Network, remaining: float, now: float) -> dict[str, object]:
-        ban = self.active.get(target)
-        return {
-            "target": network_text(target),
-            "jail": ban.jail if ban else "(not blocker's)",
-            "origin": ban.origin if ban else "",
-            "expires": None if math.isinf(remaining) else iso_time(now + remaining),
-            "remaining": None if math.isinf(remaining) else round(remaining),
-            "reason": ban.reason if ban else "",
-        }
+    def _list_rows(self, entries: Sequence[tuple[Network, float]], now: float
+                   ) -> list[dict[str, object]]:
+        """Rows for kernel entries; jail and reason come from the state (one query)."""
+        texts = [network_text(target) for target, _ in entries]
+        known = self.state.reasons(texts, now)
+        rows: list[dict[str, object]] = []
+        for (target, remaining), text in zip(entries, texts, strict=True):
+            jail, reason, origin = known.get(text, ("(not blocker's)", "", ""))
+            ban = self.active.get(target)
+            rows.append({
+                "target": text,
+                "jail": ban.jail if ban else jail,
+                "origin": origin,
+                "expires": None if math.isinf(remaining) else iso_time(now + remaining),
+                "remaining": None if math.isinf(remaining) else round(remaining),
+                "reason": reason,
+            })
+        return rows
 
     def cmd_ban(self, message: dict[str, Any], now: float) -> str:
         target = _target(message.get("target"))
@@ -496,12 +622,14 @@ class Service:
         decision = Decision(target=target, jail=runner.jail.name, at=now, duration=seconds,
                             score=0.0, filters=(), reason="manual ban (blockerctl)")
         try:
-            self.backend.ban([(target, seconds)])
+            refused = self.backend.ban([(target, seconds)])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
+        if refused:
+            raise RequestError(f"the firewall refused {network_text(target)}: "
+                               f"{refused[target]}; nothing was banned")
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
-        self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason,
-                                        "manual")
+        self.active.set(target, runner.jail.name, now + seconds)
         self.state.begin()
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
@@ -522,22 +650,24 @@ class Service:
             self.backend.unban([target])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
-        ban = self.active.pop(target, None)
-        if ban is not None and ban.origin.startswith("fleet:"):
-            self.held[target] = ban.expires  # the fleet may not ban it here again until then
+        expires = self.active.expires(target)
+        jail, _reason, origin = self.state.reasons([network_text(target)], now).get(
+            network_text(target), (self.pipeline.runners[0].jail.name, "", ""))
+        if expires is not None and origin.startswith("fleet:"):
+            self.held[target] = expires  # the fleet may not ban it here again until then
+        self.active.remove(target)
         self.state.begin()
         lifted = self.state.lift(target, now)
         if fleet_wide and self.fleet is not None:
             self.state.queue_outbox([FleetEvent(
-                "unban", uuid.uuid4().hex, self.fleet.host_id, target,
-                ban.jail if ban else self.pipeline.runners[0].jail.name, now, math.inf,
+                "unban", uuid.uuid4().hex, self.fleet.host_id, target, jail, now, math.inf,
                 "admin unban (blockerctl unban --fleet)").payload()])
         self.state.commit()
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
         log.warning("unban %s (admin)", network_text(target))
-        covering = [network_text(t) for t in self.active
-                    if t != target and t.version == target.version and target.subnet_of(t)]  # type: ignore[arg-type]
+        covering = [network_text(b.target) for b in self.active.covering(target.network_address)
+                    if b.target.prefixlen < target.prefixlen and b.expires > now]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
         if fleet_wide:
             text += "; the unban goes to every host of the fleet"
@@ -559,8 +689,8 @@ class Service:
         self.state.commit()
         self._install(config)
         self._load_history(now)
-        for ban in self.active.values():
-            self._mark_everywhere(ban.target, ban.expires)
+        for target, expires in self.active.entries():
+            self._mark_everywhere(target, expires)
         log.warning("configuration reloaded: %d jail(s)", len(config.jails))
         return f"reloaded {config.path}: {', '.join(j.name for j in config.jails)}"
 
@@ -572,11 +702,14 @@ class Service:
             address = ip_address(text.strip())
         except ValueError:
             raise RequestError(f"{text!r} is not an IP address") from None
+        bans = [b for b in self.active.covering(address) if b.expires > now]
+        reasons = self.state.reasons([network_text(b.target) for b in bans], now)
         covering = [
-            {"target": network_text(b.target), "jail": b.jail, "reason": b.reason,
-             "origin": b.origin,
+            {"target": network_text(b.target), "jail": b.jail,
+             "reason": reasons.get(network_text(b.target), ("", "", ""))[1],
+             "origin": reasons.get(network_text(b.target), ("", "", ""))[2],
              "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
-            for b in self.active.values() if address in b.target and b.expires > now
+            for b in bans
         ]
         spared = [
             {"target": network_text(s.target), "jail": s.jail, "at": iso_time(s.at),

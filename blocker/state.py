@@ -11,7 +11,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -109,12 +109,48 @@ class State:
                 longest[row[0]] = ban
         return list(longest.values())
 
+    def active_rows(self, now: float) -> Iterator[tuple[str, str, float]]:
+        """(target text, jail, expiry; math.inf = permanent) of every unlifted, unexpired ban,
+        in no order and unparsed: a restart reads a million of them (ActiveBans keeps the
+        longest of each target). One pass over the table: after a flood most rows are active,
+        and walking them in expiry-index order costs 5x more."""
+        rows = self.db.execute(
+            "SELECT target, jail, expires FROM bans NOT INDEXED "
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?)", (now,))
+        for target, jail, expires in rows:
+            yield target, jail, math.inf if expires is None else expires
+
+    def reasons(self, targets: Sequence[str], now: float
+                ) -> dict[str, tuple[str, str, str]]:
+        """target text -> (jail, reason, origin) of its longest active ban, for the given
+        targets."""
+        found: dict[str, tuple[str, str, str, float]] = {}
+        for start in range(0, len(targets), 500):  # SQLite's bound-parameter limit is 999+
+            chunk = targets[start:start + 500]
+            marks = ",".join("?" * len(chunk))  # only "?" marks are formatted into the SQL
+            rows = self.db.execute(
+                "SELECT target, jail, reason, origin, COALESCE(expires, 9e999) FROM bans "
+                f"WHERE target IN ({marks}) AND lifted IS NULL "
+                "AND (expires IS NULL OR expires > ?)", (*chunk, now))
+            for target, jail, reason, origin, expires in rows:
+                if target not in found or expires >= found[target][3]:
+                    found[target] = (jail, reason, origin, expires)
+        return {target: (jail, reason, origin)
+                for target, (jail, reason, origin, _) in found.items()}
+
     def history(self, since: float) -> list[tuple[Network, float]]:
         """(target, at) of every automatic or manual ban since `since` (for ban-time growth);
         other hosts' bans (origin fleet:HOST) never make this host's bans longer."""
         rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? "
                                "AND origin NOT LIKE 'fleet:%' ORDER BY at", (since,))
         return [(ip_network(target, strict=False), at) for target, at in rows]
+
+    def history_rows(self, since: float) -> Iterator[tuple[str, float]]:
+        """(target text, at) of every ban since `since`, oldest first, unparsed; other hosts'
+        bans (origin fleet:HOST) never make this host's bans longer."""
+        yield from self.db.execute(
+            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' "
+            "ORDER BY at", (since,))
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""

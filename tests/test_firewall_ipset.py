@@ -263,9 +263,14 @@ def test_full_set_is_reported_by_target_and_the_rest_applied(ns: Namespace) -> N
     tag = uuid.uuid4().hex[:8]
     with IpsetBackend(set4=f"blk4-{tag}", set6=f"blk6-{tag}", netns=ns.name, maxelem=2) as fw:
         fw.setup()
-        with pytest.raises(FirewallError, match=r"192\.0\.2\.3: set is full"):
-            fw.ban([(ip_network(f"192.0.2.{i}/32"), 60) for i in (1, 2, 3)])
+        refused = fw.ban([(ip_network(f"192.0.2.{i}/32"), 60) for i in (1, 2, 3)])
+        assert refused == {ip_network("192.0.2.3/32"): "set is full (maxelem reached)"}
         assert set(kernel_entries(ns, fw.sets[4])) == {"192.0.2.1", "192.0.2.2"}
+        # A present entry is still refreshed in a full set; the fill shows in status().
+        assert fw.ban([(ip_network("192.0.2.1/32"), 3600)]) == {}
+        assert kernel_entries(ns, fw.sets[4])["192.0.2.1"] > 60
+        assert fw.fill()[4] == (2, 2)
+        assert fw.status()["sets"]["ipv4"]["fill"] == 1.0  # type: ignore[index]
         fw.teardown()
 
 

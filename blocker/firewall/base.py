@@ -61,8 +61,10 @@ class Backend(Protocol):
     def setup(self) -> None:
         """Create both sets and insert the rules (no-op when already in place)."""
 
-    def ban(self, entries: Sequence[tuple[Network, float]]) -> None:
-        """Ban (target, seconds) pairs; math.inf = permanent; a present target gets the new time."""
+    def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
+        """Ban (target, seconds) pairs; math.inf = permanent; a present target gets the new time.
+        Returns the targets the kernel refused (its set is full), each with its reason: those
+        are not banned. FirewallError when the batch could not be sent at all."""
 
     def unban(self, targets: Sequence[Network]) -> None:
         """Lift these bans; absent targets are fine."""

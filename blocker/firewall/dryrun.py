@@ -11,6 +11,7 @@ from blocker.firewall.base import Bans, Repair, check_bans, check_targets
 from blocker.records import Network, network_text
 
 log = logging.getLogger(__name__)
+LOGGED_PER_BATCH = 100
 
 
 class DryRunBackend:
@@ -27,12 +28,17 @@ class DryRunBackend:
     def setup(self) -> None:
         log.info("dry-run: setup (no sets or rules created)")
 
-    def ban(self, entries: Sequence[tuple[Network, float]]) -> None:
+    def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
         now = self._clock()
-        for target, timeout in check_bans(entries).items():
+        clean = check_bans(entries)
+        for index, (target, timeout) in enumerate(clean.items()):
             self._expiry[target] = now + timeout if timeout else math.inf
-            shown = f"{timeout} s" if timeout else "permanently"
-            log.info("dry-run: ban %s %s", network_text(target), shown)
+            if index < LOGGED_PER_BATCH:
+                shown = f"{timeout} s" if timeout else "permanently"
+                log.info("dry-run: ban %s %s", network_text(target), shown)
+        if len(clean) > LOGGED_PER_BATCH:  # a restart restores up to a million at once
+            log.info("dry-run: and %d more ban(s) in this batch", len(clean) - LOGGED_PER_BATCH)
+        return {}
 
     def unban(self, targets: Sequence[Network]) -> None:
         for target in check_targets(targets):

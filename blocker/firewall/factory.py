@@ -14,5 +14,5 @@ def make_backend(kind: str, config: FirewallConfig) -> Backend:
         # Imported here so dry runs and `blockerctl` never need pyroute2.
         from blocker.firewall.ipset import IpsetBackend  # noqa: PLC0415 - only the ipset backend needs pyroute2
 
-        return IpsetBackend(set4=config.set_v4, set6=config.set_v6)
+        return IpsetBackend(set4=config.set_v4, set6=config.set_v6, maxelem=config.maxelem)
     raise ValueError(f"unknown firewall backend {kind!r}")

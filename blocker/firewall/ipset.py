@@ -21,6 +21,7 @@ pyroute2 0.7.x (Debian 12) and 0.9.x (PyPI) differ in ways handled here:
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import socket
 import threading
@@ -56,6 +57,7 @@ _ACK_TIMEOUT = 10.0  # seconds to wait for the kernel's answer to one batch
 _SOL_NETLINK, _NETLINK_CAP_ACK = 270, 10
 _IPSET_ERR_BUSY = 4100
 _LIST_SLICE = 128  # entries per batch of list_batches()
+log = logging.getLogger(__name__)
 
 
 class IpsetBackend:
@@ -63,6 +65,10 @@ class IpsetBackend:
 
     Timeouts live in the kernel: a finite ban is rounded up to whole seconds and clamped to
     2147483 s (~24.8 days, ipset's maximum, base.MAX_TIMEOUT); math.inf = timeout 0 = permanent.
+    `maxelem` sizes a set blockerd creates; an existing set keeps its own size (setup() logs
+    when it differs). A full set refuses new entries and ban() returns them with the kernel's
+    reason; entries already in it stay, and refreshing one still succeeds; the kernel reclaims
+    expired entries when the set is full. Nothing is flushed or re-created to make room.
     `netns` names a network namespace (under /run/netns) to work in instead of the current one.
     `iptables` picks the binary ("iptables", "iptables-nft", "iptables-legacy", or a path);
     ip6tables defaults to its counterpart. Thread-safe (one lock); close() releases the sockets.
@@ -232,8 +238,10 @@ class IpsetBackend:
         """A new sequence number for the next request on the batch socket (never 0)."""
         self._seq = self._seq % 0xFFFFFFFF + 1
 
-    def _apply(self, command: int, batches: dict[int, list[tuple[Network, bytes]]]) -> None:
-        failures: list[str] = []
+    def _apply(self, command: int, batches: dict[int, list[tuple[Network, bytes]]]
+               ) -> dict[Network, str]:
+        """Send the batches -> {target: the kernel's reason} for each entry it refused."""
+        refused: dict[Network, str] = {}
         for family, items in sorted(batches.items()):
             for start in range(0, len(items), ipset_wire.ENTRIES_PER_MESSAGE):
                 chunk = items[start : start + ipset_wire.ENTRIES_PER_MESSAGE]
@@ -244,14 +252,13 @@ class IpsetBackend:
                     raise FirewallError(
                         f"ipset {self.sets[family]} does not exist (ensure() re-creates it)"
                     )
-                # The kernel stops at the first failing entry: redo one by one to name each.
+                # The kernel stops at the first failing entry: redo one by one to name each
+                # (in a full set, refreshing a present entry still succeeds).
                 for target, blob in chunk:
                     error = self._request(command, family, [blob])
                     if error:
-                        failures.append(f"{network_text(target)}: {ipset_wire.describe(error)}")
-        if failures:
-            more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-            raise FirewallError("ipset refused: " + "; ".join(failures[:5]) + more)
+                        refused[target] = ipset_wire.describe(error)
+        return refused
 
     # -- Backend ------------------------------------------------------------------------------
 
@@ -259,17 +266,23 @@ class IpsetBackend:
         """Create both sets (an existing set must match) and put the rules first in INPUT."""
         with self._lock:
             for family in self.sets:
-                self._create(family)
+                if not self._create(family):
+                    fill = self._fill(family)
+                    if fill is not None and fill[1] != self.maxelem:
+                        log.warning("ipset %s exists with maxelem %d (configured: %d); it keeps "
+                                    "its size until it is destroyed", self.sets[family], fill[1],
+                                    self.maxelem)
             self.rules.ensure()
 
-    def ban(self, entries: Sequence[tuple[Network, float]]) -> None:
-        """Add or refresh bans; InvalidBan (nothing applied) when any entry is malformed."""
+    def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
+        """Add or refresh bans -> the entries the kernel refused (a full set), with its reason;
+        InvalidBan (nothing applied) when any entry is malformed."""
         clean = check_bans(entries)
         batches: dict[int, list[tuple[Network, bytes]]] = defaultdict(list)
         for target, timeout in clean.items():
             batches[target.version].append((target, ipset_wire.entry(target, timeout)))
         with self._lock:
-            self._apply(ipset_wire.IPSET_CMD_ADD, batches)
+            return self._apply(ipset_wire.IPSET_CMD_ADD, batches)
 
     def unban(self, targets: Sequence[Network]) -> None:
         """Remove bans; absent targets are fine."""
@@ -277,7 +290,11 @@ class IpsetBackend:
         for target in check_targets(targets):
             batches[target.version].append((target, ipset_wire.entry(target, None)))
         with self._lock:
-            self._apply(ipset_wire.IPSET_CMD_DEL, batches)
+            refused = self._apply(ipset_wire.IPSET_CMD_DEL, batches)
+        if refused:
+            failures = [f"{network_text(t)}: {why}" for t, why in refused.items()]
+            more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+            raise FirewallError("ipset refused: " + "; ".join(failures[:5]) + more)
 
     def list(self) -> Bans:
         """Entries in the kernel sets with their remaining seconds (math.inf = permanent)."""
@@ -355,6 +372,35 @@ class IpsetBackend:
             raise FirewallError(f"cannot list ipset {name}: {ipset_wire.describe(end)}")
         return entries
 
+    def fill(self) -> dict[int, tuple[int, int]]:
+        """{family: (entries, maxelem)} of each present set, from its header alone."""
+        with self._lock:
+            return {family: found for family in sorted(self.sets)
+                    if (found := self._fill(family)) is not None}
+
+    def _fill(self, family: int) -> tuple[int, int] | None:
+        sock = self._batch_socket()
+        self._next_seq()
+        name = self.sets[family]
+        request = ipset_wire.header_request(name, _FAMILY[family], seq=self._seq,
+                                            protocol=self._protocol)
+        found: dict[str, int] = {}
+        try:
+            sock.send(request)
+            while True:
+                part, end = ipset_wire.header_replies(sock.recv(1 << 16), self._seq)
+                found.update(part)
+                if end is not None:
+                    break
+        except OSError as err:  # includes the socket timeout
+            raise FirewallError(f"cannot read the header of ipset {name}: {err}") from err
+        if end == errno.ENOENT:
+            return None
+        if end:
+            raise FirewallError(f"cannot read the header of ipset {name}: "
+                                f"{ipset_wire.describe(end)}")
+        return found.get("entries", 0), found.get("maxelem", 0)
+
     def ensure(self) -> Repair:
         """Re-create missing sets, put our rules back at #1 of INPUT; cheap when all is well."""
         with self._lock:
@@ -377,10 +423,18 @@ class IpsetBackend:
                 self._destroy(family)
 
     def status(self) -> dict[str, object]:
-        """Sets present, rule positions, and which iptables variant (nf_tables/legacy) is used."""
+        """Sets present with their fill against capacity, rule positions, and which iptables
+        variant (nf_tables/legacy) is used."""
+        sets: dict[str, dict[str, object]] = {}
         with self._lock:
-            sets = {f"ipv{family}": {"name": name, "present": self._header(family) is not None}
-                    for family, name in sorted(self.sets.items())}  # fmt: skip
+            for family, name in sorted(self.sets.items()):
+                fill = self._fill(family)
+                entry: dict[str, object] = {"name": name, "present": fill is not None}
+                if fill is not None:
+                    entries, maxelem = fill
+                    entry.update(entries=entries, maxelem=maxelem,
+                                 fill=round(entries / maxelem, 4) if maxelem else None)
+                sets[f"ipv{family}"] = entry
         return {
             "sets": sets,
             "rules": self.rules.status(),

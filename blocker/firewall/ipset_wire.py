@@ -32,6 +32,8 @@ IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 7, 9, 10
 
 _ATTR_PROTOCOL, _ATTR_SETNAME, _ATTR_DATA, _ATTR_ADT, _ATTR_LINENO = 1, 2, 7, 8, 9
 _ATTR_IP, _ATTR_CIDR, _ATTR_TIMEOUT = 1, 3, 6
+_ATTR_FLAGS, _ATTR_MAXELEM, _ATTR_ELEMENTS = 6, 19, 24
+IPSET_FLAG_LIST_HEADER = 1 << 2
 _IPADDR_IPV4, _IPADDR_IPV6 = 1, 2
 
 # The ADT attribute's 16-bit length caps a message near 64 KiB; IPv6 entries take 44 bytes.
@@ -95,6 +97,40 @@ def list_request(set_name: str, family: int, *, seq: int, protocol: int) -> byte
     """A LIST dump request for one set (what `ipset list NAME` sends)."""
     return _request(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq,
                     protocol=protocol)
+
+
+def header_request(set_name: str, family: int, *, seq: int, protocol: int) -> bytes:
+    """A LIST of one set's header only (what `ipset list -t NAME` sends): its size and fill
+    without a single entry, however full the set is."""
+    flags = _attr(_ATTR_FLAGS | NLA_F_NET_BYTEORDER, struct.pack(">I", IPSET_FLAG_LIST_HEADER))
+    return _request(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq,
+                    protocol=protocol, attrs=flags)
+
+
+def header_replies(data: bytes, seq: int) -> tuple[dict[str, int], int | None]:
+    """{"maxelem", "entries"} found in one received buffer of the header dump numbered `seq`,
+    and how the dump ended in it (as list_replies)."""
+    found: dict[str, int] = {}
+    reply_kind = (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST
+    names = {_ATTR_MAXELEM: "maxelem", _ATTR_ELEMENTS: "entries"}
+    for kind, msg_seq, body, end in _messages(data):
+        if kind < 0:
+            return found, errno.EPROTO
+        if msg_seq != seq:
+            continue
+        if kind == NLMSG_DONE:
+            return found, 0
+        if kind == NLMSG_ERROR and end - body >= _ERROR.size:
+            (code,) = _ERROR.unpack_from(data, body)
+            return found, -code
+        if kind == reply_kind:
+            for attr_type, (lo, hi) in _attrs(data, body + _NFGEN.size, end):
+                if attr_type != _ATTR_DATA:
+                    continue
+                for kind_, (a, b) in _attrs(data, lo, hi):
+                    if kind_ in names and b - a == 4:
+                        found[names[kind_]] = struct.unpack_from(">I", data, a)[0]
+    return found, None
 
 
 def _request(command: int, flags: int, set_name: str, family: int, *, seq: int, protocol: int,

@@ -15,9 +15,12 @@ class FakeBackend:
 
     `table` maps target -> remaining seconds as last banned (no clock: tests age nothing).
     `repairs` is what the next ensure() calls return, in order; `fail` makes every verb raise.
+    `capacity` bounds the table like a set's maxelem: a new target beyond it is refused (a
+    present one is still refreshed), as the kernel does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
         self.setups = 0
         self.ban_batches: list[list[tuple[Network, float]]] = []
         self.unban_batches: list[list[Network]] = []
@@ -33,12 +36,18 @@ class FakeBackend:
         self._check()
         self.setups += 1
 
-    def ban(self, entries: Sequence[tuple[Network, float]]) -> None:
+    def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
         self._check()
         clean = check_bans(entries)
         self.ban_batches.append(list(entries))
+        refused: dict[Network, str] = {}
         for target, timeout in clean.items():
+            if (self.capacity is not None and target not in self.table
+                    and len(self.table) >= self.capacity):
+                refused[target] = "set is full (maxelem reached)"
+                continue
             self.table[target] = math.inf if timeout == 0 else float(timeout)
+        return refused
 
     def unban(self, targets: Sequence[Network]) -> None:
         self._check()

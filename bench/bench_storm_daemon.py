@@ -1,0 +1,190 @@
+"""Issue 9 (d): a reflection storm through a real blockerd and the kernel. Root; prints figures.
+
+    sudo .venv/bin/python bench/bench_storm_daemon.py [--reflectors 1000000] [--trains 6]
+
+In a fresh network namespace, blockerd (the shipped jails.toml, the real ipset backend) follows
+a scratch kern.log. The storm of (b) is appended to it: --reflectors reflectors x --trains
+unsolicited SYN/ACKs, interleaved round by round so each reflector's lines are --reflectors
+lines apart, all within one 60 s window of log time. Reflectors are IPv6 hosts of
+2001:db8::/32, one per /64 (text in a log and entries in our own namespace's set: nothing is
+sent anywhere).
+
+Then: how long until blockerd has read every line and its bans stopped growing, how many
+reflectors the kernel set holds or covers with a subnet entry, and blockerd's whole-process
+RSS (peak VmHWM, and VmRSS sampled every second). Target: every reflector, RSS <= 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from ipaddress import IPv6Address
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))
+
+BASE = 0x20010DB8 << 96
+WINDOW_USED = 54.0  # seconds of log time the whole storm spans (the jail's window is 60 s)
+
+
+def reflector(i: int) -> int:
+    return BASE | (i >> 16) << 80 | (i & 0xFFFF) << 64 | 1
+
+
+def write_storm(log: Path, reflectors: int, trains: int) -> int:
+    """Append the storm to `log` in chunks (blockerd reads while it grows) -> lines."""
+    total = reflectors * trains
+    start = datetime.now(UTC).timestamp() - WINDOW_USED - 1
+    step = WINDOW_USED / total
+    dst = IPv6Address("2001:db8::10").exploded
+    head = " storm kernel: INVALID IN=veth0 OUT= MAC= SRC="
+    tail = (f" DST={dst} LEN=60 TC=0 HOPLIMIT=52 FLOWLBL=0 PROTO=TCP SPT=443 DPT=40312 "
+            "WINDOW=1024 RES=0x00 ACK SYN URGP=0\n")
+    line = 0
+    with log.open("a") as out:
+        for _train in range(trains):
+            chunk: list[str] = []
+            for i in range(reflectors):
+                stamp = datetime.fromtimestamp(start + line * step, UTC).isoformat(
+                    timespec="microseconds")
+                chunk.append(stamp + head + IPv6Address(reflector(i)).exploded + tail)
+                line += 1
+                if len(chunk) >= 100_000:
+                    out.write("".join(chunk))
+                    out.flush()
+                    chunk = []
+            out.write("".join(chunk))
+            out.flush()
+    return line
+
+
+def rss(pid: int) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = text.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            found[key] = int(value.split()[0]) / 1024
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reflectors", type=int, default=1_000_000)
+    parser.add_argument("--trains", type=int, default=6)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_storm_daemon: needs root (network namespace, ipset)", file=sys.stderr)
+        return 1
+    if not args.inner:
+        netns = f"blkbench-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        try:
+            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
+                                   "--inner", *sys.argv[1:]], check=False).returncode
+        finally:
+            subprocess.run(["ip", "netns", "delete", netns], check=False)
+    from blocker.control import ControlError, request  # noqa: PLC0415 - after sys.path
+    from blocker.firewall.ipset import IpsetBackend  # noqa: PLC0415
+
+    tag = uuid.uuid4().hex[:6]
+    set4, set6 = f"bs4-{tag}", f"bs6-{tag}"
+    with tempfile.TemporaryDirectory(prefix="blkstorm-") as tmp:
+        work = Path(tmp)
+        config = (REPO / "jails.toml").read_text()
+        config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
+        config = config.replace('"blocker4"', f'"{set4}"').replace('"blocker6"', f'"{set6}"')
+        (work / "jails.toml").write_text(config)
+        log = work / "kern.log"
+        log.write_text("")
+        sock = str(work / "ctl.sock")
+        argv = [str(BIN / "blockerd"), "--config", str(work / "jails.toml"), "--log", str(log),
+                "--state-dir", str(work / "state"), "--socket", sock]
+        with open(work / "blockerd.err", "w") as err:
+            process = subprocess.Popen(argv, stderr=err)
+        peak_sampled = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(1.0):
+                try:
+                    peak_sampled[0] = max(peak_sampled[0], rss(process.pid)["VmRSS"])
+                except (OSError, KeyError):
+                    return
+
+        def status() -> dict[str, object]:
+            try:
+                result = request(sock, {"cmd": "status"}, timeout=120).get("result")
+            except ControlError:
+                return {}
+            return result if isinstance(result, dict) else {}
+
+        try:
+            deadline = time.monotonic() + 60
+            while not status():
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit(f"blockerd did not start: see {work}/blockerd.err")
+                time.sleep(0.1)
+            threading.Thread(target=sample, daemon=True).start()
+            began = time.perf_counter()
+            lines = write_storm(log, args.reflectors, args.trains)
+            written = time.perf_counter() - began
+            print(f"storm    {lines:,} lines ({args.reflectors:,} reflectors x {args.trains}) "
+                  f"appended in {written:.1f} s")
+            last, steady = -1, 0
+            while True:  # every line read, then the active bans unchanged for 3 s
+                now = status()
+                read = int(str(now.get("lines", 0)))
+                bans = int(str(now.get("active_bans", 0)))
+                if read >= lines and bans == last:
+                    steady += 1
+                    if steady >= 3:
+                        break
+                else:
+                    steady = 0
+                last = bans
+                time.sleep(1.0)
+                if time.perf_counter() - began > 3600:
+                    print("gave up after an hour", file=sys.stderr)
+                    break
+            took = time.perf_counter() - began - 3.0
+            mem = rss(process.pid)
+            with IpsetBackend(set4=set4, set6=set6) as backend:
+                held = {(int(t.network_address), t.prefixlen) for t, _ in backend.list()}
+            covered = 0
+            for i in range(args.reflectors):
+                value = reflector(i)
+                covered += any((value >> (128 - p) << (128 - p), p) in held
+                               for p in range(128, 0, -1))
+            stats = {name: jail.get("scorer") for name, jail in
+                     dict(now.get("jails", {})).items()}  # type: ignore[call-overload]
+            print(f"daemon   all lines read and bans settled {took:.1f} s after the first "
+                  f"append = {lines / took:,.0f} lines/s")
+            print(f"kernel   {covered:,} of {args.reflectors:,} reflectors banned or inside a "
+                  f"banned subnet ({len(held):,} entries); refused by the kernel: "
+                  f"{now.get('refused_bans')} (target: every reflector)")
+            print(f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
+                  f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)")
+            print(json.dumps({"reflectors": args.reflectors, "lines": lines,
+                              "seconds": round(took, 1), "covered": covered,
+                              "entries": len(held), "rss_peak_mb": round(mem["VmHWM"]),
+                              "scorer": stats}, default=str))
+        finally:
+            stop.set()
+            process.terminate()
+            process.wait(timeout=120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
