@@ -10,10 +10,12 @@ import sys
 from collections.abc import Sequence
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
 from blocker.replay import ReplayResult, iso_time, replay_file
+from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -27,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--socket", default=DEFAULT_SOCKET,
                         help=f"blockerd's control socket (default {DEFAULT_SOCKET})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("status", help="per jail: hits, tracked addresses, active bans; sources")
+    status = commands.add_parser(
+        "status", help="per jail: hits, tracked addresses, active bans; sources; firewall")
+    status.add_argument("--json", action="store_true", help="print the machine form (JSON)")
     listing = commands.add_parser("list", help="active bans")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.add_argument("--jail", help="only this jail's bans")
+    listing.add_argument("--sort", choices=("target", "expiry"), default="target",
+                         help="order: by address (default) or soonest expiry first")
     ban = commands.add_parser("ban", help="ban an address or network now")
     ban.add_argument("target", metavar="ADDR|CIDR")
     ban.add_argument("--for", dest="duration", metavar="DURATION",
@@ -48,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("log", metavar="LOG", help="kernel log file (kern.log, journalctl -k, dmesg)")
     test.add_argument("--config", default=DEFAULT_CONFIG,
                       help=f"jails.toml (default {DEFAULT_CONFIG})")
-    test.add_argument("--json", action="store_true", help="print one JSON object")
+    test.add_argument("--json", action="store_true",
+                      help="print one JSON object (with --show: one JSON object per line, "
+                           "the summary last)")
+    test.add_argument("--show", choices=SHOW_CHOICES, metavar="{" + ",".join(SHOW_CHOICES) + "}",
+                      help="also print, per line, what became of it: hits (and the bans they "
+                           "made), bans, unparsed (malformed and not LOG records), malformed, "
+                           "or all (ignored records too)")
     return parser
 
 
@@ -69,11 +82,24 @@ def _test(args: argparse.Namespace) -> int:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = replay_file(Path(args.log), config)
+        if args.show is None:
+            result = replay_file(Path(args.log), config)
+        else:
+            shown = SHOWN[args.show]
+            write = _verdict_json if args.json else _verdict_text
+
+            def emit(verdicts: list[dict[str, Any]]) -> None:
+                for verdict in verdicts:
+                    if verdict["verdict"] in shown:
+                        print(write(verdict))
+
+            result = replay_file_verdicts(Path(args.log), config, emit)
     except OSError as exc:
         print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAIL
-    if args.json:
+    if args.json and args.show is not None:
+        print(json.dumps({"summary": result.to_json()}))
+    elif args.json:
         print(json.dumps(result.to_json()))
     else:
         print(_test_report(args.log, result))
@@ -99,6 +125,49 @@ def _test_report(path: str, result: ReplayResult) -> str:
     if not result.decisions:
         out.append("    (none)")
     return "\n".join(out)
+
+
+def _verdict_json(verdict: dict[str, Any]) -> str:
+    return json.dumps(verdict)
+
+
+def _verdict_text(verdict: dict[str, Any]) -> str:
+    """One line of `test --show`: line number, verdict, and what it is about."""
+    kind = verdict["verdict"]
+    head = f"{verdict['line']:>7} {kind:9}"
+    if kind == "not_log":
+        return f"{head} {verdict.get('reason', 'not a LOG record')}"
+    if kind == "malformed":
+        return f"{head} {verdict['reason']}"
+    if kind == "ban":
+        span = "permanent" if verdict["permanent"] else _span(float(verdict["duration"]))
+        return f"{head} {verdict['target']} ({verdict['jail']}) {span}: {verdict['reason']}"
+    packet = _packet_text(verdict["fields"])
+    if kind == "hit":
+        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']} "
+                f"score {verdict['score']:g}/{verdict['threshold']:g}  {packet}")
+    if "jail" in verdict:
+        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']}: "
+                f"{verdict['reason']}  {packet}")
+    return f"{head} {verdict['reason']}  {packet}"
+
+
+def _packet_text(fields: dict[str, Any]) -> str:
+    src, dst = fields["src"], fields["dst"]
+    if "dpt" in fields:
+        src, dst = _with_port(src, fields["spt"]), _with_port(dst, fields["dpt"])
+    text = f"{fields['proto']} {src} -> {dst}"
+    if "flags" in fields:
+        text += " " + (",".join(fields["flags"]) or "(no flags)")
+    if "icmp_type" in fields:
+        text += f" type {fields['icmp_type']} code {fields['icmp_code']}"
+    where = f"in={fields['in']}" if fields["in"] else f"out={fields['out']}"
+    prefix = f" [{fields['prefix']}]" if fields["prefix"] else ""
+    return f"{text} {where}{prefix} at {fields['time']}"
+
+
+def _with_port(address: str, port: object) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _span(seconds: float) -> str:
@@ -129,6 +198,8 @@ def _remote(args: argparse.Namespace) -> int:
             message["fleet"] = True
     elif args.command == "explain":
         message["address"] = args.address
+    elif args.command == "list" and args.jail:
+        message["jail"] = args.jail
     try:
         reply = request(args.socket, message)
     except ControlError as exc:
@@ -139,16 +210,100 @@ def _remote(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     result = reply.get("result")
     if args.command == "list" and isinstance(result, list):
-        result.sort(key=_ban_order)  # blockerd streams them in the kernel's order
+        # blockerd streams them in the kernel's order
+        result.sort(key=_expiry_order if args.sort == "expiry" else _ban_order)
     if args.command == "list" and args.json:
         print(json.dumps(result))
     elif args.command == "list":
         print(_list_report(result))
+    elif args.command == "status" and not args.json and isinstance(result, dict):
+        print(status_report(result))
     elif isinstance(result, str):
         print(result)
     else:
         print(json.dumps(result, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def status_report(status: dict[str, Any]) -> str:
+    """`blockerctl status` for people: what blockerd does and whether it keeps up."""
+    out = [f"blockerd {status.get('version', '?')}, up {_ago(status.get('uptime'))}",
+           f"lines {status.get('lines', 0)}: parsed {status.get('parsed', 0)}, unparsed "
+           f"{status.get('unparsed', 0)} (malformed {status.get('malformed', 0)})",
+           f"active bans {status.get('active_bans', 0)}"
+           + (f", spared for live peers {status['spared_live_peers']} (conntrack "
+              f"{status.get('conntrack', '?')})" if "spared_live_peers" in status else ""),
+           "", "jails:"]
+    for name, jail in sorted(dict(status.get("jails") or {}).items()):
+        hits = dict(jail.get("hits") or {})
+        detail = ", ".join(f"{f} {n}" for f, n in sorted(hits.items(), key=lambda h: -h[1]))
+        last = jail.get("last_ban") or "never"
+        out.append(f"  {name:12} hits {sum(hits.values())}" + (f" ({detail})" if detail else ""))
+        out.append(f"  {'':12} tracked {jail.get('tracked', 0)}, active bans "
+                   f"{jail.get('active_bans', 0)}, last ban {last}")
+    out += ["", "sources:"]
+    for source in status.get("sources") or [{"source": "(none)", "status": "none"}]:
+        line = f"  {source.get('source', '?')}: {source.get('status', source.get('state'))}"
+        if source.get("behind_bytes") is not None:
+            line += f", {source['behind_bytes']} bytes behind"
+        if source.get("last_line_age") is not None:
+            line += f", last line {_ago(source['last_line_age'])} ago"
+        if source.get("error") or source.get("last_error"):
+            line += f" ({source.get('error') or source.get('last_error')})"
+        out.append(line)
+    out += ["", "firewall:"]
+    out += _firewall_lines(status)
+    return "\n".join(out)
+
+
+def _firewall_lines(status: dict[str, Any]) -> list[str]:
+    firewall = status.get("firewall") or {}
+    rules = firewall.get("rules") if isinstance(firewall, dict) else None
+    out: list[str] = []
+    if isinstance(rules, dict):
+        for family, rule in sorted(rules.items()):
+            where = "in place" if rule.get("in_place") else "MISSING"
+            positions = ",".join(str(p) for p in rule.get("positions") or []) or "-"
+            out.append(f"  {family} rule: {where} (INPUT position {positions}, "
+                       f"{rule.get('variant', '?')})")
+    elif isinstance(firewall, dict) and "backend" in firewall:
+        out.append(f"  backend {firewall['backend']}: no kernel rules")
+    for family, info in sorted(dict(status.get("sets") or {}).items()):
+        capacity = info.get("capacity")
+        fill = (f"{info.get('entries', 0)}/{capacity} "
+                f"({100 * info.get('entries', 0) / capacity:.1f}% full)" if capacity
+                else f"{info.get('entries', 0)} entries")
+        out.append(f"  {family} set {info.get('name')}: {fill}")
+    checks = status.get("firewall_checks") or {}
+    if checks:
+        repairs = ", ".join(f"{k} {v}" for k, v in sorted(dict(checks.get("repairs") or {}
+                                                                 ).items())) or "none"
+        state = "ok" if checks.get("ok") else "FAILING"
+        out.append(f"  checks: {state}, failures {checks.get('failures', 0)}, repairs {repairs}")
+    return out
+
+
+def _ago(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{seconds:.1f}s" if isinstance(seconds, float) else f"{whole}s"
+
+
+def _expiry_order(row: object) -> tuple[float, tuple[int, int, int, str]]:
+    """Soonest expiry first, permanent bans last, then by address."""
+    remaining = row.get("remaining") if isinstance(row, dict) else None
+    soon = float(remaining) if isinstance(remaining, int | float) else math.inf
+    return (soon, _ban_order(row))
 
 
 def _ban_order(row: object) -> tuple[int, int, int, str]:

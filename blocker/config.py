@@ -3,6 +3,7 @@
     filters_dir = "filters"            # relative to this file
     [firewall]  backend, set_v4, set_v6, rule_check_interval
     [fleet]     url, key_file, publish, accept, ... (sharing bans through Redis)
+    [metrics]   listen, textfile, textfile_interval (off by default)
     [defaults]  any jail key, inherited by every jail
     [jails.NAME] filters = [...], plus any jail key
 
@@ -20,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from blocker.filters import Filter, FilterError, Matcher, load_filters
-from blocker.schema import FIREWALL, FLEET, JAIL, JAIL_NAME, SECTIONS, TOP, Section, jail_default
+from blocker.schema import (
+    FIREWALL,
+    FLEET,
+    JAIL,
+    JAIL_NAME,
+    METRICS,
+    SECTIONS,
+    TOP,
+    Section,
+    jail_default,
+)
 from blocker.scoring import JailPolicy
 from blocker.validators import ANY_TABLE, Duration, check
 from blocker.validators import ConfigError as ConfigError  # noqa: PLC0414 (callers import it)
@@ -71,12 +82,24 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = METRICS.default("listen")
+    textfile: str | None = METRICS.default("textfile")
+    textfile_interval: float = METRICS.default("textfile_interval")
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen is not None or self.textfile is not None
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     jails: tuple[Jail, ...]
     filters: dict[str, Filter] = field(default_factory=dict)
     firewall: FirewallConfig = FirewallConfig()
     fleet: FleetConfig = FleetConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def jail(self, name: str) -> Jail | None:
         return next((jail for jail in self.jails if jail.name == name), None)
@@ -103,6 +126,7 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
     except FilterError as exc:
         raise ConfigError(exc.path, exc.key, exc.reason) from exc
     firewall = FirewallConfig(**_section(FIREWALL, data, where))
+    metrics = MetricsConfig(**_section(METRICS, data, where))
     defaults = check(ANY_TABLE, data.get("defaults", {}), where, "defaults")
     JAIL.refuse_unknown(defaults, where, "defaults.", jail_only_ok=False)
     jails_table = check(ANY_TABLE, data.get("jails"), where, "jails")
@@ -124,7 +148,7 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
         if name not in jails_table:
             raise ConfigError(where, "fleet.publish", f"no jail {name!r}")
     return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall,
-                  fleet=fleet)
+                  metrics=metrics, fleet=fleet)
 
 
 def _one_level_per_source(jails: list[Jail], where: str) -> None:

@@ -24,7 +24,10 @@ from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.fleet.daemon_side import FleetWiring
 from blocker.host import host_addresses
+from blocker.journal import journal_handler
 from blocker.live_peers import ConntrackError, LivePeers
+from blocker.metrics import Metrics, behind_bytes
+from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
 from blocker.service import Service, SourceKey, source_label
 from blocker.sources import NflogSource, Source, SourceError, open_source
@@ -62,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
+    handler: logging.Handler | None = journal_handler()  # under systemd: structured
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         handlers=[handler])
     config_path = Path(args.config)
@@ -125,6 +130,9 @@ class Daemon:
             if config.fleet.url else None
         self.stopping = False
         self.reload_requested = False
+        # Started in run(); its HTTP thread reads what this thread counts, takes no lock.
+        self.metrics: Metrics | None = None
+        self._textfile_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -134,6 +142,9 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._note_signal)
         began = time.monotonic()
         now = time.time()
+        metrics_config = self.service.config.metrics  # as at start: a reload keeps it
+        if not self._start_metrics():
+            return 1
         self.service.start(now)
         self.state.commit()
         if self.fleet is not None:
@@ -143,6 +154,8 @@ class Daemon:
         next_check = time.monotonic() + interval
         next_prune = time.monotonic()
         next_retry = time.monotonic() + SOURCE_RETRY
+        textfile = metrics_config.textfile if self.metrics is not None else None
+        next_textfile = time.monotonic() if textfile is not None else math.inf
         _sd_notify("READY=1\nSTATUS=following the kernel log")
         log.info("ready in %.1f s (%d active ban(s)): %d jail(s), sources: %s",
                  time.monotonic() - began, len(self.service.active),
@@ -150,7 +163,7 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, self.control.next_wake(),
+                wake = min(next_check, next_retry, next_textfile, self.control.next_wake(),
                            self.fleet.due() if self.fleet is not None else math.inf)
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
@@ -169,11 +182,10 @@ class Daemon:
                 if tick >= next_prune:
                     self.service.prune(time.time())
                     next_prune = tick + PRUNE_EVERY
-                if self.fleet is not None:
-                    self.fleet.turn()  # remote bans in, its own transaction
-                self.state.commit()
-                if self.fleet is not None:
-                    self.fleet.hand_outbox()  # committed bans out
+                self._commit_turn()
+                if tick >= next_textfile and textfile is not None:
+                    self._write_textfile(textfile)
+                    next_textfile = tick + metrics_config.textfile_interval
         finally:
             _sd_notify("STOPPING=1")
             self._shutdown()
@@ -182,6 +194,8 @@ class Daemon:
     def _shutdown(self) -> None:
         if self.fleet is not None:
             self.fleet.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         for key in list(self.sources):
             self._close_source(key, save=True)
         self.state.commit()
@@ -194,6 +208,15 @@ class Daemon:
             self.reload_requested = True
         else:
             self.stopping = True
+
+    def _commit_turn(self) -> None:
+        """End of a loop turn: remote bans in (their own transaction), commit, and the
+        committed bans to share out to the fleet's writer."""
+        if self.fleet is not None:
+            self.fleet.turn()
+        self.state.commit()
+        if self.fleet is not None:
+            self.fleet.hand_outbox()
 
     def _wake(self) -> None:
         """Called from the fleet's threads: make select() return."""
@@ -297,13 +320,62 @@ class Daemon:
             self.state.save_position(source_label(key), position)
             self.state.commit()
 
+    def _start_metrics(self) -> bool:
+        config = self.service.config.metrics
+        try:
+            self.metrics = start_metrics(config, self.service, self._source_reports)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%s: %s", *config.listen or ("", ""), exc)
+            return False
+        if config.listen is not None:
+            log.info("metrics on http://%s/metrics", _host_port(*config.listen))
+        return True
+
+    def _write_textfile(self, path: str) -> None:
+        assert self.metrics is not None
+        try:
+            self.metrics.write_textfile(path)
+        except OSError as exc:
+            if self._textfile_error != str(exc):  # once per kind of failure, not per interval
+                log.error("cannot write the metrics file %s: %s", path, exc)
+            self._textfile_error = str(exc)
+        else:
+            if self._textfile_error is not None:
+                log.info("writing the metrics file %s again", path)
+            self._textfile_error = None
+
+    def _source_reports(self) -> list[tuple[SourceKey, dict[str, object]]]:
+        """Each source's health, for the metrics thread: the dicts are copied in one C-level
+        call each (atomic under the GIL) before they are walked."""
+        reports = [(key, source.health()) for key, source in list(self.sources.items())]
+        reports += [(key, {"state": "error", "error": error})
+                    for key, error in list(self.source_errors.items())]
+        return reports
+
     def _source_health(self) -> list[dict[str, object]]:
+        """Per source: its own report, plus `status` (following, lagging, waiting, error),
+        `behind_bytes` (kern.log: unread bytes) and `last_line_age` (seconds)."""
         health: list[dict[str, object]] = []
+        now = time.time()
+        last_line = self.service.activity.last_line
         for key, source in self.sources.items():
-            health.append({"source": source_label(key), **source.health()})
+            report = source.health()
+            behind = behind_bytes(report)
+            state = report.get("state")
+            status = "error" if state == "error" else "waiting" if state == "waiting" \
+                else "lagging" if behind else "following"
+            seen = last_line.get(key)
+            health.append({"source": source_label(key), **report, "status": status,
+                           "behind_bytes": behind,
+                           "last_line_age": None if seen is None else round(now - seen, 1)})
         for key, error in self.source_errors.items():
-            health.append({"source": source_label(key), "state": "error", "error": error})
+            health.append({"source": source_label(key), "state": "error", "status": "error",
+                           "error": error})
         return health
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _open_live_peers() -> LivePeers | None:

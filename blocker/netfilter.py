@@ -4,12 +4,16 @@ Accepted line forms (what admins actually have):
   rsyslog traditional  ``Aug 14 11:48:37 host kernel: [81795.100496] PREFIX IN=eth0 OUT= ...``
   rsyslog RFC 3339     ``2026-11-22T02:04:54.684948+00:00 host kernel: PREFIX IN=eth0 ...``
   dmesg                ``[81795.100496] PREFIX IN=eth0 OUT= ...``
+  dmesg -T             ``[Fri Jan 10 10:34:04 2020] PREFIX IN=eth0 OUT= ...`` (local time)
+  OpenWrt logread      ``Mon Dec 25 13:31:15 2017 kern.warn kernel: [45020.39] PREFIX IN=...``
   journald / kmsg text ``PREFIX IN=eth0 OUT= ...`` (the source supplies the time)
 
 A line with a syslog header whose tag is not exactly ``kernel:`` is refused: only the kernel
 writes netfilter LOG records, and a user process could otherwise forge them. Text from a file
 (kern.log) must carry that header: headerless text is valid only where the source itself
 vouches for the kernel (kmsg's facility, journald's _TRANSPORT), so scan() is told which.
+Kernel TRACE output (``TRACE: raw:PREROUTING:policy:2 IN=...``) describes a packet being
+traced, not one a rule logged: it is never a packet here.
 """
 
 from __future__ import annotations
@@ -28,16 +32,27 @@ _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(Z|[+-]\d\d:?\d\d)? \S+"
 )
+# OpenWrt's logread: ctime() with the year, then facility.level; only kern.* is the kernel's.
+_LOGREAD = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):"
+    r"([0-5]\d|60) (\d{4}) kern\.(?:emerg|alert|crit|err|warn|warning|notice|info|debug)")
+# dmesg -T: the kernel's timestamp printed as local ctime() in the bracket.
+_CTIME_BRACKET = re.compile(
+    r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):"
+    r"([0-5]\d|60) (\d{4})\]")
 # A line that starts like a syslog timestamp but carries no kernel tag came from a user process.
-_SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+_SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+                           r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} ")
 # Field order is fixed by the kernel (nf_log_ipv4/ipv6); optional parts are the bridge
 # (PHYSIN/PHYSOUT), MAC, IP options/flags before PROTO, and TCP sequence numbers.
 # `[^ ]` rather than `\S`: a negated literal is the fastest class the engine has (`\S` tests
 # Unicode categories per character), and this regex runs over every byte of a bulk read.
 # It can run past a newline where `\S` would stop; scan() catches such a match and reads
 # those lines one by one.
+# Everything after OUT= is optional as a whole: a record cut (or mangled) before PROTO=
+# still matches, with PROTO None, so it is counted as malformed instead of passing unseen.
 _PACKET = re.compile(
-    r"IN=([^ ]*) OUT=([^ ]*) (?:PHYSIN=([^ ]*) )?(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
+    r"IN=([^ ]*) OUT=([^ ]*)(?: (?:PHYSIN=([^ ]*) )?(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
     r"SRC=([^ ]+) DST=([^ ]+) LEN=([0-9]+) "
     r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=([0-9]+) ID=([0-9]+)|C=[0-9]+ HOPLIMIT=([0-9]+) "
     r"FLOWLBL=[0-9]+) )?"
@@ -47,7 +62,7 @@ _PACKET = re.compile(
     # cut in the middle of a port number.
     r"(?: SPT=([0-9]+) DPT=([0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
     r"(?:WINDOW=[0-9]+ RES=[^ ]* ((?:[A-Z]{3} )*)URGP=)?"
-    r"| TYPE=([0-9]+) CODE=([0-9]+)(?= |$)| (INCOMPLETE) \[)?",
+    r"| TYPE=([0-9]+) CODE=([0-9]+)(?= |$)| (INCOMPLETE) \[)?)?",
     re.MULTILINE,
 )
 _MONTHS = {
@@ -130,7 +145,7 @@ class KernelLogParser:
         """
         for record in self.scan(line, now, source_time):
             packet = self.packet(record)
-            if packet is None:
+            if packet is None and not is_trace(record[1]):
                 self._rejected += 1
             return packet
         return None
@@ -139,10 +154,10 @@ class KernelLogParser:
         """Packets of every valid LOG line in `text` (many lines)."""
         for record in self.scan(text, now):
             packet = self.packet(record)
-            if packet is None:
-                self._rejected += 1
-            else:
+            if packet is not None:
                 yield packet
+            elif not is_trace(record[1]):
+                self._rejected += 1
 
     def packet(self, record: Record) -> Packet | None:
         """The Packet of a scanned record, or None when its fields are not valid."""
@@ -263,6 +278,13 @@ class KernelLogParser:
             uptime, head = _without_uptime(head)
             if uptime is not None and k < 0 and source_time is None:
                 event_time = uptime  # dmesg dumps: the only clock the line has
+            elif uptime is None and k < 0 and (m := _CTIME_BRACKET.match(head)) is not None:
+                stamp = _local_epoch(m, int(m.group(6)))  # dmesg -T: the date is in the line
+                if stamp is None:
+                    return None
+                if source_time is None:
+                    event_time = stamp
+                head = head[m.end():]
         return event_time, head
 
     # -- the parts of a record -----------------------------------------------------------
@@ -356,6 +378,8 @@ def _without_uptime(head: str) -> tuple[float | None, str]:
 
 def _signature(prefix: str, fields: Fields,
                tcp_flags: Callable[[str], frozenset[str] | None]) -> Signature | None:
+    if is_trace(prefix):
+        return None  # never a packet; callers do not count it as malformed either
     iface_in, iface_out = fields[0] or "", fields[1] or ""
     proto, flag_text, icmp_type, icmp_code, incomplete = (fields[9], fields[12], fields[13],
                                                           fields[14], fields[15])
@@ -389,7 +413,27 @@ def _signature(prefix: str, fields: Fields,
     )
 
 
+def _local_epoch(m: re.Match[str], year: int) -> float | None:
+    """Local time from (month name, day, hour, minute, second) groups 1-5 of `m`."""
+    month = _MONTHS.get(m.group(1))
+    if month is None or not 1 <= int(m.group(2)) <= calendar.monthrange(year, month)[1]:
+        return None  # mktime() would take Feb 31 for Mar 2
+    fields = (int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5)))
+    try:
+        return time.mktime((year, month, *fields, 0, 0, -1))
+    except (OverflowError, ValueError):
+        return None
+
+
+def is_trace(prefix: str) -> bool:
+    """A record printed by the kernel's TRACE target (iptables -j TRACE), not by a LOG rule."""
+    return prefix.lstrip().startswith("TRACE:")
+
+
 def _parse_header_time(header: str, now: float) -> float | None:
+    m = _LOGREAD.fullmatch(header)
+    if m is not None:
+        return _local_epoch(m, int(m.group(6)))
     m = _TRADITIONAL.fullmatch(header)
     if m is not None:
         month = _MONTHS.get(m.group(1))

@@ -12,7 +12,7 @@ from itertools import islice
 
 from blocker.config import Config, Jail
 from blocker.filters import DistinctKey, Filter, Matcher, is_unicast
-from blocker.netfilter import Fields, KernelLogParser, Record
+from blocker.netfilter import Fields, KernelLogParser, Record, is_trace
 from blocker.records import Address, Decision, Packet, Signature
 from blocker.scoring import Scorer
 
@@ -146,7 +146,8 @@ class Pipeline:
             if plan is None:
                 plan = self._plan(plans, kind, prefix, fields, jails)
             if not plan or (plan[0] and dpt is None):
-                malformed += 1  # a kind of record that is never valid, or one cut short
+                if not is_trace(prefix):  # TRACE output is no packet, and no error either
+                    malformed += 1  # a kind of record that is never valid, or one cut short
                 continue
             # SRC= and DST= always match; a cache miss (a new address) takes the call.
             src = known.get(src_text) or address(src_text)  # type: ignore[arg-type]

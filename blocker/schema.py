@@ -37,6 +37,7 @@ from blocker.validators import (
     Choice,
     ConfigError,
     Duration,
+    HostPort,
     Integer,
     Integers,
     Invalid,
@@ -264,8 +265,21 @@ FLEET: Final = Section("fleet", (
         "starts from the snapshot"),
 ), checks=(_fleet_needs_key,))
 
+METRICS: Final = Section("metrics", (
+    "Prometheus metrics, off unless `listen` or `textfile` is set; names start with "
+    "`blocker_`, no label holds an address"), (
+    Key("listen", OrNone(HostPort()), None,
+        "serve `/metrics` over HTTP here, e.g. `\"127.0.0.1:9645\"` or `\"[::1]:9645\"`; "
+        "none: no HTTP server"),
+    Key("textfile", OrNone(AbsolutePath()), None,
+        "write the metrics to this file (replaced atomically) for node-exporter's textfile "
+        "collector; none: no file"),
+    Key("textfile_interval", Duration(low=1, high=3600), 15.0,
+        "how often `textfile` is written"),
+))
+
 # Every section, in the order the docs list them.
-SECTIONS: Final = (TOP, FIREWALL, JAIL, FLEET)
+SECTIONS: Final = (TOP, FIREWALL, METRICS, JAIL, FLEET)
 
 
 def jail_default(name: str) -> Any:

@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
@@ -31,6 +31,7 @@ from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError, Streamed
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet.events import FleetEvent
+from blocker.journal import ban_events
 from blocker.live_peers import ConntrackError, LiveConnection
 from blocker.netfilter import Record
 from blocker.pipeline import JailRunner, Pipeline
@@ -38,6 +39,7 @@ from blocker.records import Address, Decision, Network, network_text
 from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
+from blocker.version import version
 
 LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
@@ -92,6 +94,25 @@ class FleetRole:
     host_id: str
     publish: frozenset[str]
     accept: bool
+@dataclass
+class Activity:
+    """What the service did since it started, for the metrics and the status: counted per
+    batch or per ban, never per line. Keys come from the configuration (jails, sources) or
+    fixed words (origins, repair kinds): no address is ever a key."""
+
+    lines: Counter[SourceKey] = field(default_factory=Counter)
+    last_line: dict[SourceKey, float] = field(default_factory=dict)  # when read, epoch
+    bans: Counter[tuple[str, str]] = field(default_factory=Counter)  # (jail, origin)
+    # (jail, origin); expiries are counted for all jails at once, under jail "*"
+    unbans: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_ban: dict[str, float] = field(default_factory=dict)  # jail -> epoch
+    repairs: Counter[str] = field(default_factory=Counter)  # set, rule, duplicate_rule
+    firewall_ok: bool = True  # the last rule and set check succeeded
+    firewall_failures: int = 0
+
+
+def _ignore_latency(_read_at: float, _bans: int) -> None:
+    pass
 
 
 class Service:
@@ -118,6 +139,10 @@ class Service:
         self.fleet_health: Callable[[], dict[str, object]] | None = None
         # Remote bans an admin lifted here: target -> until when the fleet may not re-ban it.
         self.held: dict[Network, float] = {}
+        self.activity = Activity()
+        # Called after the kernel acknowledged a batch of bans with the time its lines were
+        # read and the batch's size (the daemon measures line-read -> kernel-ack latency).
+        self.after_ban: Callable[[float, int], None] = _ignore_latency
         self._install(config)
 
     # -- configuration -------------------------------------------------------------------
@@ -170,6 +195,10 @@ class Service:
                 self.state.lift(target, now)
         if self.active:
             log.info("restored %d active ban(s)", len(self.active))
+        for runner in self.pipeline.runners:
+            restored = self.active.count(runner.jail.name)
+            if restored:
+                self.activity.bans[runner.jail.name, "restore"] += restored
 
     def _restore_batch(self, batch: list[tuple[Network, float]], now: float
                        ) -> dict[Network, str]:
@@ -193,6 +222,8 @@ class Service:
         runners = self.groups.get(key)
         if not runners or not lines:
             return []
+        self.activity.lines[key] += len(lines)
+        self.activity.last_line[key] = now
         decisions: list[Decision] = []
         bulk: list[str] = []
         for line in lines:
@@ -212,6 +243,8 @@ class Service:
         runners = self.groups.get(key)
         if not runners or not records:
             return []
+        self.activity.lines[key] += len(records)  # a packet source's "lines" are records
+        self.activity.last_line[key] = now
         decisions = self.pipeline.feed_records(records, runners)
         if decisions:
             decisions = self.apply(decisions, now)
@@ -240,7 +273,9 @@ class Service:
         refused = self._kernel_ban([(d.target, remaining) for d, remaining in wanted])
         if refused is None:
             refused = {d.target: "the firewall failed" for d, _ in wanted}
+        self.after_ban(now, len(wanted) - len(refused))
         recorded: list[Decision] = []
+        spans: list[float] = []
         lines: list[str] = []
         texts: list[str] = []
         for decision, remaining in wanted:
@@ -248,14 +283,19 @@ class Service:
                 continue
             self.active.set(decision.target, decision.jail, now + remaining)
             recorded.append(decision)
+            spans.append(remaining)
+            self.activity.bans[decision.jail, origin] += 1
+            self.activity.last_ban[decision.jail] = now
             text = decision.target_text
             texts.append(text)
             span = "permanently" if math.isinf(remaining) else f"for {remaining:.0f}s"
             lines.append(f"ban {text} ({decision.jail}) {span}: {decision.reason}")
         if lines:
             # One record for the batch, one line per ban (the daemon's formatter prefixes
-            # each line): a burst of thousands of bans costs one write, not thousands.
-            log.warning("%s", "\n".join(lines))
+            # each line): a burst of thousands of bans costs one write, not thousands. Under
+            # systemd each line becomes a journal entry with its ban's fields (journal.py).
+            log.warning("%s", "\n".join(lines),
+                        extra={"bans": ban_events(recorded, spans, origin)})
         if refused:
             jails = {d.target: d.jail for d, _ in wanted}
             for target in refused:
@@ -448,22 +488,34 @@ class Service:
 
     def tick(self, now: float) -> None:
         """Periodic: rules and sets in place (re-adding bans to a recreated set), old bans gone."""
-        self.active.expire(now)
+        self._expire(now)
         if self.held:
             self.held = {t: until for t, until in self.held.items() if until > now}
         try:
             repair = self.backend.ensure()
         except FirewallError as exc:
             log.error("firewall check failed: %s", exc)
+            self.activity.firewall_ok = False
+            self.activity.firewall_failures += 1
             return
+        self.activity.firewall_ok = True
         if repair:
             log.warning("firewall repaired: %s", repair)
+            repairs = self.activity.repairs
+            repairs["set"] += len(repair.sets_recreated)
+            repairs["rule"] += len(repair.rules_reinserted)
+            repairs["duplicate_rule"] += repair.rules_removed
         families = set(repair.sets_recreated)
         if self._resync:
             self._resync = False
             families = {4, 6}
         if families:
             self._readd(families, now)
+
+    def _expire(self, now: float) -> None:
+        gone = self.active.expire(now)
+        if gone:
+            self.activity.unbans["*", "expired"] += gone
 
     def _readd(self, families: set[int], now: float) -> None:
         """Put the active bans of these families back into the kernel, in batches."""
@@ -525,10 +577,12 @@ class Service:
     def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
         stats = self.pipeline.stats
         counts = self.pipeline.hit_counts()
-        self.active.expire(now)
+        self._expire(now)
+        activity = self.activity
         jails: dict[str, object] = {}
         for runner in self.pipeline.runners:
             name = runner.jail.name
+            last_ban = activity.last_ban.get(name)
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": source_label(self.source_key(runner.jail)),
@@ -537,9 +591,14 @@ class Service:
                 "tracked": runner.scorer.tracked_count(),
                 "active_bans": self.active.count(name),
                 "refused_bans": self.refusals.by_jail.get(name, 0),
+                "last_ban": None if last_ban is None else iso_time(last_ban),
                 "scorer": runner.scorer.stats(),
             }
+        per_family = self.active.family_counts()
+        firewall = self.config.firewall
+        maxelem = getattr(self.backend, "maxelem", None)
         return {
+            "version": version(),
             "uptime": round(now - self.started, 1),
             "lines": stats.lines,
             "parsed": stats.parsed,
@@ -554,19 +613,39 @@ class Service:
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
             **({"fleet": self.fleet_health()} if self.fleet_health is not None else {}),
+            "sets": {f"ipv{family}": {"name": name, "entries": per_family[family],
+                                      "capacity": maxelem if isinstance(maxelem, int) else None}
+                     for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))},
+            "firewall_checks": {"ok": activity.firewall_ok,
+                                "failures": activity.firewall_failures,
+                                "repairs": dict(activity.repairs)},
         }
 
-    def cmd_list(self, _message: dict[str, Any], now: float) -> list[dict[str, object]]:
-        """The kernel's sets are the truth; the state adds which jail and why."""
+    def cmd_list(self, message: dict[str, Any], now: float) -> list[dict[str, object]]:
+        """The kernel's sets are the truth; the state adds which jail and why. `jail`: only
+        that jail's bans; `sort`: "target" (the default) or "expiry" (soonest first)."""
+        jail, order = self._list_jail(message), message.get("sort", "target")
+        if order not in ("target", "expiry"):
+            raise RequestError("sort must be 'target' or 'expiry'")
         try:
             kernel = self.backend.list()
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
-        return self._list_rows(sorted(kernel, key=lambda e: (e[0].version, e[0])), now)
+        key = _by_expiry if order == "expiry" else (lambda e: (e[0].version, e[0]))
+        return _of_jail(self._list_rows(sorted(kernel, key=key), now), jail)
 
-    def cmd_list_streamed(self, _message: dict[str, Any], now: float) -> Streamed:
+    def _list_jail(self, message: dict[str, Any]) -> str | None:
+        jail = message.get("jail")
+        if jail is not None and (not isinstance(jail, str) or self.pipeline.runner(jail) is None):
+            names = ", ".join(r.jail.name for r in self.pipeline.runners)
+            raise RequestError(f"no jail {jail!r} (jails: {names})")
+        return jail
+
+    def cmd_list_streamed(self, message: dict[str, Any], now: float) -> Streamed:
         """`list` for the control socket: the rows of one kernel dump message at a time, in
-        the kernel's order (blockerctl sorts), so a million bans never hold the loop."""
+        the kernel's order (blockerctl sorts), so a million bans never hold the loop.
+        `jail`: only that jail's bans."""
+        jail = self._list_jail(message)
         batches = kernel_batches(self.backend)
         try:
             first = next(batches, [])  # a failure now is still an error reply
@@ -578,7 +657,8 @@ class Service:
                 for batch in itertools.chain([first], batches):
                     # A backend's batch may be its whole list: a few ms of rows per loop turn.
                     for start in range(0, len(batch), LIST_SLICE):
-                        yield self._list_rows(batch[start : start + LIST_SLICE], now)
+                        yield _of_jail(self._list_rows(batch[start : start + LIST_SLICE], now),
+                                       jail)
             finally:
                 batches.close()
 
@@ -630,6 +710,8 @@ class Service:
                                f"{refused[target]}; nothing was banned")
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
         self.active.set(target, runner.jail.name, now + seconds)
+        self.activity.bans[runner.jail.name, "admin"] += 1
+        self.activity.last_ban[runner.jail.name] = now
         self.state.begin()
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
@@ -637,7 +719,7 @@ class Service:
         self.state.commit()
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
-                    decision.reason)
+                    decision.reason, extra={"bans": ban_events([decision], [seconds], "admin")})
         self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
@@ -655,7 +737,10 @@ class Service:
             network_text(target), (self.pipeline.runners[0].jail.name, "", ""))
         if expires is not None and origin.startswith("fleet:"):
             self.held[target] = expires  # the fleet may not ban it here again until then
-        self.active.remove(target)
+        lifted_jail = next((b.jail for b in self.active.covering(target.network_address)
+                            if b.target == target), "")
+        if self.active.remove(target):
+            self.activity.unbans[lifted_jail, "admin"] += 1
         self.state.begin()
         lifted = self.state.lift(target, now)
         if fleet_wide and self.fleet is not None:
@@ -665,7 +750,8 @@ class Service:
         self.state.commit()
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
-        log.warning("unban %s (admin)", network_text(target))
+        event = ("unban", target, lifted_jail, None, "", "admin")
+        log.warning("unban %s (admin)", network_text(target), extra={"bans": [event]})
         covering = [network_text(b.target) for b in self.active.covering(target.network_address)
                     if b.target.prefixlen < target.prefixlen and b.expires > now]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
@@ -749,6 +835,15 @@ class Service:
             names = ", ".join(r.jail.name for r in self.pipeline.runners)
             raise RequestError(f"no jail {name!r} (jails: {names})")
         return runner
+
+
+def _by_expiry(entry: tuple[Network, float]) -> tuple[float, int, Network]:
+    """Soonest expiry first, permanent (inf) last, then by address."""
+    return (entry[1], entry[0].version, entry[0])
+
+
+def _of_jail(rows: list[dict[str, object]], jail: str | None) -> list[dict[str, object]]:
+    return rows if jail is None else [row for row in rows if row["jail"] == jail]
 
 
 def _target(value: object) -> Network:

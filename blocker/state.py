@@ -11,7 +11,8 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -63,6 +64,8 @@ class State:
             self.db.close()
             raise
         self._in_tx = False
+        # Told how long each COMMIT took (the metrics' sqlite commit histogram), when set.
+        self.on_commit: Callable[[float], None] | None = None
 
     def begin(self) -> None:
         if not self._in_tx:
@@ -71,7 +74,12 @@ class State:
 
     def commit(self) -> None:
         if self._in_tx:
-            self.db.execute("COMMIT")
+            if self.on_commit is None:
+                self.db.execute("COMMIT")
+            else:
+                started = time.perf_counter()
+                self.db.execute("COMMIT")
+                self.on_commit(time.perf_counter() - started)
             self._in_tx = False
 
     def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",

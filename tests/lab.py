@@ -296,7 +296,7 @@ class Blockerd:
         return json.loads(self.ctl(*args).stdout)
 
     def status(self) -> dict[str, object]:
-        result = self.ctl_json("status")
+        result = self.ctl_json("status", "--json")
         assert isinstance(result, dict)
         return result
 

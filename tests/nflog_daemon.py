@@ -78,7 +78,7 @@ class NflogDaemon:
         return json.loads(self.ctl(*args).stdout)
 
     def status(self) -> dict[str, object]:
-        result = self.ctl_json("status")
+        result = self.ctl_json("status", "--json")
         assert isinstance(result, dict)
         return result
 

@@ -29,7 +29,7 @@ def listed(daemon: Blockerd, target: str) -> dict[str, object] | None:
 
 
 def test_status(daemon: Blockerd) -> None:
-    result = daemon.ctl("status")
+    result = daemon.ctl("status", "--json")
     assert (result.code, result.err) == (EXIT_OK, "")
     status = json.loads(result.out)
     assert set(status) >= {"uptime", "lines", "parsed", "unparsed", "malformed",

@@ -59,7 +59,7 @@ def test_ready_ban_stop_and_restore(daemon: Blockerd) -> None:
     assert restored["jail"] == "probes"
     assert "restored 1 active ban(s)" in daemon.stderr()
     # The restart resumed at the saved position: the old lines were not read twice.
-    status = daemon.ctl("status")
+    status = daemon.ctl("status", "--json")
     assert status.code == 0
     assert json.loads(status.out)["lines"] == 0
 
@@ -82,14 +82,14 @@ def test_sighup_reloads_and_survives_a_broken_config(daemon: Blockerd) -> None:
     assert any("READY=1" in m.splitlines() for m in messages[reloading + 1:])
     assert any(line.startswith("MONOTONIC_USEC=") for line in messages[reloading].splitlines())
     daemon.wait_log("configuration reloaded: 2 jail(s)")
-    assert set(json.loads(daemon.ctl("status").out)["jails"]) == {"probes", "scans"}
+    assert set(json.loads(daemon.ctl("status", "--json").out)["jails"]) == {"probes", "scans"}
 
     daemon.config.write_text("[jails.probes\nfilters = 3\n", encoding="utf-8")
     daemon.send(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
     daemon.wait_log(f"reload refused, keeping the running configuration: {daemon.config}: ")
     assert daemon.alive
-    assert set(json.loads(daemon.ctl("status").out)["jails"]) == {"probes", "scans"}
+    assert set(json.loads(daemon.ctl("status", "--json").out)["jails"]) == {"probes", "scans"}
     assert [b["target"] for b in daemon.bans()] == [ATTACKER]
     daemon.append(synack_train("198.51.100.9"))
     daemon.wait_ban("198.51.100.9")
@@ -105,7 +105,7 @@ def test_garbage_lines_do_not_stop_it(daemon: Blockerd) -> None:
     ])
     daemon.append(synack_train(ATTACKER))
     daemon.wait_ban(ATTACKER)
-    status = json.loads(daemon.ctl("status").out)
+    status = json.loads(daemon.ctl("status", "--json").out)
     assert status["lines"] >= 9
     assert status["parsed"] == 5
 
@@ -113,7 +113,7 @@ def test_garbage_lines_do_not_stop_it(daemon: Blockerd) -> None:
 def test_a_log_that_appears_later() -> None:
     with running_blockerd(notify=True) as daemon:
         assert not daemon.log.exists()
-        status = json.loads(daemon.ctl("status").out)
+        status = json.loads(daemon.ctl("status", "--json").out)
         assert [s["state"] for s in status["sources"]] == ["waiting"]
         daemon.log.write_text("", encoding="utf-8")
         daemon.append(synack_train(ATTACKER))
@@ -228,7 +228,7 @@ def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
     assert daemon.notify is not None
     daemon.notify.wait_for("READY=1")
     daemon.append(synack_train(ATTACKER, count=3))
-    poll(lambda: json.loads(daemon.ctl("status").out)["lines"] == 3, what="3 lines read")
+    poll(lambda: json.loads(daemon.ctl("status", "--json").out)["lines"] == 3, what="3 lines read")
     daemon.config.write_text(CONFIG + 'log_level = "info"\n', encoding="utf-8")
     daemon.send(signal.SIGHUP)
     daemon.notify.wait_for("READY=1")
@@ -239,4 +239,4 @@ def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
     # starts the scores and counters afresh), the new ones are.
     daemon.append(synack_train(ATTACKER))
     assert daemon.wait_ban(ATTACKER)["jail"] == "probes"
-    assert json.loads(daemon.ctl("status").out)["lines"] == 5
+    assert json.loads(daemon.ctl("status", "--json").out)["lines"] == 5

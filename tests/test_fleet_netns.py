@@ -98,7 +98,7 @@ publish = ["scans"]
         assert self.process is not None
         if self.process.poll() is not None:
             pytest.fail(f"blockerd {self.name} exited:\n{self.stderr()}")
-        done = self.ctl("status")
+        done = self.ctl("status", "--json")
         return done.returncode == 0 and json.loads(done.stdout)["fleet"]["reader"] == "up"
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -184,7 +184,8 @@ def diagnosed(fleet: Fleet) -> Iterator[None]:
         yield
     except BaseException:
         for host in fleet.hosts.values():
-            print(f"== host {host.name}\n{host.stderr()}\n{host.ctl('status').stdout}")
+            status = host.ctl("status", "--json").stdout
+            print(f"== host {host.name}\n{host.stderr()}\n{status}")
         raise
 
 
@@ -236,7 +237,8 @@ def three_hosts(fleet: Fleet) -> None:
     scan(fleet, SCANNER_ALLOWED_ON_C, a.address)
     must(lambda: a.banned(SCANNER_ALLOWED_ON_C), "A bans the third scanner", timeout=WAIT)
     must(lambda: b.banned(SCANNER_ALLOWED_ON_C), "B too", timeout=WAIT)
-    must(lambda: json.loads(c.ctl("status").stdout)["fleet"]["remote"]["refused"] >= 1,
+    must(lambda: json.loads(c.ctl("status", "--json").stdout)["fleet"]["remote"]["refused"]
+         >= 1,
          "C refuses it (allowlisted)", timeout=WAIT)
     assert not c.banned(SCANNER_ALLOWED_ON_C)
     assert tcp_open(fleet.scanner, c.address, SERVICE_PORT, source=SCANNER_ALLOWED_ON_C)

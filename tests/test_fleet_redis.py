@@ -185,7 +185,7 @@ def fleet(server: RedisServer) -> Iterator[Fleet]:
 
 
 def fleet_status(daemon: Blockerd) -> dict[str, Any]:
-    result = daemon.ctl("status")
+    result = daemon.ctl("status", "--json")
     assert result.code == 0, result
     status = json.loads(result.out)["fleet"]
     assert isinstance(status, dict)

@@ -53,7 +53,11 @@ def test_a_file_line_with_a_kernel_header_still_parses() -> None:
     assert len(KernelLogParser().scan(text, NOW, headerless=False)) == 1
     cut = f"{rfc3339(BASE)} host kernel: {BODY[:40]}\nhost myapp: {BODY}\n"  # cut-line path
     parser = KernelLogParser()
-    assert parser.scan(cut, NOW, headerless=False) == []
+    # The cut record comes back with PROTO= missing, for the caller to count as malformed
+    # (issue 11); the forged line never comes back.
+    records = parser.scan(cut, NOW, headerless=False)
+    assert [parser.packet(record) for record in records] == [None]
+    assert parser.take_rejected() == 1
 
 
 # -- /dev/kmsg ----------------------------------------------------------------------------

@@ -53,7 +53,9 @@ GARBAGE: dict[str, bytes] = {
     "crlf": synack().encode()[:40] + b"\r",
 }
 # Refused after the record was recognized; the others are not recognizable records at all.
-MALFORMED = {"bad-address", "bad-v6", "mixed-family", "forged", "nul-inside", "truncated-flags"}
+# "truncated" is cut before PROTO=: it starts a LOG record, so it is malformed (issue 11).
+MALFORMED = {"bad-address", "bad-v6", "mixed-family", "forged", "nul-inside", "truncated",
+             "truncated-flags"}
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
