@@ -284,7 +284,9 @@ class Service:
             self.active.set(decision.target, decision.jail, now + remaining)
             recorded.append(decision)
             spans.append(remaining)
-            self.activity.bans[decision.jail, origin] += 1
+            # A fixed word as the metrics label: "fleet", not each peer's fleet:HOST.
+            self.activity.bans[decision.jail, "fleet" if origin.startswith("fleet:")
+                               else origin] += 1
             self.activity.last_ban[decision.jail] = now
             text = decision.target_text
             texts.append(text)
