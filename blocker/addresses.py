@@ -12,6 +12,11 @@ Special addresses are never banned, whatever a log line claims:
 
 The tables are spelled out here (not taken from ``ipaddress`` properties) so that the
 verdict does not change with the Python version.
+
+This module is the one home of "may this be banned?": network_refusal() for the rules no
+configuration changes (the firewall backend, the service and the scorer all ask it), and
+AddressRules for a jail's own answer (those rules plus its allowlist and the host's own
+addresses), used by the scorer per address and by the service per requested ban.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from blocker.records import Address, Network
+from blocker.records import Address, Network, network_text
 
 __all__ = [
     "BANNABLE_V6",
+    "NEVER_BANNED",
     "SPECIAL_V4",
     "SPECIAL_V6",
+    "AddressRules",
     "AllowList",
     "host_network",
     "is_special",
     "is_special_network",
+    "network_refusal",
     "subnet_of",
 ]
 
@@ -117,11 +125,42 @@ def _in_any(value: int, blocks: tuple[tuple[int, int], ...]) -> bool:
     return False
 
 
+NEVER_BANNED = ("loopback, link-local, multicast, unspecified and reserved addresses"
+                " are never banned")
+EVERY_ADDRESS = "that is every address (a whole address family)"
+MAPPED = "it holds IPv4-mapped IPv6 addresses: ban the IPv4 form instead"
+# Integer (first, last) ranges: Network.overlaps() costs microseconds, and a burst of bans
+# (a restart restoring a million) checks every target.
+_SPECIAL_V4_RANGES = tuple((int(n.network_address), int(n.broadcast_address)) for n in SPECIAL_V4)
+_BANNABLE_V6_RANGES = tuple((int(n.network_address), int(n.broadcast_address))
+                            for n in BANNABLE_V6)
+_MAPPED_RANGE = (int(_MAPPED_V4.network_address), int(_MAPPED_V4.broadcast_address))
+
+
+def network_refusal(target: Network) -> str | None:
+    """Why nobody may ever ban `target`, whatever the configuration, or None: a whole
+    address family, or any special address inside it (IPv4-mapped ones named apart, as
+    their IPv4 form is what to ban)."""
+    if target.prefixlen == 0:
+        return EVERY_ADDRESS
+    low = int(target.network_address)
+    high = low | ((1 << (target.max_prefixlen - target.prefixlen)) - 1)
+    if isinstance(target, IPv4Network):
+        for first, last in _SPECIAL_V4_RANGES:
+            if low <= last and first <= high:
+                return NEVER_BANNED
+        return None
+    if low <= _MAPPED_RANGE[1] and _MAPPED_RANGE[0] <= high:
+        return MAPPED
+    for first, last in _BANNABLE_V6_RANGES:
+        if first <= low and high <= last:
+            return None
+    return NEVER_BANNED
+
+
 def is_special_network(net: Network) -> bool:
     """True when `net` touches any special address, so it must never be banned whole."""
-    if isinstance(net, IPv4Network):
-        return any(net.overlaps(special) for special in SPECIAL_V4)
-    return not any(net.subnet_of(block) for block in BANNABLE_V6)
+    return network_refusal(net) is not None
 
 
 def host_network(addr: Address) -> Network:
@@ -190,3 +229,42 @@ class AllowList:
         if isinstance(net, IPv4Network):
             return any(net.overlaps(allowed) for allowed in self._v4)
         return any(net.overlaps(allowed) for allowed in self._v6)
+
+
+class AddressRules:
+    """One jail's "may this be banned?": network_refusal()'s rules, then the host's own
+    addresses, then the jail's allowlist."""
+
+    __slots__ = ("_allow", "_own", "_own_in_order", "jail")
+
+    def __init__(self, allow: Iterable[Network] = (), own: Iterable[Address] = (),
+                 jail: str = "") -> None:
+        self._allow = AllowList(allow)
+        self._own_in_order = tuple(dict.fromkeys(own))
+        self._own = frozenset(self._own_in_order)
+        self.jail = jail
+
+    def address_refusal(self, addr: Address) -> str | None:
+        """Why `addr` may never be banned ("special", "own address", "allowlisted"), or None.
+        On the scorer's path for every new source: kept to three cheap tests."""
+        if is_special(addr):
+            return "special"
+        if self._own and addr in self._own:  # empty in a replay: skip hashing for nothing
+            return "own address"
+        if self._allow.contains_address(addr):
+            return "allowlisted"
+        return None
+
+    def network_refusal(self, target: Network) -> str | None:
+        """Why `target` (a host or a subnet) may never be banned by this jail, or None."""
+        fixed = network_refusal(target)
+        if fixed is not None:
+            return fixed
+        for own in self._own_in_order:
+            if own in target:
+                return f"it holds this host's own address {own}"
+        for allowed in self._allow.networks:
+            if allowed.version == target.version and allowed.overlaps(target):
+                where = f" in jail {self.jail}" if self.jail else ""
+                return f"it is allowlisted ({network_text(allowed)}{where})"
+        return None

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from ipaddress import ip_network
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
-from blocker.replay import ReplayResult, iso_time, replay_file
+from blocker.records import Decision
+from blocker.replay import ReplayResult, decision_json, iso_time, replay_file, write_json
 from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
@@ -81,28 +83,45 @@ def _test(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if args.show is None:
-            result = replay_file(Path(args.log), config)
-        else:
-            shown = SHOWN[args.show]
-            write = _verdict_json if args.json else _verdict_text
+    if args.show is not None:
+        shown = SHOWN[args.show]
+        write = _verdict_json if args.json else _verdict_text
 
-            def emit(verdicts: list[dict[str, Any]]) -> None:
-                for verdict in verdicts:
-                    if verdict["verdict"] in shown:
-                        print(write(verdict))
+        def emit(verdicts: list[dict[str, Any]]) -> None:
+            for verdict in verdicts:
+                if verdict["verdict"] in shown:
+                    print(write(verdict))
 
+        try:
             result = replay_file_verdicts(Path(args.log), config, emit)
-    except OSError as exc:
-        print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAIL
-    if args.json and args.show is not None:
-        print(json.dumps({"summary": result.to_json()}))
-    elif args.json:
-        print(json.dumps(result.to_json()))
-    else:
+        except OSError as exc:
+            print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
+        if args.json:
+            print(json.dumps({"summary": result.to_json()}))
+        else:
+            print(_test_report(args.log, result))
+        return EXIT_OK
+    if not args.json:
+        try:
+            result = replay_file(Path(args.log), config)
+        except OSError as exc:
+            print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
         print(_test_report(args.log, result))
+        return EXIT_OK
+    # Bans are spooled to a file while the log replays: a flood's million bans as objects
+    # would outweigh everything else the replay holds.
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        def spill(decisions: list[Decision]) -> None:
+            spool.writelines(json.dumps(decision_json(d)) + "\n" for d in decisions)
+        try:
+            result = replay_file(Path(args.log), config, spill)
+        except OSError as exc:
+            print(f"blockerctl: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAIL
+        spool.seek(0)
+        write_json(result, spool, sys.stdout)
     return EXIT_OK
 
 

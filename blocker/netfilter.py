@@ -84,7 +84,10 @@ _MISSING = object()
 # What scan() returns per LOG line: (time, raw prefix, the groups of _PACKET).
 Fields = tuple[str | None, ...]
 Record = tuple[float, str, Fields]
-_ADDRESS_CACHE_LIMIT = 262144
+# Text -> address cache. A flood of new sources only misses it, and at 262,144 entries it
+# held ~42 MB of a 1M-source flood's 147 MiB peak; 65,536 measured no slower on the mixed
+# 1M-line log (issue 9, bench_flood.py).
+_ADDRESS_CACHE_LIMIT = 65536
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from blocker.config import Config
 from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
@@ -57,17 +58,38 @@ def iso_time(epoch: float) -> str:
         return "invalid-time"
 
 
-def replay_file(path: Path, config: Config) -> ReplayResult:
-    """Raises OSError when the file cannot be read; bad content never raises."""
+def replay_file(path: Path, config: Config,
+                on_decisions: Callable[[list[Decision]], None] | None = None) -> ReplayResult:
+    """Raises OSError when the file cannot be read; bad content never raises.
+
+    With `on_decisions`, decisions are handed to it as they come and not kept in the
+    result: a storm's million bans need not all sit in memory at once.
+    """
     tune_gc()
     with path.open("rb") as stream:
         # Year-less syslog timestamps are placed relative to when the file was last written.
         reference = os.fstat(stream.fileno()).st_mtime
         pipeline = Pipeline(config)
         decisions: list[Decision] = []
+        take = decisions.extend if on_decisions is None else on_decisions
         for text in read_text_chunks(stream):
-            decisions.extend(pipeline.feed_text(text, reference))
+            found = pipeline.feed_text(text, reference)
+            if found:
+                take(found)
     return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
+
+
+def write_json(result: ReplayResult, bans: IO[str], out: IO[str]) -> None:
+    """result.to_json() as json.dumps() prints it, its bans read from `bans` (one JSON
+    object a line, as spooled by replay_file's caller) instead of held in memory."""
+    head = json.dumps(result.to_json())
+    assert head.endswith(', "bans": []}')
+    out.write(head[: -len("[]}")] + "[")
+    first = True
+    for line in bans:
+        out.write(line.rstrip("\n") if first else ", " + line.rstrip("\n"))
+        first = False
+    out.write("]}\n")
 
 
 def read_text_chunks(stream: BinaryIO, chunk_size: int = CHUNK) -> Iterator[str]:

@@ -1,5 +1,11 @@
 """Turn Hits into ban Decisions.  PURE: no clock reads, no I/O; time comes from Hit.time.
 
+The per-jail engine, Scorer, composes small parts, each with one job (all pure):
+tiers.py (where a source's hits live: admission, climbing, full windows, doorkeeper.py),
+score_window.py (one source's Window), ban_book.py (marks while banned and the gate),
+ban_history.py (repeat-offender growth), subnet_escalation.py (banned hosts per subnet)
+and addresses.py (whether an address or a subnet may be banned at all).
+
 Score model (one Scorer per jail)
 ---------------------------------
 ``now`` is the newest event time the scorer has seen (``max`` of every Hit.time), so
@@ -42,36 +48,72 @@ individually: which hosts get a Decision must not depend on the order of equal-t
 
 Never banned: special addresses, allowlisted addresses, the host's own addresses.
 
-Memory is bounded: at most ``max_tracked`` addresses with live window state; at the cap,
-a window that holds no score any more goes first, else the oldest address not hit again
-since it was created or last spared (the clock, or second chance, algorithm), so a flood of
-one-off sources evicts its own kind first.  At most 4096 hits per address (oldest dropped);
-ban marks, ban history and subnet counters each capped at ``max_tracked`` entries.
+Where a source's hits live (issue 9: floods of millions of sources)
+-------------------------------------------------------------------
+Each source is in at most one of three tiers, keyed by the address as an int (IPv6 with
+bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
+
+1. *Admission*: a source seen once, as that one hit; at most ``max_tracked`` of them, oldest
+   pushed out first (FIFO), ~220 bytes each.  Most sources of a flood never leave it.
+2. *Climbing*: a source with two or more live hits that are all plain (no distinct key) and
+   of one filter and weight: its kind number and the exact times of its hits, packed in one
+   ``bytes`` of 8 * (hits + 1) bytes, ~150 bytes a source with 4 hits (measured: a dict of
+   1M such records grows RSS by 122 bytes each plus the 32-byte key).  Up to
+   ``12 * max_tracked`` sources, so 1.2M at the default: every reflector of a 1M-source
+   storm is climbing at once while it sends its 2nd..5th SYN/ACK.  Past 16 hits, or on a
+   keyed or different hit, a source moves, all hits kept, to tier 3.
+3. *Full windows*: per-hit entries, distinct keys for scans, running sums (Window), at most
+   ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
+   one hit again since it was last passed is spared once).
+
+A source pushed out of tier 1 (or 2 or 3) while it still had live hits is written into the
+*doorkeeper* (doorkeeper.py): a fixed 16 MB table of time stamps, allocated at the first such
+eviction, that answers "seen within the window?" with no false negatives.  When such a
+source comes back, its new hit starts it in tier 2 or 3 directly, so a wave of one-hit
+sources can never push it out again: eviction takes from the admission FIFO, and only
+climbing sources compete with climbing sources.
+
+Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
+exact for every source they hold.  While no tier has pushed out a live source, the engine
+decides exactly as the single-tier scorer before it (tests/reference_scorer.py, compared
+in tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under
+pressure it can only under-count: a pushed-out source loses the hits it had (at most one
+for a source pushed out of admission; the doorkeeper remembers *that* it was seen, never a
+hit, and its answer is never added to a score), so it needs that many more hits within the
+window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources
+a window) only lets a one-hit source skip admission: it costs a climbing slot, never a
+point of score.  Hence no address is ever banned on hits it did not send, and a ban's
+reason and ``explain`` list only hits the source sent.  What is lost, when: a source
+pushed out of admission before its second hit (over ``max_tracked`` new sources in between,
+and only once per window: after that it is climbing); a climbing source when more than
+``12 * max_tracked`` sources climb at once (oldest first, to the doorkeeper); a full
+window under the clock.  ``stats()`` reports tiers, evictions, readmissions, new sources
+per minute and ``under_flood`` (a live source was pushed out within the last window).
+
+At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
+counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
+refusals) is rebuilt from the marks only once cached refusals outnumber them, so a ban
+costs the same with 1M marks as with 10.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import insort
-from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Final, TypeVar
+from typing import Final
 
-from blocker.addresses import AllowList, host_network, is_special, is_special_network, subnet_of
+from blocker.addresses import AddressRules, host_network
+from blocker.ban_book import BanBook
+from blocker.ban_history import BanHistory
 from blocker.records import Address, Decision, Hit, Network, network_text
 from blocker.schema import JAIL, jail_default
+from blocker.score_window import UNITS, score_of
+from blocker.subnet_escalation import SubnetOffenders
+from blocker.tiers import Tiers
 
 __all__ = ["JailPolicy", "Scorer"]
 
-UNITS: Final = 1_000_000  # weights are summed as integer micro-points: exact and order-free
-MAX_HITS_PER_ADDRESS: Final = 4096
-MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
-GATE_CACHE_SIZE: Final = 65536
-
-# (time, filter, distinct_key, weight in UNITS)
-_Entry = tuple[float, str, tuple[object, ...] | None, int]
-_K = TypeVar("_K", bound=Hashable)
 MAX_WEIGHT: Final = 1e9  # one hit never needs more; keeps int() away from inf
 _FOREVER: Final = math.inf  # a module global: one lookup on the hot path, not two
 
@@ -103,87 +145,6 @@ class JailPolicy:
                               if f.name != "name"})
 
 
-class _Window:
-    """The hits of one address inside the score window, with running integer sums."""
-
-    __slots__ = ("hits", "key_weights", "keyed_total", "max_sum", "plain", "seen_again")
-
-    def __init__(self) -> None:
-        self.seen_again = False  # hit since it was created or last spared by eviction
-        # A list, not a deque: most windows hold a hit or two, and a deque's first block
-        # alone is ~600 bytes; 100,000 of them thrash the CPU caches.
-        self.hits: list[_Entry] = []
-        self.plain = 0  # sum of unkeyed weights
-        self.keyed_total = 0  # sum of keyed weights
-        self.max_sum = 0  # sum over keys of the largest weight seen for that key
-        self.key_weights: dict[object, dict[int, int]] = {}  # key -> {weight: count}
-
-    def count_key(self, key: object, weight: int) -> None:
-        self.keyed_total += weight
-        weights = self.key_weights.get(key)
-        if weights is None:
-            self.key_weights[key] = {weight: 1}
-            self.max_sum += weight
-        elif weight in weights:
-            weights[weight] += 1
-        else:
-            old = max(weights)
-            weights[weight] = 1
-            if weight > old:
-                self.max_sum += weight - old
-
-    def drop_oldest(self) -> None:
-        self._uncount(self.hits.pop(0))
-
-    def _uncount(self, entry: _Entry) -> None:
-        _, _, key, weight = entry
-        if key is None:
-            self.plain -= weight
-            return
-        self.keyed_total -= weight
-        weights = self.key_weights[key]
-        left = weights[weight] - 1
-        if left:
-            weights[weight] = left
-            return
-        del weights[weight]
-        if not weights:
-            del self.key_weights[key]
-            self.max_sum -= weight
-            return
-        new = max(weights)
-        if weight > new:  # the dropped weight was this key's maximum
-            self.max_sum += new - weight
-
-    def expire(self, now: float, window: float) -> None:
-        hits = self.hits
-        gone = 0
-        for entry in hits:
-            if now - entry[0] < window:
-                break
-            self._uncount(entry)
-            gone += 1
-        del hits[:gone]  # at once: popping from the front one by one is quadratic
-
-
-def _entry_time(entry: _Entry) -> float:
-    return entry[0]
-
-
-def _score_of(entries: Iterable[_Entry], repeat_factor: float) -> float:
-    """Score units of `entries`, computed from scratch (for explain())."""
-    plain = keyed = 0
-    key_max: dict[object, int] = {}
-    for _, _, key, weight in entries:
-        if key is None:
-            plain += weight
-        else:
-            keyed += weight
-            key_max[key] = max(weight, key_max.get(key, 0))
-    max_sum = sum(key_max.values())
-    return plain + max_sum + repeat_factor * (keyed - max_sum)
-
-
 def _jsonable(value: object) -> object:
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -202,33 +163,26 @@ class Scorer:
         if problems:
             raise ValueError(f"jail {policy.name!r}: " + "; ".join(problems))
         self.policy = policy
-        self._allow = AllowList(policy.allow)
-        self._own = frozenset(policy.own_addresses)
+        self.rules = AddressRules(policy.allow, policy.own_addresses, policy.name)
+        self.refusal = self.rules.address_refusal  # why an address may never be banned
         self._window = policy.window
         self._repeat_factor = policy.repeat_factor
         # Rounded like the weights, so 3 hits of 0.1 do reach a threshold of 0.3.
         self._threshold_units = max(1, round(policy.threshold * UNITS))
-        self._max_tracked = policy.max_tracked
         self._now = -math.inf
-        # address -> live score window, in eviction order (see _evict_one); an address seen
-        # once has only that hit's entry
-        self._tracked: OrderedDict[Address, _Window | _Entry] = OrderedDict()
-        # address -> drop its hits while now < this: a ban mark (copied from _banned), or inf
-        # for an address that may never be banned.  Addresses not in it are open.
-        self._gate: dict[Address, float] = {}
+        self.tiers = Tiers(policy.window, self._threshold_units, policy.repeat_factor,
+                           policy.max_tracked, self._refuse)
         self._units: dict[float, int] = {}  # hit weight -> integer micro-points
-        # host address -> banned until (hits make no decisions before then)
-        self._banned: OrderedDict[Address, float] = OrderedDict()
-        self._banned_subnets: OrderedDict[Network, float] = OrderedDict()
-        # target -> times of its bans, oldest first (for ban time growth)
-        self._history: OrderedDict[Network, list[float]] = OrderedDict()
-        # subnet -> {banned host address: ban time} (for escalation)
-        self._offenders: OrderedDict[Network, dict[Address, float]] = OrderedDict()
+        self.book = BanBook(policy.max_tracked)  # who is banned until when, and the gate
+        self.history = BanHistory(policy.ban_time, policy.ban_factor, policy.max_ban_time,
+                                  policy.history_window, policy.max_tracked)
+        self.escalation = SubnetOffenders(policy.subnet_min_offenders, policy.subnet_window,
+                                          policy.subnet_v4_prefix, policy.subnet_v6_prefix,
+                                          policy.max_tracked)
         self._hits = 0
         self._ignored = 0
         self._while_banned = 0
         self._stale = 0
-        self._evicted = 0
         self._bans = 0
         self._subnet_bans = 0
 
@@ -251,9 +205,9 @@ class Scorer:
         if t > self._now:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._now = t
         now = self._now
-        until = self._gate.get(addr)
+        until = self.book.gate.get(addr)
         if until is not None and now < until:
-            if until == _FOREVER and addr not in self._banned:
+            if until == _FOREVER and addr not in self.book.hosts:
                 self._ignored += 1
             else:
                 self._while_banned += 1
@@ -265,70 +219,24 @@ class Scorer:
         weight = self._units.get(weight_points)
         if weight is None:
             weight = self._to_units(weight_points)
-        entry = (t, filter_name, key, weight)
-        tracked = self._tracked
-        found = tracked.get(addr)
-        if found is None:
-            opened = self._open(addr, entry)
-            if opened is None:
-                return None
-            state = opened
-        elif type(found) is tuple:
-            state = self._second_hit(addr, found)
-        else:
-            state = found  # type: ignore[assignment]  # narrowed by the type() test above
-            state.seen_again = True
-            if now - state.hits[0][0] >= window:
-                state.expire(now, window)
-        hits = state.hits
-        # The window update is inlined: this is the hottest code of the daemon.
-        if not hits or t >= hits[-1][0]:
-            hits.append(entry)
-        else:  # a slightly late line: keep the hits in time order so expiry stays exact
-            insort(hits, entry, key=_entry_time)
-        if key is None:
-            state.plain += weight
-        else:
-            state.count_key(key, weight)
-        if len(hits) > MAX_HITS_PER_ADDRESS:
-            state.drop_oldest()
-        max_sum = state.max_sum
-        score = state.plain + max_sum + self._repeat_factor * (state.keyed_total - max_sum)
-        if score < self._threshold_units:
+        tiers = self.tiers
+        tiers.now = now
+        reached = tiers.add(addr, (t, filter_name, key, weight))
+        if reached is None:
             return None
-        return self._ban_host(addr, state, t, score / UNITS)
+        counts, score = reached
+        return self._ban_host(addr, counts, t, score / UNITS)
 
-    def _open(self, addr: Address, entry: _Entry) -> _Window | None:
-        """A window for an address seen for the first time; None when nothing more is to
-        be done with its first hit."""
-        # Whether an address may be banned is settled once, when its window opens; only
-        # refusals and bans enter the gate, so a flood of new sources never churns it.
-        if self.refusal(addr) is not None:
-            self._set_gate(addr, math.inf)
-            self._ignored += 1
-            return None
-        tracked = self._tracked
-        if len(tracked) >= self._max_tracked:
-            self._evict_one()
-        if entry[3] < self._threshold_units:
-            # One hit scores its weight. Most sources are seen once: their window is kept
-            # as that hit alone, and becomes a _Window if they come back.
-            tracked[addr] = entry
-            return None
-        state = tracked[addr] = _Window()
-        return state
-
-    def _second_hit(self, addr: Address, first: _Entry) -> _Window:
-        """The _Window of an address kept as its one hit so far, which comes back."""
-        state = self._tracked[addr] = _Window()  # in place: the eviction order is kept
-        state.seen_again = True
-        if self._now - first[0] < self._window:
-            state.hits.append(first)
-            if first[2] is None:
-                state.plain += first[3]
-            else:
-                state.count_key(first[2], first[3])
-        return state
+    def _refuse(self, addr: Address) -> bool:
+        """For a new source: True (and its hits dropped at the gate from now on) when it
+        may never be banned."""
+        # Settled once, when it is first seen; only refusals and bans enter the gate, so
+        # a flood of new sources never churns it.
+        if self.refusal(addr) is None:
+            return False
+        self.book.refuse(addr)
+        self._ignored += 1
+        return True
 
     def _to_units(self, weight: float) -> int:
         if 0 < weight <= MAX_WEIGHT:
@@ -340,55 +248,16 @@ class Scorer:
         self._units[weight] = units
         return units
 
-    def _evict_one(self) -> None:
-        """Make room for one window: drop the oldest that holds no score any more or was not
-        hit again since it was created or last spared; spare the others (to the back)."""
-        tracked = self._tracked
-        now, window = self._now, self._window
-        while True:
-            addr, state = tracked.popitem(last=False)
-            if type(state) is tuple:  # one hit, never seen again
-                if now - state[0] < window:
-                    self._evicted += 1
-                return
-            hits = state.hits  # type: ignore[union-attr]  # narrowed by the type() test
-            if not hits or now - hits[-1][0] >= window:
-                return  # no score left
-            if not state.seen_again:  # type: ignore[union-attr]
-                self._evicted += 1
-                return
-            state.seen_again = False  # type: ignore[union-attr]
-            tracked[addr] = state
-
-    def _set_gate(self, addr: Address, until: float) -> None:
-        # Counted beyond the ban marks: with more than GATE_CACHE_SIZE active bans (a fleet's
-        # burst, a big restore) a rebuild on every call would make n bans cost n^2.
-        if len(self._gate) >= GATE_CACHE_SIZE + len(self._banned):
-            # Forget cached refusals (they are recomputed on demand); keep every ban mark.
-            self._gate = dict(self._banned)
-        self._gate[addr] = until
-
-    def refusal(self, addr: Address) -> str | None:
-        """Why `addr` may never be banned ("special", "own address", "allowlisted"), or None."""
-        if is_special(addr):
-            return "special"
-        if self._own and addr in self._own:  # empty in a replay: skip hashing for nothing
-            return "own address"
-        if self._allow.contains_address(addr):
-            return "allowlisted"
-        return None
-
     # -- bans ---------------------------------------------------------------------------
 
-    def _ban_host(self, addr: Address, state: _Window, at: float, score: float) -> list[Decision]:
+    def _ban_host(self, addr: Address, counts: Mapping[str, int], at: float, score: float
+                  ) -> list[Decision]:
+        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
         policy = self.policy
-        counts = Counter(entry[1] for entry in state.hits)
-        del self._tracked[addr]
         target = host_network(addr)
-        duration = self._duration(target)
-        self._remember_ban(target, at)
-        self._mark(self._banned, addr, at + duration)
-        self._set_gate(addr, at + duration)
+        duration = self.history.duration(target, self._now)
+        self.history.remember(target, at, self._now)
+        self.book.ban_host(addr, at + duration, self._now)
         self._bans += 1
         filters = tuple(sorted(counts))
         detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
@@ -413,18 +282,18 @@ class Scorer:
 
     def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
         policy = self.policy
-        subnet = subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-        offenders = self._count_offender(subnet, addr, at)
+        offenders = self.escalation.count(addr, at, self._now)
         if len(offenders) < policy.subnet_min_offenders:
             return None
-        until = self._banned_subnets.get(subnet)
+        subnet = self.escalation.subnet(addr)
+        until = self.book.subnet_until(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):
             return None
-        duration = self._duration(subnet)
-        self._remember_ban(subnet, at)
-        self._mark(self._banned_subnets, subnet, at + duration)
+        duration = self.history.duration(subnet, self._now)
+        self.history.remember(subnet, at, self._now)
+        self.book.ban_subnet(subnet, at + duration, self._now)
         self._subnet_bans += 1
         hosts = ", ".join(str(host) for host in sorted(offenders))
         return Decision(
@@ -442,96 +311,26 @@ class Scorer:
 
     def subnet_may_be_banned(self, subnet: Network) -> bool:
         """False for subnets holding an own address, allowlisted or special addresses."""
-        if any(own in subnet for own in self._own):
-            return False
-        return not (self._allow.overlaps(subnet) or is_special_network(subnet))
-
-    def _count_offender(self, subnet: Network, addr: Address, at: float) -> dict[Address, float]:
-        """Record `addr` as banned at `at` in `subnet`; return its live offenders."""
-        offenders = self._offenders.get(subnet)
-        if offenders is None:
-            offenders = self._offenders[subnet] = {}
-            while len(self._offenders) > self._max_tracked:
-                self._offenders.popitem(last=False)
-        else:
-            self._offenders.move_to_end(subnet)
-        offenders[addr] = max(at, offenders.get(addr, at))
-        horizon = self._now - self.policy.subnet_window
-        for host in [host for host, when in offenders.items() if when <= horizon]:
-            del offenders[host]
-        # Only "are there enough?" matters, so the newest few are all worth keeping.
-        keep = max(self.policy.subnet_min_offenders, 1) * 4
-        while len(offenders) > keep:  # ties broken by address: hit order must not matter
-            oldest = min(offenders.items(), key=lambda item: (item[1], item[0]))
-            del offenders[oldest[0]]
-        return offenders
-
-    def _earlier_bans(self, target: Network, now: float) -> int:
-        times = self._history.get(target)
-        if not times:
-            return 0
-        horizon = now - self.policy.history_window
-        return sum(1 for when in times if horizon < when <= now)
-
-    def _duration(self, target: Network) -> float:
-        policy = self.policy
-        if math.isinf(policy.ban_time):
-            return math.inf
-        duration = policy.ban_time
-        for _ in range(self._earlier_bans(target, self._now)):
-            duration *= policy.ban_factor
-            if duration >= policy.max_ban_time:
-                break
-        return min(duration, policy.max_ban_time)
-
-    def _remember_ban(self, target: Network, at: float) -> None:
-        history = self._history
-        times = history.get(target)
-        if times is None:
-            times = history[target] = []
-            while len(history) > self._max_tracked:
-                history.popitem(last=False)
-        else:
-            history.move_to_end(target)
-        insort(times, at)
-        horizon = max(self._now, at) - self.policy.history_window
-        drop = sum(1 for when in times if when <= horizon)
-        drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
-        if drop > 0:
-            del times[:drop]
-
-    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float) -> None:
-        marks[key] = until
-        marks.move_to_end(key)
-        if len(marks) <= self._max_tracked:
-            return
-        # Sweep expired marks first; drop to 90% so the sweep is amortized over many bans.
-        now = self._now
-        for stale in [k for k, u in marks.items() if u <= now]:
-            del marks[stale]
-        while len(marks) > self._max_tracked * 9 // 10:
-            marks.popitem(last=False)
+        return self.rules.network_refusal(subnet) is None
 
     # -- state from outside: restore, manual bans, unbans -------------------------------
 
     def restore_history(self, entries: Iterable[tuple[Network, float]]) -> None:
         """Load earlier bans (target, at), e.g. from the state database at startup."""
         for target, at in entries:
-            self._remember_ban(target, at)
+            self.history.remember(target, at, self._now)
             if target.prefixlen == target.max_prefixlen and self.policy.subnet_min_offenders:
                 addr = target.network_address
-                subnet = subnet_of(addr, self.policy.subnet_v4_prefix, self.policy.subnet_v6_prefix)
-                self._count_offender(subnet, addr, at)
+                self.escalation.count(addr, at, self._now)
 
     def mark_banned(self, target: Network, until: float) -> None:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
-            self._tracked.pop(addr, None)
-            self._mark(self._banned, addr, until)
-            self._set_gate(addr, until)
+            self.tiers.drop(addr)
+            self.book.ban_host(addr, until, self._now)
         else:
-            self._mark(self._banned_subnets, target, until)
+            self.book.ban_subnet(target, until, self._now)
 
     def forget(self, target: Network) -> None:
         """Admin unban: clear the target's score window, ban mark and escalation count.
@@ -540,28 +339,18 @@ class Scorer:
         """
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
-            self._tracked.pop(addr, None)
-            self._banned.pop(addr, None)
-            self._gate.pop(addr, None)
-            policy = self.policy
-            offenders = self._offenders.get(
-                subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-            )
-            if offenders is not None:
-                offenders.pop(addr, None)
+            self.tiers.drop(addr)
+            self.book.forget_host(addr)
+            self.escalation.forget_host(addr)
         else:
-            self._banned_subnets.pop(target, None)
-            self._offenders.pop(target, None)
+            self.book.forget_subnet(target)
+            self.escalation.forget_subnet(target)
 
     def retract(self, target: Network, at: float) -> None:
         """A ban this scorer decided at `at` did not happen (the daemon refused it): forget it
         as an unban does, and drop it from the history so it never lengthens a later ban."""
         self.forget(target)
-        times = self._history.get(target)
-        if times and at in times:
-            times.remove(at)
-            if not times:
-                del self._history[target]
+        self.history.forget_ban(target, at)
 
     # -- introspection ------------------------------------------------------------------
 
@@ -569,22 +358,20 @@ class Scorer:
         """Why `addr` is (not) banned, as of `now`.  JSON-able; changes no scoring state."""
         policy = self.policy
         refusal = self.refusal(addr)
-        state = self._tracked.get(addr)
-        held = ([] if state is None else [state] if type(state) is tuple
-                else state.hits)  # type: ignore[union-attr]
+        tier, held = self.tiers.held(addr)
         entries = [e for e in held if now - e[0] < policy.window]
-        until = self._banned.get(addr)
+        until = self.book.host_until(addr)
         banned_until: object = None
         if until is not None and now < until:
             banned_until = until if math.isfinite(until) else "permanent"
-        subnet = subnet_of(addr, policy.subnet_v4_prefix, policy.subnet_v6_prefix)
-        subnet_until = self._banned_subnets.get(subnet)
-        offenders = self._offenders.get(subnet, {})
+        subnet = self.escalation.subnet(addr)
+        subnet_until = self.book.subnet_until(subnet)
         return {
             "address": str(addr),
             "jail": policy.name,
             "now": now,
-            "score": _score_of(entries, policy.repeat_factor) / UNITS,
+            "tier": tier,
+            "score": score_of(entries, policy.repeat_factor) / UNITS,
             "threshold": policy.threshold,
             "window": policy.window,
             "hits": [
@@ -592,33 +379,38 @@ class Scorer:
                 for t, name, key, weight in entries
             ],
             "banned_until": banned_until,
-            "earlier_bans": self._earlier_bans(host_network(addr), now),
+            "earlier_bans": self.history.earlier_bans(host_network(addr), now),
             "never_banned_because": refusal,
             "subnet": network_text(subnet),
-            "subnet_offenders": sum(
-                1 for when in offenders.values() if now - when < policy.subnet_window
-            ),
+            "subnet_offenders": self.escalation.live(subnet, now),
             "subnet_banned_until": (
                 _jsonable(subnet_until) if subnet_until is not None and now < subnet_until else None
             ),
         }
 
-    def stats(self) -> dict[str, int]:
-        """Counters since start: hits fed, ignored (never-ban addresses), bans, ..."""
+    def stats(self) -> dict[str, int | bool]:
+        """Counters since start (hits fed, ignored never-ban addresses, bans, ...), the
+        sources held in each tier now, and whether the jail works under flood."""
         return {
             "hits": self._hits,
             "ignored": self._ignored,
             "while_banned": self._while_banned,
             "stale": self._stale,
-            "tracked": len(self._tracked),
-            "evicted": self._evicted,
+            "tracked": self.tracked_count(),
+            **self.tiers.counts(),
+            "evicted": self.tiers.evicted,
+            "readmitted": self.tiers.readmitted,
+            "sources_per_minute": self.tiers.sources_per_minute(),
+            "under_flood": self._now - self.tiers.last_eviction < self.policy.window,
+            "gate_copies": self.book.gate_copies,
             "bans": self._bans,
             "subnet_bans": self._subnet_bans,
         }
 
     def tracked_count(self) -> int:
-        """Addresses with live score state (always <= policy.max_tracked)."""
-        return len(self._tracked)
+        """Addresses with live score state, in all tiers: at most max_tracked one-hit
+        sources, 12 * max_tracked climbing ones and max_tracked full windows."""
+        return len(self.tiers)
 
     @property
     def now(self) -> float:

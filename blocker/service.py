@@ -26,7 +26,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any, Protocol
 
 from blocker.active import ActiveBans, key_of_text, target_of
-from blocker.addresses import is_special_network
+from blocker.addresses import network_refusal
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError, Streamed
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
@@ -813,20 +813,14 @@ class Service:
         }
 
     def refusal(self, target: Network) -> str | None:
-        """Why `target` must never be banned, or None."""
-        if target.prefixlen == 0:
-            return "that is every address"
-        if is_special_network(target):
-            return ("loopback, link-local, multicast, unspecified and reserved addresses"
-                    " are never banned")
-        for runner in self.pipeline.runners:
-            policy = runner.scorer.policy  # the jail's, with the host's addresses merged in
-            for own in policy.own_addresses:
-                if own in target:
-                    return f"it holds this host's own address {own}"
-            for allowed in policy.allow:
-                if allowed.version == target.version and allowed.overlaps(target):
-                    return f"it is allowlisted ({network_text(allowed)} in jail {runner.jail.name})"
+        """Why `target` must never be banned, or None (addresses.py decides)."""
+        fixed = network_refusal(target)
+        if fixed is not None:
+            return fixed
+        for runner in self.pipeline.runners:  # each jail's, with the host's addresses merged in
+            problem = runner.scorer.rules.network_refusal(target)
+            if problem is not None:
+                return problem
         return None
 
     def _jail_runner(self, name: object) -> JailRunner:

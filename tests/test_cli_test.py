@@ -28,6 +28,8 @@ from loglines import (
 )
 
 from blocker.cli import main
+from blocker.config import load_config
+from blocker.replay import replay_file
 
 REPO = Path(__file__).resolve().parents[1]
 JAILS = str(REPO / "jails.toml")
@@ -241,3 +243,15 @@ def test_missing_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     log.write_text("", encoding="utf-8")
     assert main(["test", "--config", str(tmp_path / "nope.toml"), str(log)]) == 2
     assert "nope.toml: (file): cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", [0, 1, 7])
+def test_json_spooled_bans_print_as_json_dumps_would(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], count: int) -> None:
+    lines = [synack(at=BASE + i, src=f"198.51.100.{n + 1}") for n in range(count)
+             for i in range(5)]
+    log = tmp_path / "kern.log"
+    log.write_text("".join(f"{line}\n" for line in ["garbage", *lines]), encoding="utf-8")
+    assert main(["test", "--config", JAILS, "--json", str(log)]) == 0
+    expected = json.dumps(replay_file(log, load_config(Path(JAILS))).to_json()) + "\n"
+    assert capsys.readouterr().out == expected

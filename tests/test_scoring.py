@@ -9,6 +9,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
+from blocker.ban_book import GATE_CACHE_SIZE
 from blocker.records import Address, Decision, Hit, Network
 from blocker.scoring import JailPolicy, Scorer
 
@@ -464,23 +465,100 @@ def test_tracked_addresses_are_capped() -> None:
     assert s.stats()["evicted"] == 7
 
 
-def test_eviction_spares_an_address_seen_again() -> None:
+def test_a_source_that_came_back_climbs_out_of_reach_of_one_hit_noise() -> None:
     s = scorer(max_tracked=3)
-    for name in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.1"):
-        s.feed(hit(name, 0))
-    s.feed(hit("198.51.100.4", 1))  # evicts .2, the least recently seen
-    assert s.explain(a("198.51.100.1"), T0 + 1)["score"] == 2.0
-    assert s.explain(a("198.51.100.2"), T0 + 1)["score"] == 0.0
-    assert s.explain(a("198.51.100.3"), T0 + 1)["score"] == 1.0
+    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.1", 1)])
+    assert s.explain(a("198.51.100.1"), T0 + 1)["tier"] == "climbing"
+    for i in range(1000):  # 1000 one-hit sources through an admission tier of 3
+        s.feed(hit(f"2001:db8::{i:x}", 2))
+    assert s.explain(a("198.51.100.1"), T0 + 2)["score"] == 2.0
+    assert s.stats()["evicted"] == 997
+    assert s.stats()["tracked_admission"] == 3
 
 
-def test_an_evicted_address_starts_from_zero() -> None:
+def test_an_evicted_source_climbs_again_without_its_forgotten_hit() -> None:
     s = scorer(max_tracked=2)
-    feed_all(s, burst("198.51.100.1", 0, count=4))
-    # .3 spares .1 once (it was hit again) and evicts .2; .4 then evicts .1.
-    feed_all(s, [hit("198.51.100.2", 5), hit("198.51.100.3", 6), hit("198.51.100.4", 7)])
-    assert s.stats()["evicted"] == 2
-    assert s.feed(hit("198.51.100.1", 8)) == []
+    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1), hit("198.51.100.3", 2)])
+    assert s.explain(a("198.51.100.1"), T0 + 2)["tier"] == "doorkeeper"
+    assert s.explain(a("198.51.100.1"), T0 + 2)["score"] == 0.0
+    s.feed(hit("198.51.100.1", 3))  # readmitted: its first hit is not counted again
+    info = s.explain(a("198.51.100.1"), T0 + 3)
+    assert (info["tier"], info["score"]) == ("climbing", 1.0)
+    assert s.stats()["readmitted"] == 1
+    # Four more: 5 real hits in the window ban it; the reason counts only those.
+    [decision] = feed_all(s, burst("198.51.100.1", 4, count=4))
+    assert decision.reason.endswith("unsolicited_synack x5")
+
+
+def test_the_doorkeeper_forgets_after_the_window() -> None:
+    s = scorer(max_tracked=1)
+    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1)])
+    assert s.explain(a("198.51.100.1"), T0 + 1)["tier"] == "doorkeeper"
+    s.feed(hit("198.51.100.3", 100))
+    assert s.explain(a("198.51.100.1"), T0 + 100)["tier"] is None
+    s.feed(hit("198.51.100.1", 101))  # a new source again: admission, not climbing
+    assert s.explain(a("198.51.100.1"), T0 + 101)["tier"] == "admission"
+    assert s.stats()["readmitted"] == 0
+
+
+def test_under_flood_shows_in_stats_for_one_window() -> None:
+    s = scorer(max_tracked=1)
+    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1)])
+    assert s.stats()["under_flood"] is True
+    s.feed(hit("198.51.100.1", 62))
+    assert s.stats()["under_flood"] is False
+
+
+def test_sources_per_minute_counts_new_sources_by_log_time() -> None:
+    s = scorer()
+    for i in range(30):
+        s.feed(hit(f"198.51.100.{i + 1}", i))
+    assert s.stats()["sources_per_minute"] == 30
+    s.feed(hit("203.0.113.1", 200))  # two minutes on: the old count is no estimate now
+    assert s.stats()["sources_per_minute"] == 1
+
+
+def test_plain_hits_of_two_filters_make_a_full_window() -> None:
+    s = scorer()
+    s.feed(hit("198.51.100.1", 0))
+    s.feed(hit("198.51.100.1", 1, filter_="outgoing_rst", weight=0.5))
+    info = s.explain(a("198.51.100.1"), T0 + 1)
+    assert (info["tier"], info["score"]) == ("window", 1.5)
+
+
+def test_a_climbing_source_past_16_hits_moves_to_a_full_window() -> None:
+    s = scorer(threshold=100)
+    feed_all(s, burst("198.51.100.1", 0, count=16, step=0.5))
+    assert s.explain(a("198.51.100.1"), T0 + 8)["tier"] == "climbing"
+    s.feed(hit("198.51.100.1", 8))
+    info = s.explain(a("198.51.100.1"), T0 + 8)
+    assert (info["tier"], info["score"]) == ("window", 17.0)
+
+
+def test_an_ipv6_address_never_shares_state_with_the_ipv4_address_it_spells() -> None:
+    s = scorer(max_tracked=1)
+    feed_all(s, [hit("203.0.113.9", 0), hit("203.0.113.9", 1)])
+    # Special: refused and gated; after the gate forgets it, refused again, never counted.
+    s.feed(hit("::203.0.113.9", 2))
+    assert s.explain(a("203.0.113.9"), T0 + 2)["score"] == 2.0
+    s.feed(hit("2001:db8::1", 3))
+    assert s.explain(a("2001:db8::1"), T0 + 3)["tier"] == "admission"
+
+
+def test_one_million_ban_marks_cost_flat_gate_work() -> None:
+    # Each ban and each refusal enters the gate; rebuilding it copies the marks. The work
+    # must stay linear in the number of gate entries whatever the marks (the reference
+    # copied every mark on every ban past 65,536 of them).
+    s = scorer(max_tracked=1_000_000)
+    bans = 200_000
+    for i in range(bans):
+        s.mark_banned(ip_network((0x0A000000 + i, 32)), T0 + 10_000)
+        if i % 2:
+            s.feed(hit(f"127.0.{i >> 8 & 255}.{i & 255}", 1))  # a refusal
+    copied = s.stats()["gate_copies"]
+    assert isinstance(copied, int)
+    assert copied <= 2 * (bans + bans // 2)
+    assert bans > GATE_CACHE_SIZE
 
 
 def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> None:
@@ -492,7 +570,7 @@ def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> Non
         if i % 80 == 0:
             decisions += s.feed(hit("203.0.113.7", i / 100))
         s.feed(hit(f"2001:db8::{i:x}", i / 100))
-        assert s.tracked_count() <= 100
+        assert s.stats()["tracked_admission"] <= 100
     decisions += s.feed(hit("203.0.113.7", 4))
     assert targets(decisions) == ["203.0.113.7"]
     assert s.stats()["evicted"] >= 300
@@ -512,10 +590,19 @@ def test_a_source_seen_once_scores_like_any_window() -> None:
 
 def test_windows_without_score_go_before_any_live_one() -> None:
     s = scorer(max_tracked=2)
-    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 100), hit("198.51.100.2", 101)])
-    s.feed(hit("198.51.100.3", 102))  # .1's window expired: dropped, not counted as evicted
+    scan = {"filter_": "port_scan"}
+    feed_all(s, [
+        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+        hit("198.51.100.2", 100, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+        hit("198.51.100.2", 101, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+    ])
+    # .1's window expired: dropped for .3, not counted as evicted
     assert s.stats()["evicted"] == 0
     assert s.explain(a("198.51.100.2"), T0 + 102)["score"] == 2.0
+    assert s.explain(a("198.51.100.3"), T0 + 102)["tier"] == "window"
 
 
 # -- introspection -------------------------------------------------------------------------
@@ -551,7 +638,32 @@ def test_stats_count_everything() -> None:
         "while_banned": 1,
         "stale": 0,
         "tracked": 0,
+        "tracked_admission": 0,
+        "tracked_climbing": 0,
+        "tracked_windows": 0,
         "evicted": 0,
+        "readmitted": 0,
+        "sources_per_minute": 1,
+        "under_flood": False,
+        "gate_copies": 0,
         "bans": 1,
         "subnet_bans": 0,
     }
+
+
+def test_a_climbing_hit_exactly_one_window_old_has_left_it() -> None:
+    s = scorer()
+    feed_all(s, burst("198.51.100.1", 0, count=4))
+    assert s.explain(a("198.51.100.1"), T0 + 3)["tier"] == "climbing"
+    assert s.feed(hit("198.51.100.1", 60)) == []  # the hit at 0 is out: 4, not 5
+    assert targets(s.feed(hit("198.51.100.1", 60.5))) == ["198.51.100.1"]
+
+
+def test_a_retracted_ban_leaves_no_mark_and_no_history() -> None:
+    s = scorer()
+    [decision] = feed_all(s, burst("198.51.100.7", 0))
+    s.retract(decision.target, decision.at)
+    info = s.explain(a("198.51.100.7"), T0 + 5)
+    assert (info["banned_until"], info["earlier_bans"]) == (None, 0)
+    [again] = feed_all(s, burst("198.51.100.7", 10))
+    assert again.duration == 600.0  # not doubled by the ban that never happened

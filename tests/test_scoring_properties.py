@@ -9,6 +9,7 @@ from ipaddress import ip_address, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blocker import tiers
 from blocker.addresses import is_special, is_special_network
 from blocker.records import Address, Decision, Hit
 from blocker.scoring import JailPolicy, Scorer
@@ -161,8 +162,11 @@ def test_tracked_addresses_never_exceed_the_cap(
     scorer = Scorer(replace(policy, max_tracked=cap))
     for h in build_hits(specs):
         scorer.feed(h)
-        assert scorer.tracked_count() <= cap
-        assert scorer.stats()["tracked"] == scorer.tracked_count()
+        stats = scorer.stats()
+        assert stats["tracked_admission"] <= cap
+        assert stats["tracked_climbing"] <= cap * tiers.CLIMBING_PER_TRACKED
+        assert stats["tracked_windows"] <= cap
+        assert stats["tracked"] == scorer.tracked_count()
 
 
 @settings(max_examples=200, deadline=None)

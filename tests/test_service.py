@@ -559,7 +559,9 @@ def test_explain(h: Harness) -> None:
     assert set(jails) == {"probes", "scans"}
     assert jails["probes"]["score"] == 3.0
     assert len(jails["probes"]["hits"]) == 3
+    assert jails["probes"]["tier"] == "climbing"
     assert jails["scans"]["score"] == 0.0
+    assert jails["scans"]["tier"] is None
 
 
 def test_explain_an_allowlisted_address(h: Harness) -> None:
@@ -602,6 +604,12 @@ def test_status_shape(h: Harness) -> None:
     assert {k: v for k, v in jails["scans"]["hits"].items() if v} == {"syn_scan": 1}
     assert jails["scans"]["tracked"] == 1
     assert jails["scans"]["active_bans"] == 0
+    # Issue 9's visibility: sources per tier, evictions, sources a minute, under flood.
+    assert {k: jails["scans"]["scorer"][k] for k in (
+        "tracked_admission", "tracked_climbing", "tracked_windows", "evicted",
+        "sources_per_minute", "under_flood")} == {
+        "tracked_admission": 1, "tracked_climbing": 0, "tracked_windows": 0, "evicted": 0,
+        "sources_per_minute": 1, "under_flood": False}
 
 
 def test_status_uses_the_backends_own_report(h: Harness) -> None:

@@ -13,27 +13,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Protocol
 
+from blocker.addresses import network_refusal
 from blocker.records import Network, network_text
 
 # ipset's largest entry timeout in seconds (~24.8 days); longer finite bans are clamped to it.
 MAX_TIMEOUT = 2_147_483
 
 Bans = list[tuple[Network, float]]  # (target, remaining seconds; math.inf = permanent)
-
-_LOOPBACK4 = IPv4Network("127.0.0.0/8")
-_LOOPBACK6 = IPv6Network("::1/128")
-# An IPv4-mapped IPv6 source never reaches INPUT as such: the ban must use the IPv4 form.
-_IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
-
-
-def _range(net: Network) -> tuple[int, int]:
-    return int(net.network_address), int(net.broadcast_address)
-
-
-_LOOPBACK4_RANGE = _range(_LOOPBACK4)
-_LOOPBACK6_RANGE = _range(_LOOPBACK6)
-_MAPPED_RANGE = _range(_IPV4_MAPPED)
-
 
 class FirewallError(RuntimeError):
     """The kernel or a firewall command refused an operation (message says which and why)."""
@@ -83,18 +69,11 @@ def check_target(target: object) -> Network:
     """Return `target` if it is a bannable network, else raise InvalidBan saying why."""
     if not isinstance(target, IPv4Network | IPv6Network):
         raise InvalidBan(f"not an IPv4Network/IPv6Network: {target!r}")
-    if target.prefixlen == 0:
-        raise InvalidBan(f"refusing to ban a whole address family: {target}")
-    # Range checks on integers: Network.overlaps() costs microseconds, and a burst of bans
-    # validates thousands of targets.
-    low = int(target.network_address)
-    high = low | ((1 << (target.max_prefixlen - target.prefixlen)) - 1)
-    loopback = _LOOPBACK4_RANGE if isinstance(target, IPv4Network) else _LOOPBACK6_RANGE
-    if low <= loopback[1] and loopback[0] <= high:
-        # Dropping loopback ORIGINAL packets would cut the host off from itself.
-        raise InvalidBan(f"refusing to ban loopback addresses: {network_text(target)}")
-    if isinstance(target, IPv6Network) and low <= _MAPPED_RANGE[1] and _MAPPED_RANGE[0] <= high:
-        raise InvalidBan(f"IPv4-mapped IPv6 target {target}: ban the IPv4 form instead")
+    # One rule for every layer (addresses.py); dropping loopback ORIGINAL packets, say,
+    # would cut the host off from itself.
+    problem = network_refusal(target)
+    if problem is not None:
+        raise InvalidBan(f"refusing to ban {network_text(target)}: {problem}")
     return target
 
 

@@ -1,0 +1,89 @@
+"""Ban book: who is banned until when, so their further hits stay quiet.  PURE.
+
+Host marks and subnet marks, each capped at ``cap`` (past it, expired marks are swept and
+the oldest dropped down to 90%, so the sweep is amortized over many bans), and the gate
+with them.  A forgotten mark only means a later hit of that host is scored again and may
+ban it again.
+
+``gate`` is the one lookup the engine's hot path makes per hit: host -> drop its hits
+while now < this, holding every host mark and a cache of refusals (``inf`` for addresses
+that may never be banned).  Cached refusals are forgotten only once they outnumber the
+marks: a rebuild copies the marks, paid for by as many refusals, so a ban costs the same
+with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Final, TypeVar
+
+from blocker.records import Address, Network
+
+__all__ = ["GATE_CACHE_SIZE", "BanBook"]
+
+GATE_CACHE_SIZE: Final = 65536
+_K = TypeVar("_K", bound=Hashable)
+
+
+class BanBook:
+    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "subnets")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self.hosts: OrderedDict[Address, float] = OrderedDict()  # host -> banned until
+        self.subnets: OrderedDict[Network, float] = OrderedDict()
+        # Read by the engine's hot path; written only here.
+        self.gate: dict[Address, float] = {}
+        self._refusals = 0  # refusals added to the gate since it was last rebuilt
+        self.gate_copies = 0
+
+    def refuse(self, addr: Address) -> None:
+        """Cache that `addr` may never be banned: its hits are dropped at the gate."""
+        if addr in self.hosts:
+            self.gate[addr] = math.inf
+            return
+        self._refusals += 1
+        if self._refusals > max(GATE_CACHE_SIZE, len(self.hosts)):
+            self.gate = dict(self.hosts)
+            self.gate_copies += len(self.gate)
+            self._refusals = 1
+        self.gate[addr] = math.inf
+
+    def ban_host(self, addr: Address, until: float, now: float) -> None:
+        self.gate[addr] = until
+        for gone in self._mark(self.hosts, addr, until, now):
+            if self.gate.get(gone) != math.inf:  # a refusal stays cached
+                self.gate.pop(gone, None)
+
+    def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
+        self._mark(self.subnets, subnet, until, now)
+
+    def host_until(self, addr: Address) -> float | None:
+        return self.hosts.get(addr)
+
+    def subnet_until(self, subnet: Network) -> float | None:
+        return self.subnets.get(subnet)
+
+    def forget_host(self, addr: Address) -> None:
+        self.hosts.pop(addr, None)
+        self.gate.pop(addr, None)
+
+    def forget_subnet(self, subnet: Network) -> None:
+        self.subnets.pop(subnet, None)
+
+    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float
+              ) -> list[_K]:
+        """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
+        sweep is amortized over many bans).  Returns the keys dropped."""
+        marks[key] = until
+        marks.move_to_end(key)
+        if len(marks) <= self._cap:
+            return []
+        gone = [k for k, u in marks.items() if u <= now]
+        for stale in gone:
+            del marks[stale]
+        while len(marks) > self._cap * 9 // 10:
+            gone.append(marks.popitem(last=False)[0])
+        return gone

@@ -1,0 +1,87 @@
+"""Ban history: how often a target was banned lately, and so how long its next ban lasts.
+PURE: times are passed in.
+
+Ban time grows with history: ``ban_time * ban_factor ** n``, where ``n`` is the number of
+earlier bans of the same target within ``history_window`` before now, capped at
+``max_ban_time``; ``ban_time = inf`` gives permanent bans.  At most ``cap`` targets are
+remembered (least recently banned forgotten first), each with its last 64 ban times.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from collections import OrderedDict
+from typing import Final
+
+from blocker.records import Network
+
+__all__ = ["MAX_BANS_REMEMBERED_PER_TARGET", "BanHistory"]
+
+MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
+
+
+class BanHistory:
+    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time",
+                 "_times")
+
+    def __init__(self, ban_time: float, ban_factor: float, max_ban_time: float,
+                 history_window: float, cap: int) -> None:
+        self._ban_time = ban_time
+        self._ban_factor = ban_factor
+        self._max_ban_time = max_ban_time
+        self._history_window = history_window
+        self._cap = cap
+        # target -> times of its bans, oldest first; least recently banned target first.
+        # Keyed by (first address as an int, prefix length, version): a Network object
+        # with its cached properties weighs ~400 bytes, and a storm bans a million.
+        self._times: OrderedDict[tuple[int, int, int], list[float]] = OrderedDict()
+
+    def earlier_bans(self, target: Network, now: float) -> int:
+        times = self._times.get(_key(target))
+        if not times:
+            return 0
+        horizon = now - self._history_window
+        return sum(1 for when in times if horizon < when <= now)
+
+    def duration(self, target: Network, now: float) -> float:
+        """How long a ban of `target` made at `now` lasts."""
+        if math.isinf(self._ban_time):
+            return math.inf
+        duration = self._ban_time
+        for _ in range(self.earlier_bans(target, now)):
+            duration *= self._ban_factor
+            if duration >= self._max_ban_time:
+                break
+        return min(duration, self._max_ban_time)
+
+    def remember(self, target: Network, at: float, now: float) -> None:
+        """Record a ban of `target` at `at` (`now`: the newest event time)."""
+        history = self._times
+        key = _key(target)
+        times = history.get(key)
+        if times is None:
+            times = history[key] = []
+            while len(history) > self._cap:
+                history.popitem(last=False)
+        else:
+            history.move_to_end(key)
+        insort(times, at)
+        horizon = max(now, at) - self._history_window
+        drop = sum(1 for when in times if when <= horizon)
+        drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
+        if drop > 0:
+            del times[:drop]
+
+    def forget_ban(self, target: Network, at: float) -> None:
+        """Drop the ban of `target` at `at` (one that did not happen after all)."""
+        key = _key(target)
+        times = self._times.get(key)
+        if times and at in times:
+            times.remove(at)
+            if not times:
+                del self._times[key]
+
+
+def _key(target: Network) -> tuple[int, int, int]:
+    return int(target.network_address), target.prefixlen, target.version

@@ -1,0 +1,50 @@
+"""ban_book.py: marks, the gate, and flat work per ban up to a million marks."""
+
+from __future__ import annotations
+
+import math
+from ipaddress import ip_address, ip_network
+
+from blocker.ban_book import GATE_CACHE_SIZE, BanBook
+
+T0 = 1_700_000_000.0
+
+
+def test_one_million_marks_and_refusals_copy_linear_work() -> None:
+    # Counts work, not time: the gate is rebuilt from the marks only after as many new
+    # refusals as there are marks, so copies stay below 2 entries per gate write.
+    book = BanBook(cap=2_000_000)
+    writes = 0
+    for i in range(1_000_000):
+        book.ban_host(i, T0 + 600, T0)  # type: ignore[arg-type]  # any hashable will do
+        writes += 1
+        if i % 4 == 0:
+            book.refuse(-i - 1)  # type: ignore[arg-type]
+            writes += 1
+    assert len(book.hosts) == 1_000_000
+    assert book.gate_copies <= 2 * writes
+    assert all(book.gate[i] == T0 + 600 for i in range(0, 1_000_000, 997))  # type: ignore[index]
+
+
+def test_a_rebuild_keeps_every_mark_and_forgets_refusals() -> None:
+    book = BanBook(cap=10)
+    book.ban_host(ip_address("198.51.100.1"), T0 + 60, T0)
+    for i in range(GATE_CACHE_SIZE + 1):
+        book.refuse(i)  # type: ignore[arg-type]
+    assert book.gate[ip_address("198.51.100.1")] == T0 + 60
+    assert 0 not in book.gate  # type: ignore[comparison-overlap]
+    assert book.gate[GATE_CACHE_SIZE] == math.inf  # type: ignore[index]
+
+
+def test_marks_past_the_cap_sweep_expired_ones_first() -> None:
+    book = BanBook(cap=4)
+    for i in range(3):
+        book.ban_host(ip_address(f"198.51.100.{i + 1}"), T0 + 10, T0)
+    book.ban_host(ip_address("198.51.100.9"), T0 + 1000, T0)
+    book.ban_subnet(ip_network("203.0.113.0/24"), T0 + 1000, T0)
+    book.ban_host(ip_address("198.51.100.10"), T0 + 1000, T0 + 20)  # 5 > 4: sweep
+    assert list(book.hosts) == [ip_address("198.51.100.9"), ip_address("198.51.100.10")]
+    assert book.subnet_until(ip_network("203.0.113.0/24")) == T0 + 1000
+    book.forget_host(ip_address("198.51.100.9"))
+    assert book.host_until(ip_address("198.51.100.9")) is None
+    assert ip_address("198.51.100.9") not in book.gate
