@@ -42,10 +42,6 @@ _KIND_MASK: Final = MAX_KINDS - 1
 _COUNT_SHIFT: Final = 12
 _TIMES_SHIFT: Final = 17
 _MICRO: Final = 1_000_000
-# Records of up to SMALL_RECORD hits all have SMALL_RECORD time slots (the empty ones 0):
-# one size of int, so the allocator reuses the block a record frees when it grows by a
-# hit (with one size per hit count, a storm left a million freed smaller blocks behind).
-SMALL_RECORD: Final = 4
 
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
@@ -144,26 +140,21 @@ class Tiers:
             # The common case, without unpacking: the oldest hit is surely still live (its
             # base second is), and this one is the newest and packs exactly: append it.
             width = self._width
-            at = _TIMES_SHIFT + width * count  # where this hit's time goes
-            shift = _TIMES_SHIFT + width * max(count, SMALL_RECORD)  # the base second
+            shift = _TIMES_SHIFT + width * count
             base = (packed >> shift) + epoch
             if self.now - base < self._window and t >= base:
                 second = int(t)
                 micros = round((t - second) * _MICRO)
                 offset = (second - base) * _MICRO + micros
                 if second + micros * 1e-6 == t and not offset >> width and \
-                        offset >= (packed >> (at - width)) & ((1 << width) - 1):
+                        offset >= (packed >> (shift - width)) & ((1 << width) - 1):
                     count += 1
                     score = count * weight
                     if score >= self._threshold_units:
                         del self._climbing[ip]
                         return {name: count}, score
-                    if count <= SMALL_RECORD:  # a free slot below the base second
-                        self._climbing[ip] = (packed | offset << at) + (1 << _COUNT_SHIFT)
-                    else:
-                        low = (packed & ((1 << shift) - 1)) + (1 << _COUNT_SHIFT)
-                        self._climbing[ip] = \
-                            ((packed >> shift) << (shift + width)) | (offset << shift) | low
+                    self._climbing[ip] = ((packed >> shift) << (shift + width)) | \
+                        (offset << shift) | ((packed & ((1 << shift) - 1)) + (1 << _COUNT_SHIFT))
                     return None
         number, times = self._decode(packed)
         now, window = self.now, self._window
@@ -203,7 +194,6 @@ class Tiers:
         record = base - epoch
         if record < 0:
             return None
-        record <<= width * max(0, SMALL_RECORD - len(times))  # empty slots
         for t in reversed(times):
             second = int(t)
             micros = round((t - second) * _MICRO)
@@ -220,7 +210,7 @@ class Tiers:
         width = self._width
         mask = (1 << width) - 1
         packed >>= _TIMES_SHIFT
-        base = (packed >> (width * max(count, SMALL_RECORD))) + (self._epoch or 0)
+        base = (packed >> (width * count)) + (self._epoch or 0)
         times = []
         for _ in range(count):
             seconds, micros = divmod(packed & mask, _MICRO)
