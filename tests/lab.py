@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -430,7 +431,7 @@ def open_lab(tmp: Path) -> Iterator[Lab]:
         attacker.spawn(sys.executable, "-c", _LISTENER, str(ATTACKER_LISTEN_PORT))
         for ns, address in ((attacker, SERVER_ATT_V4), (benign, SERVER_BEN_V4),
                             (attacker, SERVER_ATT_V6), (benign, SERVER_BEN_V6)):
-            must(lambda ns=ns, a=address: tcp_open(ns, a, SERVICE_PORT, wait=1),
+            must(partial(tcp_open, ns, address, SERVICE_PORT, wait=1),
                  f"{ns.name} reaches {address} port {SERVICE_PORT}")
         rsyslog.start()
         must(rsyslog.socket_path.exists, "rsyslogd's private socket")
