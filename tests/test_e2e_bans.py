@@ -31,7 +31,7 @@ from lab import (
     tcp_open,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = pytest.mark.root("network namespaces, iptables, ipset, rsyslogd, /proc/kmsg")
 
 SYNACK_PORT = "40000"
 

@@ -30,7 +30,7 @@ from lab import (
     tcp_open,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = pytest.mark.root("network namespaces, iptables, ipset, rsyslogd, /proc/kmsg")
 
 BAN_TIME = 600  # the shipped ban_time, "10m"
 
