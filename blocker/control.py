@@ -19,20 +19,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from blocker.commands import Handler as Handler  # noqa: PLC0414 (the handlers' table type)
+from blocker.commands import RequestError as RequestError  # noqa: PLC0414 (refusals go back)
+
 DEFAULT_SOCKET = "/run/blocker/blocker.sock"
 MAX_REQUEST = 64 * 1024
 ACCEPT_BACKOFF = 1.0  # seconds without accepting after running out of descriptors
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-Handler = Callable[[dict[str, Any]], object]
 log = logging.getLogger("blocker.control")
 
 
 class ControlError(Exception):
     """The daemon could not be reached or answered nonsense."""
-
-
-class RequestError(ValueError):
-    """A request the daemon refuses: the message goes back to the client."""
 
 
 def request(path: str, message: dict[str, object], timeout: float = 10.0) -> dict[str, Any]:

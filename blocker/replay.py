@@ -6,10 +6,10 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from blocker.commands import iso_time
 from blocker.config import Config
 from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
 from blocker.records import Decision
@@ -48,13 +48,6 @@ def decision_json(decision: Decision) -> dict[str, object]:
         "filters": list(decision.filters),
         "reason": decision.reason,
     }
-
-
-def iso_time(epoch: float) -> str:
-    try:
-        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return "invalid-time"
 
 
 def replay_file(path: Path, config: Config) -> ReplayResult:

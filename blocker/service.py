@@ -11,21 +11,38 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
-from typing import Any
+from typing import TypeVar
 
 from blocker.addresses import is_special_network
-from blocker.config import Config, ConfigError, Jail, duration
-from blocker.control import Handler, RequestError
+from blocker.commands import (
+    BanRequest,
+    CoveringBan,
+    ExplainReply,
+    ExplainRequest,
+    Handler,
+    JailStatus,
+    ListedBan,
+    ListRequest,
+    Message,
+    ReloadRequest,
+    RequestError,
+    StatusReply,
+    StatusRequest,
+    UnbanRequest,
+    iso_time,
+)
+from blocker.config import Config, ConfigError, Jail
 from blocker.firewall.base import Backend, FirewallError, InvalidBan
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
-from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
 
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
+SourceHealth = Callable[[], list[dict[str, object]]]  # one dict per source the daemon follows
+R = TypeVar("R")
 
 
 def source_label(key: SourceKey) -> str:
@@ -44,7 +61,8 @@ class ActiveBan:
 class Service:
     def __init__(self, config: Config, state: State, backend: Backend, *,
                  own_addresses: Sequence[Address] = (), log_override: str | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 source_health: SourceHealth = list) -> None:
         self.state = state
         self.backend = backend
         self.own_addresses = tuple(own_addresses)
@@ -52,7 +70,7 @@ class Service:
         self.reload_config = reload_config
         self.active: dict[Network, ActiveBan] = {}
         self.started = 0.0
-        self.source_health: Callable[[], list[dict[str, object]]] = list
+        self.source_health = source_health
         self._install(config)
 
     # -- configuration -------------------------------------------------------------------
@@ -111,8 +129,8 @@ class Service:
         return decisions
 
     def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto") -> None:
-        """Bans into the kernel (one batch) and into the state (same transaction as the
-        caller's position update)."""
+        """Bans into the kernel (one batch) and into the state (in the caller's transaction,
+        with the position of the lines behind them, when the caller opened one)."""
         entries: list[tuple[Network, float]] = []
         recorded: list[Decision] = []
         lines: list[str] = []
@@ -143,8 +161,8 @@ class Service:
             log.warning("%s", "\n".join(lines))
         if entries:
             self._kernel_ban(entries)
-            self.state.begin()
-            self.state.record_bans(recorded, origin, texts)
+            with self.state.transaction():
+                self.state.record_bans(recorded, origin, texts)
 
     def _kernel_ban(self, entries: list[tuple[Network, float]]) -> None:
         try:
@@ -180,27 +198,30 @@ class Service:
             runner.scorer.restore_history(history)
 
     def prune(self, now: float) -> None:
-        self.state.begin()
-        self.state.prune(self._history_horizon(now))
+        with self.state.transaction():
+            self.state.prune(self._history_horizon(now))
 
     # -- admin commands --------------------------------------------------------------------
     def handlers(self, clock: Callable[[], float]) -> dict[str, Handler]:
-        def bind(method: Callable[[dict[str, Any], float], object]) -> Handler:
-            return lambda message: method(message, clock())
+        """The control table: each message becomes its typed request, or a RequestError."""
+
+        def bind(parse: Callable[[Message], R], method: Callable[[R, float], object]
+                 ) -> Handler:
+            return lambda message: method(parse(message), clock())
 
         return {
-            "status": bind(self.cmd_status),
-            "list": bind(self.cmd_list),
-            "ban": bind(self.cmd_ban),
-            "unban": bind(self.cmd_unban),
-            "reload": bind(self.cmd_reload),
-            "explain": bind(self.cmd_explain),
+            StatusRequest.command: bind(StatusRequest.from_message, self.cmd_status),
+            ListRequest.command: bind(ListRequest.from_message, self.cmd_list),
+            BanRequest.command: bind(BanRequest.from_message, self.cmd_ban),
+            UnbanRequest.command: bind(UnbanRequest.from_message, self.cmd_unban),
+            ReloadRequest.command: bind(ReloadRequest.from_message, self.cmd_reload),
+            ExplainRequest.command: bind(ExplainRequest.from_message, self.cmd_explain),
         }
 
-    def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
+    def cmd_status(self, _request: StatusRequest, now: float) -> StatusReply:
         stats = self.pipeline.stats
         counts = self.pipeline.hit_counts()
-        jails: dict[str, object] = {}
+        jails: dict[str, JailStatus] = {}
         for runner in self.pipeline.runners:
             name = runner.jail.name
             jails[name] = {
@@ -225,13 +246,13 @@ class Service:
             "firewall": _describe(self.backend),
         }
 
-    def cmd_list(self, _message: dict[str, Any], now: float) -> list[dict[str, object]]:
+    def cmd_list(self, _request: ListRequest, now: float) -> list[ListedBan]:
         """The kernel's sets are the truth; the state adds which jail and why."""
         try:
             kernel = self.backend.list()
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
-        rows: list[dict[str, object]] = []
+        rows: list[ListedBan] = []
         for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0])):
             ban = self.active.get(target)
             expires = None if math.isinf(remaining) else iso_time(now + remaining)
@@ -244,22 +265,13 @@ class Service:
             })
         return rows
 
-    def cmd_ban(self, message: dict[str, Any], now: float) -> str:
-        target = _target(message.get("target"))
-        runner = self._jail_runner(message.get("jail"))
+    def cmd_ban(self, request: BanRequest, now: float) -> str:
+        target = _target(request.target)
+        runner = self._jail_runner(request.jail)
         problem = self.refusal(target)
         if problem:
             raise RequestError(f"refusing to ban {network_text(target)}: {problem}")
-        raw = message.get("duration")
-        if raw is None:
-            seconds = runner.jail.policy.ban_time
-        else:
-            try:
-                seconds = duration(raw, "ban", "duration", permanent_ok=True)
-            except ConfigError as exc:
-                raise RequestError(f"duration: {exc.reason}") from exc
-            if seconds <= 0:
-                raise RequestError("duration must be longer than 0 s")
+        seconds = runner.jail.policy.ban_time if request.duration is None else request.duration
         decision = Decision(target=target, jail=runner.jail.name, at=now, duration=seconds,
                             score=0.0, filters=(), reason="manual ban (blockerctl)")
         try:
@@ -268,26 +280,24 @@ class Service:
             raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
         self.active[target] = ActiveBan(target, runner.jail.name, now + seconds, decision.reason)
-        self.state.begin()
-        self.state.lift(target, now)
-        self.state.record_bans([decision], origin="manual")
-        self.state.commit()
+        with self.state.transaction():
+            self.state.lift(target, now)
+            self.state.record_bans([decision], origin="manual")
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
                     decision.reason)
         self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
-    def cmd_unban(self, message: dict[str, Any], now: float) -> str:
-        target = _target(message.get("target"))
+    def cmd_unban(self, request: UnbanRequest, now: float) -> str:
+        target = _target(request.target)
         try:
             self.backend.unban([target])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
         self.active.pop(target, None)
-        self.state.begin()
-        lifted = self.state.lift(target, now)
-        self.state.commit()
+        with self.state.transaction():
+            lifted = self.state.lift(target, now)
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
         log.warning("unban %s (admin)", network_text(target))
@@ -298,7 +308,7 @@ class Service:
             text += f"; still covered by the ban of {', '.join(covering)}"
         return text
 
-    def cmd_reload(self, _message: dict[str, Any], now: float) -> str:
+    def cmd_reload(self, _request: ReloadRequest, now: float) -> str:
         return self.reload(now)
 
     def reload(self, now: float) -> str:
@@ -309,7 +319,6 @@ class Service:
         except ConfigError as exc:
             raise RequestError(f"reload refused, keeping the running configuration: {exc}"
                                ) from exc
-        self.state.commit()
         self._install(config)
         self._load_history(now)
         for ban in self.active.values():
@@ -317,15 +326,13 @@ class Service:
         log.warning("configuration reloaded: %d jail(s)", len(config.jails))
         return f"reloaded {config.path}: {', '.join(j.name for j in config.jails)}"
 
-    def cmd_explain(self, message: dict[str, Any], now: float) -> dict[str, object]:
-        text = message.get("address")
-        if not isinstance(text, str):
-            raise RequestError("explain needs an address")
+    def cmd_explain(self, request: ExplainRequest, now: float) -> ExplainReply:
+        text = request.address
         try:
             address = ip_address(text.strip())
         except ValueError:
             raise RequestError(f"{text!r} is not an IP address") from None
-        covering = [
+        covering: list[CoveringBan] = [
             {"target": network_text(b.target), "jail": b.jail, "reason": b.reason,
              "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
             for b in self.active.values() if address in b.target and b.expires > now
@@ -354,19 +361,17 @@ class Service:
                     return f"it is allowlisted ({network_text(allowed)} in jail {runner.jail.name})"
         return None
 
-    def _jail_runner(self, name: object) -> JailRunner:
+    def _jail_runner(self, name: str | None) -> JailRunner:
         if name is None:
             return self.pipeline.runners[0]
-        runner = self.pipeline.runner(name) if isinstance(name, str) else None
+        runner = self.pipeline.runner(name)
         if runner is None:
             names = ", ".join(r.jail.name for r in self.pipeline.runners)
             raise RequestError(f"no jail {name!r} (jails: {names})")
         return runner
 
 
-def _target(value: object) -> Network:
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError("give an address or a network, e.g. 203.0.113.7 or 203.0.113.0/24")
+def _target(value: str) -> Network:
     try:
         return ip_network(value.strip(), strict=True)
     except ValueError as exc:

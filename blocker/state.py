@@ -1,8 +1,9 @@
 """Persistent state in sqlite: ban history, active bans, log positions.
 
 WAL journaling: a `kill -9` at any moment leaves the last committed transaction intact. The
-daemon commits bans together with the log position of the lines that caused them, so a restart
-neither replays those lines nor loses them.
+daemon commits bans together with the log position of the lines that caused them (one
+`with state.transaction():` around both), so a restart neither replays those lines nor loses
+them. Writes outside a transaction block commit at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -54,15 +56,23 @@ class State:
             raise
         self._in_tx = False
 
-    def begin(self) -> None:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
-
-    def commit(self) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One sqlite transaction around the block: committed when the block ends, rolled back
+        when it raises. A block inside another joins it: the outermost one commits."""
         if self._in_tx:
-            self.db.execute("COMMIT")
+            yield
+            return
+        self.db.execute("BEGIN")
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
             self._in_tx = False
+            self.db.execute("ROLLBACK")
+            raise
+        self._in_tx = False
+        self.db.execute("COMMIT")
 
     def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
                     texts: Sequence[str] | None = None) -> None:
@@ -124,7 +134,6 @@ class State:
         return data if isinstance(data, dict) else None
 
     def close(self) -> None:
-        self.commit()
         self.db.close()
 
 

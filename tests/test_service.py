@@ -16,12 +16,20 @@ import pytest
 from fakes.backend import FakeBackend
 from loglines import BASE, syn, synack
 
+from blocker.commands import (
+    BanRequest,
+    ExplainRequest,
+    ListRequest,
+    ReloadRequest,
+    RequestError,
+    StatusRequest,
+    UnbanRequest,
+)
 from blocker.config import Config, load_config
-from blocker.control import RequestError
 from blocker.firewall.base import Repair
 from blocker.pipeline import MAX_LINE
 from blocker.records import Decision, Network
-from blocker.service import Service
+from blocker.service import Service, SourceHealth
 from blocker.sources.base import SourceLine
 from blocker.state import State
 
@@ -68,7 +76,9 @@ def synacks(src: str, end: float, count: int = 5) -> list[SourceLine]:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, config_text: str = CONFIG) -> None:
+    def __init__(self, tmp_path: Path, config_text: str = CONFIG,
+                 source_health: SourceHealth = list) -> None:
+        self.source_health = source_health
         self.config_path = write_config(tmp_path / "jails.toml", config_text)
         self.state_dir = tmp_path / "state"
         self.state = State(self.state_dir)
@@ -78,7 +88,7 @@ class Harness:
     def make_service(self, state: State, backend: FakeBackend) -> Service:
         return Service(self.load(), state, backend,
                        own_addresses=(ip_address(HOST4), ip_address(HOST6)),
-                       reload_config=self.load)
+                       reload_config=self.load, source_health=self.source_health)
 
     def load(self) -> Config:
         return load_config(self.config_path)
@@ -215,7 +225,7 @@ def test_garbage_lines_do_not_disturb_scoring(h: Harness) -> None:
         synack(ATTACKER, at=NOW)[:60])]
     h.feed(garbage + synacks(ATTACKER, NOW))
     assert h.backend.banned_targets == [n(ATTACKER)]
-    status = h.service.cmd_status({}, NOW)
+    status = h.service.cmd_status(StatusRequest(), NOW)
     assert status["lines"] == 10
     assert status["parsed"] == 5
 
@@ -250,11 +260,9 @@ def test_three_offenders_escalate_to_the_subnet(h: Harness) -> None:
 
 def test_start_restores_active_bans_with_their_remaining_time(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
-    harness.state.begin()
     harness.state.record_bans([decision(ATTACKER, NOW - 100, 600),
                                decision("198.51.100.9", NOW - 1000, 600),  # ended
                                decision("203.0.113.0/24", NOW - 10, math.inf, "scans")])
-    harness.state.commit()
     harness.service.start(NOW)
     assert harness.backend.setups == 1
     assert harness.backend.ban_batches == [[(n(ATTACKER), 500.0),
@@ -267,18 +275,16 @@ def test_start_restores_active_bans_with_their_remaining_time(tmp_path: Path) ->
 
 def test_restart_restores_a_ban_and_its_mark(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.state.commit()
     later = NOW + 60
     h.restart(later)
     assert h.backend.ban_batches == [[(n(ATTACKER), 540.0)]]
     assert h.feed(synacks(ATTACKER, later), now=later) == []
-    listed = h.service.cmd_list({}, later)
+    listed = h.service.cmd_list(ListRequest(), later)
     assert [(r["target"], r["jail"]) for r in listed] == [(ATTACKER, "probes")]
 
 
 def test_restart_keeps_ban_time_growth(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.state.commit()
     later = NOW + 700
     h.restart(later)
     decisions = h.feed(synacks(ATTACKER, later), now=later)
@@ -286,10 +292,9 @@ def test_restart_keeps_ban_time_growth(h: Harness) -> None:
 
 
 def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": "permanent"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER, "duration": 3600}, NOW + 1)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": "permanent"}), NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": 3600}), NOW + 1)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
-    h.state.commit()
     h.restart(NOW + 2)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
 
@@ -298,7 +303,7 @@ def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
 
 def test_tick_re_adds_active_bans_of_a_recreated_set(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW) + synacks(ATTACKER6, NOW))
-    h.service.cmd_ban({"target": "198.51.100.128/25", "duration": "permanent"}, NOW)
+    h.service.cmd_ban(BanRequest("198.51.100.128/25", math.inf), NOW)
     h.backend.ban_batches.clear()
     h.backend.repairs = [Repair(sets_recreated=(4,))]
     h.service.tick(NOW + 100)
@@ -331,7 +336,7 @@ def test_tick_survives_a_failing_check(h: Harness, caplog: pytest.LogCaptureFixt
 # -- cmd_ban ------------------------------------------------------------------------------
 
 def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": ATTACKER}, NOW)
+    text = h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER}), NOW)
     assert text == f"banned {ATTACKER} for 600s (jail probes)"
     assert h.backend.ban_batches == [[(n(ATTACKER), 600.0)]]
     row = h.state.active(NOW)[0]
@@ -339,8 +344,9 @@ def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
 
 
 def test_ban_a_network_in_another_jail_for_a_duration(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": "203.0.113.0/24", "jail": "scans", "duration": "2h"},
-                             NOW)
+    request = BanRequest.from_message({"target": "203.0.113.0/24", "jail": "scans",
+                                       "duration": "2h"})
+    text = h.service.cmd_ban(request, NOW)
     assert text == "banned 203.0.113.0/24 for 7200s (jail scans)"
     assert h.backend.ban_batches == [[(n("203.0.113.0/24"), 7200.0)]]
     assert h.service.active[n("203.0.113.0/24")].jail == "scans"
@@ -349,30 +355,31 @@ def test_ban_a_network_in_another_jail_for_a_duration(h: Harness) -> None:
 @pytest.mark.parametrize(("given", "seconds"), [(90, 90.0), ("90s", 90.0), ("10m", 600.0),
                                                ("1h", 3600.0), ("7d", 604800.0), (1.5, 1.5)])
 def test_ban_durations(h: Harness, given: object, seconds: float) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": given}, NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": given}), NOW)
     assert h.backend.ban_batches == [[(n(ATTACKER), seconds)]]
 
 
 def test_permanent_ban(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": ATTACKER6, "duration": "permanent"}, NOW)
+    text = h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER6,
+                                                      "duration": "permanent"}), NOW)
     assert text == f"banned {ATTACKER6} permanently (jail probes)"
     assert h.backend.table == {n(ATTACKER6): math.inf}
     assert h.state.active(NOW + 1e9)[0].expires == math.inf
-    assert h.service.cmd_list({}, NOW)[0]["expires"] is None
+    assert h.service.cmd_list(ListRequest(), NOW)[0]["expires"] is None
 
 
 def test_a_manual_ban_marks_the_target_in_every_jail(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "jail": "scans"}, NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "jail": "scans"}), NOW)
     assert h.feed(synacks(ATTACKER, NOW + 5), now=NOW + 5) == []
-    explained = h.service.cmd_explain({"address": ATTACKER}, NOW + 5)
+    explained = h.service.cmd_explain(ExplainRequest.from_message({"address": ATTACKER}), NOW + 5)
     banned_by = explained["banned_by"]
     assert isinstance(banned_by, list)
     assert [b["jail"] for b in banned_by] == ["scans"]
 
 
 def test_a_manual_ban_replaces_a_longer_one(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": "1d"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER, "duration": "1m"}, NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": "1d"}), NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": "1m"}), NOW)
     assert h.backend.table == {n(ATTACKER): 60.0}
     assert h.service.active[n(ATTACKER)].expires == NOW + 60
 
@@ -394,7 +401,7 @@ def test_a_manual_ban_replaces_a_longer_one(h: Harness) -> None:
 ])
 def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_ban(message, NOW)
+        h.service.cmd_ban(BanRequest.from_message(message), NOW)
     assert error in str(info.value)
     assert h.backend.ban_batches == []
     assert h.state.active(NOW) == []
@@ -423,7 +430,7 @@ def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
 ])
 def test_ban_refusals(h: Harness, target: str, why: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_ban({"target": target}, NOW)
+        h.service.cmd_ban(BanRequest.from_message({"target": target}), NOW)
     assert str(info.value).startswith("refusing to ban ")
     assert why in str(info.value)
     assert h.backend.ban_batches == []
@@ -432,12 +439,12 @@ def test_ban_refusals(h: Harness, target: str, why: str) -> None:
 @pytest.mark.parametrize("target", ["169.0.0.0/8", "128.0.0.0/2"])
 def test_ban_refuses_networks_with_special_addresses_inside(h: Harness, target: str) -> None:
     with pytest.raises(RequestError, match="refusing to ban"):
-        h.service.cmd_ban({"target": target}, NOW)
+        h.service.cmd_ban(BanRequest.from_message({"target": target}), NOW)
 
 
 def test_ban_with_a_huge_integer_duration_is_an_error(h: Harness) -> None:
     with pytest.raises(RequestError, match="duration"):
-        h.service.cmd_ban({"target": ATTACKER, "duration": 10**400}, NOW)
+        h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER, "duration": 10**400}), NOW)
 
 
 @pytest.mark.parametrize(("target", "fail"), [("203.0.113.7", "ipset is gone"),
@@ -446,7 +453,7 @@ def test_ban_reports_a_ban_the_firewall_refused(h: Harness, target: str, fail: s
                                                 ) -> None:
     h.backend.fail = fail
     with pytest.raises(RequestError):
-        h.service.cmd_ban({"target": target}, NOW)
+        h.service.cmd_ban(BanRequest.from_message({"target": target}), NOW)
 
 
 # -- cmd_unban ----------------------------------------------------------------------------
@@ -455,7 +462,7 @@ def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     # Four more stray packets before the unban: they must not count afterwards.
     h.feed(synacks(ATTACKER, NOW + 10, count=4), now=NOW + 10)
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW + 20)
+    text = h.service.cmd_unban(UnbanRequest.from_message({"target": ATTACKER}), NOW + 20)
     assert text == f"unbanned {ATTACKER}"
     assert h.backend.unban_batches == [[n(ATTACKER)]]
     assert h.backend.table == {}
@@ -463,14 +470,13 @@ def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
     assert h.state.active(NOW + 20) == []
     assert len(h.backend.ban_batches) == 1
     # ...and after a restart, nothing comes back.
-    h.state.commit()
     h.restart(NOW + 30)
     assert h.backend.ban_batches == []
 
 
 def test_unban_resets_the_score_so_a_stray_packet_does_not_ban(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW, count=4))
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW)
+    text = h.service.cmd_unban(UnbanRequest.from_message({"target": ATTACKER}), NOW)
     assert text == f"unbanned {ATTACKER} (it was not banned)"
     assert h.feed([SourceLine(synack(ATTACKER, at=NOW + 1), None)], now=NOW + 1) == []
     assert h.backend.ban_batches == []
@@ -481,9 +487,9 @@ def test_unban_resets_the_score_so_a_stray_packet_does_not_ban(h: Harness) -> No
 
 
 def test_unban_tells_about_a_covering_subnet_ban(h: Harness) -> None:
-    h.service.cmd_ban({"target": "203.0.113.0/24"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER}, NOW)
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW + 1)
+    h.service.cmd_ban(BanRequest.from_message({"target": "203.0.113.0/24"}), NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER}), NOW)
+    text = h.service.cmd_unban(UnbanRequest.from_message({"target": ATTACKER}), NOW + 1)
     assert text == f"unbanned {ATTACKER}; still covered by the ban of 203.0.113.0/24"
 
 
@@ -494,7 +500,7 @@ def test_unban_tells_about_a_covering_subnet_ban(h: Harness) -> None:
 ])
 def test_unban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_unban(message, NOW)
+        h.service.cmd_unban(UnbanRequest.from_message(message), NOW)
     assert error in str(info.value)
 
 
@@ -502,7 +508,7 @@ def test_unban_with_a_failing_firewall_keeps_the_ban(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     h.backend.fail = "netlink says no"
     with pytest.raises(RequestError, match=r"cannot unban 203\.0\.113\.66: netlink says no"):
-        h.service.cmd_unban({"target": ATTACKER}, NOW)
+        h.service.cmd_unban(UnbanRequest.from_message({"target": ATTACKER}), NOW)
     assert set(h.service.active) == {n(ATTACKER)}
     assert len(h.state.active(NOW)) == 1
 
@@ -511,11 +517,10 @@ def test_unban_with_a_failing_firewall_keeps_the_ban(h: Harness) -> None:
 
 def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.service.cmd_ban({"target": "2001:db8:77::/48", "duration": "permanent", "jail": "scans"},
-                      NOW)
+    h.service.cmd_ban(BanRequest("2001:db8:77::/48", math.inf, "scans"), NOW)
     h.backend.table[n("198.51.100.200")] = 30.0  # someone else's entry in our set
     del h.backend.table[n(ATTACKER)]  # an admin deleted it with `ipset del`
-    rows = h.service.cmd_list({}, NOW)
+    rows = h.service.cmd_list(ListRequest(), NOW)
     assert rows == [
         {"target": "198.51.100.200", "jail": "(not blocker's)",
          "expires": "2026-11-22T03:05:24+00:00", "remaining": 30, "reason": ""},
@@ -528,13 +533,13 @@ def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> Non
 def test_list_with_a_failing_firewall_is_an_error(h: Harness) -> None:
     h.backend.fail = "no sets"
     with pytest.raises(RequestError, match="cannot read the kernel sets: no sets"):
-        h.service.cmd_list({}, NOW)
+        h.service.cmd_list(ListRequest(), NOW)
 
 
 def test_explain(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW, count=3))
-    h.service.cmd_ban({"target": "203.0.113.0/24"}, NOW)
-    result = h.service.cmd_explain({"address": f" {ATTACKER} "}, NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": "203.0.113.0/24"}), NOW)
+    result = h.service.cmd_explain(ExplainRequest(f" {ATTACKER} "), NOW)
     json.dumps(result)
     assert result["address"] == ATTACKER
     assert result["refusal"] is None
@@ -542,17 +547,18 @@ def test_explain(h: Harness) -> None:
                                     "reason": "manual ban (blockerctl)",
                                     "expires": "2026-11-22T03:14:54+00:00"}]
     jails = result["jails"]
-    assert isinstance(jails, dict)
     assert set(jails) == {"probes", "scans"}
     assert jails["probes"]["score"] == 3.0
-    assert len(jails["probes"]["hits"]) == 3
+    hits = jails["probes"]["hits"]
+    assert isinstance(hits, list)
+    assert len(hits) == 3
     assert jails["scans"]["score"] == 0.0
 
 
 def test_explain_an_allowlisted_address(h: Harness) -> None:
-    result = h.service.cmd_explain({"address": ALLOWED}, NOW)
+    result = h.service.cmd_explain(ExplainRequest.from_message({"address": ALLOWED}), NOW)
     assert "allowlisted" in str(result["refusal"])
-    assert result["jails"]["probes"]["never_banned_because"] == "allowlisted"  # type: ignore[index]
+    assert result["jails"]["probes"]["never_banned_because"] == "allowlisted"
 
 
 @pytest.mark.parametrize(("message", "error"), [
@@ -563,15 +569,16 @@ def test_explain_an_allowlisted_address(h: Harness) -> None:
 ])
 def test_explain_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_explain(message, NOW)
+        h.service.cmd_explain(ExplainRequest.from_message(message), NOW)
     assert error in str(info.value)
 
 
-def test_status_shape(h: Harness) -> None:
+def test_status_shape(tmp_path: Path) -> None:
+    h = Harness(tmp_path, source_health=lambda: [{"source": f"kernlog:{LOG}", "state": "ok"}])
+    h.service.start(NOW)
     h.feed([*synacks(ATTACKER, NOW), SourceLine(syn("198.51.100.9", 22, NOW), None),
             SourceLine("noise", None)])
-    h.service.source_health = lambda: [{"source": f"kernlog:{LOG}", "state": "ok"}]
-    status = h.service.cmd_status({}, NOW + 12.34)
+    status = h.service.cmd_status(StatusRequest(), NOW + 12.34)
     json.dumps(status)
     assert status["uptime"] == 12.3
     assert (status["lines"], status["parsed"], status["unparsed"]) == (7, 6, 1)
@@ -593,7 +600,7 @@ def test_status_shape(h: Harness) -> None:
 
 def test_status_uses_the_backends_own_report(h: Harness) -> None:
     h.backend.status = lambda: {"sets": 2}  # type: ignore[attr-defined]
-    assert h.service.cmd_status({}, NOW)["firewall"] == {"sets": 2}
+    assert h.service.cmd_status(StatusRequest(), NOW)["firewall"] == {"sets": 2}
 
 
 def test_handlers_table_reads_the_clock_per_call(h: Harness) -> None:
@@ -608,11 +615,11 @@ def test_handlers_table_reads_the_clock_per_call(h: Harness) -> None:
 
 def test_reload_with_a_changed_config_keeps_bans_and_marks(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.service.cmd_ban({"target": ATTACKER6, "duration": "1h"}, NOW)
+    h.service.cmd_ban(BanRequest.from_message({"target": ATTACKER6, "duration": "1h"}), NOW)
     h.config_path.write_text(CONFIG.replace('ban_time = "1h"', 'ban_time = "2h"')
                              .replace("[jails.scans]", "[jails.probes2]\nfilters = "
                                       '["unsolicited_synack"]\n[jails.scans]'), encoding="utf-8")
-    text = h.service.cmd_reload({}, NOW + 1)
+    text = h.service.cmd_reload(ReloadRequest(), NOW + 1)
     assert text == f"reloaded {h.config_path}: probes, probes2, scans"
     assert [r.jail.name for r in h.service.pipeline.runners] == ["probes", "probes2", "scans"]
     assert h.service.pipeline.runner("scans").jail.policy.ban_time == 7200  # type: ignore[union-attr]
@@ -630,7 +637,7 @@ def test_reload_with_a_broken_config_keeps_the_running_one(h: Harness) -> None:
     running = h.service.config
     h.config_path.write_text(CONFIG + "\n[jails.probes3]\nfilters = ['nope']\n", encoding="utf-8")
     with pytest.raises(RequestError) as info:
-        h.service.cmd_reload({}, NOW)
+        h.service.cmd_reload(ReloadRequest(), NOW)
     message = str(info.value)
     assert message.startswith("reload refused, keeping the running configuration: ")
     assert f"{h.config_path}: jails.probes3.filters: unknown filter 'nope'" in message
@@ -646,14 +653,12 @@ def test_reload_without_a_config_file(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     service = Service(harness.load(), harness.state, harness.backend)
     with pytest.raises(RequestError, match="no configuration file to reload"):
-        service.cmd_reload({}, NOW)
+        service.cmd_reload(ReloadRequest(), NOW)
     harness.state.close()
 
 
 def test_prune_forgets_old_bans_only(h: Harness) -> None:
-    h.state.begin()
     h.state.record_bans([decision(ATTACKER, NOW - 40 * 86400, 600),
                          decision("198.51.100.9", NOW - 86400, 600)])
     h.service.prune(NOW)
-    h.state.commit()
     assert [t for t, _ in h.state.history(0)] == [n("198.51.100.9")]
