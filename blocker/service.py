@@ -302,7 +302,8 @@ class Service:
             runner.scorer.forget(target)
         log.warning("unban %s (admin)", network_text(target))
         covering = [network_text(t) for t in self.active
-                    if t != target and t.version == target.version and target.subnet_of(t)]  # type: ignore[arg-type]
+                    if t != target and target.network_address in t
+                    and target.broadcast_address in t]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
         if covering:
             text += f"; still covered by the ban of {', '.join(covering)}"
