@@ -13,10 +13,21 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+from blocker.commands import (
+    BanRequest,
+    ExplainRequest,
+    ListedBan,
+    ListRequest,
+    ReloadRequest,
+    Request,
+    StatusRequest,
+    UnbanRequest,
+    iso_time,
+)
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
 from blocker.records import Decision
-from blocker.replay import ReplayResult, decision_json, iso_time, replay_file, write_json
+from blocker.replay import ReplayResult, decision_json, replay_file, write_json
 from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
@@ -195,28 +206,28 @@ def _span(seconds: float) -> str:
 
 
 def _remote(args: argparse.Namespace) -> int:
-    message: dict[str, object] = {"cmd": args.command}
+    command: Request
     if args.command == "ban":
-        message["target"] = args.target
+        seconds = None
         if args.duration is not None:
             try:
-                message["duration"] = duration(args.duration, "--for", "DURATION",
-                                               permanent_ok=True)
+                seconds = duration(args.duration, "--for", "DURATION", permanent_ok=True)
             except ConfigError as exc:
                 print(f"blockerctl: --for: {exc.reason}", file=sys.stderr)
                 return EXIT_USAGE
-            if math.isinf(float(str(message["duration"]))):
-                message["duration"] = "permanent"
-        if args.jail:
-            message["jail"] = args.jail
+        command = BanRequest(args.target, seconds, args.jail or None)
     elif args.command == "unban":
-        message["target"] = args.target
+        command = UnbanRequest(args.target)
     elif args.command == "explain":
-        message["address"] = args.address
-    elif args.command == "list" and args.jail:
-        message["jail"] = args.jail
+        command = ExplainRequest(args.address)
+    elif args.command == "list":
+        command = ListRequest(args.jail or None)
+    elif args.command == "reload":
+        command = ReloadRequest()
+    else:
+        command = StatusRequest()
     try:
-        reply = request(args.socket, message)
+        reply = request(args.socket, command.to_message())
     except ControlError as exc:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -335,8 +346,9 @@ def _list_report(result: object) -> str:
     if not isinstance(result, list) or not result:
         return "no active bans"
     rows = [f"{'TARGET':24} {'JAIL':10} EXPIRES"]
-    for ban in result:
-        if isinstance(ban, dict):
+    for item in result:
+        if isinstance(item, dict):  # a ListedBan, unless the daemon is of another version
+            ban: ListedBan = item  # type: ignore[assignment]
             rows.append(f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
                         f"{ban.get('expires') or 'never'}")
     return "\n".join(rows)
