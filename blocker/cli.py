@@ -16,7 +16,6 @@ from typing import Any
 from blocker.commands import (
     BanRequest,
     ExplainRequest,
-    ListedBan,
     ListRequest,
     ReloadRequest,
     Request,
@@ -57,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ban.add_argument("--jail", help="jail to record the ban under (default: the first jail)")
     unban = commands.add_parser("unban", help="lift a ban at once and reset that score")
     unban.add_argument("target", metavar="ADDR|CIDR")
+    unban.add_argument("--fleet", action="store_true",
+                       help="lift it on every host of the fleet too (a signed unban event)")
     commands.add_parser("reload", help="re-read the configuration, keeping bans")
     explain = commands.add_parser("explain", help="score, recent hits and ban state of an address")
     explain.add_argument("address", metavar="ADDR")
@@ -217,7 +218,7 @@ def _remote(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
         command = BanRequest(args.target, seconds, args.jail or None)
     elif args.command == "unban":
-        command = UnbanRequest(args.target)
+        command = UnbanRequest(args.target, fleet=args.fleet)
     elif args.command == "explain":
         command = ExplainRequest(args.address)
     elif args.command == "list":
@@ -345,12 +346,11 @@ def _ban_order(row: object) -> tuple[int, int, int, str]:
 def _list_report(result: object) -> str:
     if not isinstance(result, list) or not result:
         return "no active bans"
-    rows = [f"{'TARGET':24} {'JAIL':10} EXPIRES"]
-    for item in result:
-        if isinstance(item, dict):  # a ListedBan, unless the daemon is of another version
-            ban: ListedBan = item  # type: ignore[assignment]
+    rows = [f"{'TARGET':24} {'JAIL':10} {'ORIGIN':20} EXPIRES"]
+    for ban in result:
+        if isinstance(ban, dict):
             rows.append(f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
-                        f"{ban.get('expires') or 'never'}")
+                        f"{ban.get('origin') or '-'!s:20} {ban.get('expires') or 'never'}")
     return "\n".join(rows)
 
 

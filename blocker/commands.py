@@ -108,13 +108,20 @@ class BanRequest:
 class UnbanRequest:
     command: ClassVar[str] = "unban"
     target: str
+    fleet: bool = False  # also publish the unban to the fleet (blockerctl unban --fleet)
 
     def to_message(self) -> Message:
-        return {"cmd": self.command, "target": self.target}
+        message: Message = {"cmd": self.command, "target": self.target}
+        if self.fleet:
+            message["fleet"] = True
+        return message
 
     @classmethod
     def from_message(cls, message: Message) -> UnbanRequest:
-        return cls(target=_target_text(message))
+        fleet = message.get("fleet", False)
+        if not isinstance(fleet, bool):
+            raise RequestError("fleet must be true or false")
+        return cls(target=_target_text(message), fleet=fleet)
 
 
 @dataclass(frozen=True)
