@@ -34,16 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blockerctl",
         description="Control blockerd, or replay a kernel log offline through the jails.",
     )
-    parser.add_argument("--socket", default=DEFAULT_SOCKET,
-                        help=f"blockerd's control socket (default {DEFAULT_SOCKET})")
+    parser.add_argument(
+        "--socket",
+        default=DEFAULT_SOCKET,
+        help=f"blockerd's control socket (default {DEFAULT_SOCKET})",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("status", help="per jail: hits, tracked addresses, active bans; sources")
     listing = commands.add_parser("list", help="active bans")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     ban = commands.add_parser("ban", help="ban an address or network now")
     ban.add_argument("target", metavar="ADDR|CIDR")
-    ban.add_argument("--for", dest="duration", metavar="DURATION",
-                     help="e.g. 3600, 90s, 10m, 1h, 7d, permanent (default: the jail's ban_time)")
+    ban.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="e.g. 3600, 90s, 10m, 1h, 7d, permanent (default: the jail's ban_time)",
+    )
     ban.add_argument("--jail", help="jail to record the ban under (default: the first jail)")
     unban = commands.add_parser("unban", help="lift a ban at once and reset that score")
     unban.add_argument("target", metavar="ADDR|CIDR")
@@ -54,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "test", help="replay LOG offline through the jails: hits, bans it would issue"
     )
     test.add_argument("log", metavar="LOG", help="kernel log file (kern.log, journalctl -k, dmesg)")
-    test.add_argument("--config", default=DEFAULT_CONFIG,
-                      help=f"jails.toml (default {DEFAULT_CONFIG})")
+    test.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"jails.toml (default {DEFAULT_CONFIG})"
+    )
     test.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -102,8 +110,10 @@ def _test_report(path: str, result: ReplayResult) -> str:
     out.append(f"  bans {len(result.decisions)}:")
     for decision in result.decisions:
         span = "permanent" if math.isinf(decision.duration) else _span(decision.duration)
-        out.append(f"    {decision.target_text:24} {decision.jail:10} {span:>9}  "
-                   f"{iso_time(decision.at)}  {decision.reason}")
+        out.append(
+            f"    {decision.target_text:24} {decision.jail:10} {span:>9}  "
+            f"{iso_time(decision.at)}  {decision.reason}"
+        )
     if not result.decisions:
         out.append("    (none)")
     return "\n".join(out)
@@ -164,8 +174,10 @@ def _list_report(result: object) -> str:
     for item in result:
         if isinstance(item, dict):  # a ListedBan, unless the daemon is of another version
             ban: ListedBan = item  # type: ignore[assignment]
-            rows.append(f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
-                        f"{ban.get('expires') or 'never'}")
+            rows.append(
+                f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
+                f"{ban.get('expires') or 'never'}"
+            )
     return "\n".join(rows)
 
 

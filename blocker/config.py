@@ -117,19 +117,25 @@ def _jail(name: str, values: dict[str, Any], filters: dict[str, Filter], where: 
     names = values["filters"]
     for filter_name in values["weights"]:
         if filter_name not in names:
-            raise ConfigError(where, f"{scope}weights.{filter_name}",
-                              "not one of this jail's filters")
+            raise ConfigError(
+                where, f"{scope}weights.{filter_name}", "not one of this jail's filters"
+            )
     chain: list[tuple[Filter, float]] = []
     for filter_name in names:
         flt = filters.get(filter_name)
         if flt is None:
             known = ", ".join(sorted(filters)) or "none"
-            raise ConfigError(where, scope + "filters",
-                              f"unknown filter {filter_name!r} (known: {known})")
+            raise ConfigError(
+                where, scope + "filters", f"unknown filter {filter_name!r} (known: {known})"
+            )
         chain.append((flt, values["weights"].get(filter_name, flt.weight)))
     policy = JailPolicy(name=name, **{k: v for k, v in values.items() if k in _POLICY_KEYS})
-    return Jail(name=name, filters=tuple(chain), policy=policy,
-                **{k: v for k, v in values.items() if k in _JAIL_KEYS})
+    return Jail(
+        name=name,
+        filters=tuple(chain),
+        policy=policy,
+        **{k: v for k, v in values.items() if k in _JAIL_KEYS},
+    )
 
 
 def duration(value: object, where: str, key: str, permanent_ok: bool = False) -> float:

@@ -102,14 +102,17 @@ class ControlServer:
     daemon's own uid) are served, whatever the socket file's mode says.
     """
 
-    def __init__(self, path: str, selector: selectors.BaseSelector,
-                 handlers: Callable[[], dict[str, Handler]],
-                 allowed_uids: frozenset[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        selector: selectors.BaseSelector,
+        handlers: Callable[[], dict[str, Handler]],
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
         self.path = path
         self.selector = selector
         self.handlers = handlers
-        self.allowed_uids = (frozenset({0, os.geteuid()}) if allowed_uids is None
-                             else allowed_uids)
+        self.allowed_uids = frozenset({0, os.geteuid()}) if allowed_uids is None else allowed_uids
         self.served = 0
         self.refused = 0
         self.paused_until: float | None = None  # monotonic time; None when accepting

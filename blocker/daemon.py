@@ -40,19 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockerd",
         description="Follow the kernel log and ban what the jails recognize (runs in the "
-                    "foreground; logs to stderr).",
+        "foreground; logs to stderr).",
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
-    parser.add_argument("--log", metavar="PATH",
-                        help="kernel log to follow for every jail (overrides log_path/source)")
+    parser.add_argument(
+        "--log",
+        metavar="PATH",
+        help="kernel log to follow for every jail (overrides log_path/source)",
+    )
     parser.add_argument("--state-dir", default=DEFAULT_STATE, help=f"default {DEFAULT_STATE}")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="decide and log bans, touch no firewall")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and its filters, then exit")
-    parser.add_argument("--from-start", action="store_true",
-                        help="read logs from their beginning when no position is saved")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="decide and log bans, touch no firewall"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and its filters, then exit",
+    )
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="read logs from their beginning when no position is saved",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -61,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        handlers=[handler])
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     config_path = Path(args.config)
     try:
         config = load_config(config_path)
@@ -71,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.check_config:
         names = ", ".join(j.name for j in config.jails)
-        print(f"config OK: {len(config.jails)} jail(s) ({names}), "
-              f"{len(config.filters)} filter(s) in {config_path}")
+        print(
+            f"config OK: {len(config.jails)} jail(s) ({names}), "
+            f"{len(config.filters)} filter(s) in {config_path}"
+        )
         return 0
     tune_gc()
     try:
@@ -105,12 +116,18 @@ class Daemon:
         self.backend = make_backend(backend_kind, config.firewall)
         self.sources: dict[SourceKey, Source] = {}
         self.source_errors: dict[SourceKey, str] = {}
-        self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
-                               log_override=args.log,
-                               reload_config=lambda: load_config(Path(args.config)),
-                               source_health=self._source_health)
-        self.control = ControlServer(args.socket, self.selector,
-                                     lambda: self.service.handlers(time.time))
+        self.service = Service(
+            config,
+            self.state,
+            self.backend,
+            own_addresses=host_addresses(),
+            log_override=args.log,
+            reload_config=lambda: load_config(Path(args.config)),
+            source_health=self._source_health,
+        )
+        self.control = ControlServer(
+            args.socket, self.selector, lambda: self.service.handlers(time.time)
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -132,8 +149,11 @@ class Daemon:
         next_prune = time.monotonic()
         next_retry = time.monotonic() + SOURCE_RETRY
         _sd_notify("READY=1\nSTATUS=following the kernel log")
-        log.info("ready: %d jail(s), sources: %s", len(self.service.config.jails),
-                 ", ".join(map(source_label, self.sources)) or "none yet")
+        log.info(
+            "ready: %d jail(s), sources: %s",
+            len(self.service.config.jails),
+            ", ".join(map(source_label, self.sources)) or "none yet",
+        )
         try:
             while not self.stopping:
                 wake = min(next_check, next_retry, self.control.paused_until or math.inf)
@@ -197,18 +217,27 @@ class Daemon:
         for key in wanted - set(self.sources):
             kind, path = key
             try:
-                source = open_source(kind, path, self.state.position(source_label(key)),
-                                     from_start=self.args.from_start)
+                source = open_source(
+                    kind,
+                    path,
+                    self.state.position(source_label(key)),
+                    from_start=self.args.from_start,
+                )
             except (OSError, SourceError) as exc:
                 if self.source_errors.get(key) != str(exc):
-                    log.error("source %s unavailable (retrying every %gs): %s",
-                              source_label(key), SOURCE_RETRY, exc)
+                    log.error(
+                        "source %s unavailable (retrying every %gs): %s",
+                        source_label(key),
+                        SOURCE_RETRY,
+                        exc,
+                    )
                 self.source_errors[key] = str(exc)
                 continue
             self.source_errors.pop(key, None)
             self.sources[key] = source
-            self.selector.register(source.fileno(), selectors.EVENT_READ,
-                                   lambda k=key: self._on_source(k))
+            self.selector.register(
+                source.fileno(), selectors.EVENT_READ, lambda k=key: self._on_source(k)
+            )
             log.info("following %s", source.name)
             # Save where we start at once: a crash before the first line must resume here,
             # not at a later end of the file.

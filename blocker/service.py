@@ -59,10 +59,17 @@ class ActiveBan:
 
 
 class Service:
-    def __init__(self, config: Config, state: State, backend: Backend, *,
-                 own_addresses: Sequence[Address] = (), log_override: str | None = None,
-                 reload_config: Callable[[], Config] | None = None,
-                 source_health: SourceHealth = list) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        backend: Backend,
+        *,
+        own_addresses: Sequence[Address] = (),
+        log_override: str | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        source_health: SourceHealth = list,
+    ) -> None:
         self.state = state
         self.backend = backend
         self.own_addresses = tuple(own_addresses)
@@ -110,8 +117,9 @@ class Service:
             runner.scorer.mark_banned(target, until)
 
     # -- the hot path ----------------------------------------------------------------------
-    def handle_lines(self, key: SourceKey, lines: Sequence[SourceLine], now: float
-                     ) -> list[Decision]:
+    def handle_lines(
+        self, key: SourceKey, lines: Sequence[SourceLine], now: float
+    ) -> list[Decision]:
         runners = self.groups.get(key)
         if not runners or not lines:
             return []
@@ -140,15 +148,19 @@ class Service:
             # A decision on an old line (a backlog) keeps only the time its ban has left.
             remaining = min(decision.duration, end - now)
             if remaining <= 0:
-                log.info("not banning %s: its %gs ban ended before the line was read",
-                         decision.target_text, decision.duration)
+                log.info(
+                    "not banning %s: its %gs ban ended before the line was read",
+                    decision.target_text,
+                    decision.duration,
+                )
                 continue
             expires = now + remaining
             current = self.active.get(decision.target)
             if current is not None and current.expires >= expires:
                 continue
-            self.active[decision.target] = ActiveBan(decision.target, decision.jail, expires,
-                                                     decision.reason)
+            self.active[decision.target] = ActiveBan(
+                decision.target, decision.jail, expires, decision.reason
+            )
             entries.append((decision.target, remaining))
             recorded.append(decision)
             text = decision.target_text
@@ -180,8 +192,11 @@ class Service:
         if repair:
             log.warning("firewall repaired: %s", repair)
         if repair.sets_recreated:
-            entries = [(b.target, b.expires - now) for b in self.active.values()
-                       if b.target.version in repair.sets_recreated and b.expires > now]
+            entries = [
+                (b.target, b.expires - now)
+                for b in self.active.values()
+                if b.target.version in repair.sets_recreated and b.expires > now
+            ]
             if entries:
                 self._kernel_ban(entries)
         for target in [t for t, b in self.active.items() if b.expires <= now]:
@@ -189,8 +204,7 @@ class Service:
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""
-        return now - max((r.jail.policy.history_window for r in self.pipeline.runners),
-                         default=0.0)
+        return now - max((r.jail.policy.history_window for r in self.pipeline.runners), default=0.0)
 
     def _load_history(self, now: float) -> None:
         history = self.state.history(self._history_horizon(now))
@@ -205,8 +219,7 @@ class Service:
     def handlers(self, clock: Callable[[], float]) -> dict[str, Handler]:
         """The control table: each message becomes its typed request, or a RequestError."""
 
-        def bind(parse: Callable[[Message], R], method: Callable[[R, float], object]
-                 ) -> Handler:
+        def bind(parse: Callable[[Message], R], method: Callable[[R, float], object]) -> Handler:
             return lambda message: method(parse(message), clock())
 
         return {
@@ -227,11 +240,15 @@ class Service:
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": source_label(self.source_key(runner.jail)),
-                "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
-                         if key.startswith(name + "/") and count},
+                "hits": {
+                    key.split("/", 1)[1]: count
+                    for key, count in counts.items()
+                    if key.startswith(name + "/") and count
+                },
                 "tracked": runner.scorer.tracked_count(),
-                "active_bans": sum(1 for b in self.active.values()
-                                   if b.jail == name and b.expires > now),
+                "active_bans": sum(
+                    1 for b in self.active.values() if b.jail == name and b.expires > now
+                ),
                 "scorer": runner.scorer.stats(),
             }
         return {
@@ -256,13 +273,15 @@ class Service:
         for target, remaining in sorted(kernel, key=lambda e: (e[0].version, e[0])):
             ban = self.active.get(target)
             expires = None if math.isinf(remaining) else iso_time(now + remaining)
-            rows.append({
-                "target": network_text(target),
-                "jail": ban.jail if ban else "(not blocker's)",
-                "expires": expires,
-                "remaining": None if math.isinf(remaining) else round(remaining),
-                "reason": ban.reason if ban else "",
-            })
+            rows.append(
+                {
+                    "target": network_text(target),
+                    "jail": ban.jail if ban else "(not blocker's)",
+                    "expires": expires,
+                    "remaining": None if math.isinf(remaining) else round(remaining),
+                    "reason": ban.reason if ban else "",
+                }
+            )
         return rows
 
     def cmd_ban(self, request: BanRequest, now: float) -> str:
@@ -272,8 +291,15 @@ class Service:
         if problem:
             raise RequestError(f"refusing to ban {network_text(target)}: {problem}")
         seconds = runner.jail.policy.ban_time if request.duration is None else request.duration
-        decision = Decision(target=target, jail=runner.jail.name, at=now, duration=seconds,
-                            score=0.0, filters=(), reason="manual ban (blockerctl)")
+        decision = Decision(
+            target=target,
+            jail=runner.jail.name,
+            at=now,
+            duration=seconds,
+            score=0.0,
+            filters=(),
+            reason="manual ban (blockerctl)",
+        )
         try:
             self.backend.ban([(target, seconds)])
         except (FirewallError, InvalidBan) as exc:
@@ -284,8 +310,9 @@ class Service:
             self.state.lift(target, now)
             self.state.record_bans([decision], origin="manual")
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
-        log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
-                    decision.reason)
+        log.warning(
+            "ban %s (%s) %s: %s", decision.target_text, decision.jail, span, decision.reason
+        )
         self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
@@ -301,9 +328,11 @@ class Service:
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
         log.warning("unban %s (admin)", network_text(target))
-        covering = [network_text(t) for t in self.active
-                    if t != target and target.network_address in t
-                    and target.broadcast_address in t]
+        covering = [
+            network_text(t)
+            for t in self.active
+            if t != target and target.network_address in t and target.broadcast_address in t
+        ]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
         if covering:
             text += f"; still covered by the ban of {', '.join(covering)}"
@@ -318,8 +347,7 @@ class Service:
         try:
             config = self.reload_config()
         except ConfigError as exc:
-            raise RequestError(f"reload refused, keeping the running configuration: {exc}"
-                               ) from exc
+            raise RequestError(f"reload refused, keeping the running configuration: {exc}") from exc
         self._install(config)
         self._load_history(now)
         for ban in self.active.values():
@@ -334,9 +362,14 @@ class Service:
         except ValueError:
             raise RequestError(f"{text!r} is not an IP address") from None
         covering: list[CoveringBan] = [
-            {"target": network_text(b.target), "jail": b.jail, "reason": b.reason,
-             "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
-            for b in self.active.values() if address in b.target and b.expires > now
+            {
+                "target": network_text(b.target),
+                "jail": b.jail,
+                "reason": b.reason,
+                "expires": None if math.isinf(b.expires) else iso_time(b.expires),
+            }
+            for b in self.active.values()
+            if address in b.target and b.expires > now
         ]
         return {
             "address": str(address),
@@ -350,8 +383,10 @@ class Service:
         if target.prefixlen == 0:
             return "that is every address"
         if is_special_network(target):
-            return ("loopback, link-local, multicast, unspecified and reserved addresses"
-                    " are never banned")
+            return (
+                "loopback, link-local, multicast, unspecified and reserved addresses"
+                " are never banned"
+            )
         for runner in self.pipeline.runners:
             policy = runner.scorer.policy  # the jail's, with the host's addresses merged in
             for own in policy.own_addresses:

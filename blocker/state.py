@@ -74,25 +74,41 @@ class State:
         self._in_tx = False
         self.db.execute("COMMIT")
 
-    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
-                    texts: Sequence[str] | None = None) -> None:
+    def record_bans(
+        self,
+        decisions: Iterable[Decision],
+        origin: str = "auto",
+        texts: Sequence[str] | None = None,
+    ) -> None:
         """`texts`: the decisions' target_text when the caller already has it (bursts)."""
         decisions = list(decisions)
         names = texts if texts is not None else [d.target_text for d in decisions]
         rows = [
-            (name, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
-             d.score, ",".join(d.filters), d.reason, origin)
+            (
+                name,
+                d.jail,
+                d.at,
+                None if math.isinf(d.duration) else d.at + d.duration,
+                d.score,
+                ",".join(d.filters),
+                d.reason,
+                origin,
+            )
             for name, d in zip(names, decisions, strict=True)
         ]
         self.db.executemany(
             "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def lift(self, target: Network, now: float) -> int:
         """Mark active bans of `target` lifted; returns how many were active."""
         cursor = self.db.execute(
             "UPDATE bans SET lifted = ? WHERE target = ? AND lifted IS NULL "
-            "AND (expires IS NULL OR expires > ?)", (now, network_text(target), now))
+            "AND (expires IS NULL OR expires > ?)",
+            (now, network_text(target), now),
+        )
         return cursor.rowcount
 
     def active(self, now: float) -> list[BanRow]:
@@ -100,7 +116,9 @@ class State:
         replaces earlier ones lifts them first (Service.cmd_ban), so it decides even if shorter."""
         rows = self.db.execute(
             "SELECT target, jail, at, expires, score, filters, reason, origin FROM bans "
-            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id", (now,))
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id",
+            (now,),
+        )
         longest: dict[str, BanRow] = {}
         for row in rows:
             ban = _row(row)
@@ -119,9 +137,11 @@ class State:
         self.db.execute("DELETE FROM bans WHERE COALESCE(lifted, expires) < ?", (before,))
 
     def save_position(self, source: str, data: dict[str, object]) -> None:
-        self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "
-                        "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
-                        (source, json.dumps(data)))
+        self.db.execute(
+            "INSERT INTO positions (source, data) VALUES (?, ?) "
+            "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
+            (source, json.dumps(data)),
+        )
 
     def position(self, source: str) -> dict[str, object] | None:
         row = self.db.execute("SELECT data FROM positions WHERE source = ?", (source,)).fetchone()

@@ -84,32 +84,38 @@ def error_of(loop: ControlLoop, data: bytes) -> str:
 
 # -- answers ------------------------------------------------------------------------------
 
+
 def test_a_valid_request_is_answered(loop: ControlLoop) -> None:
     assert request(path_of(loop), {"cmd": "ban", "target": "203.0.113.7"}) == {
-        "ok": True, "result": "banned 203.0.113.7"}
+        "ok": True,
+        "result": "banned 203.0.113.7",
+    }
     assert loop.server.served == 1
 
 
-@pytest.mark.parametrize(("data", "error"), [
-    (b'{"cmd": \n', "request is not valid JSON"),
-    (b"{'cmd': 'status'}\n", "request is not valid JSON"),
-    (b"\n", "request is not valid JSON"),
-    (b"status\n", "request is not valid JSON"),
-    (b'{"cmd": "status"} trailing\n', "request is not valid JSON"),
-    (b"\xff\xfe{}\n", "request is not valid JSON"),
-    (b'{"cmd": "st\xc3atus"}\n', "request is not valid JSON"),
-    (b"[1, 2]\n", "request must be a JSON object"),
-    (b'"status"\n', "request must be a JSON object"),
-    (b"42\n", "request must be a JSON object"),
-    (b"null\n", "request must be a JSON object"),
-    (b'{"cmd": "shutdown"}\n', "unknown command 'shutdown' (known: ban, echo, status)"),
-    (b'{"cmd": 5}\n', "unknown command 5"),
-    (b'{"cmd": ["status"]}\n', "unknown command ['status']"),
-    (b"{}\n", "unknown command None"),
-    (b'{"target": "203.0.113.7"}\n', "unknown command None"),
-    (b'{"cmd": "ban"}\n', "ban needs a target"),
-    (b'{"cmd": "ban", "target": null}\n', "ban needs a target"),
-])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b'{"cmd": \n', "request is not valid JSON"),
+        (b"{'cmd': 'status'}\n", "request is not valid JSON"),
+        (b"\n", "request is not valid JSON"),
+        (b"status\n", "request is not valid JSON"),
+        (b'{"cmd": "status"} trailing\n', "request is not valid JSON"),
+        (b"\xff\xfe{}\n", "request is not valid JSON"),
+        (b'{"cmd": "st\xc3atus"}\n', "request is not valid JSON"),
+        (b"[1, 2]\n", "request must be a JSON object"),
+        (b'"status"\n', "request must be a JSON object"),
+        (b"42\n", "request must be a JSON object"),
+        (b"null\n", "request must be a JSON object"),
+        (b'{"cmd": "shutdown"}\n', "unknown command 'shutdown' (known: ban, echo, status)"),
+        (b'{"cmd": 5}\n', "unknown command 5"),
+        (b'{"cmd": ["status"]}\n', "unknown command ['status']"),
+        (b"{}\n", "unknown command None"),
+        (b'{"target": "203.0.113.7"}\n', "unknown command None"),
+        (b'{"cmd": "ban"}\n', "ban needs a target"),
+        (b'{"cmd": "ban", "target": null}\n', "ban needs a target"),
+    ],
+)
 def test_bad_requests_get_an_error_reply(loop: ControlLoop, data: bytes, error: str) -> None:
     assert error in error_of(loop, data)
     assert_still_serving(loop)
@@ -168,8 +174,10 @@ def test_a_huge_request_is_cut_off_with_an_error(loop: ControlLoop) -> None:
         sock.settimeout(10)
         received = read_to_end(sock)
     assert sent < 4 * 1024 * 1024
-    assert reply_of(received) == {"ok": False,
-                                  "error": f"request too large (max {MAX_REQUEST} bytes)"}
+    assert reply_of(received) == {
+        "ok": False,
+        "error": f"request too large (max {MAX_REQUEST} bytes)",
+    }
     assert_still_serving(loop)
 
 
@@ -219,9 +227,14 @@ def test_many_concurrent_clients(loop: ControlLoop) -> None:
     assert_still_serving(loop)
 
 
-@pytest.mark.parametrize(("answer", "error"), [(b"not json\n", "unreadable reply"),
-                                               (b"[1]\n", "unexpected reply"),
-                                               (b"", "unreadable reply")])
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"not json\n", "unreadable reply"),
+        (b"[1]\n", "unexpected reply"),
+        (b"", "unreadable reply"),
+    ],
+)
 def test_request_reports_a_bad_reply(short_dir: Path, answer: bytes, error: str) -> None:
     path = str(short_dir / "fake.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -250,6 +263,7 @@ def test_request_without_a_daemon(short_dir: Path) -> None:
 
 # -- dispatch: the promise "never raises" -------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", [b"[" * 3000 + b"]" * 3000, b'{"a":' * 3000 + b"1" + b"}" * 3000])
 def test_dispatch_survives_deeply_nested_json(raw: bytes) -> None:
     assert len(raw) < MAX_REQUEST
@@ -264,6 +278,7 @@ def test_dispatch_survives_a_failing_handler() -> None:
 
 
 # -- the socket file ----------------------------------------------------------------------
+
 
 def test_socket_file_is_0600_and_removed_on_close(short_dir: Path) -> None:
     path = short_dir / "sub" / "ctl.sock"
@@ -306,9 +321,11 @@ def test_a_file_that_is_not_a_socket_is_left_alone(short_dir: Path) -> None:
 
 # -- who may talk -------------------------------------------------------------------------
 
+
 def test_a_peer_outside_allowed_uids_is_refused(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({os.geteuid() + 4242}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({os.geteuid() + 4242})
+    )
     try:
         reply = request(path_of(running), {"cmd": "status"})
         assert reply == {"ok": False, "error": f"permission denied for uid {os.geteuid()}"}
@@ -319,8 +336,9 @@ def test_a_peer_outside_allowed_uids_is_refused(short_dir: Path) -> None:
 
 
 def test_allowed_uids_admits_the_listed_uid(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({os.geteuid()}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({os.geteuid()})
+    )
     try:
         assert_still_serving(running)
     finally:
@@ -351,9 +369,17 @@ except OSError as exc:
 
 
 def run_as_nobody(path: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", PEER, path], user=NOBODY,
-                          group=NOBODY, extra_groups=[], capture_output=True, text=True,
-                          timeout=30, check=True, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", PEER, path],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd="/",
+    )
     decoded = json.loads(done.stdout)
     assert isinstance(decoded, dict)
     return decoded
@@ -374,8 +400,9 @@ def test_a_non_root_peer_gets_permission_denied(loop: ControlLoop) -> None:
 
 @pytest.mark.root("connect as another uid (nobody)")
 def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({0, NOBODY}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({0, NOBODY})
+    )
     try:
         os.chmod(path_of(running), 0o666)
         assert run_as_nobody(path_of(running)) == {"ok": True, "result": {"alive": True}}
@@ -384,8 +411,7 @@ def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> No
     assert running.errors == []
 
 
-def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(
-        short_dir: Path) -> None:
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(short_dir: Path) -> None:
     # accept() failing with EMFILE leaves the connection queued and the socket readable: a
     # server that kept watching it would spin. It stops watching until the pause runs out.
     selector = selectors.DefaultSelector()

@@ -210,7 +210,8 @@ def test_exited_journalctl_is_restarted_after_the_last_cursor(fake: FakeJournal)
 
 
 def test_journalctl_restarted_before_any_entry_resumes_from_its_first_start(
-        fake: FakeJournal) -> None:
+    fake: FakeJournal,
+) -> None:
     fake.data.write_bytes(b"")
     began = time.time()
     source = JournaldSource(command=fake.command("exit"), backoff_base=0.01)
@@ -366,8 +367,15 @@ def test_real_journalctl_takes_the_restart_time_option(journal_file: Path) -> No
     # The option a restart before any cursor uses. Kernel entries are at 1700000000, ...02, ...03.
     def since(stamp: str) -> list[object]:
         listing = subprocess.run(
-            ["journalctl", f"--file={journal_file}", "--output=json", f"--since=@{stamp}",
-             "_TRANSPORT=kernel"], check=True, capture_output=True,
+            [
+                "journalctl",
+                f"--file={journal_file}",
+                "--output=json",
+                f"--since=@{stamp}",
+                "_TRANSPORT=kernel",
+            ],
+            check=True,
+            capture_output=True,
         )
         return [json.loads(line)["MESSAGE"] for line in listing.stdout.splitlines()]
 

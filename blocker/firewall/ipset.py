@@ -296,8 +296,9 @@ class IpsetBackend:
         sock = self._batch_socket()
         self._next_seq()
         name = self.sets[family]
-        request = ipset_wire.list_request(name, _FAMILY[family], seq=self._seq,
-                                          protocol=self._protocol)
+        request = ipset_wire.list_request(
+            name, _FAMILY[family], seq=self._seq, protocol=self._protocol
+        )
         entries: list[ipset_wire.DumpEntry] = []
         try:
             sock.send(request)

@@ -20,8 +20,12 @@ from blocker.control import ControlServer, Handler
 
 
 class ControlLoop:
-    def __init__(self, path: str, handlers: Callable[[], dict[str, Handler]],
-                 allowed_uids: frozenset[int] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        handlers: Callable[[], dict[str, Handler]],
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
         self.selector = selectors.DefaultSelector()
         self.server = ControlServer(path, self.selector, handlers, allowed_uids=allowed_uids)
         self.errors: list[BaseException] = []
