@@ -92,25 +92,41 @@ class State:
             self.db.execute("COMMIT")
             self.on_commit(time.perf_counter() - started)
 
-    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
-                    texts: Sequence[str] | None = None) -> None:
+    def record_bans(
+        self,
+        decisions: Iterable[Decision],
+        origin: str = "auto",
+        texts: Sequence[str] | None = None,
+    ) -> None:
         """`texts`: the decisions' target_text when the caller already has it (bursts)."""
         decisions = list(decisions)
         names = texts if texts is not None else [d.target_text for d in decisions]
         rows = [
-            (name, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
-             d.score, ",".join(d.filters), d.reason, origin)
+            (
+                name,
+                d.jail,
+                d.at,
+                None if math.isinf(d.duration) else d.at + d.duration,
+                d.score,
+                ",".join(d.filters),
+                d.reason,
+                origin,
+            )
             for name, d in zip(names, decisions, strict=True)
         ]
         self.db.executemany(
             "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def lift(self, target: Network, now: float) -> int:
         """Mark active bans of `target` lifted; returns how many were active."""
         cursor = self.db.execute(
             "UPDATE bans SET lifted = ? WHERE target = ? AND lifted IS NULL "
-            "AND (expires IS NULL OR expires > ?)", (now, network_text(target), now))
+            "AND (expires IS NULL OR expires > ?)",
+            (now, network_text(target), now),
+        )
         return cursor.rowcount
 
     def active(self, now: float) -> list[BanRow]:
@@ -118,7 +134,9 @@ class State:
         replaces earlier ones lifts them first (Service.cmd_ban), so it decides even if shorter."""
         rows = self.db.execute(
             "SELECT target, jail, at, expires, score, filters, reason, origin FROM bans "
-            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id", (now,))
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id",
+            (now,),
+        )
         longest: dict[str, BanRow] = {}
         for row in rows:
             ban = _row(row)
@@ -134,7 +152,9 @@ class State:
         and walking them in expiry-index order costs 5x more."""
         rows = self.db.execute(
             "SELECT target, jail, expires FROM bans NOT INDEXED "
-            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?)", (now,))
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?)",
+            (now,),
+        )
         for target, jail, expires in rows:
             yield target, jail, math.inf if expires is None else expires
 
@@ -142,12 +162,14 @@ class State:
         """target text -> (jail, reason) of its longest active ban, for the given targets."""
         found: dict[str, tuple[str, str, float]] = {}
         for start in range(0, len(targets), 500):  # SQLite's bound-parameter limit is 999+
-            chunk = targets[start:start + 500]
+            chunk = targets[start : start + 500]
             marks = ",".join("?" * len(chunk))  # only "?" marks are formatted into the SQL
             rows = self.db.execute(
                 "SELECT target, jail, reason, COALESCE(expires, 9e999) FROM bans "
                 f"WHERE target IN ({marks}) AND lifted IS NULL "
-                "AND (expires IS NULL OR expires > ?)", (*chunk, now))
+                "AND (expires IS NULL OR expires > ?)",
+                (*chunk, now),
+            )
             for target, jail, reason, expires in rows:
                 if target not in found or expires >= found[target][2]:
                     found[target] = (jail, reason, expires)
@@ -161,16 +183,19 @@ class State:
     def history_rows(self, since: float) -> Iterator[tuple[str, float]]:
         """(target text, at) of every ban since `since`, oldest first, unparsed."""
         yield from self.db.execute(
-            "SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,))
+            "SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,)
+        )
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""
         self.db.execute("DELETE FROM bans WHERE COALESCE(lifted, expires) < ?", (before,))
 
     def save_position(self, source: str, data: dict[str, object]) -> None:
-        self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "
-                        "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
-                        (source, json.dumps(data)))
+        self.db.execute(
+            "INSERT INTO positions (source, data) VALUES (?, ?) "
+            "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
+            (source, json.dumps(data)),
+        )
 
     def position(self, source: str) -> dict[str, object] | None:
         row = self.db.execute("SELECT data FROM positions WHERE source = ?", (source,)).fetchone()
