@@ -592,14 +592,17 @@ def test_a_source_seen_once_scores_like_any_window() -> None:
 def test_windows_without_score_go_before_any_live_one() -> None:
     s = scorer(max_tracked=2)
     scan = {"filter_": "port_scan"}
-    feed_all(s, [
-        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.2", 100, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.2", 101, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-    ])
+    feed_all(
+        s,
+        [
+            hit("198.51.100.1", 0, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.1", 0, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.2", 100, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.2", 101, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.3", 102, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.3", 102, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+        ],
+    )
     # .1's window expired: dropped for .3, not counted as evicted
     assert s.stats()["evicted"] == 0
     assert s.explain(a("198.51.100.2"), T0 + 102)["score"] == 2.0
@@ -670,11 +673,14 @@ def test_a_retracted_ban_leaves_no_mark_and_no_history() -> None:
     assert again.duration == 600.0  # not doubled by the ban that never happened
 
 
-@pytest.mark.parametrize("times", [
-    [0.000001, 7.250003, 7.250003, 50.999999],  # whole microseconds: packed in one int
-    [0.1234567, 1.0, 2.5, 3.0000004],  # finer than log lines: held as a full window
-    [5.0, 1.000002, 3.5, 2.25],  # late lines, out of order
-])
+@pytest.mark.parametrize(
+    "times",
+    [
+        [0.000001, 7.250003, 7.250003, 50.999999],  # whole microseconds: packed in one int
+        [0.1234567, 1.0, 2.5, 3.0000004],  # finer than log lines: held as a full window
+        [5.0, 1.000002, 3.5, 2.25],  # late lines, out of order
+    ],
+)
 def test_climbing_hit_times_come_back_exactly_and_ban_at_the_fifth(times: list[float]) -> None:
     s = scorer()
     fed = [T0 + t for t in times]
