@@ -48,15 +48,18 @@ def write_storm(log: Path, reflectors: int, trains: int) -> int:
     step = WINDOW_USED / total
     dst = IPv6Address("2001:db8::10").exploded
     head = " storm kernel: INVALID IN=veth0 OUT= MAC= SRC="
-    tail = (f" DST={dst} LEN=60 TC=0 HOPLIMIT=52 FLOWLBL=0 PROTO=TCP SPT=443 DPT=40312 "
-            "WINDOW=1024 RES=0x00 ACK SYN URGP=0\n")
+    tail = (
+        f" DST={dst} LEN=60 TC=0 HOPLIMIT=52 FLOWLBL=0 PROTO=TCP SPT=443 DPT=40312 "
+        "WINDOW=1024 RES=0x00 ACK SYN URGP=0\n"
+    )
     line = 0
     with log.open("a") as out:
         for _train in range(trains):
             chunk: list[str] = []
             for i in range(reflectors):
                 stamp = datetime.fromtimestamp(start + line * step, UTC).isoformat(
-                    timespec="microseconds")
+                    timespec="microseconds"
+                )
                 chunk.append(stamp + head + IPv6Address(reflector(i)).exploded + tail)
                 line += 1
                 if len(chunk) >= 100_000:
@@ -90,8 +93,10 @@ def main() -> int:
         netns = f"blkbench-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     from blocker.control import ControlError, request  # noqa: PLC0415 - after sys.path
@@ -108,8 +113,17 @@ def main() -> int:
         log = work / "kern.log"
         log.write_text("")
         sock = str(work / "ctl.sock")
-        argv = [str(BIN / "blockerd"), "--config", str(work / "jails.toml"), "--log", str(log),
-                "--state-dir", str(work / "state"), "--socket", sock]
+        argv = [
+            str(BIN / "blockerd"),
+            "--config",
+            str(work / "jails.toml"),
+            "--log",
+            str(log),
+            "--state-dir",
+            str(work / "state"),
+            "--socket",
+            sock,
+        ]
         with open(work / "blockerd.err", "w") as err:
             process = subprocess.Popen(argv, stderr=err)
         peak_sampled = [0.0]
@@ -139,8 +153,10 @@ def main() -> int:
             began = time.perf_counter()
             lines = write_storm(log, args.reflectors, args.trains)
             written = time.perf_counter() - began
-            print(f"storm    {lines:,} lines ({args.reflectors:,} reflectors x {args.trains}) "
-                  f"appended in {written:.1f} s")
+            print(
+                f"storm    {lines:,} lines ({args.reflectors:,} reflectors x {args.trains}) "
+                f"appended in {written:.1f} s"
+            )
             last, steady = -1, 0
             while True:  # every line read, then the active bans unchanged for 3 s
                 now = status()
@@ -164,21 +180,37 @@ def main() -> int:
             covered = 0
             for i in range(args.reflectors):
                 value = reflector(i)
-                covered += any((value >> (128 - p) << (128 - p), p) in held
-                               for p in range(128, 0, -1))
-            stats = {name: jail.get("scorer") for name, jail in
-                     dict(now.get("jails", {})).items()}  # type: ignore[call-overload]
-            print(f"daemon   all lines read and bans settled {took:.1f} s after the first "
-                  f"append = {lines / took:,.0f} lines/s")
-            print(f"kernel   {covered:,} of {args.reflectors:,} reflectors banned or inside a "
-                  f"banned subnet ({len(held):,} entries); refused by the kernel: "
-                  f"{now.get('refused_bans')} (target: every reflector)")
-            print(f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
-                  f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)")
-            print(json.dumps({"reflectors": args.reflectors, "lines": lines,
-                              "seconds": round(took, 1), "covered": covered,
-                              "entries": len(held), "rss_peak_mb": round(mem["VmHWM"]),
-                              "scorer": stats}, default=str))
+                covered += any(
+                    (value >> (128 - p) << (128 - p), p) in held for p in range(128, 0, -1)
+                )
+            stats = {name: jail.get("scorer") for name, jail in dict(now.get("jails", {})).items()}  # type: ignore[call-overload]
+            print(
+                f"daemon   all lines read and bans settled {took:.1f} s after the first "
+                f"append = {lines / took:,.0f} lines/s"
+            )
+            print(
+                f"kernel   {covered:,} of {args.reflectors:,} reflectors banned or inside a "
+                f"banned subnet ({len(held):,} entries); refused by the kernel: "
+                f"{now.get('refused_bans')} (target: every reflector)"
+            )
+            print(
+                f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
+                f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)"
+            )
+            print(
+                json.dumps(
+                    {
+                        "reflectors": args.reflectors,
+                        "lines": lines,
+                        "seconds": round(took, 1),
+                        "covered": covered,
+                        "entries": len(held),
+                        "rss_peak_mb": round(mem["VmHWM"]),
+                        "scorer": stats,
+                    },
+                    default=str,
+                )
+            )
         finally:
             stop.set()
             process.terminate()

@@ -73,8 +73,7 @@ class BanBook:
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
 
-    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float
-              ) -> list[_K]:
+    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float) -> list[_K]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
         sweep is amortized over many bans).  Returns the keys dropped."""
         marks[key] = until

@@ -22,11 +22,16 @@ MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up 
 
 
 class BanHistory:
-    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time",
-                 "_times")
+    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time", "_times")
 
-    def __init__(self, ban_time: float, ban_factor: float, max_ban_time: float,
-                 history_window: float, cap: int) -> None:
+    def __init__(
+        self,
+        ban_time: float,
+        ban_factor: float,
+        max_ban_time: float,
+        history_window: float,
+        cap: int,
+    ) -> None:
         self._ban_time = ban_time
         self._ban_factor = ban_factor
         self._max_ban_time = max_ban_time

@@ -22,8 +22,7 @@ MAX_LINE = 4096
 # Compiled plans kept per set of jails: kinds of record are few (prefixes x interfaces x
 # protocols x flags), the bound is for adversarial variety.
 _PLAN_LIMIT = 16384
-_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int],
-                  tuple[FastCandidate, ...]]
+_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int], tuple[FastCandidate, ...]]
 # (ports required, ICMP type, per jail with candidates); () for a kind never valid
 _Plan = tuple[bool, "int | None", tuple[_JailPlan, ...]] | tuple[()]
 
@@ -68,11 +67,19 @@ class Pipeline:
 
     def hit_counts(self) -> dict[str, int]:
         """'jail/filter' -> hits so far (filters without hits included, at 0)."""
-        return {f"{runner.jail.name}/{name}": count
-                for runner in self.runners for name, count in runner.matcher.counts.items()}
+        return {
+            f"{runner.jail.name}/{name}": count
+            for runner in self.runners
+            for name, count in runner.matcher.counts.items()
+        }
 
-    def feed_line(self, line: str, now: float, source_time: float | None = None,
-                  jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_line(
+        self,
+        line: str,
+        now: float,
+        source_time: float | None = None,
+        jails: Sequence[JailRunner] | None = None,
+    ) -> list[Decision]:
         """One line from a live source; `now` is the reader's clock (the daemon's edge)."""
         self.stats.lines += 1
         if len(line) > MAX_LINE:
@@ -81,16 +88,22 @@ class Pipeline:
         records = islice(self.parser.scan(line, now, source_time), 1)
         return self._feed_records(records, jails)
 
-    def feed_lines(self, lines: Sequence[str], now: float,
-                   jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_lines(
+        self, lines: Sequence[str], now: float, jails: Sequence[JailRunner] | None = None
+    ) -> list[Decision]:
         """Many lines that carry their own time (kern.log): bounded like feed_line's, then
         parsed as one text."""
         if lines and max(map(len, lines)) > MAX_LINE:  # rare: checked in C, cut in Python
             lines = [line[:MAX_LINE] for line in lines]
         return self.feed_text("\n".join(lines) + "\n", now, jails, headerless=False)
 
-    def feed_text(self, text: str, now: float, jails: Sequence[JailRunner] | None = None,
-                  headerless: bool = True) -> list[Decision]:
+    def feed_text(
+        self,
+        text: str,
+        now: float,
+        jails: Sequence[JailRunner] | None = None,
+        headerless: bool = True,
+    ) -> list[Decision]:
         """Many complete lines at once, each already within MAX_LINE (replay cuts them while
         reading): the fast path. `headerless=False` for a live file: only lines with a
         `kernel:` syslog header count (see KernelLogParser.scan)."""
@@ -100,15 +113,17 @@ class Pipeline:
         self.stats.lines += lines
         return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
 
-    def feed_records(self, records: Sequence[Record],
-                     jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_records(
+        self, records: Sequence[Record], jails: Sequence[JailRunner] | None = None
+    ) -> list[Decision]:
         """Records that did not come from text (NFLOG: packet_decode.record()), each one a
         LOG line's worth: the same validation, filters and scores as a parsed line."""
         self.stats.lines += len(records)
         return self._feed_records(records, jails)
 
-    def _feed_records(self, records: Iterable[Record], jails: Sequence[JailRunner] | None
-                      ) -> list[Decision]:
+    def _feed_records(
+        self, records: Iterable[Record], jails: Sequence[JailRunner] | None
+    ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.
 
         Does what Matcher.match() and Scorer.feed() do per parsed Packet (the reference,
@@ -121,8 +136,24 @@ class Pipeline:
         decisions: list[Decision] = []
         parsed = malformed = 0
         for t, prefix, fields in records:
-            (iface_in, iface_out, _, src_text, dst_text, _, _, _, _, proto, spt, dpt, flags,
-             icmp_type, icmp_code, incomplete) = fields
+            (
+                iface_in,
+                iface_out,
+                _,
+                src_text,
+                dst_text,
+                _,
+                _,
+                _,
+                _,
+                proto,
+                spt,
+                dpt,
+                flags,
+                icmp_type,
+                icmp_code,
+                incomplete,
+            ) = fields
             kind = (prefix, iface_in, iface_out, proto, flags, icmp_type, icmp_code, incomplete)
             plan = plans.get(kind)
             if plan is None:
@@ -142,7 +173,8 @@ class Pipeline:
                     if unicast is not None and not unicast[dst]:
                         continue
                     if ports is not None and not ports.port_match(
-                            None if dpt is None else int(dpt), None if spt is None else int(spt)):
+                        None if dpt is None else int(dpt), None if spt is None else int(spt)
+                    ):
                         continue
                     counts[name] += 1
                     key: tuple[object, ...] | None
@@ -169,8 +201,14 @@ class Pipeline:
             plans = self._plans[runners] = {}
         return plans
 
-    def _plan(self, plans: dict[object, _Plan], kind: object, prefix: str, fields: Fields,
-              jails: Sequence[JailRunner] | None) -> _Plan:
+    def _plan(
+        self,
+        plans: dict[object, _Plan],
+        kind: object,
+        prefix: str,
+        fields: Fields,
+        jails: Sequence[JailRunner] | None,
+    ) -> _Plan:
         signature = self.parser.signature(prefix, fields)
         plan: _Plan = ()
         if signature is not None:

@@ -10,8 +10,9 @@ from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Decision, Packet, Signature
 
 
-def feed_packet(pipeline: Pipeline, packet: Packet,
-                jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+def feed_packet(
+    pipeline: Pipeline, packet: Packet, jails: Sequence[JailRunner] | None = None
+) -> list[Decision]:
     """One parsed packet through `pipeline`'s Matchers and Scorers (its runners' state and
     hit counts move as the fast path's would)."""
     decisions: list[Decision] = []
