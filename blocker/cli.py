@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     ban.add_argument("--jail", help="jail to record the ban under (default: the first jail)")
     unban = commands.add_parser("unban", help="lift a ban at once and reset that score")
     unban.add_argument("target", metavar="ADDR|CIDR")
+    unban.add_argument("--fleet", action="store_true",
+                       help="lift it on every host of the fleet too (a signed unban event)")
     commands.add_parser("reload", help="re-read the configuration, keeping bans")
     explain = commands.add_parser("explain", help="score, recent hits and ban state of an address")
     explain.add_argument("address", metavar="ADDR")
@@ -211,6 +213,8 @@ def _remote(args: argparse.Namespace) -> int:
             message["jail"] = args.jail
     elif args.command == "unban":
         message["target"] = args.target
+        if args.fleet:
+            message["fleet"] = True
     elif args.command == "explain":
         message["address"] = args.address
     elif args.command == "list" and args.jail:
@@ -334,11 +338,11 @@ def _ban_order(row: object) -> tuple[int, int, int, str]:
 def _list_report(result: object) -> str:
     if not isinstance(result, list) or not result:
         return "no active bans"
-    rows = [f"{'TARGET':24} {'JAIL':10} EXPIRES"]
+    rows = [f"{'TARGET':24} {'JAIL':10} {'ORIGIN':20} EXPIRES"]
     for ban in result:
         if isinstance(ban, dict):
             rows.append(f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
-                        f"{ban.get('expires') or 'never'}")
+                        f"{ban.get('origin') or '-'!s:20} {ban.get('expires') or 'never'}")
     return "\n".join(rows)
 
 

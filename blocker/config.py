@@ -2,6 +2,7 @@
 
     filters_dir = "filters"            # relative to this file
     [firewall]  backend, set_v4, set_v6, rule_check_interval
+    [fleet]     url, key_file, publish, accept, ... (sharing bans through Redis)
     [metrics]   listen, textfile, textfile_interval (off by default)
     [defaults]  any jail key, inherited by every jail
     [jails.NAME] filters = [...], plus any jail key
@@ -22,6 +23,7 @@ from typing import Any
 from blocker.filters import Filter, FilterError, Matcher, load_filters
 from blocker.schema import (
     FIREWALL,
+    FLEET,
     JAIL,
     JAIL_NAME,
     METRICS,
@@ -66,6 +68,20 @@ class FirewallConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    url: str | None = FLEET.default("url")
+    username: str | None = FLEET.default("username")
+    password_file: str | None = FLEET.default("password_file")
+    host_id: str | None = FLEET.default("host_id")
+    publish: tuple[str, ...] = FLEET.default("publish")
+    accept: bool = FLEET.default("accept")
+    max_remote_bans_per_second: int = FLEET.default("max_remote_bans_per_second")
+    key_file: str | None = FLEET.default("key_file")
+    key_prefix: str = FLEET.default("key_prefix")
+    retention: float = FLEET.default("retention")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: tuple[str, int] | None = METRICS.default("listen")
     textfile: str | None = METRICS.default("textfile")
@@ -82,6 +98,7 @@ class Config:
     jails: tuple[Jail, ...]
     filters: dict[str, Filter] = field(default_factory=dict)
     firewall: FirewallConfig = FirewallConfig()
+    fleet: FleetConfig = FleetConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     def jail(self, name: str) -> Jail | None:
@@ -126,8 +143,12 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
     if not jails:
         raise ConfigError(where, "jails", "every jail is disabled")
     _one_level_per_source(jails, where)
+    fleet = FleetConfig(**_section(FLEET, data, where))
+    for name in fleet.publish:
+        if name not in jails_table:
+            raise ConfigError(where, "fleet.publish", f"no jail {name!r}")
     return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall,
-                  metrics=metrics)
+                  metrics=metrics, fleet=fleet)
 
 
 def _one_level_per_source(jails: list[Jail], where: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
+from blocker.fleet.daemon_side import FleetWiring
 from blocker.host import host_addresses
 from blocker.journal import journal_handler
 from blocker.live_peers import ConntrackError, LivePeers
@@ -125,6 +126,8 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
+        self.fleet = FleetWiring.open(config, self.state, self.service, self._wake) \
+            if config.fleet.url else None
         self.stopping = False
         self.reload_requested = False
         # Started in run(); its HTTP thread reads what this thread counts, takes no lock.
@@ -144,6 +147,8 @@ class Daemon:
             return 1
         self.service.start(now)
         self.state.commit()
+        if self.fleet is not None:
+            self.fleet.start()
         self._sync_sources()
         interval = self.service.config.firewall.rule_check_interval
         next_check = time.monotonic() + interval
@@ -158,7 +163,8 @@ class Daemon:
                  ", ".join(map(source_label, self.sources)) or "none yet")
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, next_textfile, self.control.next_wake())
+                wake = min(next_check, next_retry, next_textfile, self.control.next_wake(),
+                           self.fleet.due() if self.fleet is not None else math.inf)
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
@@ -176,7 +182,7 @@ class Daemon:
                 if tick >= next_prune:
                     self.service.prune(time.time())
                     next_prune = tick + PRUNE_EVERY
-                self.state.commit()
+                self._commit_turn()
                 if tick >= next_textfile and textfile is not None:
                     self._write_textfile(textfile)
                     next_textfile = tick + metrics_config.textfile_interval
@@ -186,6 +192,8 @@ class Daemon:
         return 0
 
     def _shutdown(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         if self.metrics is not None:
             self.metrics.close()
         for key in list(self.sources):
@@ -201,6 +209,20 @@ class Daemon:
         else:
             self.stopping = True
 
+    def _commit_turn(self) -> None:
+        """End of a loop turn: remote bans in (their own transaction), commit, and the
+        committed bans to share out to the fleet's writer."""
+        if self.fleet is not None:
+            self.fleet.turn()
+        self.state.commit()
+        if self.fleet is not None:
+            self.fleet.hand_outbox()
+
+    def _wake(self) -> None:
+        """Called from the fleet's threads: make select() return."""
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+            self._wake_w.send(b"f")
+
     def _on_signal(self) -> None:
         try:
             while self._wake_r.recv(512):
@@ -214,6 +236,8 @@ class Daemon:
             log.info("%s", self.service.reload(time.time()))
         except Exception as exc:  # the running configuration stays: report, never die
             log.error("%s", exc)
+        if self.fleet is not None:
+            self.fleet.reconfigure(self.service.config)
         self._sync_sources()
         _sd_notify("READY=1")
 

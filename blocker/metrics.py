@@ -87,7 +87,7 @@ class BlockerCollector(Collector):
             hits.add_metric([jail, name], count)
         yield hits
         yield _labelled_counter("blocker_bans", "bans issued, per jail and origin "
-                                "(auto, admin, restore)", ["jail", "origin"],
+                                "(auto, admin, restore, fleet)", ["jail", "origin"],
                                 dict(activity.bans))
         yield _labelled_counter("blocker_unbans", "bans lifted, per jail and origin "
                                 "(admin, expired)", ["jail", "origin"], dict(activity.unbans))

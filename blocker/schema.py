@@ -230,6 +230,41 @@ JAIL: Final = Section("jails", (
         "(nor a subnet holding one); 0 disables"),
 ), checks=(_ban_time_within_max, _nflog_groups_given))
 
+def _fleet_needs_key(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    if values["url"] is not None and values["key_file"] is None:
+        return ("key_file", "is required with url: every fleet event is signed")
+    return None
+
+
+FLEET: Final = Section("fleet", (
+    "hosts share their bans through one Redis (see README, Fleet); absent `url`: off"), (
+    Key("url", OrNone(Text(r"(redis|rediss|unix)://\S+",
+                           "must be a redis://, rediss:// (TLS) or unix:// URL", "URL")),
+        None, "the Redis to share bans through, e.g. `rediss://redis.example:6379/0`, "
+        "`unix:///run/redis/redis.sock`; none: the fleet is off"),
+    Key("username", OrNone(Text(r"[!-~]{1,128}", "must be an ACL user name", "string")), None,
+        "Redis ACL user; none: the default user"),
+    Key("password_file", OrNone(AbsolutePath()), None,
+        "file holding the Redis ACL password (first line); none: no password"),
+    Key("host_id", OrNone(Text(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}",
+                               "must be 1-63 letters, digits, '_', '.', ':', '-'", "string")),
+        None, "this host's name in the fleet's events; none: the hostname"),
+    Key("publish", Strings("must be a list of jail names", kind="list of jail names"), (),
+        "the jails whose bans this host shares; empty: it shares none"),
+    Key("accept", Bool(), True, "whether this host applies the other hosts' bans"),
+    Key("max_remote_bans_per_second", Integer(1, 1_000_000), 50_000,
+        "remote bans applied per second at most; more wait in Redis, none is lost"),
+    Key("key_file", OrNone(AbsolutePath()), None,
+        "file holding the fleet's shared HMAC key (at least 16 bytes); required with `url`: "
+        "unsigned or badly signed events are dropped and counted"),
+    Key("key_prefix", Text(r"[A-Za-z0-9_.:-]{1,64}", "must be 1-64 letters, digits, '_.:-'",
+                           "string"), "blocker",
+        "prefix of the Redis keys (`PREFIX:events`, `PREFIX:bans`, `PREFIX:expiry`)"),
+    Key("retention", Duration(low=60), 86400.0,
+        "events older than this are trimmed from the stream (MINID); a host away longer "
+        "starts from the snapshot"),
+), checks=(_fleet_needs_key,))
+
 METRICS: Final = Section("metrics", (
     "Prometheus metrics, off unless `listen` or `textfile` is set; names start with "
     "`blocker_`, no label holds an address"), (
@@ -244,7 +279,7 @@ METRICS: Final = Section("metrics", (
 ))
 
 # Every section, in the order the docs list them.
-SECTIONS: Final = (TOP, FIREWALL, METRICS, JAIL)
+SECTIONS: Final = (TOP, FIREWALL, METRICS, JAIL, FLEET)
 
 
 def jail_default(name: str) -> Any:

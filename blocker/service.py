@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from blocker.addresses import network_refusal
 from blocker.config import Config, ConfigError, Jail, duration
 from blocker.control import Handler, RequestError, Streamed
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
+from blocker.fleet.events import FleetEvent
 from blocker.journal import ban_events
 from blocker.live_peers import ConntrackError, LiveConnection
 from blocker.netfilter import Record
@@ -85,6 +87,13 @@ class Refusals:
     next_report: float = -math.inf
 
 
+@dataclass(frozen=True)
+class FleetRole:
+    """This host in the fleet: its name, the jails it shares, whether it takes others' bans."""
+
+    host_id: str
+    publish: frozenset[str]
+    accept: bool
 @dataclass
 class Activity:
     """What the service did since it started, for the metrics and the status: counted per
@@ -126,6 +135,10 @@ class Service:
         self._resync = False  # the kernel may lack active bans: re-add them all at the next tick
         self.started = 0.0
         self.source_health: Callable[[], list[dict[str, object]]] = list
+        self.fleet: FleetRole | None = None
+        self.fleet_health: Callable[[], dict[str, object]] | None = None
+        # Remote bans an admin lifted here: target -> until when the fleet may not re-ban it.
+        self.held: dict[Network, float] = {}
         self.activity = Activity()
         # Called after the kernel acknowledged a batch of bans with the time its lines were
         # read and the batch's size (the daemon measures line-read -> kernel-ack latency).
@@ -159,6 +172,7 @@ class Service:
         them to the kernel and the scorers RESTORE_BATCH at a time."""
         self._load_history(now)
         self.active.clear()
+        self.held = dict(self.state.held(now))
         unreadable = self.active.restore(self.state.active_rows(now))
         if unreadable:
             log.error("ignored %d active ban(s) in the state whose target is not an address "
@@ -274,7 +288,9 @@ class Service:
             self.active.set(decision.target, decision.jail, now + remaining)
             recorded.append(decision)
             spans.append(remaining)
-            self.activity.bans[decision.jail, origin] += 1
+            # A fixed word as the metrics label: "fleet", not each peer's fleet:HOST.
+            self.activity.bans[decision.jail, "fleet" if origin.startswith("fleet:")
+                               else origin] += 1
             self.activity.last_ban[decision.jail] = now
             text = decision.target_text
             texts.append(text)
@@ -294,7 +310,88 @@ class Service:
         if recorded:
             self.state.begin()
             self.state.record_bans(recorded, origin, texts)
+            if origin == "auto":
+                self._publish([(d, now + min(d.duration, d.at + d.duration - now))
+                               for d in recorded], now)
         return list(decisions)
+
+    # -- the fleet -------------------------------------------------------------------------
+    def _publish(self, bans: Sequence[tuple[Decision, float]], now: float) -> None:
+        """Queue this host's bans of shared jails in the outbox (the caller's transaction)."""
+        fleet = self.fleet
+        if fleet is None or not fleet.publish:
+            return
+        self.state.queue_outbox(
+            FleetEvent("ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires,
+                       d.reason).payload()
+            for d, expires in bans if d.jail in fleet.publish)
+
+    def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+        """Other hosts' bans and unbans, through this host's own gate (the refusals, then
+        spare_live_peers), into apply() with origin fleet:HOST; returns counts."""
+        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans", "spared"), 0)
+        fleet = self.fleet
+        if fleet is None or not fleet.accept:
+            return counts
+        candidates: list[Decision] = []
+        origins: dict[Network, str] = {}
+        for event in events:
+            target = event.target
+            if event.kind == "unban":
+                counts["unbans"] += self._remote_unban(event, now)
+                continue
+            remaining = event.expires - now
+            if remaining <= 0 or not self.active.longer(target, event.expires):
+                counts["expired"] += 1  # over, or already banned at least as long
+                continue
+            if self.held.get(target, 0.0) > now:
+                counts["held"] += 1
+                continue
+            problem = self.refusal(target)
+            if problem:
+                counts["refused"] += 1
+                log.info("fleet: not banning %s from %s: %s", network_text(target),
+                         event.origin, problem)
+                continue
+            origins[target] = f"fleet:{event.origin}"
+            candidates.append(Decision(target=target, jail=event.jail, at=now,
+                                       duration=remaining, score=0.0, filters=(),
+                                       reason=event.reason))
+        if candidates and self.live_peers is not None:
+            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
+            # a live connection of this host (the evidence is not ours to judge: spoofable).
+            kept = self._spare_live_peers(candidates, now)
+            counts["spared"] = len(candidates) - len(kept)
+            candidates = kept
+        by_origin: dict[str, list[Decision]] = {}
+        for decision in candidates:
+            by_origin.setdefault(origins[decision.target], []).append(decision)
+        for origin, decisions in by_origin.items():
+            self.apply(decisions, now, origin)
+        for decision in candidates:
+            expires = self.active.expires(decision.target)
+            if expires is not None and expires >= now + decision.duration:
+                counts["applied"] += 1
+                self._mark_everywhere(decision.target, expires)
+        return counts
+
+    def _remote_unban(self, event: FleetEvent, now: float) -> int:
+        """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
+        if self.active.expires(event.target) is None:
+            return 0
+        try:
+            self.backend.unban([event.target])
+        except (FirewallError, InvalidBan) as exc:
+            log.error("fleet: cannot unban %s: %s", network_text(event.target), exc)
+            return 0
+        self.active.remove(event.target)
+        self.state.begin()
+        self.state.forget_remote(event.target)
+        self.state.lift(event.target, now)
+        for runner in self.pipeline.runners:
+            runner.scorer.forget(event.target)
+        log.warning("unban %s (fleet, from %s)", network_text(event.target), event.origin)
+        return 1
 
     def _spare_live_peers(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
         """The decisions left once those on spoofable evidence against a target holding a
@@ -398,6 +495,8 @@ class Service:
     def tick(self, now: float) -> None:
         """Periodic: rules and sets in place (re-adding bans to a recreated set), old bans gone."""
         self._expire(now)
+        if self.held:
+            self.held = {t: until for t, until in self.held.items() if until > now}
         try:
             repair = self.backend.ensure()
         except FirewallError as exc:
@@ -521,6 +620,7 @@ class Service:
             "jails": jails,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
+            **({"fleet": self.fleet_health()} if self.fleet_health is not None else {}),
             "sets": {f"ipv{family}": {"name": name, "entries": per_family[family],
                                       "capacity": maxelem if isinstance(maxelem, int) else None}
                      for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))},
@@ -579,11 +679,12 @@ class Service:
         known = self.state.reasons(texts, now)
         rows: list[dict[str, object]] = []
         for (target, remaining), text in zip(entries, texts, strict=True):
-            jail, reason = known.get(text, ("(not blocker's)", ""))
+            jail, reason, origin = known.get(text, ("(not blocker's)", "", ""))
             ban = self.active.get(target)
             rows.append({
                 "target": text,
                 "jail": ban.jail if ban else jail,
+                "origin": origin,
                 "expires": None if math.isinf(remaining) else iso_time(now + remaining),
                 "remaining": None if math.isinf(remaining) else round(remaining),
                 "reason": reason,
@@ -622,6 +723,7 @@ class Service:
         self.state.begin()
         self.state.lift(target, now)
         self.state.record_bans([decision], origin="manual")
+        self._publish([(decision, now + seconds)], now)
         self.state.commit()
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
@@ -631,16 +733,28 @@ class Service:
 
     def cmd_unban(self, message: dict[str, Any], now: float) -> str:
         target = _target(message.get("target"))
+        fleet_wide = message.get("fleet") is True
+        if fleet_wide and self.fleet is None:
+            raise RequestError("--fleet: this host is in no fleet ([fleet] url is not set)")
         try:
             self.backend.unban([target])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
+        expires = self.active.expires(target)
+        jail, _reason, origin = self.state.reasons([network_text(target)], now).get(
+            network_text(target), (self.pipeline.runners[0].jail.name, "", ""))
+        if expires is not None and origin.startswith("fleet:"):
+            self.held[target] = expires  # the fleet may not ban it here again until then
         lifted_jail = next((b.jail for b in self.active.covering(target.network_address)
                             if b.target == target), "")
         if self.active.remove(target):
             self.activity.unbans[lifted_jail, "admin"] += 1
         self.state.begin()
         lifted = self.state.lift(target, now)
+        if fleet_wide and self.fleet is not None:
+            self.state.queue_outbox([FleetEvent(
+                "unban", uuid.uuid4().hex, self.fleet.host_id, target, jail, now, math.inf,
+                "admin unban (blockerctl unban --fleet)").payload()])
         self.state.commit()
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
@@ -649,6 +763,8 @@ class Service:
         covering = [network_text(b.target) for b in self.active.covering(target.network_address)
                     if b.target.prefixlen < target.prefixlen and b.expires > now]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
+        if fleet_wide:
+            text += "; the unban goes to every host of the fleet"
         if covering:
             text += f"; still covered by the ban of {', '.join(covering)}"
         return text
@@ -683,7 +799,8 @@ class Service:
         reasons = self.state.reasons([network_text(b.target) for b in bans], now)
         covering = [
             {"target": network_text(b.target), "jail": b.jail,
-             "reason": reasons.get(network_text(b.target), ("", ""))[1],
+             "reason": reasons.get(network_text(b.target), ("", "", ""))[1],
+             "origin": reasons.get(network_text(b.target), ("", "", ""))[2],
              "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
             for b in bans
         ]

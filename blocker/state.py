@@ -128,34 +128,70 @@ class State:
         for target, jail, expires in rows:
             yield target, jail, math.inf if expires is None else expires
 
-    def reasons(self, targets: Sequence[str], now: float) -> dict[str, tuple[str, str]]:
-        """target text -> (jail, reason) of its longest active ban, for the given targets."""
-        found: dict[str, tuple[str, str, float]] = {}
+    def reasons(self, targets: Sequence[str], now: float
+                ) -> dict[str, tuple[str, str, str]]:
+        """target text -> (jail, reason, origin) of its longest active ban, for the given
+        targets."""
+        found: dict[str, tuple[str, str, str, float]] = {}
         for start in range(0, len(targets), 500):  # SQLite's bound-parameter limit is 999+
             chunk = targets[start:start + 500]
             marks = ",".join("?" * len(chunk))  # only "?" marks are formatted into the SQL
             rows = self.db.execute(
-                "SELECT target, jail, reason, COALESCE(expires, 9e999) FROM bans "
+                "SELECT target, jail, reason, origin, COALESCE(expires, 9e999) FROM bans "
                 f"WHERE target IN ({marks}) AND lifted IS NULL "
                 "AND (expires IS NULL OR expires > ?)", (*chunk, now))
-            for target, jail, reason, expires in rows:
-                if target not in found or expires >= found[target][2]:
-                    found[target] = (jail, reason, expires)
-        return {target: (jail, reason) for target, (jail, reason, _) in found.items()}
+            for target, jail, reason, origin, expires in rows:
+                if target not in found or expires >= found[target][3]:
+                    found[target] = (jail, reason, origin, expires)
+        return {target: (jail, reason, origin)
+                for target, (jail, reason, origin, _) in found.items()}
 
     def history(self, since: float) -> list[tuple[Network, float]]:
-        """(target, at) of every automatic or manual ban since `since` (for ban-time growth)."""
-        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,))
+        """(target, at) of every automatic or manual ban since `since` (for ban-time growth);
+        other hosts' bans (origin fleet:HOST) never make this host's bans longer."""
+        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? "
+                               "AND origin NOT LIKE 'fleet:%' ORDER BY at", (since,))
         return [(ip_network(target, strict=False), at) for target, at in rows]
 
     def history_rows(self, since: float) -> Iterator[tuple[str, float]]:
-        """(target text, at) of every ban since `since`, oldest first, unparsed."""
+        """(target text, at) of every ban since `since`, oldest first, unparsed; other hosts'
+        bans (origin fleet:HOST) never make this host's bans longer."""
         yield from self.db.execute(
-            "SELECT target, at FROM bans WHERE at >= ? ORDER BY at", (since,))
+            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' "
+            "ORDER BY at", (since,))
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""
         self.db.execute("DELETE FROM bans WHERE COALESCE(lifted, expires) < ?", (before,))
+
+    def held(self, now: float) -> list[tuple[Network, float]]:
+        """(target, expires) of remote bans an admin lifted here that have not yet expired:
+        the fleet does not ban these targets on this host again until then."""
+        rows = self.db.execute(
+            "SELECT target, MAX(COALESCE(expires, 1e308)) FROM bans WHERE origin LIKE 'fleet:%' "
+            "AND lifted IS NOT NULL AND (expires IS NULL OR expires > ?) GROUP BY target",
+            (now,))
+        return [(ip_network(target, strict=False), math.inf if expires >= 1e308 else expires)
+                for target, expires in rows]
+
+    def forget_remote(self, target: Network) -> None:
+        """A fleet-wide unban: other hosts' bans of `target` go (they never count for ban-time
+        growth, and a lifted one would read as a local admin's hold)."""
+        self.db.execute("DELETE FROM bans WHERE target = ? AND origin LIKE 'fleet:%'",
+                        (network_text(target),))
+
+    # -- the fleet's outbox: events to publish, in order ------------------------------------
+    def queue_outbox(self, payloads: Iterable[bytes]) -> None:
+        self.db.executemany("INSERT INTO outbox (payload) VALUES (?)",
+                            [(payload,) for payload in payloads])
+
+    def outbox(self, after: int, limit: int = 100_000) -> list[tuple[int, bytes]]:
+        rows = self.db.execute("SELECT id, payload FROM outbox WHERE id > ? ORDER BY id "
+                               "LIMIT ?", (after, limit))
+        return [(int(row_id), bytes(payload)) for row_id, payload in rows]
+
+    def sent_outbox(self, upto: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id <= ?", (upto,))
 
     def save_position(self, source: str, data: dict[str, object]) -> None:
         self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "

@@ -62,7 +62,16 @@ _V1 = sql(
     )""",
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+# Version 2: the fleet's outbox, bans to publish, in order, committed with the bans themselves.
+_V2 = sql(
+    """CREATE TABLE outbox (
+        -- publish order; AUTOINCREMENT: an id is never reused once its row is sent and gone
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        payload BLOB NOT NULL     -- the event's JSON (blocker/fleet/events.py), signed when sent
+    )""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 
 
 def version(db: sqlite3.Connection) -> int:

@@ -47,10 +47,10 @@ def test_ban_list_unban(daemon: Blockerd) -> None:
     human = daemon.ctl("list")
     assert human.code == EXIT_OK
     lines = human.out.splitlines()
-    assert lines[0].split() == ["TARGET", "JAIL", "EXPIRES"]
+    assert lines[0].split() == ["TARGET", "JAIL", "ORIGIN", "EXPIRES"]
     row = next(line for line in lines[1:] if line.startswith("203.0.113.21 "))
-    target, jail, expires = row.split()
-    assert (target, jail) == ("203.0.113.21", "probes")
+    target, jail, origin, expires = row.split()
+    assert (target, jail, origin) == ("203.0.113.21", "probes", "manual")
     assert 590 <= datetime.fromisoformat(expires).timestamp() - time.time() <= 600
 
     rows = json.loads(daemon.ctl("list", "--json").out)

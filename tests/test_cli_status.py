@@ -71,9 +71,9 @@ def test_list_by_jail_and_by_expiry(daemon: Blockerd) -> None:
     bad = daemon.ctl("list", "--jail", "nope")
     assert bad.code == 1 and "no jail 'nope'" in bad.err
     human = daemon.ctl("list", "--sort", "expiry").out.splitlines()
-    assert human[0].split() == ["TARGET", "JAIL", "EXPIRES"]
+    assert human[0].split() == ["TARGET", "JAIL", "ORIGIN", "EXPIRES"]
     assert human[1].split()[0] == "2001:db8::7"
-    assert human[-1].split() == ["198.51.100.3", "scans", "never"]
+    assert human[-1].split() == ["198.51.100.3", "scans", "manual", "never"]
 
 
 def test_status_report_flags_a_missing_rule_and_a_full_set() -> None:

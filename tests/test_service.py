@@ -547,9 +547,10 @@ def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> Non
     del h.backend.table[n(ATTACKER)]  # an admin deleted it with `ipset del`
     rows = h.service.cmd_list({}, NOW)
     assert rows == [
-        {"target": "198.51.100.200", "jail": "(not blocker's)",
+        {"target": "198.51.100.200", "jail": "(not blocker's)", "origin": "",
          "expires": "2026-11-22T03:05:24+00:00", "remaining": 30, "reason": ""},
-        {"target": "2001:db8:77::/48", "jail": "scans", "expires": None, "remaining": None,
+        {"target": "2001:db8:77::/48", "jail": "scans", "origin": "manual", "expires": None,
+         "remaining": None,
          "reason": "manual ban (blockerctl)"},
     ]
     json.dumps(rows)
@@ -581,7 +582,7 @@ def test_explain(h: Harness) -> None:
     assert result["address"] == ATTACKER
     assert result["refusal"] is None
     assert result["banned_by"] == [{"target": "203.0.113.0/24", "jail": "probes",
-                                    "reason": "manual ban (blockerctl)",
+                                    "reason": "manual ban (blockerctl)", "origin": "manual",
                                     "expires": "2026-11-22T03:14:54+00:00"}]
     jails = result["jails"]
     assert isinstance(jails, dict)

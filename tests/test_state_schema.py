@@ -95,6 +95,28 @@ def test_a_migrated_file_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
     assert user_version(old) == user_version(new) == len(MIGRATIONS)
 
 
+def test_a_version_1_file_gets_the_fleet_outbox_and_keeps_its_bans(tmp_path: Path) -> None:
+    path = v0_state(tmp_path / "state")  # version 1 has exactly version 0's tables
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    state = State(tmp_path / "state")
+    try:
+        assert [row.reason for row in state.active(T0)] == ["old ban"]
+        assert state.outbox(0) == []
+        state.begin()
+        state.queue_outbox([b'{"a":1}', b'{"b":2}'])
+        state.commit()
+        assert [payload for _, payload in state.outbox(0)] == [b'{"a":1}', b'{"b":2}']
+        state.sent_outbox(state.outbox(0)[-1][0])
+        state.queue_outbox([b'{"c":3}'])
+        assert [row_id for row_id, _ in state.outbox(0)] == [3], "ids are never reused"
+    finally:
+        state.close()
+    assert user_version(path) == len(MIGRATIONS) == 2
+
+
 def test_opening_again_changes_nothing(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.sqlite", isolation_level=None)
     assert migrate(db, "s") == 0
@@ -108,8 +130,10 @@ def test_a_newer_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     db.close()
     before = path.read_bytes()
-    with pytest.raises(StateError, match=r"state schema version 2 is not one this blocker "
-                                         r"knows \(0 to 1\); a newer blocker wrote it"):
+    newer, known = len(MIGRATIONS) + 1, len(MIGRATIONS)
+    with pytest.raises(StateError, match=rf"state schema version {newer} is not one this "
+                                         rf"blocker knows \(0 to {known}\); a newer blocker "
+                                         "wrote it"):
         State(tmp_path / "state")
     assert path.read_bytes() == before
     assert user_version(path) == len(MIGRATIONS) + 1
