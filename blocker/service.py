@@ -168,8 +168,8 @@ class Service:
         self._restore(now)
 
     def _restore(self, now: float) -> None:
-        """Read the state's active bans into ActiveBans (ints, no objects per ban), then hand
-        them to the kernel and the scorers RESTORE_BATCH at a time."""
+        """Read the state's active bans into ActiveBans (ints, no objects per ban), hand them
+        to the kernel RESTORE_BATCH at a time, then those it holds to the scorers in bulk."""
         self._load_history(now)
         self.active.clear()
         self.held = dict(self.state.held(now))
