@@ -370,23 +370,25 @@ class KernLogWriter:
 
         def ext4() -> list[str]:
             dev = rng.choice(("sda1", "nvme0n1p2", "dm-0", "vdb1"))
-            return [rng.choice((
+            options = (
                 f"EXT4-fs ({dev}): mounted filesystem with ordered data mode. Quota mode: none.",
                 f"EXT4-fs ({dev}): re-mounted. Quota mode: none.",
                 f"EXT4-fs ({dev}): error count since last fsck: {rng.randrange(1, 9)}",
                 f"EXT4-fs warning (device {dev}): ext4_dx_add_entry:2522: Directory (ino: "
                 f"{rng.randrange(10**5, 10**7)}) index full, reach max htree level :2",
-            ))]
+            )
+            return [rng.choice(options)]
 
         def usb() -> list[str]:
             port = f"{rng.randrange(1, 4)}-{rng.randrange(1, 8)}"
-            return [rng.choice((
+            options = (
                 f"usb {port}: new high-speed USB device number {rng.randrange(2, 40)} "
                 "using xhci_hcd",
                 f"usb {port}: New USB device found, idVendor=0781, idProduct=5581, bcdDevice= 1.00",
                 f"usb {port}: USB disconnect, device number {rng.randrange(2, 40)}",
                 f"usb-storage {port}:1.0: USB Mass Storage device detected",
-            ))]
+            )
+            return [rng.choice(options)]
 
         def syn_flood() -> list[str]:
             port = rng.choice((443, 80, 25, 8443))
@@ -394,18 +396,19 @@ class KernLogWriter:
                     "Sending cookies.  Check SNMP counters."]
 
         def systemd() -> list[str]:
-            return [rng.choice((
+            options = (
                 f"systemd-journald[{pid()}]: Data hash table of /var/log/journal/"
                 "3f1c2a9d8e7b4c5a/system.journal has a fill level at 75.0 (8535 of 11377 "
                 "items, 6553600 file size, 767 bytes per hash table item), suggesting rotation.",
                 f"systemd[1]: session-{rng.randrange(1, 9999)}.scope: Deactivated successfully.",
                 "systemd[1]: Started apt-daily.service - Daily apt download activities.",
                 f"systemd-journald[{pid()}]: Received client request to flush runtime journal.",
-            ))]
+            )
+            return [rng.choice(options)]
 
         def net_misc() -> list[str]:
             veth = f"veth{rng.getrandbits(28):07x}"
-            return [rng.choice((
+            options = (
                 f"br-{rng.getrandbits(48):012x}: port {rng.randrange(1, 9)}({veth}) entered "
                 f"{rng.choice(('blocking', 'forwarding', 'disabled'))} state",
                 f"device {veth} entered promiscuous mode",
@@ -414,10 +417,11 @@ class KernLogWriter:
                 f"net_ratelimit: {rng.randrange(2, 400)} callbacks suppressed",
                 "nf_conntrack: nf_conntrack: table full, dropping packet",
                 f"kauditd_printk_skb: {rng.randrange(2, 60)} callbacks suppressed",
-            ))]
+            )
+            return [rng.choice(options)]
 
         def misc() -> list[str]:
-            return [rng.choice((
+            options = (
                 f"perf: interrupt took too long ({rng.randrange(2501, 9000)} > 2500), lowering "
                 f"kernel.perf_event_max_sample_rate to {rng.randrange(20, 80)}000",
                 f"Out of memory: Killed process {pid()} (java) total-vm:8123456kB, "
@@ -432,7 +436,8 @@ class KernLogWriter:
                 "in libc.so.6[7f3a1c200000+155000] likely on CPU 1 (core 1, socket 0)",
                 f"INFO: task kworker/u16:{rng.randrange(9)}:{pid()} blocked for more than "
                 "120 seconds.",
-            ))]
+            )
+            return [rng.choice(options)]
 
         return [(14, audit), (3, netfilter_audit), (8, martian), (12, ext4), (10, usb),
                 (6, syn_flood), (15, systemd), (20, net_misc), (12, misc)]

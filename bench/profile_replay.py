@@ -32,9 +32,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_kernlog import default_path  # a sibling script
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -80,7 +84,7 @@ def stage_plans(path: Path, config: Config) -> int:
         hits += 1
 
     for runner in pipeline.runners:
-        runner.scorer.add = count  # type: ignore[method-assign]  # before any plan is made
+        runner.scorer.add = count  # type: ignore[method-assign, assignment]  # before any plan is made
     now = path.stat().st_mtime
     with path.open("rb") as stream:
         for text in read_text_chunks(stream):
@@ -94,7 +98,7 @@ def count_opcodes(path: Path, config: Config, lines: int) -> tuple[int, int]:
 
     count = 0
 
-    def tracer(frame: FrameType, event: str, arg: object) -> object:
+    def tracer(frame: FrameType, event: str, arg: object) -> TraceFunction:
         nonlocal count
         frame.f_trace_opcodes = True
         if event == "opcode":

@@ -13,10 +13,20 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+from blocker.commands import (
+    BanRequest,
+    ExplainRequest,
+    ListRequest,
+    ReloadRequest,
+    Request,
+    StatusRequest,
+    UnbanRequest,
+    iso_time,
+)
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
 from blocker.records import Decision
-from blocker.replay import ReplayResult, decision_json, iso_time, replay_file, write_json
+from blocker.replay import ReplayResult, decision_json, replay_file, write_json
 from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
@@ -197,30 +207,28 @@ def _span(seconds: float) -> str:
 
 
 def _remote(args: argparse.Namespace) -> int:
-    message: dict[str, object] = {"cmd": args.command}
+    command: Request
     if args.command == "ban":
-        message["target"] = args.target
+        seconds = None
         if args.duration is not None:
             try:
-                message["duration"] = duration(args.duration, "--for", "DURATION",
-                                               permanent_ok=True)
+                seconds = duration(args.duration, "--for", "DURATION", permanent_ok=True)
             except ConfigError as exc:
                 print(f"blockerctl: --for: {exc.reason}", file=sys.stderr)
                 return EXIT_USAGE
-            if math.isinf(float(str(message["duration"]))):
-                message["duration"] = "permanent"
-        if args.jail:
-            message["jail"] = args.jail
+        command = BanRequest(args.target, seconds, args.jail or None)
     elif args.command == "unban":
-        message["target"] = args.target
-        if args.fleet:
-            message["fleet"] = True
+        command = UnbanRequest(args.target, fleet=args.fleet)
     elif args.command == "explain":
-        message["address"] = args.address
-    elif args.command == "list" and args.jail:
-        message["jail"] = args.jail
+        command = ExplainRequest(args.address)
+    elif args.command == "list":
+        command = ListRequest(args.jail or None)
+    elif args.command == "reload":
+        command = ReloadRequest()
+    else:
+        command = StatusRequest()
     try:
-        reply = request(args.socket, message)
+        reply = request(args.socket, command.to_message())
     except ControlError as exc:
         print(f"blockerctl: {exc}", file=sys.stderr)
         return EXIT_FAIL

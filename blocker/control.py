@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from blocker.commands import Handler as Handler  # noqa: PLC0414 (the handlers' table type)
+from blocker.commands import RequestError as RequestError  # noqa: PLC0414 (refusals go back)
+from blocker.commands import Streamed as Streamed  # noqa: PLC0414 (replies made as read)
 from blocker.private_dir import open_private_dir
 from blocker.refusals import RefusalLog
 
@@ -32,16 +35,11 @@ IDLE_TIMEOUT = 10.0  # seconds a client may take to send its request or to read 
 MAX_CONNECTIONS = 32  # served at once; more wait in the listen queue
 STREAM_BUFFER = 256 * 1024  # a streamed reply makes its next batch below this many unsent bytes
 _OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
-Handler = Callable[[dict[str, Any]], object]
 log = logging.getLogger("blocker.control")
 
 
 class ControlError(Exception):
     """The daemon could not be reached or answered nonsense."""
-
-
-class RequestError(ValueError):
-    """A request the daemon refuses: the message goes back to the client."""
 
 
 def request(path: str, message: dict[str, object], timeout: float = 10.0) -> dict[str, Any]:
@@ -105,15 +103,6 @@ def dispatch(handlers: dict[str, Handler], raw: bytes) -> dict[str, object]:
     except Exception as exc:  # a bug in one command must not take the daemon down
         log.exception("control: %r failed", command)
         return {"ok": False, "error": f"internal error in {command!r}: {exc}"}
-
-
-class Streamed:
-    """A reply result too large to build at once (`list` of a million bans): JSON values
-    made a batch at a time, each batch when the client has read the last. The reply on the
-    wire is the same one JSON line a list would give."""
-
-    def __init__(self, batches: Iterator[Sequence[object]]) -> None:
-        self.batches = batches
 
 
 class _Writer:

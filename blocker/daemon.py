@@ -111,15 +111,15 @@ class Daemon:
         self.state = State(Path(args.state_dir))
         backend_kind = "dry-run" if args.dry_run else config.firewall.backend
         self.backend = make_backend(backend_kind, config.firewall)
-        self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
-                               log_override=args.log,
-                               reload_config=lambda: load_config(Path(args.config)),
-                               live_peers=_open_live_peers())
         self.sources: dict[SourceKey, Source | NflogSource] = {}
         self.source_errors: dict[SourceKey, str] = {}
         self._guard_warned: dict[str, str] = {}
         self._source_levels: dict[SourceKey, frozenset[int]] = {}
-        self.service.source_health = self._source_health
+        self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
+                               log_override=args.log,
+                               reload_config=lambda: load_config(Path(args.config)),
+                               live_peers=_open_live_peers(),
+                               source_health=self._source_health)
         self.control = ControlServer(args.socket, self.selector,
                                      lambda: self.service.handlers(time.time))
         self._wake_r, self._wake_w = socket.socketpair()
@@ -146,7 +146,6 @@ class Daemon:
         if not self._start_metrics():
             return 1
         self.service.start(now)
-        self.state.commit()
         if self.fleet is not None:
             self.fleet.start()
         self._sync_sources()
@@ -198,7 +197,6 @@ class Daemon:
             self.metrics.close()
         for key in list(self.sources):
             self._close_source(key, save=True)
-        self.state.commit()
         self.control.close()
         self.state.close()
         log.info("stopped; bans stay in the kernel with their timeouts")
@@ -210,13 +208,13 @@ class Daemon:
             self.stopping = True
 
     def _commit_turn(self) -> None:
-        """End of a loop turn: remote bans in (their own transaction), commit, and the
+        """End of a loop turn: remote bans in (one transaction with their cursor), then the
         committed bans to share out to the fleet's writer."""
-        if self.fleet is not None:
+        if self.fleet is None:
+            return
+        with self.state.transaction():
             self.fleet.turn()
-        self.state.commit()
-        if self.fleet is not None:
-            self.fleet.hand_outbox()
+        self.fleet.hand_outbox()
 
     def _wake(self) -> None:
         """Called from the fleet's threads: make select() return."""
@@ -301,8 +299,10 @@ class Daemon:
             self.source_errors[key] = str(exc)
             return
         if lines:
-            self.service.handle_lines(key, lines, time.time())
-            self._save_position(key, source)
+            # The bans these lines caused and the position after them: both or neither.
+            with self.state.transaction():
+                self.service.handle_lines(key, lines, time.time())
+                self._save_position(key, source)
 
     def _close_source(self, key: SourceKey, save: bool) -> None:
         source = self.sources.pop(key)
@@ -315,10 +315,8 @@ class Daemon:
 
     def _save_position(self, key: SourceKey, source: Source | NflogSource) -> None:
         position = source.position()
-        if position is not None:
-            self.state.begin()
+        if position is not None:  # in the caller's transaction, if it opened one
             self.state.save_position(source_label(key), position)
-            self.state.commit()
 
     def _start_metrics(self) -> bool:
         config = self.service.config.metrics

@@ -169,10 +169,10 @@ class Pipeline:
                         key = None
                     elif key_of is _DST_DPORT:
                         key = (dst, int(dpt))  # type: ignore[arg-type]  # ports: plan[0]
-                    else:
-                        key = key_of(src, dst, None if spt is None else int(spt),
-                                     None if dpt is None else int(dpt),
-                                     proto, plan[1])  # type: ignore[arg-type]  # PROTO=
+                    else:  # proto: these kinds of record all have a PROTO=
+                        sport = None if spt is None else int(spt)
+                        dport = None if dpt is None else int(dpt)
+                        key = key_of(src, dst, sport, dport, proto, plan[1])  # type: ignore[arg-type]
                     found = add(t, name, src if from_src else dst, weight, key)
                     if found:
                         decisions += found

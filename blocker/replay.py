@@ -7,10 +7,10 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from blocker.commands import iso_time
 from blocker.config import Config
 from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
 from blocker.records import Decision
@@ -49,13 +49,6 @@ def decision_json(decision: Decision) -> dict[str, object]:
         "filters": list(decision.filters),
         "reason": decision.reason,
     }
-
-
-def iso_time(epoch: float) -> str:
-    try:
-        return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return "invalid-time"
 
 
 def replay_file(path: Path, config: Config,

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from blocker.active import ActiveBans, key_of_text
 from blocker.addresses import network_refusal
+from blocker.commands import Handler, RequestError, Streamed, iso_time
 from blocker.config import Config, ConfigError, Jail, duration
-from blocker.control import Handler, RequestError, Streamed
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet.events import FleetEvent
 from blocker.journal import ban_events
@@ -36,7 +36,6 @@ from blocker.live_peers import ConntrackError, LiveConnection
 from blocker.netfilter import Record
 from blocker.pipeline import JailRunner, Pipeline
 from blocker.records import Address, Decision, Network, network_text
-from blocker.replay import iso_time
 from blocker.sources.base import SourceLine
 from blocker.state import State
 from blocker.version import version
@@ -45,6 +44,7 @@ LIST_SLICE = 128  # rows of a streamed `list` made per loop turn (~2 ms)
 log = logging.getLogger("blocker")
 
 SourceKey = tuple[str, str]  # (kind, path)
+SourceHealth = Callable[[], list[dict[str, object]]]  # one dict per source the daemon follows
 RESTORE_BATCH = 50_000  # bans handed to the kernel and the scorers at a time on restore
 REFUSAL_LOG_EVERY = 60.0  # seconds between two log lines about bans the kernel refused
 
@@ -119,7 +119,8 @@ class Service:
     def __init__(self, config: Config, state: State, backend: Backend, *,
                  own_addresses: Sequence[Address] = (), log_override: str | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 live_peers: PeerCheck | None = None) -> None:
+                 live_peers: PeerCheck | None = None,
+                 source_health: SourceHealth = list) -> None:
         self.state = state
         self.live_peers = live_peers
         self.spared: OrderedDict[tuple[Network, str], Spared] = OrderedDict()
@@ -134,7 +135,7 @@ class Service:
         self.refusals = Refusals()
         self._resync = False  # the kernel may lack active bans: re-add them all at the next tick
         self.started = 0.0
-        self.source_health: Callable[[], list[dict[str, object]]] = list
+        self.source_health = source_health
         self.fleet: FleetRole | None = None
         self.fleet_health: Callable[[], dict[str, object]] | None = None
         # Remote bans an admin lifted here: target -> until when the fleet may not re-ban it.
@@ -192,9 +193,9 @@ class Service:
         self._mark_active()
         if refused:
             self._note_refused(refused, now, origin="restored")
-            self.state.begin()
-            for target in refused:  # not in the kernel, so not active: say so in the state too
-                self.state.lift(target, now)
+            with self.state.transaction():
+                for target in refused:  # not in the kernel, so not active: say so in the state
+                    self.state.lift(target, now)
         if self.active:
             log.info("restored %d active ban(s)", len(self.active))
         for runner in self.pipeline.runners:
@@ -308,11 +309,11 @@ class Service:
                 self._drop_refused(target, now, jails[target])
             self._note_refused(refused, now, jails=jails)
         if recorded:
-            self.state.begin()
-            self.state.record_bans(recorded, origin, texts)
-            if origin == "auto":
-                self._publish([(d, now + min(d.duration, d.at + d.duration - now))
-                               for d in recorded], now)
+            with self.state.transaction():  # joins the caller's, with the lines' position
+                self.state.record_bans(recorded, origin, texts)
+                if origin == "auto":
+                    self._publish([(d, now + min(d.duration, d.at + d.duration - now))
+                                   for d in recorded], now)
         return list(decisions)
 
     # -- the fleet -------------------------------------------------------------------------
@@ -385,9 +386,9 @@ class Service:
             log.error("fleet: cannot unban %s: %s", network_text(event.target), exc)
             return 0
         self.active.remove(event.target)
-        self.state.begin()
-        self.state.forget_remote(event.target)
-        self.state.lift(event.target, now)
+        with self.state.transaction():
+            self.state.forget_remote(event.target)
+            self.state.lift(event.target, now)
         for runner in self.pipeline.runners:
             runner.scorer.forget(event.target)
         log.warning("unban %s (fleet, from %s)", network_text(event.target), event.origin)
@@ -539,9 +540,9 @@ class Service:
             self._drop_refused(target, now)
         if refused:
             self._note_refused(refused, now, origin="re-added")
-            self.state.begin()
-            for target in refused:
-                self.state.lift(target, now)
+            with self.state.transaction():
+                for target in refused:
+                    self.state.lift(target, now)
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""
@@ -565,8 +566,8 @@ class Service:
             runner.scorer.restore_history_keys(keys, ats)
 
     def prune(self, now: float) -> None:
-        self.state.begin()
-        self.state.prune(self._history_horizon(now))
+        with self.state.transaction():
+            self.state.prune(self._history_horizon(now))
 
     # -- admin commands --------------------------------------------------------------------
     def handlers(self, clock: Callable[[], float]) -> dict[str, Handler]:
@@ -720,11 +721,10 @@ class Service:
         self.active.set(target, runner.jail.name, now + seconds)
         self.activity.bans[runner.jail.name, "admin"] += 1
         self.activity.last_ban[runner.jail.name] = now
-        self.state.begin()
-        self.state.lift(target, now)
-        self.state.record_bans([decision], origin="manual")
-        self._publish([(decision, now + seconds)], now)
-        self.state.commit()
+        with self.state.transaction():
+            self.state.lift(target, now)
+            self.state.record_bans([decision], origin="manual")
+            self._publish([(decision, now + seconds)], now)
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
         log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
                     decision.reason, extra={"bans": ban_events([decision], [seconds], "admin")})
@@ -749,13 +749,12 @@ class Service:
                             if b.target == target), "")
         if self.active.remove(target):
             self.activity.unbans[lifted_jail, "admin"] += 1
-        self.state.begin()
-        lifted = self.state.lift(target, now)
-        if fleet_wide and self.fleet is not None:
-            self.state.queue_outbox([FleetEvent(
-                "unban", uuid.uuid4().hex, self.fleet.host_id, target, jail, now, math.inf,
-                "admin unban (blockerctl unban --fleet)").payload()])
-        self.state.commit()
+        with self.state.transaction():
+            lifted = self.state.lift(target, now)
+            if fleet_wide and self.fleet is not None:
+                self.state.queue_outbox([FleetEvent(
+                    "unban", uuid.uuid4().hex, self.fleet.host_id, target, jail, now, math.inf,
+                    "admin unban (blockerctl unban --fleet)").payload()])
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
         event = ("unban", target, lifted_jail, None, "", "admin")
@@ -780,7 +779,6 @@ class Service:
         except ConfigError as exc:
             raise RequestError(f"reload refused, keeping the running configuration: {exc}"
                                ) from exc
-        self.state.commit()
         self._install(config)
         self._load_history(now)
         self._mark_active()

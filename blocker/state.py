@@ -1,8 +1,9 @@
 """Persistent state in sqlite: ban history, active bans, log positions.
 
 WAL journaling: a `kill -9` at any moment leaves the last committed transaction intact. The
-daemon commits bans together with the log position of the lines that caused them, so a restart
-neither replays those lines nor loses them.
+daemon commits bans together with the log position of the lines that caused them (one
+`with state.transaction():` around both), so a restart neither replays those lines nor loses
+them. Writes outside a transaction block commit at once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_network
 from pathlib import Path
@@ -67,20 +69,28 @@ class State:
         # Told how long each COMMIT took (the metrics' sqlite commit histogram), when set.
         self.on_commit: Callable[[float], None] | None = None
 
-    def begin(self) -> None:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
-
-    def commit(self) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One sqlite transaction around the block: committed when the block ends, rolled back
+        when it raises. A block inside another joins it: the outermost one commits."""
         if self._in_tx:
-            if self.on_commit is None:
-                self.db.execute("COMMIT")
-            else:
-                started = time.perf_counter()
-                self.db.execute("COMMIT")
-                self.on_commit(time.perf_counter() - started)
+            yield
+            return
+        self.db.execute("BEGIN")
+        self._in_tx = True
+        try:
+            yield
+        except BaseException:
             self._in_tx = False
+            self.db.execute("ROLLBACK")
+            raise
+        self._in_tx = False
+        if self.on_commit is None:
+            self.db.execute("COMMIT")
+        else:
+            started = time.perf_counter()
+            self.db.execute("COMMIT")
+            self.on_commit(time.perf_counter() - started)
 
     def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
                     texts: Sequence[str] | None = None) -> None:
@@ -209,7 +219,6 @@ class State:
         return data if isinstance(data, dict) else None
 
     def close(self) -> None:
-        self.commit()
         self.db.close()
 
 

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blocker.commands import iso_time
 from blocker.config import Config
 from blocker.netfilter import KernelLogParser, Record, is_trace
 from blocker.pipeline import Pipeline
 from blocker.records import Decision, Packet, Signature
-from blocker.replay import ReplayResult, decision_json, iso_time, read_text_chunks
+from blocker.replay import ReplayResult, decision_json, read_text_chunks
 
 SHOW_CHOICES = ("hits", "bans", "unparsed", "malformed", "all")
 # Which verdicts each --show choice prints.

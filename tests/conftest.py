@@ -1,4 +1,13 @@
-"""Shared test setup. Tests marked @pytest.mark.root skip unless run as root."""
+"""Shared test setup: the one mechanism for root-only tests.
+
+A test that needs root says so, and why, with a marker (a module may set it as `pytestmark`):
+
+    @pytest.mark.root("read and write /dev/kmsg")
+
+Run as root, it runs. Otherwise it skips with "needs root: <why>" in the summary (`-ra`), and
+`pytest -m "not root"` (scripts/check) leaves it out altogether. Nothing else in tests/ looks at
+the effective uid to decide whether a test runs: tests/test_root_marker.py keeps it that way.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +16,21 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-ROOT_REASON = "needs root (network namespaces, ipset, iptables)"
+DEFAULT_REASON = "network namespaces, ipset, iptables"
 
 
-def is_root() -> bool:
-    return os.geteuid() == 0
+def root_skip_reason(marker: pytest.Mark) -> str:
+    """The skip reason a root marker gives: its own words, or the default."""
+    return f"needs root: {marker.args[0] if marker.args else DEFAULT_REASON}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if is_root():
+    if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason=ROOT_REASON)
     for item in items:
-        if item.get_closest_marker("root") is not None:
-            item.add_marker(skip)
-
-
-@pytest.fixture
-def root() -> None:
-    """Skip the requesting test (or fixture) unless running as root."""
-    if not is_root():
-        pytest.skip(ROOT_REASON)
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=root_skip_reason(marker)))
 
 
 # Hypothesis' default 200 ms deadline and its too_slow health check are timing assertions: on

@@ -117,11 +117,10 @@ def test_expire_touches_only_the_buckets_due(monkeypatch: pytest.MonkeyPatch) ->
 def fill_state(harness: Harness, count: int, expires: float) -> list[Network]:
     targets: list[Network] = [IPv6Network((0x20010DB8 << 96 | (i << 64) | 1, 128))
                               for i in range(count)]
-    harness.state.begin()
-    harness.state.db.executemany(
-        "INSERT INTO bans (target, jail, at, expires, reason) VALUES (?, 'probes', ?, ?, 'r')",
-        [(network_text(t), NOW - 60, expires) for t in targets])
-    harness.state.commit()
+    with harness.state.transaction():
+        harness.state.db.executemany(
+            "INSERT INTO bans (target, jail, at, expires, reason) VALUES (?, 'probes', ?, ?, 'r')",
+            [(network_text(t), NOW - 60, expires) for t in targets])
     return targets
 
 

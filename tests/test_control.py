@@ -363,7 +363,7 @@ def run_as_nobody(path: str) -> dict[str, Any]:
     return decoded
 
 
-@pytest.mark.root
+@pytest.mark.root("connect as another uid (nobody)")
 def test_a_non_root_peer_gets_permission_denied(loop: ControlLoop) -> None:
     path = path_of(loop)
     # With the socket's own mode 0600 the kernel stops the peer at connect().
@@ -376,7 +376,7 @@ def test_a_non_root_peer_gets_permission_denied(loop: ControlLoop) -> None:
     assert_still_serving(loop)
 
 
-@pytest.mark.root
+@pytest.mark.root("connect as another uid (nobody)")
 def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> None:
     running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
                           allowed_uids=frozenset({0, NOBODY}))

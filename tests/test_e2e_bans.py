@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from lab import (
     tcp_open,
 )
 
-pytestmark = pytest.mark.root
+pytestmark = pytest.mark.root("network namespaces, iptables, ipset, rsyslogd, /proc/kmsg")
 
 SYNACK_PORT = "40000"
 
@@ -123,7 +124,7 @@ def test_nmap_scans_are_banned_and_a_stray_visitor_is_not(lab: Lab) -> None:
             assert not tcp_open(lab.benign, SERVER_BEN_V4, port, wait=1)
 
         for address in (*scanners.values(), scanner6):
-            must(lambda a=address: daemon.banned(a), f"scanner {address} in the kernel set")
+            must(partial(daemon.banned, address), f"scanner {address} in the kernel set")
         assert listed(daemon) == {a: "scans" for a in (*scanners.values(), scanner6)}
 
         def benign_scored() -> bool:

@@ -28,7 +28,7 @@ from blocker.firewall.ipset import IpsetBackend
 from blocker.records import Network
 
 pytestmark = [
-    pytest.mark.root,
+    pytest.mark.root("ipset in a network namespace"),
     pytest.mark.skipif(
         not (shutil.which("ipset") and shutil.which("iptables")), reason="needs ipset and iptables"
     ),

@@ -19,7 +19,7 @@ from blocker.firewall import Repair
 from blocker.firewall.ipset import IpsetBackend
 
 pytestmark = [
-    pytest.mark.root,
+    pytest.mark.root("network namespaces, iptables, ipset"),
     pytest.mark.skipif(
         not all(shutil.which(tool) for tool in ("ipset", "iptables", "nc", "hping3")),
         reason="needs ipset, iptables, nc and hping3",

@@ -50,7 +50,8 @@ def must_parse(line: str, now: float = NOW, source_time: float | None = None) ->
 
 def local(*fields: int) -> float:
     """Epoch of a local wall-clock time (traditional syslog stamps are local time)."""
-    return time.mktime((*fields, 0, 0, -1))
+    year, month, day, hour, minute, second = fields
+    return time.mktime((year, month, day, hour, minute, second, 0, 0, -1))
 
 
 # ---- timestamps --------------------------------------------------------------------------

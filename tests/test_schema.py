@@ -133,7 +133,8 @@ def test_config_and_policy_refuse_with_the_same_reason(key: str, value: object,
     with pytest.raises(ConfigError) as caught:
         parse_config(data, "t.toml", base_dir=REPO)
     assert (caught.value.key, caught.value.reason) == (f"jails.j.{key}", reason)
-    problems = JailPolicy("j", **{key: value}).problems()
+    given: dict[str, Any] = {key: value}  # a wrong type on purpose: problems() must say so
+    problems = JailPolicy("j", **given).problems()
     assert problems == [f"{key} {reason}, got {value!r}"]
 
 

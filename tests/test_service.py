@@ -250,11 +250,10 @@ def test_three_offenders_escalate_to_the_subnet(h: Harness) -> None:
 
 def test_start_restores_active_bans_with_their_remaining_time(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
-    harness.state.begin()
-    harness.state.record_bans([decision(ATTACKER, NOW - 100, 600),
-                               decision("198.51.100.9", NOW - 1000, 600),  # ended
-                               decision("203.0.113.0/24", NOW - 10, math.inf, "scans")])
-    harness.state.commit()
+    with harness.state.transaction():
+        harness.state.record_bans([decision(ATTACKER, NOW - 100, 600),
+                                   decision("198.51.100.9", NOW - 1000, 600),  # ended
+                                   decision("203.0.113.0/24", NOW - 10, math.inf, "scans")])
     harness.service.start(NOW)
     assert harness.backend.setups == 1
     (batch,) = harness.backend.ban_batches  # one batch, in no particular order
@@ -267,7 +266,6 @@ def test_start_restores_active_bans_with_their_remaining_time(tmp_path: Path) ->
 
 def test_restart_restores_a_ban_and_its_mark(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.state.commit()
     later = NOW + 60
     h.restart(later)
     assert h.backend.ban_batches == [[(n(ATTACKER), 540.0)]]
@@ -308,7 +306,6 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
 
 def test_restart_keeps_ban_time_growth(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.state.commit()
     later = NOW + 700
     h.restart(later)
     decisions = h.feed(synacks(ATTACKER, later), now=later)
@@ -319,7 +316,6 @@ def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
     h.service.cmd_ban({"target": ATTACKER, "duration": "permanent"}, NOW)
     h.service.cmd_ban({"target": ATTACKER, "duration": 3600}, NOW + 1)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
-    h.state.commit()
     h.restart(NOW + 2)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
 
@@ -493,7 +489,6 @@ def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
     assert h.state.active(NOW + 20) == []
     assert len(h.backend.ban_batches) == 1
     # ...and after a restart, nothing comes back.
-    h.state.commit()
     h.restart(NOW + 30)
     assert h.backend.ban_batches == []
 
@@ -702,9 +697,8 @@ def test_reload_without_a_config_file(tmp_path: Path) -> None:
 
 
 def test_prune_forgets_old_bans_only(h: Harness) -> None:
-    h.state.begin()
-    h.state.record_bans([decision(ATTACKER, NOW - 40 * 86400, 600),
-                         decision("198.51.100.9", NOW - 86400, 600)])
-    h.service.prune(NOW)
-    h.state.commit()
+    with h.state.transaction():
+        h.state.record_bans([decision(ATTACKER, NOW - 40 * 86400, 600),
+                             decision("198.51.100.9", NOW - 86400, 600)])
+        h.service.prune(NOW)
     assert [t for t, _ in h.state.history(0)] == [n("198.51.100.9")]

@@ -85,7 +85,6 @@ def test_local_bans_of_published_jails_go_to_the_outbox_in_order(h: Harness) -> 
     h.feed(synacks(ATTACKER, NOW))
     h.service.cmd_ban({"target": "2001:db8:77::/48", "jail": "scans"}, NOW)  # not shared
     h.service.cmd_ban({"target": "198.51.100.9", "jail": "probes"}, NOW)
-    h.state.commit()
     events = [from_payload(p) for _, p in h.state.outbox(0)]
     assert [(e.kind, str(e.target), e.jail, e.origin, e.expires) for e in events if e] == [
         ("ban", f"{ATTACKER}/32", "probes", "web-1", NOW + 600),
@@ -109,7 +108,6 @@ def test_a_local_unban_of_a_remote_ban_holds_until_it_would_have_expired(h: Harn
 def test_unban_fleet_publishes_and_a_remote_unban_lifts(h: Harness) -> None:
     h.service.apply_remote([remote(PEER)], NOW)
     assert "every host" in h.service.cmd_unban({"target": PEER, "fleet": True}, NOW + 1)
-    h.state.commit()
     [(_, payload)] = h.state.outbox(0)
     event = from_payload(payload)
     assert event is not None and (event.kind, str(event.target)) == ("unban", f"{PEER}/32")
@@ -129,7 +127,6 @@ def test_unban_fleet_outside_a_fleet_is_refused(h: Harness) -> None:
 def test_a_fleet_unban_is_no_hold_after_a_restart(h: Harness) -> None:
     h.service.apply_remote([remote(PEER, expires=NOW + 600)], NOW)
     h.service.apply_remote([remote(PEER, kind="unban", event_id="d" * 32)], NOW + 1)
-    h.state.commit()
     restarted = h.restart(NOW + 2)
     restarted.fleet = FleetRole("web-1", frozenset({"probes"}), accept=True)
     again = remote(PEER, expires=NOW + 900, event_id="e" * 32)

@@ -17,7 +17,7 @@ from blocker.sources import kmsg
 from blocker.sources.base import MAX_LINE_BYTES, SourceError, SourceLine
 from blocker.sources.kmsg import KmsgSource, RecordFilter, parse_kmsg_record
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read and write /dev/kmsg")
+needs_root = pytest.mark.root("read and write /dev/kmsg")
 
 # -- parsing and filtering (pure) ----------------------------------------------
 
@@ -205,7 +205,6 @@ def raw_kmsg() -> Iterator[int]:
         os.close(fd)
 
 
-@pytest.mark.root
 @needs_root
 def test_real_user_write_is_read_but_not_taken_as_kernel(raw_kmsg: int) -> None:
     marker = f"blocker-test {uuid.uuid4().hex}".encode()
@@ -253,7 +252,6 @@ def netns_pair() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
-@pytest.mark.root
 @needs_root
 def test_real_netfilter_log_line_is_a_kernel_line(
     netns_pair: tuple[str, str], raw_kmsg: int
@@ -288,7 +286,6 @@ def test_real_netfilter_log_line_is_a_kernel_line(
         source.close()
 
 
-@pytest.mark.root
 @needs_root
 def test_real_start_after_a_reboot_reads_the_whole_ring_buffer(
         raw_kmsg: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,7 +310,6 @@ def test_real_start_after_a_reboot_reads_the_whole_ring_buffer(
         source.close()
 
 
-@pytest.mark.root
 @needs_root
 def test_real_restart_from_saved_seq_skips_what_was_read(raw_kmsg: int) -> None:
     source = KmsgSource(from_start=True)

@@ -43,9 +43,8 @@ def state(tmp_path: Path) -> Iterator[State]:
 
 
 def record(state: State, *decisions: Decision, origin: str = "auto") -> None:
-    state.begin()
-    state.record_bans(decisions, origin)
-    state.commit()
+    with state.transaction():
+        state.record_bans(decisions, origin)
 
 
 def test_files_are_private(tmp_path: Path) -> None:
@@ -89,11 +88,10 @@ def test_a_permanent_ban_never_expires(state: State) -> None:
 def test_lift_ends_active_bans_only(state: State) -> None:
     record(state, ban("203.0.113.7", T0, 600), ban("203.0.113.7", T0 + 100, 1200),
            ban("203.0.113.8", T0 - 1000, 600))
-    state.begin()
-    assert state.lift(n("203.0.113.7"), T0 + 200) == 2
-    assert state.lift(n("203.0.113.8"), T0 + 200) == 0  # long expired: nothing to lift
-    assert state.lift(n("198.51.100.1"), T0 + 200) == 0
-    state.commit()
+    with state.transaction():
+        assert state.lift(n("203.0.113.7"), T0 + 200) == 2
+        assert state.lift(n("203.0.113.8"), T0 + 200) == 0  # long expired: nothing to lift
+        assert state.lift(n("198.51.100.1"), T0 + 200) == 0
     assert state.active(T0 + 200) == []
     # Lifted bans still count as history (ban-time growth).
     assert [t for t, _ in state.history(T0 - 2000)] == [n("203.0.113.8"), n("203.0.113.7"),
@@ -115,10 +113,9 @@ def test_prune_drops_bans_that_ended_before(state: State) -> None:
            ban("203.0.113.2", T0, 6000),  # ends T0+6000
            ban("203.0.113.3", T0, math.inf),  # never ends
            ban("203.0.113.4", T0, math.inf))  # lifted at T0+100
-    state.begin()
-    state.lift(n("203.0.113.4"), T0 + 100)
-    state.prune(T0 + 1000)
-    state.commit()
+    with state.transaction():
+        state.lift(n("203.0.113.4"), T0 + 100)
+        state.prune(T0 + 1000)
     assert [t.compressed for t, _ in state.history(0)] == ["203.0.113.2/32", "203.0.113.3/32"]
 
 
@@ -134,14 +131,29 @@ def test_rows_survive_reopening(tmp_path: Path) -> None:
     st.close()
 
 
-def test_begin_and_commit_are_idempotent(state: State) -> None:
-    state.commit()  # nothing open: no error
-    state.begin()
-    state.begin()
-    state.record_bans([ban("203.0.113.7", T0, 600)])
-    state.commit()
-    state.commit()
+def test_a_transaction_inside_another_joins_it_and_the_outer_one_commits(state: State) -> None:
+    with state.transaction():
+        with state.transaction():
+            state.record_bans([ban("203.0.113.7", T0, 600)])
+        state.save_position("kernlog:/var/log/kern.log", {"offset": 1})
+        # Not committed yet: a second connection does not see the ban.
+        other = sqlite3.connect(state.path)
+        assert other.execute("SELECT COUNT(*) FROM bans").fetchone() == (0,)
+    assert other.execute("SELECT COUNT(*) FROM bans").fetchone() == (1,)
+    other.close()
     assert len(state.active(T0)) == 1
+
+
+def test_a_transaction_that_raises_leaves_nothing_behind(state: State) -> None:
+    """Bans and the log position go together or not at all."""
+    with pytest.raises(RuntimeError), state.transaction():
+        state.record_bans([ban("203.0.113.7", T0, 600)])
+        state.save_position("kernlog:/var/log/kern.log", {"offset": 1})
+        raise RuntimeError("the daemon died between the two")
+    assert state.active(T0) == []
+    assert state.position("kernlog:/var/log/kern.log") is None
+    record(state, ban("203.0.113.8", T0, 600))  # and the next transaction works
+    assert [r.target_text for r in state.active(T0)] == ["203.0.113.8"]
 
 
 def test_positions_round_trip(state: State) -> None:
@@ -178,16 +190,15 @@ from blocker.state import State
 state = State(Path(sys.argv[1]))
 count = state.db.execute("SELECT COUNT(*) FROM bans").fetchone()[0]
 while True:
-    state.begin()
-    batch = []
-    for _ in range({ROWS_PER_COMMIT}):
-        count += 1
-        target = IPv6Network(((0x20010DB8 << 96) + count, 128))
-        batch.append(Decision(target=target, jail="probes", at=float(count), duration=600.0,
-                              score=5.0, filters=("unsolicited_synack",), reason="x" * 200))
-    state.record_bans(batch)
-    state.save_position("kernlog:/var/log/kern.log", {{"offset": count}})
-    state.commit()
+    with state.transaction():
+        batch = []
+        for _ in range({ROWS_PER_COMMIT}):
+            count += 1
+            target = IPv6Network(((0x20010DB8 << 96) + count, 128))
+            batch.append(Decision(target=target, jail="probes", at=float(count), duration=600.0,
+                                  score=5.0, filters=("unsolicited_synack",), reason="x" * 200))
+        state.record_bans(batch)
+        state.save_position("kernlog:/var/log/kern.log", {{"offset": count}})
     print(count, flush=True)
 """
 

@@ -105,9 +105,8 @@ def test_a_version_1_file_gets_the_fleet_outbox_and_keeps_its_bans(tmp_path: Pat
     try:
         assert [row.reason for row in state.active(T0)] == ["old ban"]
         assert state.outbox(0) == []
-        state.begin()
-        state.queue_outbox([b'{"a":1}', b'{"b":2}'])
-        state.commit()
+        with state.transaction():
+            state.queue_outbox([b'{"a":1}', b'{"b":2}'])
         assert [payload for _, payload in state.outbox(0)] == [b'{"a":1}', b'{"b":2}']
         state.sent_outbox(state.outbox(0)[-1][0])
         state.queue_outbox([b'{"c":3}'])

@@ -102,8 +102,7 @@ class FleetWiring:
 
     def turn(self) -> None:
         upto = self.link.take_sent()
-        if upto is not None:
-            self.state.begin()
+        if upto is not None:  # in the daemon's transaction for this turn
             self.state.sent_outbox(upto)
         while len(self.inbox) < INBOX_ROOM:
             batch = self.link.take()
@@ -121,7 +120,6 @@ class FleetWiring:
         counts["duplicates"] = taken.duplicates
         for name, count in counts.items():
             self.applied[name] = self.applied.get(name, 0) + count
-        self.state.begin()
         self.state.save_position(self.position, {"cursor": taken.cursor})
 
     def hand_outbox(self) -> None:

@@ -6,11 +6,18 @@ import builtins
 import math
 from collections.abc import Sequence
 
-from blocker.firewall.base import Bans, FirewallError, Repair, check_bans, check_targets
+from blocker.firewall.base import (
+    Backend,
+    Bans,
+    FirewallError,
+    Repair,
+    check_bans,
+    check_targets,
+)
 from blocker.records import Network
 
 
-class FakeBackend:
+class FakeBackend(Backend):  # mypy checks every verb against the protocol
     """Validates like a real backend (check_bans/check_targets), then only remembers.
 
     `table` maps target -> remaining seconds as last banned (no clock: tests age nothing).

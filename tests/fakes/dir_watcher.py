@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from blocker.sources.dirwatch import IN_MODIFY, IN_OPEN, DirEvent
+from blocker.sources.dirwatch import IN_MODIFY, IN_OPEN, DirectoryWatcher, DirEvent
 
 
-class FakeDirectoryWatcher:
+class FakeDirectoryWatcher(DirectoryWatcher):  # checked against the protocol by mypy
     """Events come from push(); a real pipe backs fileno() so select() behaves as with inotify."""
 
     def __init__(self, directory: str) -> None:

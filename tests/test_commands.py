@@ -1,0 +1,75 @@
+"""The typed admin requests: what blockerctl sends is what blockerd reads back."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from blocker.commands import (
+    BanRequest,
+    ExplainRequest,
+    ListRequest,
+    ReloadRequest,
+    Request,
+    RequestError,
+    StatusRequest,
+    UnbanRequest,
+    iso_time,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("request_", [
+    StatusRequest(), ListRequest(), ReloadRequest(),
+    BanRequest("203.0.113.7"), BanRequest("203.0.113.0/24", 7200.0, "scans"),
+    BanRequest("2001:db8::/48", math.inf), UnbanRequest("203.0.113.7"),
+    ExplainRequest("198.51.100.9"),
+])
+def test_a_request_survives_the_wire(request_: Request) -> None:
+    message = json.loads(json.dumps(request_.to_message(), allow_nan=False))
+    assert message["cmd"] == request_.command
+    assert type(request_).from_message(message) == request_
+
+
+def test_a_permanent_ban_travels_as_the_word_permanent() -> None:
+    assert BanRequest("203.0.113.7", math.inf).to_message() == {
+        "cmd": "ban", "target": "203.0.113.7", "duration": "permanent"}
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    ({}, "give an address or a network"),
+    ({"target": "  "}, "give an address or a network"),
+    ({"target": ["203.0.113.7"]}, "give an address or a network"),
+    ({"target": "203.0.113.7", "jail": 3}, "no jail 3"),
+    ({"target": "203.0.113.7", "duration": "soon"}, "duration: must be a duration like"),
+    ({"target": "203.0.113.7", "duration": 0}, "duration must be longer than 0 s"),
+    ({"target": "203.0.113.7", "duration": True}, "duration: must be a duration"),
+])
+def test_a_malformed_ban_is_refused_before_any_command_runs(message: dict[str, object],
+                                                            error: str) -> None:
+    with pytest.raises(RequestError, match=error):
+        BanRequest.from_message(message)
+
+
+def test_explain_and_unban_need_their_field() -> None:
+    with pytest.raises(RequestError, match="explain needs an address"):
+        ExplainRequest.from_message({"address": 5})
+    with pytest.raises(RequestError, match="give an address or a network"):
+        UnbanRequest.from_message({})
+
+
+def test_times_in_replies_are_utc_and_a_bad_one_says_so() -> None:
+    assert iso_time(0) == "1970-01-01T00:00:00+00:00"
+    assert iso_time(math.inf) == "invalid-time"
+
+
+def test_the_service_knows_neither_the_transport_nor_replay() -> None:
+    tree = ast.parse((REPO / "blocker" / "service.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported.isdisjoint({"blocker.control", "blocker.replay"})
+    assert "blocker.commands" in imported
