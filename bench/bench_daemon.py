@@ -40,8 +40,10 @@ sys.path.insert(0, str(REPO))
 def synack_lines(address: str, count: int = 5) -> str:
     stamp = datetime.now(UTC).isoformat(timespec="microseconds")
     if ":" in address:  # the kernel's IPv6 layout: addresses fully expanded, TC/HOPLIMIT
-        ip = (f"SRC={_expanded(address)} DST={_expanded('2001:db8::1')} LEN=60 "
-              "TC=0 HOPLIMIT=52 FLOWLBL=0")
+        ip = (
+            f"SRC={_expanded(address)} DST={_expanded('2001:db8::1')} LEN=60 "
+            "TC=0 HOPLIMIT=52 FLOWLBL=0"
+        )
     else:
         ip = f"SRC={address} DST=192.0.2.1 LEN=40 TOS=0x00 PREC=0x00 TTL=52 ID=0"
     lines = [
@@ -77,8 +79,17 @@ def daemon(workdir: Path, dry_run: bool, tag: str) -> Iterator[Path]:
     log = workdir / "kern.log"
     log.write_text("")
     sock = workdir / "ctl.sock"
-    argv = [str(BIN / "blockerd"), "--config", str(workdir / "jails.toml"), "--log", str(log),
-            "--state-dir", str(workdir / "state"), "--socket", str(sock)]
+    argv = [
+        str(BIN / "blockerd"),
+        "--config",
+        str(workdir / "jails.toml"),
+        "--log",
+        str(log),
+        "--state-dir",
+        str(workdir / "state"),
+        "--socket",
+        str(sock),
+    ]
     if dry_run:
         argv.append("--dry-run")
     with open(workdir / "blockerd.err", "w") as err:
@@ -125,8 +136,9 @@ class KernelSets:
         self.ipset.close()
 
     def count(self, name: str) -> int:
-        out = subprocess.run(["ipset", "list", "-t", name], check=False, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            ["ipset", "list", "-t", name], check=False, capture_output=True, text=True
+        )
         for line in out.stdout.splitlines():
             if line.startswith("Number of entries:"):
                 return int(line.split(":")[1])
@@ -195,8 +207,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--offenders", type=int, default=300)
     parser.add_argument("--burst", type=int, default=5000)
-    parser.add_argument("--ingest-log", type=Path,
-                        default=REPO / "bench/out/kern-rfc3339-1000000-s1-v1.log")
+    parser.add_argument(
+        "--ingest-log", type=Path, default=REPO / "bench/out/kern-rfc3339-1000000-s1-v1.log"
+    )
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -206,8 +219,10 @@ def main() -> int:
         netns = f"blkbench-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     tag = uuid.uuid4().hex[:6]
@@ -220,13 +235,17 @@ def main() -> int:
             ms = sorted(x * 1000 for x in latencies)
             p50 = statistics.median(ms)
             p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-            print(f"latency  {len(ms)} single offenders (5 lines each, one write): "
-                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms "
-                  f"(targets: p50 <= 10 ms, p99 <= 50 ms)")
+            print(
+                f"latency  {len(ms)} single offenders (5 lines each, one write): "
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms "
+                f"(targets: p50 <= 10 ms, p99 <= 50 ms)"
+            )
             rounds = [bench_burst(log, tag, args.burst, i) for i in range(3)]
             for seconds, banned in rounds:
-                print(f"burst    {args.burst} offenders in one write: {banned} in the kernel "
-                      f"set after {seconds:.3f} s = {banned / seconds:,.0f} bans/s")
+                print(
+                    f"burst    {args.burst} offenders in one write: {banned} in the kernel "
+                    f"set after {seconds:.3f} s = {banned / seconds:,.0f} bans/s"
+                )
             seconds, banned = sorted(rounds)[1]
             print(f"burst    median of 3: {banned / seconds:,.0f} bans/s (target >= 10,000)")
             report.update(p50_ms=p50, p99_ms=p99, burst_seconds=seconds, burst_banned=banned)
@@ -235,8 +254,10 @@ def main() -> int:
             ingest.mkdir()
             with daemon(ingest, dry_run=True, tag=tag) as log:
                 seconds, lines = bench_ingest(log, args.ingest_log)
-                print(f"ingest   {lines:,} mixed lines appended at once: {seconds:.2f} s = "
-                      f"{lines / seconds:,.0f} lines/s (target >= 100,000)")
+                print(
+                    f"ingest   {lines:,} mixed lines appended at once: {seconds:.2f} s = "
+                    f"{lines / seconds:,.0f} lines/s (target >= 100,000)"
+                )
                 report.update(ingest_seconds=seconds, ingest_lines=lines)
         else:
             print(f"ingest   skipped: {args.ingest_log} missing (run bench/bench_replay.py once)")

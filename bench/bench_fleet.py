@@ -51,7 +51,7 @@ class Host:
         self.set4, self.set6 = f"fb4-{self.tag}", f"fb6-{self.tag}"
         (self.home / "kern.log").write_text("")
         (self.home / "jails.toml").write_text(f"""
-filters_dir = "{REPO / 'filters'}"
+filters_dir = "{REPO / "filters"}"
 [firewall]
 set_v4 = "{self.set4}"
 set_v6 = "{self.set6}"
@@ -67,8 +67,9 @@ host_id = "{name}"
 publish = ["probes"]
 """)
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
-                       check=True)
+        subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.ipset = None
 
@@ -77,10 +78,25 @@ publish = ["probes"]
         started = time.perf_counter()
         with (self.home / "blockerd.err").open("ab") as err:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, str(BIN / "blockerd"), "--config",
-                 str(self.home / "jails.toml"), "--log", str(self.home / "kern.log"),
-                 "--state-dir", str(self.home / "state"), "--socket", str(self.sock)],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    str(BIN / "blockerd"),
+                    "--config",
+                    str(self.home / "jails.toml"),
+                    "--log",
+                    str(self.home / "kern.log"),
+                    "--state-dir",
+                    str(self.home / "state"),
+                    "--socket",
+                    str(self.sock),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
         return started
 
     def wait_ready(self) -> None:
@@ -117,9 +133,21 @@ publish = ["probes"]
             return False
 
     def count(self, family: int = 6) -> int:
-        out = subprocess.run(["ip", "netns", "exec", self.netns, "ipset", "list", "-t",
-                              self.set6 if family == 6 else self.set4],
-                             capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "ipset",
+                "list",
+                "-t",
+                self.set6 if family == 6 else self.set4,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
         for line in out.splitlines():
             if line.startswith("Number of entries:"):
                 return int(line.split(":")[1])
@@ -144,8 +172,11 @@ publish = ["probes"]
         self.stop()
         if self.ipset is not None:
             self.ipset.close()
-        subprocess.run(["ip", "netns", "exec", self.netns, "ipset", "destroy"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ipset", "destroy"],
+            check=False,
+            capture_output=True,
+        )
         subprocess.run(["ip", "netns", "delete", self.netns], check=False)
 
 
@@ -156,8 +187,19 @@ def burst_events(count: int, round_: int) -> list[object]:
     base = int(IPv6Address(f"2001:db8:{round_ + 1:x}::"))
     from ipaddress import ip_network  # noqa: PLC0415
 
-    return [FleetEvent("ban", uuid.uuid4().hex, "bench", ip_network(IPv6Address(base + i)),
-                       "probes", now, now + 3600, "bench burst") for i in range(1, count + 1)]
+    return [
+        FleetEvent(
+            "ban",
+            uuid.uuid4().hex,
+            "bench",
+            ip_network(IPv6Address(base + i)),
+            "probes",
+            now,
+            now + 3600,
+            "bench burst",
+        )
+        for i in range(1, count + 1)
+    ]
 
 
 def publish(url: str, events: list[object]) -> float:
@@ -166,7 +208,7 @@ def publish(url: str, events: list[object]) -> float:
     transport = RedisTransport(url, key=KEY)
     started = time.perf_counter()
     for i in range(0, len(events), 1000):
-        transport.publish(events[i:i + 1000], time.time())  # type: ignore[arg-type]
+        transport.publish(events[i : i + 1000], time.time())  # type: ignore[arg-type]
     transport.close()
     return started
 
@@ -225,9 +267,11 @@ def main() -> int:
                     time.sleep(0.0005)
             ms = sorted(x * 1000 for x in latencies)
             p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-            print(f"latency  {args.bans} bans on A, {len(ms)} arrivals in B's and C's kernel "
-                  f"sets: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
-                  f"max {ms[-1]:.1f} ms (target: p99 <= 1000 ms)")
+            print(
+                f"latency  {args.bans} bans on A, {len(ms)} arrivals in B's and C's kernel "
+                f"sets: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+                f"max {ms[-1]:.1f} ms (target: p99 <= 1000 ms)"
+            )
             report.update(latency_p50_ms=statistics.median(ms), latency_p99_ms=p99)
 
             events = burst_events(args.burst, 0)
@@ -236,9 +280,11 @@ def main() -> int:
             reached = wait_count([b, c], args.burst, 120)
             for name in ("b", "c"):
                 seconds = reached[name] - started if name in reached else float("nan")
-                print(f"burst    {args.burst:,} events published in {published:.2f} s; all in "
-                      f"{name}'s kernel set {seconds:.2f} s after the first publish "
-                      f"(target <= 10 s)")
+                print(
+                    f"burst    {args.burst:,} events published in {published:.2f} s; all in "
+                    f"{name}'s kernel set {seconds:.2f} s after the first publish "
+                    f"(target <= 10 s)"
+                )
                 report[f"burst_{name}_s"] = seconds
 
             c.stop()
@@ -250,10 +296,12 @@ def main() -> int:
             answering = time.perf_counter() - started
             reached = wait_count([c], 2 * args.burst, 120)
             seconds = reached["c"] - started if "c" in reached else float("nan")
-            print(f"catch-up C started after {args.burst:,} events went by: all in its kernel "
-                  f"set {seconds:.2f} s after the process started (target <= 5 s); it "
-                  f"answered `status` after {answering:.2f} s (start-up: restoring "
-                  f"{args.burst:,} active bans)")
+            print(
+                f"catch-up C started after {args.burst:,} events went by: all in its kernel "
+                f"set {seconds:.2f} s after the process started (target <= 5 s); it "
+                f"answered `status` after {answering:.2f} s (start-up: restoring "
+                f"{args.burst:,} active bans)"
+            )
             report["catchup_answering_s"] = answering
             report["catchup_s"] = seconds
             c.wait_ready()

@@ -55,10 +55,12 @@ _FIRST_BYTES = [b for b in range(1, 224) if b not in {10, 127, 169, 172, 192, 19
 
 
 def _line(stamp: str, micros: int, src: str, dport: int) -> str:
-    return (f"{stamp}.{micros:06d}+00:00 {HOST} kernel: [UFW BLOCK] IN=eth0 OUT= "
-            f"MAC={MAC_V4} SRC={src} DST={HOST_V4} LEN=44 TOS=0x00 PREC=0x00 TTL=52 ID=0 DF "
-            f"PROTO=TCP SPT=443 DPT={dport} WINDOW=65535 RES=0x00 ACK SYN URGP=0 "
-            f"OPT (020405B4) \n")
+    return (
+        f"{stamp}.{micros:06d}+00:00 {HOST} kernel: [UFW BLOCK] IN=eth0 OUT= "
+        f"MAC={MAC_V4} SRC={src} DST={HOST_V4} LEN=44 TOS=0x00 PREC=0x00 TTL=52 ID=0 DF "
+        f"PROTO=TCP SPT=443 DPT={dport} WINDOW=65535 RES=0x00 ACK SYN URGP=0 "
+        f"OPT (020405B4) \n"
+    )
 
 
 class Clock:
@@ -104,8 +106,9 @@ def write_a(path: Path, sources: int, seconds: float, seed: int) -> None:
     rng = random.Random(seed)
     clock = Clock()
     middle = max(0.0, seconds / 2 - 30)
-    attacks = sorted((middle + 2 + 10 * k + i * 0.01, src)
-                     for k in range(6) for i, src in enumerate(ATTACKERS))
+    attacks = sorted(
+        (middle + 2 + 10 * k + i * 0.01, src) for k in range(6) for i, src in enumerate(ATTACKERS)
+    )
     with path.open("w", encoding="ascii") as out:
         step = seconds / sources
         made = 0
@@ -150,8 +153,16 @@ def run(tree: Path, log: Path) -> tuple[float, float, int, Path]:
     """(wall s, CPU s, peak RSS bytes, JSON output file) of `blockerctl test` in `tree`."""
     result = Path(tempfile.mkstemp(prefix="bench_flood.", suffix=".json")[1])
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [sys.executable, "-m", "blocker.cli", "test", "--config",
-               str(tree / "jails.toml"), "--json", str(log)]
+    command = [
+        sys.executable,
+        "-m",
+        "blocker.cli",
+        "test",
+        "--config",
+        str(tree / "jails.toml"),
+        "--json",
+        str(log),
+    ]
     with result.open("wb") as out:
         began = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, cwd=tree, env=env)
@@ -192,8 +203,10 @@ def compare_mixed(baselines: list[Path]) -> int:
         data = json.loads(result.read_text(encoding="utf-8"))
         result.unlink()
         outputs.append(data["bans"])
-        print(f"  {tree!s:32} wall {wall:6.1f} s  cpu {cpu:6.1f} s  peak RSS "
-              f"{rss / 2**20:6.0f} MiB  bans {len(data['bans']):,}")
+        print(
+            f"  {tree!s:32} wall {wall:6.1f} s  cpu {cpu:6.1f} s  peak RSS "
+            f"{rss / 2**20:6.0f} MiB  bans {len(data['bans']):,}"
+        )
     same = all(bans == outputs[-1] for bans in outputs)
     print(f"{log.name}: bans identical in every tree: {same}")
     return 0
@@ -206,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="scenario a: log span")
     parser.add_argument("--spread", choices=("clustered", "random"), default="clustered")
     parser.add_argument("--seed", type=int, default=9)
-    parser.add_argument("--baseline", type=Path, action="append", default=[],
-                        help="another checkout to run on the same file (repeatable)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout to run on the same file (repeatable)",
+    )
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.scenario == "c":
@@ -229,18 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         expected = set(reflectors)
         del reflectors
     lines = sum(1 for _ in log.open("rb"))
-    print(f"{log.name}: {lines:,} lines, {log.stat().st_size / 1e6:.0f} MB "
-          f"(ready in {time.perf_counter() - began:.0f} s); load {os.getloadavg()}")
+    print(
+        f"{log.name}: {lines:,} lines, {log.stat().st_size / 1e6:.0f} MB "
+        f"(ready in {time.perf_counter() - began:.0f} s); load {os.getloadavg()}"
+    )
     for tree in [*args.baseline, REPO]:
         wall, cpu, rss, result = run(tree.resolve(), log)
         hosts, subnets = banned(result)
         got = sum(1 for addr in expected if covered(addr, hosts, subnets))
         extra = len(hosts - expected) if args.scenario == "a" else 0
-        print(f"  {tree!s:32} wall {wall:6.1f} s  {lines / wall:9,.0f} lines/s  "
-              f"cpu {cpu:6.1f} s  peak RSS {rss / 2**20:6.0f} MiB  "
-              f"bans {len(hosts):,} hosts + {len(subnets):,} subnets; "
-              f"expected covered {got:,}/{len(expected):,}"
-              + (f"; other hosts banned {extra}" if args.scenario == "a" else ""))
+        print(
+            f"  {tree!s:32} wall {wall:6.1f} s  {lines / wall:9,.0f} lines/s  "
+            f"cpu {cpu:6.1f} s  peak RSS {rss / 2**20:6.0f} MiB  "
+            f"bans {len(hosts):,} hosts + {len(subnets):,} subnets; "
+            f"expected covered {got:,}/{len(expected):,}"
+            + (f"; other hosts banned {extra}" if args.scenario == "a" else "")
+        )
         result.unlink()
     print(f"  load after {os.getloadavg()}")
     return 0

@@ -33,16 +33,26 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_daemon import KernelSets, ctl, offenders_v4, synack_lines, wait_for  # noqa: E402
 
 
-def start_daemon(work: Path, tag: str, blockerd: list[str], cwd: Path | None
-                 ) -> subprocess.Popen[bytes]:
+def start_daemon(
+    work: Path, tag: str, blockerd: list[str], cwd: Path | None
+) -> subprocess.Popen[bytes]:
     config = (REPO / "jails.toml").read_text()
     config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
     config = config.replace('"blocker4"', f'"bl4-{tag}"').replace('"blocker6"', f'"bl6-{tag}"')
     config = config.replace("subnet_min_offenders = 3", "subnet_min_offenders = 0")
     (work / "jails.toml").write_text(config)
     (work / "kern.log").write_text("")
-    argv = [*blockerd, "--config", str(work / "jails.toml"), "--log", str(work / "kern.log"),
-            "--state-dir", str(work / "state"), "--socket", str(work / "ctl.sock")]
+    argv = [
+        *blockerd,
+        "--config",
+        str(work / "jails.toml"),
+        "--log",
+        str(work / "kern.log"),
+        "--state-dir",
+        str(work / "state"),
+        "--socket",
+        str(work / "ctl.sock"),
+    ]
     err = (work / "blockerd.err").open("w")
     # In the checkout's directory: `python -m` looks for the package there first.
     process = subprocess.Popen(argv, stderr=err, cwd=cwd)
@@ -55,8 +65,9 @@ def start_daemon(work: Path, tag: str, blockerd: list[str], cwd: Path | None
 
 
 def fill_set(name: str, count: int) -> float:
-    lines = "".join(f"add {name} 2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64 timeout 86400\n"
-                    for i in range(count))
+    lines = "".join(
+        f"add {name} 2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64 timeout 86400\n" for i in range(count)
+    )
     start = time.perf_counter()
     subprocess.run(["ipset", "restore", "-exist"], input=lines.encode(), check=True)
     return time.perf_counter() - start
@@ -84,15 +95,17 @@ print(json.dumps({"seconds": time.perf_counter() - start, "first_byte": first or
 
 
 def read_list(path: Path, result: dict[str, float]) -> None:
-    done = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _READER, str(path)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr else "reader failed")
     result.update(json.loads(done.stdout))
 
 
-def ban_latencies(log: Path, tag: str, addresses: list[str],
-                  until: threading.Event | None = None) -> list[float]:
+def ban_latencies(
+    log: Path, tag: str, addresses: list[str], until: threading.Event | None = None
+) -> list[float]:
     sets = KernelSets()
     latencies = []
     with log.open("a") as out:
@@ -115,8 +128,7 @@ def summary(latencies: list[float]) -> str:
     ms = sorted(x * 1000 for x in latencies)
     if not ms:
         return "none measured"
-    return (f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, "
-            f"max {ms[-1]:.1f} ms")
+    return f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, max {ms[-1]:.1f} ms"
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -129,8 +141,11 @@ def peak_rss_mib(pid: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
-    parser.add_argument("--blockerd", default=str(Path(sys.executable).parent / "blockerd"),
-                        help="blockerd to run, or a checkout's directory (run with its code)")
+    parser.add_argument(
+        "--blockerd",
+        default=str(Path(sys.executable).parent / "blockerd"),
+        help="blockerd to run, or a checkout's directory (run with its code)",
+    )
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -140,8 +155,10 @@ def main() -> int:
         netns = f"blkbench-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     blockerd = [args.blockerd]
@@ -160,8 +177,10 @@ def main() -> int:
         print(f"blockerd {' '.join(blockerd)} (cwd {checkout or '.'})")
         try:
             filled = fill_set(f"bl6-{tag}", args.entries)
-            print(f"filled   {args.entries:,} entries into bl6-{tag} in {filled:.1f} s "
-                  "(ipset restore)")
+            print(
+                f"filled   {args.entries:,} entries into bl6-{tag} in {filled:.1f} s "
+                "(ipset restore)"
+            )
             before = ban_latencies(work / "kern.log", tag, pool[:50])
             print(f"before   ban latency, no list running: {summary(before)}")
             listed: dict[str, float] = {}
@@ -179,14 +198,22 @@ def main() -> int:
             thread.start()
             during = ban_latencies(work / "kern.log", tag, pool[50:], until=done)
             thread.join()
-            print(f"list     {listed.get('rows', 0):,.0f} rows, {listed.get('bytes', 0) / 1e6:.0f}"
-                  f" MB in {listed.get('seconds', 0):.1f} s (first byte after "
-                  f"{listed.get('first_byte', 0) * 1000:.0f} ms)")
+            print(
+                f"list     {listed.get('rows', 0):,.0f} rows, {listed.get('bytes', 0) / 1e6:.0f}"
+                f" MB in {listed.get('seconds', 0):.1f} s (first byte after "
+                f"{listed.get('first_byte', 0) * 1000:.0f} ms)"
+            )
             print(f"during   ban latency while the list streamed: {summary(during)}")
             print(f"rss      blockerd peak (VmHWM): {peak_rss_mib(process.pid):.0f} MiB")
-            print(json.dumps({"before_ms": [round(x * 1000, 1) for x in before],
-                              "during_ms": [round(x * 1000, 1) for x in during],
-                              **listed}))
+            print(
+                json.dumps(
+                    {
+                        "before_ms": [round(x * 1000, 1) for x in before],
+                        "during_ms": [round(x * 1000, 1) for x in during],
+                        **listed,
+                    }
+                )
+            )
         finally:
             process.terminate()
             process.wait(timeout=30)

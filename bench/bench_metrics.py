@@ -64,8 +64,17 @@ def daemon(workdir: Path, tag: str, port: int) -> Iterator[Path]:
     log = workdir / "kern.log"
     log.write_text("")
     sock = workdir / "ctl.sock"
-    argv = [str(BIN / "blockerd"), "--config", str(workdir / "jails.toml"), "--log", str(log),
-            "--state-dir", str(workdir / "state"), "--socket", str(sock)]
+    argv = [
+        str(BIN / "blockerd"),
+        "--config",
+        str(workdir / "jails.toml"),
+        "--log",
+        str(log),
+        "--state-dir",
+        str(workdir / "state"),
+        "--socket",
+        str(sock),
+    ]
     with open(workdir / "blockerd.err", "w") as err:
         process = subprocess.Popen(argv, stderr=err)
         try:
@@ -117,8 +126,10 @@ def main() -> int:
         netns = f"blkmetrics-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     tag = uuid.uuid4().hex[:6]
@@ -128,13 +139,19 @@ def main() -> int:
         port = int(probe.getsockname()[1])
     url = f"http://127.0.0.1:{port}/metrics"
     pool = [f"198.51.100.{i}" for i in range(1, 255)] + [f"203.0.113.{i}" for i in range(1, 255)]
-    modes = (("no scraping", None), ("a scrape a second", 1.0), ("no scraping", None),
-             ("scraping nonstop", 0.0))
-    rounds = [pool[i * args.offenders:(i + 1) * args.offenders] for i in range(len(modes))]
+    modes = (
+        ("no scraping", None),
+        ("a scrape a second", 1.0),
+        ("no scraping", None),
+        ("scraping nonstop", 0.0),
+    )
+    rounds = [pool[i * args.offenders : (i + 1) * args.offenders] for i in range(len(modes))]
     if len(rounds[-1]) < args.offenders:
         raise SystemExit(f"--offenders at most {len(pool) // len(modes)}")
-    with tempfile.TemporaryDirectory(prefix="blkmetrics-") as tmp, \
-            daemon(Path(tmp), tag, port) as log:
+    with (
+        tempfile.TemporaryDirectory(prefix="blkmetrics-") as tmp,
+        daemon(Path(tmp), tag, port) as log,
+    ):
         sets = KernelSets()
         preload = offenders_v6(args.preload, 0xA1)
         with log.open("a") as stream:
@@ -147,17 +164,26 @@ def main() -> int:
             if pause is None:
                 figures.setdefault(mode, []).extend(latencies(log, f"bm4-{tag}", addresses))
                 continue
-            scraper = subprocess.Popen([sys.executable, "-c", SCRAPER, url, "3600", str(pause)],
-                                       stdout=subprocess.PIPE, text=True)
+            scraper = subprocess.Popen(
+                [sys.executable, "-c", SCRAPER, url, "3600", str(pause)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(0.5)  # let it get going
             figures.setdefault(mode, []).extend(latencies(log, f"bm4-{tag}", addresses))
             scraper.terminate()
             scraper.wait(timeout=10)
-        probe_run = subprocess.run([sys.executable, "-c", SCRAPER, url, "3", "0"],
-                                   capture_output=True, text=True, check=True)
+        probe_run = subprocess.run(
+            [sys.executable, "-c", SCRAPER, url, "3", "0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         scrapes, median = probe_run.stdout.split()
-        print(f"scrape   {float(median) * 1000:.1f} ms median with {args.preload} active bans "
-              f"({scrapes} scrapes in 3 s back to back)")
+        print(
+            f"scrape   {float(median) * 1000:.1f} ms median with {args.preload} active bans "
+            f"({scrapes} scrapes in 3 s back to back)"
+        )
         for mode, ms in figures.items():
             print(f"{mode:18} {len(ms)} offenders: {summary(ms)}")
     return 0

@@ -69,8 +69,9 @@ def rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def blockerd(ns: Namespace | None, workdir: Path, *, nflog_group: int | None
-             ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+def blockerd(
+    ns: Namespace | None, workdir: Path, *, nflog_group: int | None
+) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     config = (REPO / "jails.toml").read_text()
     config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
     if nflog_group is not None:
@@ -80,8 +81,16 @@ def blockerd(ns: Namespace | None, workdir: Path, *, nflog_group: int | None
     log = workdir / "kern.log"
     log.write_text("")
     sock = workdir / "ctl.sock"
-    argv = [str(BIN / "blockerd"), "--dry-run", "--config", str(workdir / "jails.toml"),
-            "--state-dir", str(workdir / "state"), "--socket", str(sock)]
+    argv = [
+        str(BIN / "blockerd"),
+        "--dry-run",
+        "--config",
+        str(workdir / "jails.toml"),
+        "--state-dir",
+        str(workdir / "state"),
+        "--socket",
+        str(sock),
+    ]
     if nflog_group is None:
         argv += ["--log", str(log)]
     if ns is not None:
@@ -108,14 +117,38 @@ def logged(ns: Namespace) -> int:
     return 0
 
 
-def bench_nflog(server: Namespace, client: Namespace, workdir: Path, seconds: float
-                ) -> dict[str, float]:
+def bench_nflog(
+    server: Namespace, client: Namespace, workdir: Path, seconds: float
+) -> dict[str, float]:
     group = random.randrange(1000, 60000)
-    server.run("iptables", "-A", "INPUT", "-p", "tcp", "-j", "NFLOG", "--nflog-group",
-               str(group), "--nflog-prefix", "INVALID ")
+    server.run(
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-j",
+        "NFLOG",
+        "--nflog-group",
+        str(group),
+        "--nflog-prefix",
+        "INVALID ",
+    )
     with blockerd(server, workdir, nflog_group=group) as (process, sock, _):
-        flood = client.spawn("hping3", "--flood", "-q", "-S", "-A", "-a", SPOOFED, "-s", "1024",
-                             "-p", "443", SERVER_V4)
+        flood = client.spawn(
+            "hping3",
+            "--flood",
+            "-q",
+            "-S",
+            "-A",
+            "-a",
+            SPOOFED,
+            "-s",
+            "1024",
+            "-p",
+            "443",
+            SERVER_V4,
+        )
         try:
             time.sleep(1.0)  # warm up: the flood and the daemon at their steady pace
             t0, n0, k0 = time.perf_counter(), int(str(status(sock)["lines"])), logged(server)
@@ -145,10 +178,16 @@ def bench_nflog(server: Namespace, client: Namespace, workdir: Path, seconds: fl
             client.stop_processes()
         rss = rss_kib(process.pid)
     span = t1 - t0
-    return {"offered": (k1 - k0) / span, "processed": (n1 - n0) / span,
-            "per_cpu_second": (n1 - n0) / max(c1 - c0, 1e-9),
-            "overruns": o1 - o0, "rss_mib": rss / 1024, "drained": drained,
-            "drain_rate": drained / max(drain_span, 1e-9), "drain_overruns": drain_overruns}
+    return {
+        "offered": (k1 - k0) / span,
+        "processed": (n1 - n0) / span,
+        "per_cpu_second": (n1 - n0) / max(c1 - c0, 1e-9),
+        "overruns": o1 - o0,
+        "rss_mib": rss / 1024,
+        "drained": drained,
+        "drain_rate": drained / max(drain_span, 1e-9),
+        "drain_overruns": drain_overruns,
+    }
 
 
 def _overruns(sock: Path) -> int:
@@ -164,7 +203,8 @@ def kernlog_lines(count: int) -> str:
         f"{stamp} bench kernel: INVALID IN=veth0 OUT= MAC= SRC={SPOOFED} DST={SERVER_V4} "
         f"LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID={i % 65536} PROTO=TCP SPT={1024 + i % 64512} "
         f"DPT=443 WINDOW=512 RES=0x00 ACK SYN URGP=0 \n"
-        for i in range(count))
+        for i in range(count)
+    )
 
 
 def bench_kernlog(workdir: Path, count: int) -> dict[str, float]:
@@ -193,20 +233,28 @@ def main() -> int:
         kern_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bkl-")))
         nflog = bench_nflog(server, client, nflog_dir, args.seconds)
         kernlog = bench_kernlog(kern_dir, args.lines)
-    print(f"nflog  : hping3 flood offered {nflog['offered']:,.0f} packets/s (iptables "
-          f"counter); blockerd processed {nflog['processed']:,.0f} records/s with "
-          f"{nflog['overruns']:.0f} ENOBUFS overruns in {args.seconds:g} s, "
-          f"{nflog['per_cpu_second']:,.0f} records per CPU-second; RSS "
-          f"{nflog['rss_mib']:.0f} MiB")
-    print(f"nflog  : backlog after 1.5 s stopped under the flood: {nflog['drained']:,.0f} "
-          f"records drained at {nflog['drain_rate']:,.0f} records/s "
-          f"({nflog['drain_overruns']:.0f} overruns while stopped)")
-    print(f"kernlog: {args.lines:,} lines appended at once: blockerd processed "
-          f"{kernlog['processed']:,.0f} lines/s, {kernlog['per_cpu_second']:,.0f} lines per "
-          f"CPU-second; RSS {kernlog['rss_mib']:.0f} MiB")
-    print(f"ratio  : nflog drain / kernlog = {nflog['drain_rate'] / kernlog['processed']:.2f}, "
-          f"per CPU-second {nflog['per_cpu_second'] / kernlog['per_cpu_second']:.2f} "
-          "(same run; this VM varies 20-30% between runs and is shared)")
+    print(
+        f"nflog  : hping3 flood offered {nflog['offered']:,.0f} packets/s (iptables "
+        f"counter); blockerd processed {nflog['processed']:,.0f} records/s with "
+        f"{nflog['overruns']:.0f} ENOBUFS overruns in {args.seconds:g} s, "
+        f"{nflog['per_cpu_second']:,.0f} records per CPU-second; RSS "
+        f"{nflog['rss_mib']:.0f} MiB"
+    )
+    print(
+        f"nflog  : backlog after 1.5 s stopped under the flood: {nflog['drained']:,.0f} "
+        f"records drained at {nflog['drain_rate']:,.0f} records/s "
+        f"({nflog['drain_overruns']:.0f} overruns while stopped)"
+    )
+    print(
+        f"kernlog: {args.lines:,} lines appended at once: blockerd processed "
+        f"{kernlog['processed']:,.0f} lines/s, {kernlog['per_cpu_second']:,.0f} lines per "
+        f"CPU-second; RSS {kernlog['rss_mib']:.0f} MiB"
+    )
+    print(
+        f"ratio  : nflog drain / kernlog = {nflog['drain_rate'] / kernlog['processed']:.2f}, "
+        f"per CPU-second {nflog['per_cpu_second'] / kernlog['per_cpu_second']:.2f} "
+        "(same run; this VM varies 20-30% between runs and is shared)"
+    )
     return 0
 
 

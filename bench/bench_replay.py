@@ -121,13 +121,15 @@ def run_timed(command: list[str]) -> tuple[float, float, str]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if done.returncode != 0:
-        sys.exit(f"bench: {' '.join(command[:6])} ... exited {done.returncode}:\n"
-                 f"{done.stderr[-2000:]}")
+        sys.exit(
+            f"bench: {' '.join(command[:6])} ... exited {done.returncode}:\n{done.stderr[-2000:]}"
+        )
     return seconds, cpu, done.stdout
 
 
-def ensure_log(lines: int, seed: int, style: str,
-               regenerate: bool) -> tuple[Path, dict[str, object]]:
+def ensure_log(
+    lines: int, seed: int, style: str, regenerate: bool
+) -> tuple[Path, dict[str, object]]:
     path = default_path(lines, seed, style)
     manifest_path = path.with_name(path.name + ".json")
     if not regenerate and path.exists() and manifest_path.exists():
@@ -143,8 +145,19 @@ def ensure_log(lines: int, seed: int, style: str,
 
 
 def bench_blockerctl(path: Path, runs: int, cpu: int | None) -> tuple[Timing, dict[str, object]]:
-    command = pinned([sys.executable, "-m", "blocker.cli", "test", "--config", "jails.toml",
-                      "--json", str(path)], cpu)
+    command = pinned(
+        [
+            sys.executable,
+            "-m",
+            "blocker.cli",
+            "test",
+            "--config",
+            "jails.toml",
+            "--json",
+            str(path),
+        ],
+        cpu,
+    )
     timing = Timing("blockerctl test")
     result: dict[str, object] = {}
     for run in range(runs):
@@ -154,49 +167,88 @@ def bench_blockerctl(path: Path, runs: int, cpu: int | None) -> tuple[Timing, di
     bans = result.get("bans")
     assert isinstance(bans, list)
     parsed = int(str(result["parsed"]))
-    timing.detail = (f"parsed {parsed} LOG records ({parsed / timing.best:,.0f}/s), malformed "
-                     f"{result['malformed']}, hits {result['hits']}, bans {len(bans)}")
+    timing.detail = (
+        f"parsed {parsed} LOG records ({parsed / timing.best:,.0f}/s), malformed "
+        f"{result['malformed']}, hits {result['hits']}, bans {len(bans)}"
+    )
     return timing, result
 
 
 def startup_cost(cpu: int | None) -> float:
     """Interpreter start + imports + config load: `blockerctl test` on an empty file."""
-    command = pinned([sys.executable, "-m", "blocker.cli", "test", "--config", "jails.toml",
-                      "--json", os.devnull], cpu)
+    command = pinned(
+        [
+            sys.executable,
+            "-m",
+            "blocker.cli",
+            "test",
+            "--config",
+            "jails.toml",
+            "--json",
+            os.devnull,
+        ],
+        cpu,
+    )
     return min(run_timed(command)[1] for _ in range(3))
 
 
-def bench_fail2ban(path: Path, style: str, expected: int, runs: int,
-                   cpu: int | None) -> Timing | None:
+def bench_fail2ban(
+    path: Path, style: str, expected: int, runs: int, cpu: int | None
+) -> Timing | None:
     binary = shutil.which("fail2ban-regex") or "/usr/bin/fail2ban-regex"
     if not Path(binary).exists():
-        print("  fail2ban-regex not found: install it with `sudo apt-get install fail2ban` "
-              "(Debian/Ubuntu), or pass --skip-fail2ban")
+        print(
+            "  fail2ban-regex not found: install it with `sudo apt-get install fail2ban` "
+            "(Debian/Ubuntu), or pass --skip-fail2ban"
+        )
         return None
-    command = pinned([binary, "-l", "error", "--print-no-missed", "--print-no-ignored", "-r",
-                      "--datepattern", DATEPATTERNS[style], str(path), SYNACK_FAILREGEX], cpu)
+    command = pinned(
+        [
+            binary,
+            "-l",
+            "error",
+            "--print-no-missed",
+            "--print-no-ignored",
+            "-r",
+            "--datepattern",
+            DATEPATTERNS[style],
+            str(path),
+            SYNACK_FAILREGEX,
+        ],
+        cpu,
+    )
     timing = Timing("fail2ban-regex")
     matched = -1
     for run in range(runs):
         wall, cpu_s, out = run_timed(command)
         summary = FAIL2BAN_SUMMARY.search(out)
         matched = int(summary.group(3)) if summary else -1
-        print(f"  fail2ban-regex run {run + 1}/{runs}: {timing.add(wall, cpu_s)}, "
-              f"matched {matched}", flush=True)
-    verdict = "= the SYN/ACK lines written" if matched == expected else (
-        f"!= {expected} SYN/ACK lines written: the failregex does not fit the log")
+        print(
+            f"  fail2ban-regex run {run + 1}/{runs}: {timing.add(wall, cpu_s)}, matched {matched}",
+            flush=True,
+        )
+    verdict = (
+        "= the SYN/ACK lines written"
+        if matched == expected
+        else (f"!= {expected} SYN/ACK lines written: the failregex does not fit the log")
+    )
     timing.detail = f"matched {matched} {verdict}"
     return timing
 
 
-def bench_bare_loop(path: Path, runs: int, cpu: int | None, *, name: str, regex: str,
-                    what: str) -> Timing:
-    return bench_loop([sys.executable, "-c", BARE_LOOP, str(path), regex], runs, cpu,
-                      name=name, what=f"{what} (no parsing, no scoring)")
+def bench_bare_loop(
+    path: Path, runs: int, cpu: int | None, *, name: str, regex: str, what: str
+) -> Timing:
+    return bench_loop(
+        [sys.executable, "-c", BARE_LOOP, str(path), regex],
+        runs,
+        cpu,
+        name=name,
+        what=f"{what} (no parsing, no scoring)",
+    )
 
 
-def bench_loop(command: list[str], runs: int, cpu: int | None, *, name: str, what: str
-               ) -> Timing:
+def bench_loop(command: list[str], runs: int, cpu: int | None, *, name: str, what: str) -> Timing:
     command = pinned(command, cpu)
     timing = Timing(name)
     found = ""
@@ -212,34 +264,44 @@ def report(lines: int, timings: list[Timing], fail2ban: Timing | None, startup: 
     reference = lines / fail2ban.best if fail2ban else None
     reference_cpu = lines / min(fail2ban.cpu) if fail2ban else None
     print()
-    print(f"{'tool':24} {'seconds':>8} {'lines/s':>10} {'vs fail2ban':>11}   "
-          f"{'cpu s':>6} {'lines/cpu-s':>11} {'vs fail2ban':>11}")
+    print(
+        f"{'tool':24} {'seconds':>8} {'lines/s':>10} {'vs fail2ban':>11}   "
+        f"{'cpu s':>6} {'lines/cpu-s':>11} {'vs fail2ban':>11}"
+    )
     for timing in timings:
         rate = lines / timing.best
         rate_cpu = lines / min(timing.cpu)
         versus = f"{rate / reference:.1f}x" if reference else "-"
         versus_cpu = f"{rate_cpu / reference_cpu:.1f}x" if reference_cpu else "-"
-        print(f"{timing.tool:24} {timing.best:8.2f} {rate:10,.0f} {versus:>11}   "
-              f"{min(timing.cpu):6.2f} {rate_cpu:11,.0f} {versus_cpu:>11}")
+        print(
+            f"{timing.tool:24} {timing.best:8.2f} {rate:10,.0f} {versus:>11}   "
+            f"{min(timing.cpu):6.2f} {rate_cpu:11,.0f} {versus_cpu:>11}"
+        )
         runs = ", ".join(f"{s:.2f}" for s in timing.seconds)
         print(f"{'':26}runs (wall s): {runs}")
         if timing.detail:
             print(f"{'':26}{timing.detail}")
-    print(f"(whole process, best of the runs: wall clock, and CPU time which other work on the "
-          f"core disturbs less;\n blockerctl's fixed cost -- interpreter, imports, config -- is "
-          f"{startup:.2f} cpu s of it)")
+    print(
+        f"(whole process, best of the runs: wall clock, and CPU time which other work on the "
+        f"core disturbs less;\n blockerctl's fixed cost -- interpreter, imports, config -- is "
+        f"{startup:.2f} cpu s of it)"
+    )
     blocker = timings[0]
     rate = lines / blocker.best
     rate_cpu = lines / min(blocker.cpu)
     print()
     verdict = "holds" if rate >= TARGET_LINES_PER_SECOND else "MISSED"
-    print(f"target >= {TARGET_LINES_PER_SECOND:,} lines/s for blockerctl test: {rate:,.0f} "
-          f"(per cpu-second {rate_cpu:,.0f}) -> {verdict}")
+    print(
+        f"target >= {TARGET_LINES_PER_SECOND:,} lines/s for blockerctl test: {rate:,.0f} "
+        f"(per cpu-second {rate_cpu:,.0f}) -> {verdict}"
+    )
     if reference and reference_cpu:
         ratio = rate / reference
         verdict = "holds" if ratio >= TARGET_RATIO else "MISSED"
-        print(f"target >= {TARGET_RATIO:.0f}x fail2ban-regex: {ratio:.1f}x "
-              f"(per cpu-second {rate_cpu / reference_cpu:.1f}x) -> {verdict}")
+        print(
+            f"target >= {TARGET_RATIO:.0f}x fail2ban-regex: {ratio:.1f}x "
+            f"(per cpu-second {rate_cpu / reference_cpu:.1f}x) -> {verdict}"
+        )
     else:
         print(f"target >= {TARGET_RATIO:.0f}x fail2ban-regex: not measured (--skip-fail2ban)")
 
@@ -264,25 +326,44 @@ def main(argv: list[str] | None = None) -> int:
     lines = int(str(manifest["lines"]))
     print()
     pin = f"core {cpu}" if cpu is not None and shutil.which("taskset") else "none"
-    print(f"python {platform.python_version()} ({sys.executable}), {os.cpu_count()} cores, "
-          f"pinned to {pin}, load average {os.getloadavg()[0]:.2f} (other work on the "
-          "machine makes figures noisy)", flush=True)
+    print(
+        f"python {platform.python_version()} ({sys.executable}), {os.cpu_count()} cores, "
+        f"pinned to {pin}, load average {os.getloadavg()[0]:.2f} (other work on the "
+        "machine makes figures noisy)",
+        flush=True,
+    )
 
     blocker, _ = bench_blockerctl(path, args.runs, cpu)
     startup = startup_cost(cpu)
     fail2ban = None
     if not args.skip_fail2ban:
-        fail2ban = bench_fail2ban(path, args.style, int(str(manifest["synack"])),
-                                  args.fail2ban_runs, cpu)
-    bare = bench_bare_loop(path, args.runs, cpu, name="bare loop, SRC= regex",
-                           regex=r" SRC=([0-9A-Fa-f.:]+) DST=", what="lines with SRC=")
+        fail2ban = bench_fail2ban(
+            path, args.style, int(str(manifest["synack"])), args.fail2ban_runs, cpu
+        )
+    bare = bench_bare_loop(
+        path,
+        args.runs,
+        cpu,
+        name="bare loop, SRC= regex",
+        regex=r" SRC=([0-9A-Fa-f.:]+) DST=",
+        what="lines with SRC=",
+    )
     # fail2ban's own regex without fail2ban around it: what its per-line machinery costs.
-    bare_failregex = bench_bare_loop(path, args.runs, cpu, name="bare loop, the failregex",
-                                     regex=SYNACK_FAILREGEX.replace("<HOST>", r"(\S+)"),
-                                     what="SYN/ACK lines")
-    floor = bench_loop([sys.executable, "-c", FLOOR_LOOP, str(path), str(REPO)], args.runs, cpu,
-                       name="floor loop",
-                       what="LOG records; a lower bound for a Python pipeline (no scoring)")
+    bare_failregex = bench_bare_loop(
+        path,
+        args.runs,
+        cpu,
+        name="bare loop, the failregex",
+        regex=SYNACK_FAILREGEX.replace("<HOST>", r"(\S+)"),
+        what="SYN/ACK lines",
+    )
+    floor = bench_loop(
+        [sys.executable, "-c", FLOOR_LOOP, str(path), str(REPO)],
+        args.runs,
+        cpu,
+        name="floor loop",
+        what="LOG records; a lower bound for a Python pipeline (no scoring)",
+    )
     timings = [blocker, *([fail2ban] if fail2ban else []), bare, bare_failregex, floor]
     report(lines, timings, fail2ban, startup)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

@@ -59,18 +59,30 @@ def fill_state(state_dir: Path, count: int, now: float) -> None:
         for i in range(count):
             # Spread over 2001:db8::/32, a /64 each, ban ends spread over the next hour.
             target = f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"
-            yield (target, "probes", now - 60, now + 3600 + i % 3600, 5.0,
-                   "unsolicited_synack", reason, "auto")
+            yield (
+                target,
+                "probes",
+                now - 60,
+                now + 3600 + i % 3600,
+                5.0,
+                "unsolicited_synack",
+                reason,
+                "auto",
+            )
 
     with db:
-        db.executemany("INSERT INTO bans (target, jail, at, expires, score, filters, reason, "
-                       "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+        db.executemany(
+            "INSERT INTO bans (target, jail, at, expires, score, filters, reason, "
+            "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows(),
+        )
     db.close()
 
 
 def set_entries(name: str) -> int:
-    out = subprocess.run(["ipset", "list", "-t", name], check=False, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["ipset", "list", "-t", name], check=False, capture_output=True, text=True
+    ).stdout
     for line in out.splitlines():
         if line.startswith("Number of entries:"):
             return int(line.split(":")[1])
@@ -87,9 +99,17 @@ def memory(pid: int) -> dict[str, float]:
 
 
 def start(work: Path, notify: socket.socket) -> tuple[subprocess.Popen[bytes], float]:
-    argv = [str(BIN / "blockerd"), "--config", str(work / "jails.toml"), "--log",
-            str(work / "kern.log"), "--state-dir", str(work / "state"), "--socket",
-            str(work / "ctl.sock")]
+    argv = [
+        str(BIN / "blockerd"),
+        "--config",
+        str(work / "jails.toml"),
+        "--log",
+        str(work / "kern.log"),
+        "--state-dir",
+        str(work / "state"),
+        "--socket",
+        str(work / "ctl.sock"),
+    ]
     env = {**os.environ, "NOTIFY_SOCKET": str(work / "notify.sock")}
     began = time.perf_counter()
     process = subprocess.Popen(argv, stderr=(work / "blockerd.err").open("ab"), env=env)
@@ -119,8 +139,10 @@ def main() -> int:
         netns = f"blkbench-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     from blocker.control import request  # noqa: PLC0415 - after sys.path
@@ -130,13 +152,13 @@ def main() -> int:
     report: dict[str, object] = {"bans": args.bans}
     with tempfile.TemporaryDirectory(prefix="blkrestore-") as tmp:
         work = Path(tmp)
-        (work / "jails.toml").write_text(CONFIG.format(filters=REPO / "filters", set4=set4,
-                                                       set6=set6))
+        (work / "jails.toml").write_text(
+            CONFIG.format(filters=REPO / "filters", set4=set4, set6=set6)
+        )
         (work / "kern.log").write_text("")
         began = time.perf_counter()
         fill_state(work / "state", args.bans, time.time())
-        print(f"state    {args.bans:,} active bans written in "
-              f"{time.perf_counter() - began:.1f} s")
+        print(f"state    {args.bans:,} active bans written in {time.perf_counter() - began:.1f} s")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(work / "notify.sock"))
         try:
@@ -144,9 +166,11 @@ def main() -> int:
                 process, ready = start(work, notify)
                 held = set_entries(set6)
                 mem = memory(process.pid)
-                print(f"{run:8} READY=1 after {ready:.2f} s with {held:,} of {args.bans:,} in "
-                      f"the kernel set; RSS {mem['VmRSS']:.0f} MB, peak {mem['VmHWM']:.0f} MB "
-                      "(target: ready <= 30 s with all of them)")
+                print(
+                    f"{run:8} READY=1 after {ready:.2f} s with {held:,} of {args.bans:,} in "
+                    f"the kernel set; RSS {mem['VmRSS']:.0f} MB, peak {mem['VmHWM']:.0f} MB "
+                    "(target: ready <= 30 s with all of them)"
+                )
                 report[f"{run}_ready_s"] = round(ready, 2)
                 report[f"{run}_in_kernel"] = held
                 report[f"{run}_rss_peak_mb"] = round(mem["VmHWM"])
@@ -154,9 +178,11 @@ def main() -> int:
                 reply = request(str(work / "ctl.sock"), {"cmd": "status"}, timeout=600)
                 took = time.perf_counter() - asked
                 result = reply.get("result", {})
-                print(f"{'':8} status answered in {took * 1000:.0f} ms: active_bans "
-                      f"{result.get('active_bans')}, sets "
-                      f"{json.dumps(result.get('firewall', {}).get('sets'))}")
+                print(
+                    f"{'':8} status answered in {took * 1000:.0f} ms: active_bans "
+                    f"{result.get('active_bans')}, sets "
+                    f"{json.dumps(result.get('firewall', {}).get('sets'))}"
+                )
                 report[f"{run}_status_ms"] = round(took * 1000)
                 stopped = stop(process)
                 print(f"{'':8} SIGTERM -> exit in {stopped:.2f} s")

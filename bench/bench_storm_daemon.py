@@ -50,10 +50,14 @@ def generate_storm(path: Path, reflectors: int, trains: int, start: float) -> in
     step = WINDOW_USED / total
     dst = IPv6Address("2001:db8::10").exploded
     head = " storm kernel: INVALID IN=veth0 OUT= MAC= SRC="
-    tail = (f" DST={dst} LEN=60 TC=0 HOPLIMIT=52 FLOWLBL=0 PROTO=TCP SPT=443 DPT=40312 "
-            "WINDOW=1024 RES=0x00 ACK SYN URGP=0\n")
-    sources = [f"2001:0db8:{i >> 16:04x}:{i & 0xFFFF:04x}:0000:0000:0000:0001{tail}"
-               for i in range(reflectors)]
+    tail = (
+        f" DST={dst} LEN=60 TC=0 HOPLIMIT=52 FLOWLBL=0 PROTO=TCP SPT=443 DPT=40312 "
+        "WINDOW=1024 RES=0x00 ACK SYN URGP=0\n"
+    )
+    sources = [
+        f"2001:0db8:{i >> 16:04x}:{i & 0xFFFF:04x}:0000:0000:0000:0001{tail}"
+        for i in range(reflectors)
+    ]
     assert sources[1].startswith(IPv6Address(reflector(1)).exploded + " ")
     seconds: dict[int, str] = {}
     line = 0
@@ -61,13 +65,14 @@ def generate_storm(path: Path, reflectors: int, trains: int, start: float) -> in
         for _train in range(trains):
             for begin in range(0, reflectors, 100_000):
                 chunk: list[str] = []
-                for source in sources[begin:begin + 100_000]:
+                for source in sources[begin : begin + 100_000]:
                     stamp = start + line * step
                     whole = int(stamp)
                     prefix = seconds.get(whole)
                     if prefix is None:
                         prefix = seconds[whole] = datetime.fromtimestamp(whole, UTC).strftime(
-                            "%Y-%m-%dT%H:%M:%S")
+                            "%Y-%m-%dT%H:%M:%S"
+                        )
                     micros = int((stamp - whole) * 1_000_000)
                     chunk.append(f"{prefix}.{micros:06d}+00:00{head}{source}")
                     line += 1
@@ -110,8 +115,10 @@ def main() -> int:
         netns = f"blkbench-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", netns], check=True)
         try:
-            return subprocess.run(["ip", "netns", "exec", netns, sys.executable, __file__,
-                                   "--inner", *sys.argv[1:]], check=False).returncode
+            return subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
+                check=False,
+            ).returncode
         finally:
             subprocess.run(["ip", "netns", "delete", netns], check=False)
     from blocker.control import ControlError, request  # noqa: PLC0415 - after sys.path
@@ -128,8 +135,17 @@ def main() -> int:
         log = work / "kern.log"
         log.write_text("")
         sock = str(work / "ctl.sock")
-        argv = [str(BIN / "blockerd"), "--config", str(work / "jails.toml"), "--log", str(log),
-                "--state-dir", str(work / "state"), "--socket", sock]
+        argv = [
+            str(BIN / "blockerd"),
+            "--config",
+            str(work / "jails.toml"),
+            "--log",
+            str(log),
+            "--state-dir",
+            str(work / "state"),
+            "--socket",
+            sock,
+        ]
         with open(work / "blockerd.err", "w") as err:
             process = subprocess.Popen(argv, stderr=err)
         peak_sampled = [0.0]
@@ -159,9 +175,11 @@ def main() -> int:
             storm = work / "storm.log"
             start = time.time() - WINDOW_USED - 1
             lines = generate_storm(storm, args.reflectors, args.trains, start)
-            print(f"storm    {lines:,} lines ({args.reflectors:,} reflectors x {args.trains}, "
-                  f"{storm.stat().st_size / 1e6:.0f} MB) generated in "
-                  f"{time.perf_counter() - made:.1f} s (before blockerd sees any)")
+            print(
+                f"storm    {lines:,} lines ({args.reflectors:,} reflectors x {args.trains}, "
+                f"{storm.stat().st_size / 1e6:.0f} MB) generated in "
+                f"{time.perf_counter() - made:.1f} s (before blockerd sees any)"
+            )
             threading.Thread(target=sample, daemon=True).start()
             began = time.perf_counter()
             append_storm(storm, log)
@@ -189,21 +207,37 @@ def main() -> int:
             covered = 0
             for i in range(args.reflectors):
                 value = reflector(i)
-                covered += any((value >> (128 - p) << (128 - p), p) in held
-                               for p in range(128, 0, -1))
-            stats = {name: jail.get("scorer") for name, jail in
-                     dict(now.get("jails", {})).items()}  # type: ignore[call-overload]
-            print(f"daemon   all lines read and bans settled {took:.1f} s after the first "
-                  f"append = {lines / took:,.0f} lines/s")
-            print(f"kernel   {covered:,} of {args.reflectors:,} reflectors banned or inside a "
-                  f"banned subnet ({len(held):,} entries); refused by the kernel: "
-                  f"{now.get('refused_bans')} (target: every reflector)")
-            print(f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
-                  f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)")
-            print(json.dumps({"reflectors": args.reflectors, "lines": lines,
-                              "seconds": round(took, 1), "covered": covered,
-                              "entries": len(held), "rss_peak_mb": round(mem["VmHWM"]),
-                              "scorer": stats}, default=str))
+                covered += any(
+                    (value >> (128 - p) << (128 - p), p) in held for p in range(128, 0, -1)
+                )
+            stats = {name: jail.get("scorer") for name, jail in dict(now.get("jails", {})).items()}  # type: ignore[call-overload]
+            print(
+                f"daemon   all lines read and bans settled {took:.1f} s after the first "
+                f"append = {lines / took:,.0f} lines/s"
+            )
+            print(
+                f"kernel   {covered:,} of {args.reflectors:,} reflectors banned or inside a "
+                f"banned subnet ({len(held):,} entries); refused by the kernel: "
+                f"{now.get('refused_bans')} (target: every reflector)"
+            )
+            print(
+                f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
+                f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)"
+            )
+            print(
+                json.dumps(
+                    {
+                        "reflectors": args.reflectors,
+                        "lines": lines,
+                        "seconds": round(took, 1),
+                        "covered": covered,
+                        "entries": len(held),
+                        "rss_peak_mb": round(mem["VmHWM"]),
+                        "scorer": stats,
+                    },
+                    default=str,
+                )
+            )
         finally:
             stop.set()
             process.terminate()

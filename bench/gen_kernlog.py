@@ -48,8 +48,13 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 NOISE_SHARE = 0.40
 # Netfilter categories drawn per line (outgoing RSTs follow their SYN/ACK instead).
-NETFILTER_MIX = (("stray", 0.30), ("synack", 0.20), ("scan", 0.28), ("invalid", 0.10),
-                 ("icmp_other", 0.02))
+NETFILTER_MIX = (
+    ("stray", 0.30),
+    ("synack", 0.20),
+    ("scan", 0.28),
+    ("invalid", 0.10),
+    ("icmp_other", 0.02),
+)
 RST_ANSWERED = 0.40  # share of SYN/ACK trains the host answers with a bare RST
 IPV6_SHARE = 0.20
 ACTIVE_TRAINS = 24
@@ -59,14 +64,30 @@ PROBER_POOL = 3000
 
 # IPv4 ranges that are not public unicast (first octet handled separately).
 _RESERVED_V4 = (
-    (0x0A000000, 8), (0x64400000, 10), (0x7F000000, 8), (0xA9FE0000, 16), (0xAC100000, 12),
-    (0xC0000000, 24), (0xC0A80000, 16), (0xC6120000, 15), (0xC0000200, 24), (0xC6336400, 24),
+    (0x0A000000, 8),
+    (0x64400000, 10),
+    (0x7F000000, 8),
+    (0xA9FE0000, 16),
+    (0xAC100000, 12),
+    (0xC0000000, 24),
+    (0xC0A80000, 16),
+    (0xC6120000, 15),
+    (0xC0000200, 24),
+    (0xC6336400, 24),
     (0xCB007100, 24),
 )
 # Offenders' documentation ranges; the host's own 203.0.113.0/24 is left out on purpose.
 _DOC_V4 = ("192.0.2.", "198.51.100.")
-_PUBLIC_V6_PREFIXES = ("2a01:04f8", "2a02:0c7c", "2600:1f18", "2604:a880", "2406:da18",
-                       "2a03:b0c0", "2001:41d0", "2a0e:97c0")
+_PUBLIC_V6_PREFIXES = (
+    "2a01:04f8",
+    "2a02:0c7c",
+    "2600:1f18",
+    "2604:a880",
+    "2406:da18",
+    "2a03:b0c0",
+    "2001:41d0",
+    "2a0e:97c0",
+)
 
 
 def fmt_v4(n: int) -> str:
@@ -166,7 +187,8 @@ class KernLogWriter:
                 self._stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", t)
             else:
                 self._stamp_text = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} " + time.strftime(
-                    "%H:%M:%S", t)
+                    "%H:%M:%S", t
+                )
         if self.style == "rfc3339":
             # Debian 12's rsyslog (RSYSLOG_FileFormat) drops the kernel's [uptime] stamp.
             micros = int((self.now - whole) * 1e6)
@@ -180,37 +202,57 @@ class KernLogWriter:
 
     # -- netfilter records ---------------------------------------------------------------
 
-    def ip_part(self, src: str, dst: str, v6: bool, *, length: int, ttl: int, df: bool,
-                inbound: bool = True) -> str:
+    def ip_part(
+        self, src: str, dst: str, v6: bool, *, length: int, ttl: int, df: bool, inbound: bool = True
+    ) -> str:
         rng = self.rng
         mac = "" if not inbound else f"MAC={MAC_V6 if v6 else MAC_V4} "
         ifaces = "IN=eth0 OUT= " if inbound else "IN= OUT=eth0 "
         if v6:
-            return (f"{ifaces}{mac}SRC={src} DST={dst} LEN={length + 20} TC=0 HOPLIMIT={ttl} "
-                    f"FLOWLBL={rng.getrandbits(20) if rng.random() < 0.6 else 0} ")
+            return (
+                f"{ifaces}{mac}SRC={src} DST={dst} LEN={length + 20} TC=0 HOPLIMIT={ttl} "
+                f"FLOWLBL={rng.getrandbits(20) if rng.random() < 0.6 else 0} "
+            )
         # Linux sends its RSTs and most DF segments with ID=0.
         ident = 0 if df and (not inbound or rng.random() < 0.7) else rng.getrandbits(16)
-        return (f"{ifaces}{mac}SRC={src} DST={dst} LEN={length} TOS=0x00 PREC=0x00 TTL={ttl} "
-                f"ID={ident} {'DF ' if df else ''}")
+        return (
+            f"{ifaces}{mac}SRC={src} DST={dst} LEN={length} TOS=0x00 PREC=0x00 TTL={ttl} "
+            f"ID={ident} {'DF ' if df else ''}"
+        )
 
-    def tcp(self, prefix: str, src: str, v6: bool, *, sport: int, dport: int, flags: str,
-            window: int, ttl: int, length: int = 40, df: bool = False, opt: str = "",
-            inbound: bool = True) -> str:
+    def tcp(
+        self,
+        prefix: str,
+        src: str,
+        v6: bool,
+        *,
+        sport: int,
+        dport: int,
+        flags: str,
+        window: int,
+        ttl: int,
+        length: int = 40,
+        df: bool = False,
+        opt: str = "",
+        inbound: bool = True,
+    ) -> str:
         dst = (HOST_V6 if v6 else HOST_V4) if inbound else src
         if not inbound:
             src = HOST_V6 if v6 else HOST_V4
         ip = self.ip_part(src, dst, v6, length=length, ttl=ttl, df=df, inbound=inbound)
         flag_text = f"{flags} " if flags else ""
         tail = f"OPT ({opt}) " if opt else ""
-        return (f"{self.header()}{prefix}{ip}PROTO=TCP SPT={sport} DPT={dport} "
-                f"WINDOW={window} RES=0x00 {flag_text}URGP=0 {tail}\n")
+        return (
+            f"{self.header()}{prefix}{ip}PROTO=TCP SPT={sport} DPT={dport} "
+            f"WINDOW={window} RES=0x00 {flag_text}URGP=0 {tail}\n"
+        )
 
-    def udp(self, prefix: str, src: str, v6: bool, *, sport: int, dport: int, payload: int,
-            ttl: int) -> str:
+    def udp(
+        self, prefix: str, src: str, v6: bool, *, sport: int, dport: int, payload: int, ttl: int
+    ) -> str:
         host = HOST_V6 if v6 else HOST_V4
         ip = self.ip_part(src, host, v6, length=28 + payload, ttl=ttl, df=False)
-        return (f"{self.header()}{prefix}{ip}PROTO=UDP SPT={sport} DPT={dport} "
-                f"LEN={8 + payload} \n")
+        return f"{self.header()}{prefix}{ip}PROTO=UDP SPT={sport} DPT={dport} LEN={8 + payload} \n"
 
     def _count(self, category: str, src: str, v6: bool) -> None:
         mix = self.mix
@@ -225,9 +267,15 @@ class KernLogWriter:
             v6 = rng.random() < IPV6_SHARE
             pool = self.probers_v6 if v6 else self.probers_v4
             length = min(int(rng.paretovariate(1.3)) * 2, 60)  # mostly short, a few long
-            self.trains.append(Train(rng.choice(pool), v6,
-                                     rng.choice((80, 443, 443, 22, 53, 8080, 3389, 25, 993)),
-                                     max(length, 1), rng.random() < RST_ANSWERED))
+            self.trains.append(
+                Train(
+                    rng.choice(pool),
+                    v6,
+                    rng.choice((80, 443, 443, 22, 53, 8080, 3389, 25, 993)),
+                    max(length, 1),
+                    rng.random() < RST_ANSWERED,
+                )
+            )
         index = rng.randrange(len(self.trains))
         train = self.trains[index]
         train.left -= 1
@@ -235,27 +283,50 @@ class KernLogWriter:
             self.trains[index] = self.trains[-1]
             self.trains.pop()
         dport = rng.randrange(32768, 61000)
-        prefix = rng.choice(("[UFW BLOCK] ", "SYNACK_UNSOLICITED: ", "DROP INVALID ",
-                             "nft-in-drop: "))
+        prefix = rng.choice(
+            ("[UFW BLOCK] ", "SYNACK_UNSOLICITED: ", "DROP INVALID ", "nft-in-drop: ")
+        )
         ttl = rng.randrange(40, 120) if train.v6 else rng.choice((48, 52, 55, 57, 116, 243))
-        lines = [self.tcp(prefix, train.src, train.v6, sport=train.sport, dport=dport,
-                          flags="ACK SYN", window=rng.choice((65535, 64240, 28960, 14600, 29200)),
-                          ttl=ttl, length=44, df=True, opt="020405B4")]
+        lines = [
+            self.tcp(
+                prefix,
+                train.src,
+                train.v6,
+                sport=train.sport,
+                dport=dport,
+                flags="ACK SYN",
+                window=rng.choice((65535, 64240, 28960, 14600, 29200)),
+                ttl=ttl,
+                length=44,
+                df=True,
+                opt="020405B4",
+            )
+        ]
         self._count("synack", train.src, train.v6)
         if train.answered:
             # The kernel answers at once: same second, a few microseconds later.
             self.now += 0.00002
-            lines.append(self.tcp("UNKNOWN_OUTGOING: ", train.src, train.v6, sport=dport,
-                                  dport=train.sport, flags="RST", window=0, ttl=64, df=True,
-                                  inbound=False))
+            lines.append(
+                self.tcp(
+                    "UNKNOWN_OUTGOING: ",
+                    train.src,
+                    train.v6,
+                    sport=dport,
+                    dport=train.sport,
+                    flags="RST",
+                    window=0,
+                    ttl=64,
+                    df=True,
+                    inbound=False,
+                )
+            )
             self._count("rst_out", train.src, train.v6)
         return lines
 
     def new_scan(self) -> Scan:
         rng = self.rng
         v6 = rng.random() < IPV6_SHARE
-        kind = rng.choices(("syn", "fin", "null", "xmas", "ack", "udp"),
-                           (50, 8, 8, 8, 8, 18))[0]
+        kind = rng.choices(("syn", "fin", "null", "xmas", "ack", "udp"), (50, 8, 8, 8, 8, 18))[0]
         size = rng.choice((20, 50, 100, 100, 250, 500, 1000, 1500))
         if rng.random() < 0.5:
             low = rng.randrange(1, 64000)
@@ -263,10 +334,21 @@ class KernLogWriter:
             rng.shuffle(ports)
         else:
             ports = rng.sample(range(1, 65536), size)
-        prefix = "DROP INVALID " if kind in ("fin", "null", "xmas") else rng.choice(
-            ("[UFW BLOCK] ", "DROP ", "nft-in-drop: "))
-        return Scan(kind, self.addr.any(v6, doc_share=0.5), v6, rng.randrange(33000, 61000),
-                    ports, rng.choice((1024, 2048, 3072, 4096)), prefix, rng.randrange(37, 60))
+        prefix = (
+            "DROP INVALID "
+            if kind in ("fin", "null", "xmas")
+            else rng.choice(("[UFW BLOCK] ", "DROP ", "nft-in-drop: "))
+        )
+        return Scan(
+            kind,
+            self.addr.any(v6, doc_share=0.5),
+            v6,
+            rng.randrange(33000, 61000),
+            ports,
+            rng.choice((1024, 2048, 3072, 4096)),
+            prefix,
+            rng.randrange(37, 60),
+        )
 
     def scan(self) -> list[str]:
         rng = self.rng
@@ -282,14 +364,32 @@ class KernLogWriter:
         ttl = scan.ttl_base + rng.randrange(0, 12)
         self._count(f"scan_{scan.kind}", scan.src, scan.v6)
         if scan.kind == "udp":
-            return [self.udp(scan.prefix, scan.src, scan.v6, sport=scan.sport, dport=port,
-                             payload=0, ttl=ttl)]
+            return [
+                self.udp(
+                    scan.prefix, scan.src, scan.v6, sport=scan.sport, dport=port, payload=0, ttl=ttl
+                )
+            ]
         flags, length, opt = {
-            "syn": ("SYN", 44, "020405B4"), "fin": ("FIN", 40, ""), "null": ("", 40, ""),
-            "xmas": ("URG PSH FIN", 40, ""), "ack": ("ACK", 40, ""),
+            "syn": ("SYN", 44, "020405B4"),
+            "fin": ("FIN", 40, ""),
+            "null": ("", 40, ""),
+            "xmas": ("URG PSH FIN", 40, ""),
+            "ack": ("ACK", 40, ""),
         }[scan.kind]
-        return [self.tcp(scan.prefix, scan.src, scan.v6, sport=scan.sport, dport=port,
-                         flags=flags, window=scan.window, ttl=ttl, length=length, opt=opt)]
+        return [
+            self.tcp(
+                scan.prefix,
+                scan.src,
+                scan.v6,
+                sport=scan.sport,
+                dport=port,
+                flags=flags,
+                window=scan.window,
+                ttl=ttl,
+                length=length,
+                opt=opt,
+            )
+        ]
 
     def stray(self) -> list[str]:
         rng = self.rng
@@ -305,13 +405,49 @@ class KernLogWriter:
         ttl = rng.randrange(30, 250)
         if rng.random() < 0.3:
             dport = rng.choice((53, 123, 161, 1900, 5060, 11211, 137, 500, 19, 3702))
-            return [self.udp(prefix, src, v6, sport=rng.randrange(1024, 65536), dport=dport,
-                             payload=rng.choice((0, 12, 40, 48, 90)), ttl=ttl)]
-        dport = rng.choice((23, 22, 445, 3389, 80, 443, 8080, 2323, 5555, 6379, 1433, 3306,
-                            rng.randrange(1, 65536)))
-        return [self.tcp(prefix, src, v6, sport=rng.randrange(1024, 65536), dport=dport,
-                         flags="SYN", window=rng.choice((1024, 65535, 29200, 64240, 14600)),
-                         ttl=ttl, length=60, df=True, opt="020405B40402080A")]
+            return [
+                self.udp(
+                    prefix,
+                    src,
+                    v6,
+                    sport=rng.randrange(1024, 65536),
+                    dport=dport,
+                    payload=rng.choice((0, 12, 40, 48, 90)),
+                    ttl=ttl,
+                )
+            ]
+        dport = rng.choice(
+            (
+                23,
+                22,
+                445,
+                3389,
+                80,
+                443,
+                8080,
+                2323,
+                5555,
+                6379,
+                1433,
+                3306,
+                rng.randrange(1, 65536),
+            )
+        )
+        return [
+            self.tcp(
+                prefix,
+                src,
+                v6,
+                sport=rng.randrange(1024, 65536),
+                dport=dport,
+                flags="SYN",
+                window=rng.choice((1024, 65535, 29200, 64240, 14600)),
+                ttl=ttl,
+                length=60,
+                df=True,
+                opt="020405B40402080A",
+            )
+        ]
 
     def invalid(self) -> list[str]:
         rng = self.rng
@@ -319,11 +455,20 @@ class KernLogWriter:
         src = self.addr.any(v6)
         self._count("invalid", src, v6)
         flags = rng.choice(("ACK", "ACK FIN", "ACK RST", "ACK PSH", "ACK PSH FIN", "RST"))
-        return [self.tcp(rng.choice(("DROP INVALID ", "[UFW BLOCK INVALID] ", "INVALID: ")),
-                         src, v6, sport=rng.choice((443, 80, 443, 993, 5222)),
-                         dport=rng.randrange(32768, 61000), flags=flags,
-                         window=rng.randrange(0, 65536) & ~0x7, ttl=rng.randrange(40, 64),
-                         length=52, df=True)]
+        return [
+            self.tcp(
+                rng.choice(("DROP INVALID ", "[UFW BLOCK INVALID] ", "INVALID: ")),
+                src,
+                v6,
+                sport=rng.choice((443, 80, 443, 993, 5222)),
+                dport=rng.randrange(32768, 61000),
+                flags=flags,
+                window=rng.randrange(0, 65536) & ~0x7,
+                ttl=rng.randrange(40, 64),
+                length=52,
+                df=True,
+            )
+        ]
 
     def icmp_other(self) -> list[str]:
         rng = self.rng
@@ -335,8 +480,10 @@ class KernLogWriter:
         if rng.random() < 0.8:
             ip = self.ip_part(src, host, v6, length=84, ttl=rng.randrange(40, 120), df=False)
             proto = "ICMPv6 TYPE=128" if v6 else "ICMP TYPE=8"
-            return [f"{self.header()}{prefix}{ip}PROTO={proto} CODE=0 "
-                    f"ID={rng.getrandbits(16)} SEQ={rng.randrange(1, 20)} \n"]
+            return [
+                f"{self.header()}{prefix}{ip}PROTO={proto} CODE=0 "
+                f"ID={rng.getrandbits(16)} SEQ={rng.randrange(1, 20)} \n"
+            ]
         ip = self.ip_part(src, host, v6, length=56, ttl=rng.randrange(40, 120), df=False)
         return [f"{self.header()}{prefix}{ip}PROTO={rng.choice((47, 50, 132, 41))} \n"]
 
@@ -350,23 +497,36 @@ class KernLogWriter:
 
         def audit() -> list[str]:
             serial = rng.randrange(100, 999999)
-            prof = rng.choice(("/usr/sbin/cupsd", "snap.lxd.daemon", "/usr/bin/man",
-                               "docker-default", "/usr/sbin/named"))
-            return [f"audit: type=1400 audit({int(self.now)}.{rng.randrange(1000):03d}:{serial}):"
-                    f' apparmor="DENIED" operation="open" class="file" profile="{prof}" '
-                    f'name="/proc/{pid()}/stat" pid={pid()} comm="{prof.rsplit("/", 1)[-1]}" '
-                    'requested_mask="r" denied_mask="r" fsuid=0 ouid=0']
+            prof = rng.choice(
+                (
+                    "/usr/sbin/cupsd",
+                    "snap.lxd.daemon",
+                    "/usr/bin/man",
+                    "docker-default",
+                    "/usr/sbin/named",
+                )
+            )
+            return [
+                f"audit: type=1400 audit({int(self.now)}.{rng.randrange(1000):03d}:{serial}):"
+                f' apparmor="DENIED" operation="open" class="file" profile="{prof}" '
+                f'name="/proc/{pid()}/stat" pid={pid()} comm="{prof.rsplit("/", 1)[-1]}" '
+                'requested_mask="r" denied_mask="r" fsuid=0 ouid=0'
+            ]
 
         def netfilter_audit() -> list[str]:
-            return [f"audit: type=1325 audit({int(self.now)}.{rng.randrange(1000):03d}:"
-                    f"{rng.randrange(100, 99999)}): table=filter family={rng.choice((2, 10))} "
-                    f"entries={rng.randrange(20, 400)} op=xt_replace pid={pid()} "
-                    "subj=unconfined comm=\"iptables-restor\""]
+            return [
+                f"audit: type=1325 audit({int(self.now)}.{rng.randrange(1000):03d}:"
+                f"{rng.randrange(100, 99999)}): table=filter family={rng.choice((2, 10))} "
+                f"entries={rng.randrange(20, 400)} op=xt_replace pid={pid()} "
+                'subj=unconfined comm="iptables-restor"'
+            ]
 
         def martian() -> list[str]:
             src = self.addr.v4()
-            return [f"IPv4: martian source {HOST_V4} from {src}, on dev eth0",
-                    "ll header: 00000000: 52 54 00 8a 1c 02 00 1b 21 3a 9f 40 08 00"]
+            return [
+                f"IPv4: martian source {HOST_V4} from {src}, on dev eth0",
+                "ll header: 00000000: 52 54 00 8a 1c 02 00 1b 21 3a 9f 40 08 00",
+            ]
 
         def ext4() -> list[str]:
             dev = rng.choice(("sda1", "nvme0n1p2", "dm-0", "vdb1"))
@@ -392,8 +552,10 @@ class KernLogWriter:
 
         def syn_flood() -> list[str]:
             port = rng.choice((443, 80, 25, 8443))
-            return [f"TCP: request_sock_TCP: Possible SYN flooding on port {port}. "
-                    "Sending cookies.  Check SNMP counters."]
+            return [
+                f"TCP: request_sock_TCP: Possible SYN flooding on port {port}. "
+                "Sending cookies.  Check SNMP counters."
+            ]
 
         def systemd() -> list[str]:
             options = (
@@ -439,8 +601,17 @@ class KernLogWriter:
             )
             return [rng.choice(options)]
 
-        return [(14, audit), (3, netfilter_audit), (8, martian), (12, ext4), (10, usb),
-                (6, syn_flood), (15, systemd), (20, net_misc), (12, misc)]
+        return [
+            (14, audit),
+            (3, netfilter_audit),
+            (8, martian),
+            (12, ext4),
+            (10, usb),
+            (6, syn_flood),
+            (15, systemd),
+            (20, net_misc),
+            (12, misc),
+        ]
 
     def noise(self) -> list[str]:
         weights, makers = zip(*self._noise, strict=True)
@@ -455,8 +626,12 @@ class KernLogWriter:
         kinds = ("noise", *(name for name, _ in NETFILTER_MIX))
         weights = (NOISE_SHARE, *((1 - NOISE_SHARE) * share for _, share in NETFILTER_MIX))
         makers: dict[str, Callable[[], list[str]]] = {
-            "noise": self.noise, "stray": self.stray, "synack": self.synack, "scan": self.scan,
-            "invalid": self.invalid, "icmp_other": self.icmp_other,
+            "noise": self.noise,
+            "stray": self.stray,
+            "synack": self.synack,
+            "scan": self.scan,
+            "invalid": self.invalid,
+            "icmp_other": self.icmp_other,
         }
         out: list[str] = []
         while len(out) < total:
@@ -479,8 +654,9 @@ class KernLogWriter:
             self.mix.counts["noise"] -= 1
 
 
-def generate(path: Path, lines: int, seed: int, style: str,
-             start: str = DEFAULT_START) -> dict[str, object]:
+def generate(
+    path: Path, lines: int, seed: int, style: str, start: str = DEFAULT_START
+) -> dict[str, object]:
     """Write the log to `path` and its mix to `path`.json; return the mix."""
     epoch = float(calendar.timegm(time.strptime(start, "%Y-%m-%dT%H:%M:%SZ")))
     writer = KernLogWriter(seed, style, epoch)
@@ -519,16 +695,22 @@ def describe(manifest: dict[str, object]) -> str:
     netfilter = int(str(manifest["netfilter"]))
     counts = manifest["counts"]
     assert isinstance(counts, dict)
-    out = [f"{lines} lines ({int(str(manifest['bytes'])) / 1e6:.1f} MB), style "
-           f"{manifest['style']}, seed {manifest['seed']}, {manifest['log_seconds']} s of log "
-           f"time, written in {manifest['generate_seconds']} s"]
+    out = [
+        f"{lines} lines ({int(str(manifest['bytes'])) / 1e6:.1f} MB), style "
+        f"{manifest['style']}, seed {manifest['seed']}, {manifest['log_seconds']} s of log "
+        f"time, written in {manifest['generate_seconds']} s"
+    ]
     for name, count in counts.items():
         out.append(f"  {name:12} {count:9d}  {100 * count / lines:5.1f}%")
     v6 = int(str(manifest["netfilter_ipv6"]))
-    out.append(f"  netfilter    {netfilter:9d}  {100 * netfilter / lines:5.1f}%  "
-               f"(IPv6 {100 * v6 / max(netfilter, 1):.1f}% of them)")
-    out.append(f"  distinct sources {manifest['distinct_sources']}: seen once "
-               f"{manifest['sources_seen_once']}, twice {manifest['sources_seen_twice']}")
+    out.append(
+        f"  netfilter    {netfilter:9d}  {100 * netfilter / lines:5.1f}%  "
+        f"(IPv6 {100 * v6 / max(netfilter, 1):.1f}% of them)"
+    )
+    out.append(
+        f"  distinct sources {manifest['distinct_sources']}: seen once "
+        f"{manifest['sources_seen_once']}, twice {manifest['sources_seen_twice']}"
+    )
     return "\n".join(out)
 
 
@@ -536,11 +718,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--style", choices=("rfc3339", "traditional"), default="rfc3339",
-                        help="rsyslog timestamp style (default rfc3339, as on Debian 12)")
+    parser.add_argument(
+        "--style",
+        choices=("rfc3339", "traditional"),
+        default="rfc3339",
+        help="rsyslog timestamp style (default rfc3339, as on Debian 12)",
+    )
     parser.add_argument("--start", default=DEFAULT_START, help="first timestamp, UTC")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output path (default bench/out/kern-STYLE-LINES-sSEED.log)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output path (default bench/out/kern-STYLE-LINES-sSEED.log)",
+    )
     args = parser.parse_args(argv)
     if args.lines < 1:
         parser.error("--lines must be >= 1")
@@ -552,8 +742,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_path(lines: int, seed: int, style: str) -> Path:
-    return (Path(__file__).resolve().parent / "out"
-            / f"kern-{style}-{lines}-s{seed}-v{GENERATOR_VERSION}.log")
+    return (
+        Path(__file__).resolve().parent
+        / "out"
+        / f"kern-{style}-{lines}-s{seed}-v{GENERATOR_VERSION}.log"
+    )
 
 
 if __name__ == "__main__":

@@ -137,14 +137,29 @@ STAGES: list[tuple[str, Callable[[Path, Config], int], str]] = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("log", nargs="?", type=Path, default=None,
-                        help="log file (default: the cached 1M-line rfc3339 log)")
+    parser.add_argument(
+        "log",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="log file (default: the cached 1M-line rfc3339 log)",
+    )
     parser.add_argument("--runs", type=int, default=2, help="runs per stage; the best counts")
     parser.add_argument("--cpu", type=int, default=0, help="core to pin to (-1: do not pin)")
-    parser.add_argument("--cprofile", type=int, default=0, metavar="N",
-                        help="also profile the full pipeline once and print the top N functions")
-    parser.add_argument("--opcodes", type=int, default=0, metavar="LINES",
-                        help="only count the Python opcodes of a replay of the first LINES lines")
+    parser.add_argument(
+        "--cprofile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile the full pipeline once and print the top N functions",
+    )
+    parser.add_argument(
+        "--opcodes",
+        type=int,
+        default=0,
+        metavar="LINES",
+        help="only count the Python opcodes of a replay of the first LINES lines",
+    )
     args = parser.parse_args(argv)
     path = args.log or default_path(1_000_000, 1, "rfc3339")
     if not path.exists():
@@ -152,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.opcodes > 0:
         config = load_config(REPO / "jails.toml")
         opcodes, decisions = count_opcodes(path, config, args.opcodes)
-        print(f"{path}, first {args.opcodes} lines: {opcodes:,} Python opcodes, "
-              f"{decisions} decisions ({REPO / 'blocker'})")
+        print(
+            f"{path}, first {args.opcodes} lines: {opcodes:,} Python opcodes, "
+            f"{decisions} decisions ({REPO / 'blocker'})"
+        )
         return 0
     if args.cpu >= 0 and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -172,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             result = stage(path, config)
             best = min(best, time.process_time() - began)
             best_wall = min(best_wall, time.perf_counter() - began_wall)
-        print(f"{name:10} {best:8.2f} {lines / best:11,.0f} {best - previous:+9.2f} "
-              f"{best_wall:8.2f}  {result} {unit}", flush=True)
+        print(
+            f"{name:10} {best:8.2f} {lines / best:11,.0f} {best - previous:+9.2f} "
+            f"{best_wall:8.2f}  {result} {unit}",
+            flush=True,
+        )
         previous = best
     if args.cprofile:
         profile = cProfile.Profile()

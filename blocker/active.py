@@ -32,8 +32,9 @@ class ActiveBan:
 
 def key_of(target: Network) -> int:
     """(network int, family bit, prefix length) in one int: IPv4 hosts stay below 2**41."""
-    return ((int(target.network_address) << 9) | (256 if target.version == 6 else 0)
-            | target.prefixlen)
+    return (
+        (int(target.network_address) << 9) | (256 if target.version == 6 else 0) | target.prefixlen
+    )
 
 
 def target_of(key: int) -> Network:
@@ -122,7 +123,7 @@ class ActiveBans(Mapping[Network, ActiveBan]):
             keys = list(bans)
             total += len(keys)
             for start in range(0, len(keys), COUNT_SLICE):
-                v6 += sum(map(_FAMILY_BIT.__and__, keys[start:start + COUNT_SLICE]))
+                v6 += sum(map(_FAMILY_BIT.__and__, keys[start : start + COUNT_SLICE]))
         v6 //= _FAMILY_BIT
         return {4: total - v6, 6: v6}
 

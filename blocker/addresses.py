@@ -125,15 +125,15 @@ def _in_any(value: int, blocks: tuple[tuple[int, int], ...]) -> bool:
     return False
 
 
-NEVER_BANNED = ("loopback, link-local, multicast, unspecified and reserved addresses"
-                " are never banned")
+NEVER_BANNED = (
+    "loopback, link-local, multicast, unspecified and reserved addresses are never banned"
+)
 EVERY_ADDRESS = "that is every address (a whole address family)"
 MAPPED = "it holds IPv4-mapped IPv6 addresses: ban the IPv4 form instead"
 # Integer (first, last) ranges: Network.overlaps() costs microseconds, and a burst of bans
 # (a restart restoring a million) checks every target.
 _SPECIAL_V4_RANGES = tuple((int(n.network_address), int(n.broadcast_address)) for n in SPECIAL_V4)
-_BANNABLE_V6_RANGES = tuple((int(n.network_address), int(n.broadcast_address))
-                            for n in BANNABLE_V6)
+_BANNABLE_V6_RANGES = tuple((int(n.network_address), int(n.broadcast_address)) for n in BANNABLE_V6)
 _MAPPED_RANGE = (int(_MAPPED_V4.network_address), int(_MAPPED_V4.broadcast_address))
 
 
@@ -237,8 +237,9 @@ class AddressRules:
 
     __slots__ = ("_allow", "_own", "_own_in_order", "jail")
 
-    def __init__(self, allow: Iterable[Network] = (), own: Iterable[Address] = (),
-                 jail: str = "") -> None:
+    def __init__(
+        self, allow: Iterable[Network] = (), own: Iterable[Address] = (), jail: str = ""
+    ) -> None:
         self._allow = AllowList(allow)
         self._own_in_order = tuple(dict.fromkeys(own))
         self._own = frozenset(self._own_in_order)

@@ -57,8 +57,13 @@ class BanBook:
             if self.gate.get(gone) != math.inf:  # a refusal stays cached
                 self.gate.pop(gone, None)
 
-    def ban_hosts(self, hosts: Sequence[int], untils: Sequence[float],
-                  address: Callable[[int], Address], now: float) -> None:
+    def ban_hosts(
+        self,
+        hosts: Sequence[int],
+        untils: Sequence[float],
+        address: Callable[[int], Address],
+        now: float,
+    ) -> None:
         """ban_host() for many distinct hosts at once (a restart), given as ints that
         `address` turns into addresses: the same marks and gate as banning them one by one,
         in order.  Into an empty book, with no mark already expired, only the marks that
@@ -95,8 +100,7 @@ class BanBook:
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
 
-    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float
-              ) -> list[_K]:
+    def _mark(self, marks: OrderedDict[_K, float], key: _K, until: float, now: float) -> list[_K]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
         sweep is amortized over many bans).  Returns the keys dropped."""
         marks[key] = until

@@ -23,11 +23,16 @@ MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up 
 
 
 class BanHistory:
-    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time",
-                 "_times")
+    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time", "_times")
 
-    def __init__(self, ban_time: float, ban_factor: float, max_ban_time: float,
-                 history_window: float, cap: int) -> None:
+    def __init__(
+        self,
+        ban_time: float,
+        ban_factor: float,
+        max_ban_time: float,
+        history_window: float,
+        cap: int,
+    ) -> None:
         self._ban_time = ban_time
         self._ban_factor = ban_factor
         self._max_ban_time = max_ban_time
@@ -60,8 +65,9 @@ class BanHistory:
         """Record a ban of `target` at `at` (`now`: the newest event time)."""
         self._remember(_key(target), at, now)
 
-    def remember_many(self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float],
-                      now: float) -> None:
+    def remember_many(
+        self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float], now: float
+    ) -> None:
         """remember() for many bans at once, targets as (first address as an int, prefix
         length, version): the same result as remembering them one by one, in order.
 

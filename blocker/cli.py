@@ -38,26 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blockerctl",
         description="Control blockerd, or replay a kernel log offline through the jails.",
     )
-    parser.add_argument("--socket", default=DEFAULT_SOCKET,
-                        help=f"blockerd's control socket (default {DEFAULT_SOCKET})")
+    parser.add_argument(
+        "--socket",
+        default=DEFAULT_SOCKET,
+        help=f"blockerd's control socket (default {DEFAULT_SOCKET})",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = commands.add_parser(
-        "status", help="per jail: hits, tracked addresses, active bans; sources; firewall")
+        "status", help="per jail: hits, tracked addresses, active bans; sources; firewall"
+    )
     status.add_argument("--json", action="store_true", help="print the machine form (JSON)")
     listing = commands.add_parser("list", help="active bans")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.add_argument("--jail", help="only this jail's bans")
-    listing.add_argument("--sort", choices=("target", "expiry"), default="target",
-                         help="order: by address (default) or soonest expiry first")
+    listing.add_argument(
+        "--sort",
+        choices=("target", "expiry"),
+        default="target",
+        help="order: by address (default) or soonest expiry first",
+    )
     ban = commands.add_parser("ban", help="ban an address or network now")
     ban.add_argument("target", metavar="ADDR|CIDR")
-    ban.add_argument("--for", dest="duration", metavar="DURATION",
-                     help="e.g. 3600, 90s, 10m, 1h, 7d, permanent (default: the jail's ban_time)")
+    ban.add_argument(
+        "--for",
+        dest="duration",
+        metavar="DURATION",
+        help="e.g. 3600, 90s, 10m, 1h, 7d, permanent (default: the jail's ban_time)",
+    )
     ban.add_argument("--jail", help="jail to record the ban under (default: the first jail)")
     unban = commands.add_parser("unban", help="lift a ban at once and reset that score")
     unban.add_argument("target", metavar="ADDR|CIDR")
-    unban.add_argument("--fleet", action="store_true",
-                       help="lift it on every host of the fleet too (a signed unban event)")
+    unban.add_argument(
+        "--fleet",
+        action="store_true",
+        help="lift it on every host of the fleet too (a signed unban event)",
+    )
     commands.add_parser("reload", help="re-read the configuration, keeping bans")
     explain = commands.add_parser("explain", help="score, recent hits and ban state of an address")
     explain.add_argument("address", metavar="ADDR")
@@ -65,15 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         "test", help="replay LOG offline through the jails: hits, bans it would issue"
     )
     test.add_argument("log", metavar="LOG", help="kernel log file (kern.log, journalctl -k, dmesg)")
-    test.add_argument("--config", default=DEFAULT_CONFIG,
-                      help=f"jails.toml (default {DEFAULT_CONFIG})")
-    test.add_argument("--json", action="store_true",
-                      help="print one JSON object (with --show: one JSON object per line, "
-                           "the summary last)")
-    test.add_argument("--show", choices=SHOW_CHOICES, metavar="{" + ",".join(SHOW_CHOICES) + "}",
-                      help="also print, per line, what became of it: hits (and the bans they "
-                           "made), bans, unparsed (malformed and not LOG records), malformed, "
-                           "or all (ignored records too)")
+    test.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"jails.toml (default {DEFAULT_CONFIG})"
+    )
+    test.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (with --show: one JSON object per line, the summary last)",
+    )
+    test.add_argument(
+        "--show",
+        choices=SHOW_CHOICES,
+        metavar="{" + ",".join(SHOW_CHOICES) + "}",
+        help="also print, per line, what became of it: hits (and the bans they "
+        "made), bans, unparsed (malformed and not LOG records), malformed, "
+        "or all (ignored records too)",
+    )
     return parser
 
 
@@ -123,8 +145,10 @@ def _test(args: argparse.Namespace) -> int:
     # Bans are spooled to a file while the log replays: a flood's million bans as objects
     # would outweigh everything else the replay holds.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+
         def spill(decisions: list[Decision]) -> None:
             spool.writelines(json.dumps(decision_json(d)) + "\n" for d in decisions)
+
         try:
             result = replay_file(Path(args.log), config, spill)
         except OSError as exc:
@@ -149,8 +173,10 @@ def _test_report(path: str, result: ReplayResult) -> str:
     out.append(f"  bans {len(result.decisions)}:")
     for decision in result.decisions:
         span = "permanent" if math.isinf(decision.duration) else _span(decision.duration)
-        out.append(f"    {decision.target_text:24} {decision.jail:10} {span:>9}  "
-                   f"{iso_time(decision.at)}  {decision.reason}")
+        out.append(
+            f"    {decision.target_text:24} {decision.jail:10} {span:>9}  "
+            f"{iso_time(decision.at)}  {decision.reason}"
+        )
     if not result.decisions:
         out.append("    (none)")
     return "\n".join(out)
@@ -173,11 +199,15 @@ def _verdict_text(verdict: dict[str, Any]) -> str:
         return f"{head} {verdict['target']} ({verdict['jail']}) {span}: {verdict['reason']}"
     packet = _packet_text(verdict["fields"])
     if kind == "hit":
-        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']} "
-                f"score {verdict['score']:g}/{verdict['threshold']:g}  {packet}")
+        return (
+            f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']} "
+            f"score {verdict['score']:g}/{verdict['threshold']:g}  {packet}"
+        )
     if "jail" in verdict:
-        return (f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']}: "
-                f"{verdict['reason']}  {packet}")
+        return (
+            f"{head} {verdict['jail']}/{verdict['filter']} {verdict['offender']}: "
+            f"{verdict['reason']}  {packet}"
+        )
     return f"{head} {verdict['reason']}  {packet}"
 
 
@@ -254,20 +284,29 @@ def _remote(args: argparse.Namespace) -> int:
 
 def status_report(status: dict[str, Any]) -> str:
     """`blockerctl status` for people: what blockerd does and whether it keeps up."""
-    out = [f"blockerd {status.get('version', '?')}, up {_ago(status.get('uptime'))}",
-           f"lines {status.get('lines', 0)}: parsed {status.get('parsed', 0)}, unparsed "
-           f"{status.get('unparsed', 0)} (malformed {status.get('malformed', 0)})",
-           f"active bans {status.get('active_bans', 0)}"
-           + (f", spared for live peers {status['spared_live_peers']} (conntrack "
-              f"{status.get('conntrack', '?')})" if "spared_live_peers" in status else ""),
-           "", "jails:"]
+    out = [
+        f"blockerd {status.get('version', '?')}, up {_ago(status.get('uptime'))}",
+        f"lines {status.get('lines', 0)}: parsed {status.get('parsed', 0)}, unparsed "
+        f"{status.get('unparsed', 0)} (malformed {status.get('malformed', 0)})",
+        f"active bans {status.get('active_bans', 0)}"
+        + (
+            f", spared for live peers {status['spared_live_peers']} (conntrack "
+            f"{status.get('conntrack', '?')})"
+            if "spared_live_peers" in status
+            else ""
+        ),
+        "",
+        "jails:",
+    ]
     for name, jail in sorted(dict(status.get("jails") or {}).items()):
         hits = dict(jail.get("hits") or {})
         detail = ", ".join(f"{f} {n}" for f, n in sorted(hits.items(), key=lambda h: -h[1]))
         last = jail.get("last_ban") or "never"
         out.append(f"  {name:12} hits {sum(hits.values())}" + (f" ({detail})" if detail else ""))
-        out.append(f"  {'':12} tracked {jail.get('tracked', 0)}, active bans "
-                   f"{jail.get('active_bans', 0)}, last ban {last}")
+        out.append(
+            f"  {'':12} tracked {jail.get('tracked', 0)}, active bans "
+            f"{jail.get('active_bans', 0)}, last ban {last}"
+        )
     out += ["", "sources:"]
     for source in status.get("sources") or [{"source": "(none)", "status": "none"}]:
         line = f"  {source.get('source', '?')}: {source.get('status', source.get('state'))}"
@@ -291,20 +330,26 @@ def _firewall_lines(status: dict[str, Any]) -> list[str]:
         for family, rule in sorted(rules.items()):
             where = "in place" if rule.get("in_place") else "MISSING"
             positions = ",".join(str(p) for p in rule.get("positions") or []) or "-"
-            out.append(f"  {family} rule: {where} (INPUT position {positions}, "
-                       f"{rule.get('variant', '?')})")
+            out.append(
+                f"  {family} rule: {where} (INPUT position {positions}, {rule.get('variant', '?')})"
+            )
     elif isinstance(firewall, dict) and "backend" in firewall:
         out.append(f"  backend {firewall['backend']}: no kernel rules")
     for family, info in sorted(dict(status.get("sets") or {}).items()):
         capacity = info.get("capacity")
-        fill = (f"{info.get('entries', 0)}/{capacity} "
-                f"({100 * info.get('entries', 0) / capacity:.1f}% full)" if capacity
-                else f"{info.get('entries', 0)} entries")
+        fill = (
+            f"{info.get('entries', 0)}/{capacity} "
+            f"({100 * info.get('entries', 0) / capacity:.1f}% full)"
+            if capacity
+            else f"{info.get('entries', 0)} entries"
+        )
         out.append(f"  {family} set {info.get('name')}: {fill}")
     checks = status.get("firewall_checks") or {}
     if checks:
-        repairs = ", ".join(f"{k} {v}" for k, v in sorted(dict(checks.get("repairs") or {}
-                                                                 ).items())) or "none"
+        repairs = (
+            ", ".join(f"{k} {v}" for k, v in sorted(dict(checks.get("repairs") or {}).items()))
+            or "none"
+        )
         state = "ok" if checks.get("ok") else "FAILING"
         out.append(f"  checks: {state}, failures {checks.get('failures', 0)}, repairs {repairs}")
     return out
@@ -349,8 +394,10 @@ def _list_report(result: object) -> str:
     rows = [f"{'TARGET':24} {'JAIL':10} {'ORIGIN':20} EXPIRES"]
     for ban in result:
         if isinstance(ban, dict):
-            rows.append(f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
-                        f"{ban.get('origin') or '-'!s:20} {ban.get('expires') or 'never'}")
+            rows.append(
+                f"{ban.get('target', '?')!s:24} {ban.get('jail', '?')!s:10} "
+                f"{ban.get('origin') or '-'!s:20} {ban.get('expires') or 'never'}"
+            )
     return "\n".join(rows)
 
 

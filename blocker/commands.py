@@ -34,6 +34,7 @@ def iso_time(epoch: float) -> str:
 
 # -- requests ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StatusRequest:
     command: ClassVar[str] = "status"
@@ -100,8 +101,9 @@ class BanRequest:
         jail = message.get("jail")
         if jail is not None and not isinstance(jail, str):
             raise RequestError(f"no jail {jail!r}")
-        return cls(target=_target_text(message), duration=_duration(message.get("duration")),
-                   jail=jail)
+        return cls(
+            target=_target_text(message), duration=_duration(message.get("duration")), jail=jail
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,7 @@ class ExplainRequest:
         return cls(address=address)
 
 
-Request = (StatusRequest | ListRequest | ReloadRequest | BanRequest | UnbanRequest
-           | ExplainRequest)
+Request = StatusRequest | ListRequest | ReloadRequest | BanRequest | UnbanRequest | ExplainRequest
 
 
 def _target_text(message: Message) -> str:
@@ -165,6 +166,7 @@ def _duration(raw: object) -> float | None:
 
 # -- replies ----------------------------------------------------------------------------------
 # `ban`, `unban` and `reload` answer one sentence (a str).
+
 
 class JailStatus(TypedDict):
     filters: list[str]

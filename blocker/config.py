@@ -147,8 +147,14 @@ def parse_config(data: dict[str, Any], where: str, base_dir: Path) -> Config:
     for name in fleet.publish:
         if name not in jails_table:
             raise ConfigError(where, "fleet.publish", f"no jail {name!r}")
-    return Config(path=where, jails=tuple(jails), filters=filters, firewall=firewall,
-                  metrics=metrics, fleet=fleet)
+    return Config(
+        path=where,
+        jails=tuple(jails),
+        filters=filters,
+        firewall=firewall,
+        metrics=metrics,
+        fleet=fleet,
+    )
 
 
 def _one_level_per_source(jails: list[Jail], where: str) -> None:
@@ -157,8 +163,11 @@ def _one_level_per_source(jails: list[Jail], where: str) -> None:
     for jail in jails:
         first = seen.setdefault((jail.source, jail.log_path), jail)
         if first.log_level != jail.log_level:
-            raise ConfigError(where, f"jails.{jail.name}.log_level",
-                              f"differs from jail {first.name!r}, which reads the same source")
+            raise ConfigError(
+                where,
+                f"jails.{jail.name}.log_level",
+                f"differs from jail {first.name!r}, which reads the same source",
+            )
 
 
 def _section(section: Section, data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -177,19 +186,25 @@ def _jail(name: str, values: dict[str, Any], filters: dict[str, Filter], where: 
     names = values["filters"]
     for filter_name in values["weights"]:
         if filter_name not in names:
-            raise ConfigError(where, f"{scope}weights.{filter_name}",
-                              "not one of this jail's filters")
+            raise ConfigError(
+                where, f"{scope}weights.{filter_name}", "not one of this jail's filters"
+            )
     chain: list[tuple[Filter, float]] = []
     for filter_name in names:
         flt = filters.get(filter_name)
         if flt is None:
             known = ", ".join(sorted(filters)) or "none"
-            raise ConfigError(where, scope + "filters",
-                              f"unknown filter {filter_name!r} (known: {known})")
+            raise ConfigError(
+                where, scope + "filters", f"unknown filter {filter_name!r} (known: {known})"
+            )
         chain.append((flt, values["weights"].get(filter_name, flt.weight)))
     policy = JailPolicy(name=name, **{k: v for k, v in values.items() if k in _POLICY_KEYS})
-    return Jail(name=name, filters=tuple(chain), policy=policy,
-                **{k: v for k, v in values.items() if k in _JAIL_KEYS})
+    return Jail(
+        name=name,
+        filters=tuple(chain),
+        policy=policy,
+        **{k: v for k, v in values.items() if k in _JAIL_KEYS},
+    )
 
 
 def duration(value: object, where: str, key: str, permanent_ok: bool = False) -> float:

@@ -12,7 +12,8 @@ import re
 from blocker.schema import REQUIRED, SECTIONS, Key, Section
 
 MARKDOWN_BEGIN = (
-    "<!-- BEGIN config keys: generated from blocker/schema.py by scripts/config-docs -->")
+    "<!-- BEGIN config keys: generated from blocker/schema.py by scripts/config-docs -->"
+)
 MARKDOWN_END = "<!-- END config keys -->"
 ROFF_BEGIN = '.\\" BEGIN config keys: generated from blocker/schema.py by scripts/config-docs'
 ROFF_END = '.\\" END config keys'
@@ -36,12 +37,19 @@ def markdown() -> str:
     out: list[str] = []
     for section in SECTIONS:
         name = title(section) if section.name == "" else f"`{title(section)}`"
-        out += [f"{name}: {section.help}.", "",
-                "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-        out += [f"| `{key.name}` | {key.check.kind} | {default} | {_meaning(key)} |"
-                for key in section.keys
-                for default in ["(required)" if key.default is REQUIRED
-                                else f"`{key.check.show(key.default)}`"]]
+        out += [
+            f"{name}: {section.help}.",
+            "",
+            "| key | type | default | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
+        out += [
+            f"| `{key.name}` | {key.check.kind} | {default} | {_meaning(key)} |"
+            for key in section.keys
+            for default in [
+                "(required)" if key.default is REQUIRED else f"`{key.check.show(key.default)}`"
+            ]
+        ]
         out.append("")
     return "\n".join(out)
 
@@ -52,8 +60,9 @@ def roff() -> str:
     for section in SECTIONS:
         out += [f".SS {_roff_text(title(section))}", _roff_text(_sentence(section.help))]
         for key in section.keys:
-            default = ("required" if key.default is REQUIRED
-                       else "default " + key.check.show(key.default))
+            default = (
+                "required" if key.default is REQUIRED else "default " + key.check.show(key.default)
+            )
             text = _sentence(f"{_meaning(key)} ({key.check.kind}; {default})")
             out += [".TP", f".B {_roff_text(key.name)}", _roff_text(text)]
     return "\n".join(out) + "\n"

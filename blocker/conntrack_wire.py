@@ -70,8 +70,7 @@ def dump_request(family: int, seq: int, *, assured_only: bool = True) -> bytes:
         attrs += _attr(CTA_STATUS_MASK, _BE32.pack(IPS_ASSURED))
     body = bytes((family, 0)) + b"\0\0" + attrs  # nfgenmsg: family, version 0, res_id 0
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-    return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                        0) + body
+    return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def dump_replies(data: bytes, seq: int) -> tuple[list[Entry], int | None]:
@@ -148,18 +147,27 @@ def _entry(data: bytes, start: int, end: int) -> Entry | None:
 def entry_message(entry: Entry, seq: int) -> bytes:
     """The message the kernel sends for `entry` (tests)."""
     v6 = len(entry.src) == 16
-    ip = (_attr(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, entry.src)
-          + _attr(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, entry.dst))
-    proto = (_attr(CTA_PROTO_NUM, bytes((entry.proto,)))
-             + _attr(CTA_PROTO_SRC_PORT, _BE16.pack(entry.sport))
-             + _attr(CTA_PROTO_DST_PORT, _BE16.pack(entry.dport)))
-    attrs = _attr(CTA_TUPLE_ORIG | NLA_F_NESTED, _attr(CTA_TUPLE_IP | NLA_F_NESTED, ip)
-                  + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto))
+    ip = _attr(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, entry.src) + _attr(
+        CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, entry.dst
+    )
+    proto = (
+        _attr(CTA_PROTO_NUM, bytes((entry.proto,)))
+        + _attr(CTA_PROTO_SRC_PORT, _BE16.pack(entry.sport))
+        + _attr(CTA_PROTO_DST_PORT, _BE16.pack(entry.dport))
+    )
+    attrs = _attr(
+        CTA_TUPLE_ORIG | NLA_F_NESTED,
+        _attr(CTA_TUPLE_IP | NLA_F_NESTED, ip) + _attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto),
+    )
     attrs += _attr(CTA_STATUS, _BE32.pack(entry.status))
     attrs += _attr(CTA_TIMEOUT, _BE32.pack(entry.timeout))
     if entry.tcp_state is not None:
-        attrs += _attr(CTA_PROTOINFO | NLA_F_NESTED, _attr(
-            CTA_PROTOINFO_TCP | NLA_F_NESTED,
-            _attr(CTA_PROTOINFO_TCP_STATE, bytes((entry.tcp_state,)))))
+        attrs += _attr(
+            CTA_PROTOINFO | NLA_F_NESTED,
+            _attr(
+                CTA_PROTOINFO_TCP | NLA_F_NESTED,
+                _attr(CTA_PROTOINFO_TCP_STATE, bytes((entry.tcp_state,))),
+            ),
+        )
     body = bytes((10 if v6 else 2, 0)) + b"\0\0" + attrs
     return _HEADER.pack(_HEADER.size + len(body), ENTRY_TYPE, 0x2, seq, 0) + body

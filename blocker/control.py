@@ -110,8 +110,9 @@ class _Writer:
 
     __slots__ = ("batches", "deadline", "first", "pending")
 
-    def __init__(self, data: bytes, batches: Iterator[Sequence[object]] | None,
-                 deadline: float) -> None:
+    def __init__(
+        self, data: bytes, batches: Iterator[Sequence[object]] | None, deadline: float
+    ) -> None:
         self.pending = bytearray(data)
         self.batches = batches
         self.first = True
@@ -129,16 +130,19 @@ class ControlServer:
     mode says; a refused peer gets its answer without the loop waiting on it.
     """
 
-    def __init__(self, path: str, selector: selectors.BaseSelector,  # noqa: PLR0917
-                 handlers: Callable[[], dict[str, Handler]],
-                 allowed_uids: frozenset[int] | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        path: str,
+        selector: selectors.BaseSelector,  # noqa: PLR0917
+        handlers: Callable[[], dict[str, Handler]],
+        allowed_uids: frozenset[int] | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.path = path
         self.selector = selector
         self.handlers = handlers
-        self.allowed_uids = (frozenset({0, os.geteuid()}) if allowed_uids is None
-                             else allowed_uids)
+        self.allowed_uids = frozenset({0, os.geteuid()}) if allowed_uids is None else allowed_uids
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.served = 0
@@ -179,8 +183,7 @@ class ControlServer:
                     # The pending connection stays queued, so the socket stays readable:
                     # stop watching it for a while instead of spinning on the error.
                     self.pause(now + ACCEPT_BACKOFF)
-                self.refusals.note("accept failed", f"control socket accept failed: {exc}",
-                                   now)
+                self.refusals.note("accept failed", f"control socket accept failed: {exc}", now)
                 return
             conn.setblocking(False)
             uid = _peer_uid(conn)
@@ -195,8 +198,12 @@ class ControlServer:
             if self.connections >= self.max_connections:
                 # Full: the next clients wait in the listen queue, at no cost to the loop,
                 # until a connection ends (served, or closed when idle).
-                self.refusals.note("full", f"all {self.max_connections} connections are busy; "
-                                   "new ones wait in the listen queue", now)
+                self.refusals.note(
+                    "full",
+                    f"all {self.max_connections} connections are busy; "
+                    "new ones wait in the listen queue",
+                    now,
+                )
                 self._update_listening()
                 return
 
@@ -229,14 +236,19 @@ class ControlServer:
         for conn, deadline in list(self._deadlines.items()):
             if now >= deadline:
                 self.timed_out += 1
-                self.refusals.note("idle", f"closed a connection idle for {self.idle_timeout:g}s",
-                                   now)
+                self.refusals.note(
+                    "idle", f"closed a connection idle for {self.idle_timeout:g}s", now
+                )
                 self._drop(conn)
         for conn, writer in list(self._writers.items()):
             if now >= writer.deadline:
                 self.timed_out += 1
-                self.refusals.note("not reading", "closed a connection whose client stopped "
-                                   f"reading its reply for {self.idle_timeout:g}s", now)
+                self.refusals.note(
+                    "not reading",
+                    "closed a connection whose client stopped "
+                    f"reading its reply for {self.idle_timeout:g}s",
+                    now,
+                )
                 self._drop(conn)
         self.refusals.flush(now)
 

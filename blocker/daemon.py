@@ -46,19 +46,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockerd",
         description="Follow the kernel log and ban what the jails recognize (runs in the "
-                    "foreground; logs to stderr).",
+        "foreground; logs to stderr).",
     )
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
-    parser.add_argument("--log", metavar="PATH",
-                        help="kernel log to follow for every jail (overrides log_path/source)")
+    parser.add_argument(
+        "--log",
+        metavar="PATH",
+        help="kernel log to follow for every jail (overrides log_path/source)",
+    )
     parser.add_argument("--state-dir", default=DEFAULT_STATE, help=f"default {DEFAULT_STATE}")
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="decide and log bans, touch no firewall")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and its filters, then exit")
-    parser.add_argument("--from-start", action="store_true",
-                        help="read logs from their beginning when no position is saved")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="decide and log bans, touch no firewall"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and its filters, then exit",
+    )
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="read logs from their beginning when no position is saved",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -69,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(EveryLineFormatter("blockerd: %(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        handlers=[handler])
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     config_path = Path(args.config)
     try:
         config = load_config(config_path)
@@ -79,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.check_config:
         names = ", ".join(j.name for j in config.jails)
-        print(f"config OK: {len(config.jails)} jail(s) ({names}), "
-              f"{len(config.filters)} filter(s) in {config_path}")
+        print(
+            f"config OK: {len(config.jails)} jail(s) ({names}), "
+            f"{len(config.filters)} filter(s) in {config_path}"
+        )
         return 0
     tune_gc()
     try:
@@ -115,19 +126,28 @@ class Daemon:
         self.source_errors: dict[SourceKey, str] = {}
         self._guard_warned: dict[str, str] = {}
         self._source_levels: dict[SourceKey, frozenset[int]] = {}
-        self.service = Service(config, self.state, self.backend, own_addresses=host_addresses(),
-                               log_override=args.log,
-                               reload_config=lambda: load_config(Path(args.config)),
-                               live_peers=_open_live_peers(),
-                               source_health=self._source_health)
-        self.control = ControlServer(args.socket, self.selector,
-                                     lambda: self.service.handlers(time.time))
+        self.service = Service(
+            config,
+            self.state,
+            self.backend,
+            own_addresses=host_addresses(),
+            log_override=args.log,
+            reload_config=lambda: load_config(Path(args.config)),
+            live_peers=_open_live_peers(),
+            source_health=self._source_health,
+        )
+        self.control = ControlServer(
+            args.socket, self.selector, lambda: self.service.handlers(time.time)
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
-        self.fleet = FleetWiring.open(config, self.state, self.service, self._wake) \
-            if config.fleet.url else None
+        self.fleet = (
+            FleetWiring.open(config, self.state, self.service, self._wake)
+            if config.fleet.url
+            else None
+        )
         self.stopping = False
         self.reload_requested = False
         # Started in run(); its HTTP thread reads what this thread counts, takes no lock.
@@ -156,14 +176,22 @@ class Daemon:
         textfile = metrics_config.textfile if self.metrics is not None else None
         next_textfile = time.monotonic() if textfile is not None else math.inf
         _sd_notify("READY=1\nSTATUS=following the kernel log")
-        log.info("ready in %.1f s (%d active ban(s)): %d jail(s), sources: %s",
-                 time.monotonic() - began, len(self.service.active),
-                 len(self.service.config.jails),
-                 ", ".join(map(source_label, self.sources)) or "none yet")
+        log.info(
+            "ready in %.1f s (%d active ban(s)): %d jail(s), sources: %s",
+            time.monotonic() - began,
+            len(self.service.active),
+            len(self.service.config.jails),
+            ", ".join(map(source_label, self.sources)) or "none yet",
+        )
         try:
             while not self.stopping:
-                wake = min(next_check, next_retry, next_textfile, self.control.next_wake(),
-                           self.fleet.due() if self.fleet is not None else math.inf)
+                wake = min(
+                    next_check,
+                    next_retry,
+                    next_textfile,
+                    self.control.next_wake(),
+                    self.fleet.due() if self.fleet is not None else math.inf,
+                )
                 for key, _ in self.selector.select(max(0.0, wake - time.monotonic())):
                     key.data()
                 if self.reload_requested:
@@ -243,27 +271,39 @@ class Daemon:
     def _sync_sources(self) -> None:
         """Open a source per (kind, path) the jails need; close the ones no jail needs, and
         reopen (from its saved position) one whose jails changed their log_level."""
-        wanted = {key: frozenset(r.jail.log_level for r in runners)
-                  for key, runners in self.service.groups.items()}
+        wanted = {
+            key: frozenset(r.jail.log_level for r in runners)
+            for key, runners in self.service.groups.items()
+        }
         for key in [k for k in self.sources if wanted.get(k) != self._source_levels.get(k)]:
             self._close_source(key, save=True)
         for key in wanted.keys() - set(self.sources):
             kind, path = key
             levels = wanted[key]
             try:
-                source = open_source(kind, path, self.state.position(source_label(key)),
-                                     from_start=self.args.from_start, levels=levels)
+                source = open_source(
+                    kind,
+                    path,
+                    self.state.position(source_label(key)),
+                    from_start=self.args.from_start,
+                    levels=levels,
+                )
             except (OSError, SourceError) as exc:
                 if self.source_errors.get(key) != str(exc):
-                    log.error("source %s unavailable (retrying every %gs): %s",
-                              source_label(key), SOURCE_RETRY, exc)
+                    log.error(
+                        "source %s unavailable (retrying every %gs): %s",
+                        source_label(key),
+                        SOURCE_RETRY,
+                        exc,
+                    )
                 self.source_errors[key] = str(exc)
                 continue
             self.source_errors.pop(key, None)
             self.sources[key] = source
             self._source_levels[key] = levels
-            self.selector.register(source.fileno(), selectors.EVENT_READ,
-                                   lambda k=key: self._on_source(k))
+            self.selector.register(
+                source.fileno(), selectors.EVENT_READ, lambda k=key: self._on_source(k)
+            )
             log.info("following %s", source.name)
             if source.name.startswith("kernlog:"):
                 self._check_rsyslog_guard(source.name, levels)
@@ -276,9 +316,12 @@ class Daemon:
         """Warn (once per source and reason) when nothing keeps forged lines out of kern.log."""
         reason = unguarded_reason(levels)
         if reason is not None and self._guard_warned.get(name) != reason:
-            log.warning("%s is not guarded by blocker's rsyslog drop-in, so local users may "
-                        "forge LOG lines in it (see README, 'Only the kernel can write'): %s",
-                        name, reason)
+            log.warning(
+                "%s is not guarded by blocker's rsyslog drop-in, so local users may "
+                "forge LOG lines in it (see README, 'Only the kernel can write'): %s",
+                name,
+                reason,
+            )
         self._guard_warned[name] = reason or ""
 
     def _on_source(self, key: SourceKey) -> None:
@@ -346,8 +389,10 @@ class Daemon:
         """Each source's health, for the metrics thread: the dicts are copied in one C-level
         call each (atomic under the GIL) before they are walked."""
         reports = [(key, source.health()) for key, source in list(self.sources.items())]
-        reports += [(key, {"state": "error", "error": error})
-                    for key, error in list(self.source_errors.items())]
+        reports += [
+            (key, {"state": "error", "error": error})
+            for key, error in list(self.source_errors.items())
+        ]
         return reports
 
     def _source_health(self) -> list[dict[str, object]]:
@@ -360,15 +405,29 @@ class Daemon:
             report = source.health()
             behind = behind_bytes(report)
             state = report.get("state")
-            status = "error" if state == "error" else "waiting" if state == "waiting" \
-                else "lagging" if behind else "following"
+            status = (
+                "error"
+                if state == "error"
+                else "waiting"
+                if state == "waiting"
+                else "lagging"
+                if behind
+                else "following"
+            )
             seen = last_line.get(key)
-            health.append({"source": source_label(key), **report, "status": status,
-                           "behind_bytes": behind,
-                           "last_line_age": None if seen is None else round(now - seen, 1)})
+            health.append(
+                {
+                    "source": source_label(key),
+                    **report,
+                    "status": status,
+                    "behind_bytes": behind,
+                    "last_line_age": None if seen is None else round(now - seen, 1),
+                }
+            )
         for key, error in self.source_errors.items():
-            health.append({"source": source_label(key), "state": "error", "status": "error",
-                           "error": error})
+            health.append(
+                {"source": source_label(key), "state": "error", "status": "error", "error": error}
+            )
         return health
 
 

@@ -54,11 +54,24 @@ T = TypeVar("T")
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 # What a distinct key can be made of, in the order DistinctKey takes the values.
 _DISTINCT_FIELDS = ("src", "dst", "sport", "dport", "proto", "icmp_type")
-_TOP_KEYS = frozenset(("name", "description", "offender", "weight", "distinct", "spoofable",
-                       "match", "ignore"))
+_TOP_KEYS = frozenset(
+    ("name", "description", "offender", "weight", "distinct", "spoofable", "match", "ignore")
+)
 _MATCH_KEYS = frozenset(
-    ("direction", "proto", "not_proto", "flags", "flags_all", "flags_none", "dport", "sport",
-     "prefix", "dst_unicast", "icmp_type", "icmp_code")
+    (
+        "direction",
+        "proto",
+        "not_proto",
+        "flags",
+        "flags_all",
+        "flags_none",
+        "dport",
+        "sport",
+        "prefix",
+        "dst_unicast",
+        "icmp_type",
+        "icmp_code",
+    )
 )
 _IGNORE_KEYS = frozenset(("prefix",))
 
@@ -102,8 +115,12 @@ class Filter:
 
     def static_match(self, signature: Signature) -> bool:
         """Conditions that depend only on the kind of packet (decided once per Signature)."""
-        direction, proto, flags, prefix = (signature.direction, signature.proto,
-                                           signature.flags, signature.prefix)
+        direction, proto, flags, prefix = (
+            signature.direction,
+            signature.proto,
+            signature.flags,
+            signature.prefix,
+        )
         icmp_type, icmp_code = signature.icmp_type, signature.icmp_code
         if self.direction is not None and direction not in self.direction:
             return False
@@ -133,8 +150,9 @@ class Filter:
     def has_port_conditions(self) -> bool:
         return self.dport is not None or self.sport is not None
 
-    def dynamic_match(self, dport: int | None, sport: int | None, dst: Address,
-                      unicast: dict[Address, bool]) -> bool:
+    def dynamic_match(
+        self, dport: int | None, sport: int | None, dst: Address, unicast: dict[Address, bool]
+    ) -> bool:
         """Conditions on ports and addresses, checked per packet. `unicast` caches whether
         a destination is a unicast address."""
         if not self.port_match(dport, sport):
@@ -154,14 +172,16 @@ def is_unicast(dst: Address, cache: dict[Address, bool]) -> bool:
     if ok is None:
         if len(cache) > 65536:
             cache.clear()
-        ok = cache[dst] = not (dst.is_multicast or dst.is_unspecified or (
-            dst.version == 4 and dst.packed[3] == 255))
+        ok = cache[dst] = not (
+            dst.is_multicast or dst.is_unspecified or (dst.version == 4 and dst.packed[3] == 255)
+        )
     return ok
 
 
 # (src, dst, sport, dport, proto, icmp_type) -> the key
-DistinctKey = Callable[[Address, Address, "int | None", "int | None", str, "int | None"],
-                       tuple[object, ...]]
+DistinctKey = Callable[
+    [Address, Address, "int | None", "int | None", str, "int | None"], tuple[object, ...]
+]
 
 
 def distinct_key(fields: Sequence[str]) -> DistinctKey:
@@ -185,15 +205,24 @@ _Candidate = tuple[Filter, float, bool, bool, "DistinctKey | None"]
 class Matcher:
     """One jail's ordered filter chain: the first filter that matches a packet wins."""
 
-    def __init__(self, jail: str, chain: Sequence[tuple[Filter, float]],
-                 prefix: re.Pattern[str] | None = None) -> None:
+    def __init__(
+        self,
+        jail: str,
+        chain: Sequence[tuple[Filter, float]],
+        prefix: re.Pattern[str] | None = None,
+    ) -> None:
         self.jail = jail
         self.chain = tuple(chain)
         self.prefix = prefix
         self.counts: dict[str, int] = {flt.name: 0 for flt, _ in self.chain}
         self._prepared: list[_Candidate] = [
-            (flt, weight, flt.has_dynamic, flt.offender == "src",
-             distinct_key(flt.distinct) if flt.distinct else None)
+            (
+                flt,
+                weight,
+                flt.has_dynamic,
+                flt.offender == "src",
+                distinct_key(flt.distinct) if flt.distinct else None,
+            )
             for flt, weight in self.chain
         ]
         self._candidates: dict[Signature, tuple[_Candidate, ...]] = {}
@@ -211,14 +240,24 @@ class Matcher:
                 self._candidates.clear()
             self._candidates[signature] = candidates
         for flt, weight, dynamic, from_src, key_of in candidates:
-            if dynamic and not flt.dynamic_match(packet.dpt, packet.spt, packet.dst,
-                                                 self.unicast):
+            if dynamic and not flt.dynamic_match(packet.dpt, packet.spt, packet.dst, self.unicast):
                 continue
             self.counts[flt.name] += 1
-            key = None if key_of is None else key_of(
-                packet.src, packet.dst, packet.spt, packet.dpt, packet.proto, packet.icmp_type)
-            return Hit(packet.time, self.jail, flt.name, packet.src if from_src else packet.dst,
-                       weight, key)
+            key = (
+                None
+                if key_of is None
+                else key_of(
+                    packet.src, packet.dst, packet.spt, packet.dpt, packet.proto, packet.icmp_type
+                )
+            )
+            return Hit(
+                packet.time,
+                self.jail,
+                flt.name,
+                packet.src if from_src else packet.dst,
+                weight,
+                key,
+            )
         return None
 
     def candidates(self, signature: Signature) -> tuple[_Candidate, ...]:
@@ -253,8 +292,9 @@ def load_filter(path: Path) -> Filter:
 
 
 def parse_filter(data: dict[str, Any], where: str, default_name: str = "") -> Filter:
-    def get(validator: Validator[T], table: dict[str, Any], key: str, default: object,
-            scope: str = "") -> T:
+    def get(
+        validator: Validator[T], table: dict[str, Any], key: str, default: object, scope: str = ""
+    ) -> T:
         return check(validator, table.get(key, default), where, scope + key, FilterError)
 
     _no_unknown(data, _TOP_KEYS, where, "")
@@ -326,8 +366,7 @@ class _Protocols(Validator[tuple[str, ...]]):
 
     def __call__(self, value: object) -> tuple[str, ...]:
         if isinstance(value, list):
-            value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                     for v in value]
+            value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         return _STRINGS(value)
 
 
@@ -347,12 +386,18 @@ _STRINGS = Strings("must be a string or a list of strings", single_ok=True)
 _NAME = Text(r"[a-z0-9][a-z0-9_-]{0,63}", "must be lowercase letters, digits, '_' or '-'")
 _OFFENDER = Choice(("src", "dst"), "must be 'src' or 'dst'")
 _WEIGHT = Number(low=0, high=1000, low_open=True)
-_DISTINCT = Strings("must be a string or a list of strings", single_ok=True,
-                    options=_DISTINCT_FIELDS,
-                    unknown="unknown field {item!r}; choose from {options}")
-_DIRECTION = Strings("must be among 'in', 'out', 'forward'", single_ok=True,
-                     options=("in", "out", "forward"),
-                     unknown="must be among 'in', 'out', 'forward'")
+_DISTINCT = Strings(
+    "must be a string or a list of strings",
+    single_ok=True,
+    options=_DISTINCT_FIELDS,
+    unknown="unknown field {item!r}; choose from {options}",
+)
+_DIRECTION = Strings(
+    "must be among 'in', 'out', 'forward'",
+    single_ok=True,
+    options=("in", "out", "forward"),
+    unknown="must be among 'in', 'out', 'forward'",
+)
 _PROTOCOLS = _Protocols()
 _FLAGS = _Flags()
 _ICMP = Integers(0, 255, single_ok=True)
@@ -371,9 +416,8 @@ def _ports(match: dict[str, Any], key: str, where: str) -> PortSet | None:
         elif isinstance(item, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", item):
             lo, hi = (int(part) for part in item.split("-"))
         if not 0 <= lo <= hi <= 65535:
-            raise FilterError(where, "match." + key,
-                              f"{item!r} is not a port (0-65535) or range 'LO-HI'")
+            raise FilterError(
+                where, "match." + key, f"{item!r} is not a port (0-65535) or range 'LO-HI'"
+            )
         ranges.append((lo, hi))
     return PortSet(tuple(ranges))
-
-

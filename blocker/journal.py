@@ -24,21 +24,33 @@ from blocker.records import Decision, Network, network_text
 # (what was done, target, jail, seconds or None, reason, origin)
 BanEvent = tuple[str, Network, str, "float | None", str, str]
 Send = Callable[..., Any]
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-             logging.CRITICAL: 2}
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 
 
-def ban_events(decisions: Sequence[Decision], spans: Sequence[float], origin: str
-               ) -> list[BanEvent]:
-    return [("ban", d.target, d.jail, span, d.reason, origin)
-            for d, span in zip(decisions, spans, strict=True)]
+def ban_events(
+    decisions: Sequence[Decision], spans: Sequence[float], origin: str
+) -> list[BanEvent]:
+    return [
+        ("ban", d.target, d.jail, span, d.reason, origin)
+        for d, span in zip(decisions, spans, strict=True)
+    ]
 
 
 def journal_fields(event: BanEvent) -> dict[str, str]:
     """The BLOCKER_* fields of one ban or unban (journal field values are text)."""
     action, target, jail, seconds, reason, origin = event
-    fields = {"BLOCKER_ACTION": action, "BLOCKER_TARGET": network_text(target),
-              "BLOCKER_JAIL": jail, "BLOCKER_ORIGIN": origin}
+    fields = {
+        "BLOCKER_ACTION": action,
+        "BLOCKER_TARGET": network_text(target),
+        "BLOCKER_JAIL": jail,
+        "BLOCKER_ORIGIN": origin,
+    }
     if seconds is not None:
         fields["BLOCKER_DURATION"] = "permanent" if math.isinf(seconds) else f"{seconds:.0f}"
     if reason:
@@ -61,8 +73,7 @@ class JournalHandler(logging.Handler):
             priority = str(_PRIORITY.get(record.levelno, 6))
             for index, line in enumerate(lines):
                 fields = journal_fields(events[index]) if index < len(events) else {}
-                self.send(line, PRIORITY=priority, SYSLOG_IDENTIFIER=self.identifier,
-                          **fields)
+                self.send(line, PRIORITY=priority, SYSLOG_IDENTIFIER=self.identifier, **fields)
         except Exception:  # a logging failure must never stop a ban
             self.handleError(record)
 

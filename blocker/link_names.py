@@ -39,8 +39,11 @@ def name_in(reply: bytes, seq: int) -> str | None:
         if length < _NLA.size or at + length > size:
             return None
         if attr & 0x3FFF == IFLA_IFNAME:
-            return reply[at + _NLA.size : at + length].split(b"\0", 1)[0].decode(
-                "utf-8", errors="replace")
+            return (
+                reply[at + _NLA.size : at + length]
+                .split(b"\0", 1)[0]
+                .decode("utf-8", errors="replace")
+            )
         at += (length + 3) & ~3
     return None
 

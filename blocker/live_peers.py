@@ -51,9 +51,11 @@ class LiveConnection:
 
     def describe(self) -> str:
         who = "it opened" if self.opened_by_peer else "this host opened"
-        return (f"{self.peer} has a live {self.proto} connection that {who} "
-                f"({self.peer}:{self.peer_port} <-> {self.local}:{self.local_port}, "
-                f"idle {self.idle:.0f}s)")
+        return (
+            f"{self.peer} has a live {self.proto} connection that {who} "
+            f"({self.peer}:{self.peer_port} <-> {self.local}:{self.local_port}, "
+            f"idle {self.idle:.0f}s)"
+        )
 
 
 def idle_seconds(entry: Entry, tcp_established: float) -> float | None:
@@ -65,8 +67,9 @@ def idle_seconds(entry: Entry, tcp_established: float) -> float | None:
     return max(0.0, tcp_established - entry.timeout)
 
 
-def live_connection(entries: list[Entry], target: Network, window: float,
-                    tcp_established: float) -> LiveConnection | None:
+def live_connection(
+    entries: list[Entry], target: Network, window: float, tcp_established: float
+) -> LiveConnection | None:
     """The most recently active connection of `entries` with an end in `target` that
     carried traffic within `window` seconds, or None."""
     best: LiveConnection | None = None
@@ -97,8 +100,9 @@ class LivePeers:
 
     def __init__(self, sysctl_dir: str = _SYSCTL, ttl: float = SNAPSHOT_TTL) -> None:
         try:
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                       conntrack_wire.NETLINK_NETFILTER)
+            self._sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW, conntrack_wire.NETLINK_NETFILTER
+            )
             self._sock.bind((0, 0))
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError as exc:
@@ -117,9 +121,11 @@ class LivePeers:
         snapshot = self._snapshots.get(family)
         if snapshot is None or not taken - self._ttl < snapshot[0] <= taken:
             # The timeout is read with the entries it interprets.
-            self._tcp_established = float(_read_int(
-                self._sysctl + "nf_conntrack_tcp_timeout_established",
-                DEFAULT_TCP_ESTABLISHED))
+            self._tcp_established = float(
+                _read_int(
+                    self._sysctl + "nf_conntrack_tcp_timeout_established", DEFAULT_TCP_ESTABLISHED
+                )
+            )
             snapshot = (taken, self._dump(family))
             self._snapshots[family] = snapshot
         return live_connection(snapshot[1], target, window, self._tcp_established)
@@ -137,8 +143,7 @@ class LivePeers:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
-                raise ConntrackError("conntrack did not answer within "
-                                     f"{DUMP_TIMEOUT:g} s")
+                raise ConntrackError(f"conntrack did not answer within {DUMP_TIMEOUT:g} s")
             try:
                 data = self._sock.recv(1 << 18)
             except OSError as exc:

@@ -43,8 +43,7 @@ from blocker.service import Service, SourceKey, source_label
 from blocker.version import version
 
 # Ban latency (line read -> kernel ack) buckets: a healthy daemon answers in milliseconds.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # (source key, its health report), as the daemon sees them at the time of the call.
 HTTP_TIMEOUT = 10.0  # seconds a scrape connection may sit idle
@@ -55,8 +54,9 @@ SourceHealth = Callable[[], list[tuple[SourceKey, dict[str, object]]]]
 class BlockerCollector(Collector):
     """Builds every blocker_ family from the daemon's own counters at scrape time."""
 
-    def __init__(self, service: Service, sources: SourceHealth,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, service: Service, sources: SourceHealth, clock: Callable[[], float] = time.time
+    ) -> None:
         self.service = service
         self.sources = sources
         self.clock = clock
@@ -67,57 +67,84 @@ class BlockerCollector(Collector):
         pipeline = service.pipeline  # a reload swaps it whole: keep the one we read
         activity = service.activity
         stats = pipeline.stats
-        yield _gauge("blocker_up_seconds", "seconds since blockerd started",
-                     now - service.started)
+        yield _gauge("blocker_up_seconds", "seconds since blockerd started", now - service.started)
         info = GaugeMetricFamily("blocker_build_info", "blocker's version", labels=["version"])
         info.add_metric([version()], 1)
         yield info
         yield _counter("blocker_lines_read", "lines read from every source", stats.lines)
         yield _counter("blocker_records_parsed", "netfilter LOG records parsed", stats.parsed)
-        yield _counter("blocker_lines_unparsed",
-                       "lines that were not a valid LOG record (malformed included)",
-                       stats.unparsed)
-        yield _counter("blocker_records_malformed",
-                       "lines that started a LOG record but were refused", stats.malformed)
+        yield _counter(
+            "blocker_lines_unparsed",
+            "lines that were not a valid LOG record (malformed included)",
+            stats.unparsed,
+        )
+        yield _counter(
+            "blocker_records_malformed",
+            "lines that started a LOG record but were refused",
+            stats.malformed,
+        )
         yield from self._sources(now, dict(activity.lines), dict(activity.last_line))
-        hits = CounterMetricFamily("blocker_hits", "packets a filter matched, per jail",
-                                   labels=["jail", "filter"])
+        hits = CounterMetricFamily(
+            "blocker_hits", "packets a filter matched, per jail", labels=["jail", "filter"]
+        )
         for key, count in pipeline.hit_counts().items():
             jail, name = key.split("/", 1)
             hits.add_metric([jail, name], count)
         yield hits
-        yield _labelled_counter("blocker_bans", "bans issued, per jail and origin "
-                                "(auto, admin, restore, fleet)", ["jail", "origin"],
-                                dict(activity.bans))
-        yield _labelled_counter("blocker_unbans", "bans lifted, per jail and origin "
-                                "(admin, expired)", ["jail", "origin"], dict(activity.unbans))
+        yield _labelled_counter(
+            "blocker_bans",
+            "bans issued, per jail and origin (auto, admin, restore, fleet)",
+            ["jail", "origin"],
+            dict(activity.bans),
+        )
+        yield _labelled_counter(
+            "blocker_unbans",
+            "bans lifted, per jail and origin (admin, expired)",
+            ["jail", "origin"],
+            dict(activity.unbans),
+        )
         yield from self._bans(now)
         repairs = CounterMetricFamily(
-            "blocker_firewall_repairs", "INPUT rules and sets put back by the periodic check",
-            labels=["kind"])
+            "blocker_firewall_repairs",
+            "INPUT rules and sets put back by the periodic check",
+            labels=["kind"],
+        )
         counts = dict(activity.repairs)
         for kind in ("rule", "set", "duplicate_rule"):
             repairs.add_metric([kind], counts.get(kind, 0))
         yield repairs
-        yield _gauge("blocker_firewall_check_ok",
-                     "1 when the last check of the rules and sets succeeded",
-                     1.0 if activity.firewall_ok else 0.0)
-        yield _counter("blocker_firewall_check_failures",
-                       "periodic rule and set checks that failed", activity.firewall_failures)
+        yield _gauge(
+            "blocker_firewall_check_ok",
+            "1 when the last check of the rules and sets succeeded",
+            1.0 if activity.firewall_ok else 0.0,
+        )
+        yield _counter(
+            "blocker_firewall_check_failures",
+            "periodic rule and set checks that failed",
+            activity.firewall_failures,
+        )
 
-    def _sources(self, now: float, lines: dict[SourceKey, int],
-                 last_line: dict[SourceKey, float]) -> Iterator[Metric]:
-        read = CounterMetricFamily("blocker_source_lines", "lines read, per source",
-                                   labels=["source"])
-        age = GaugeMetricFamily("blocker_source_last_line_age_seconds",
-                                "seconds since the source gave its last line",
-                                labels=["source"])
-        behind = GaugeMetricFamily("blocker_source_behind_bytes",
-                                   "bytes written to the log file and not yet read (kern.log)",
-                                   labels=["source"])
-        error = GaugeMetricFamily("blocker_source_error",
-                                  "1 when the source is failing or cannot be opened",
-                                  labels=["source"])
+    def _sources(
+        self, now: float, lines: dict[SourceKey, int], last_line: dict[SourceKey, float]
+    ) -> Iterator[Metric]:
+        read = CounterMetricFamily(
+            "blocker_source_lines", "lines read, per source", labels=["source"]
+        )
+        age = GaugeMetricFamily(
+            "blocker_source_last_line_age_seconds",
+            "seconds since the source gave its last line",
+            labels=["source"],
+        )
+        behind = GaugeMetricFamily(
+            "blocker_source_behind_bytes",
+            "bytes written to the log file and not yet read (kern.log)",
+            labels=["source"],
+        )
+        error = GaugeMetricFamily(
+            "blocker_source_error",
+            "1 when the source is failing or cannot be opened",
+            labels=["source"],
+        )
         health = dict(self.sources())
         for key in sorted({*self.service.groups, *health}):
             label = source_label(key)
@@ -136,10 +163,12 @@ class BlockerCollector(Collector):
         # Bans past their expiry are dropped at the next firewall check, as the kernel drops
         # them at their timeout: counted until then.
         per_family = service.active.family_counts()
-        active = GaugeMetricFamily("blocker_active_bans", "bans in force, per jail",
-                                   labels=["jail"])
-        tracked = GaugeMetricFamily("blocker_tracked_sources",
-                                    "addresses with a live score, per jail", labels=["jail"])
+        active = GaugeMetricFamily(
+            "blocker_active_bans", "bans in force, per jail", labels=["jail"]
+        )
+        tracked = GaugeMetricFamily(
+            "blocker_tracked_sources", "addresses with a live score, per jail", labels=["jail"]
+        )
         for runner in list(service.pipeline.runners):
             active.add_metric([runner.jail.name], service.active.count(runner.jail.name))
             tracked.add_metric([runner.jail.name], runner.scorer.tracked_count())
@@ -147,12 +176,14 @@ class BlockerCollector(Collector):
         yield tracked
         firewall = service.config.firewall
         names = {4: firewall.set_v4, 6: firewall.set_v6}
-        entries = GaugeMetricFamily("blocker_set_entries",
-                                    "bans blocker holds in each kernel set",
-                                    labels=["set", "family"])
-        capacity = GaugeMetricFamily("blocker_set_capacity",
-                                     "entries each kernel set can hold (maxelem)",
-                                     labels=["set", "family"])
+        entries = GaugeMetricFamily(
+            "blocker_set_entries", "bans blocker holds in each kernel set", labels=["set", "family"]
+        )
+        capacity = GaugeMetricFamily(
+            "blocker_set_capacity",
+            "entries each kernel set can hold (maxelem)",
+            labels=["set", "family"],
+        )
         maxelem = set_capacity(service.backend)
         for family, name in names.items():
             entries.add_metric([name, f"ipv{family}"], per_family[family])
@@ -165,8 +196,12 @@ class BlockerCollector(Collector):
 def behind_bytes(report: dict[str, object]) -> int | None:
     """How far a kern.log follower is from the end of its file; None when unknown."""
     path, inode, offset = report.get("path"), report.get("inode"), report.get("offset")
-    if report.get("kind") != "kernlog" or not isinstance(path, str) \
-            or not isinstance(offset, int) or report.get("following_rotated_file"):
+    if (
+        report.get("kind") != "kernlog"
+        or not isinstance(path, str)
+        or not isinstance(offset, int)
+        or report.get("following_rotated_file")
+    ):
         return None
     try:
         info = os.stat(path)
@@ -190,8 +225,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _labelled_counter(name: str, doc: str, labels: list[str],
-                      values: dict[tuple[str, str], int]) -> CounterMetricFamily:
+def _labelled_counter(
+    name: str, doc: str, labels: list[str], values: dict[tuple[str, str], int]
+) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=labels)
     for key, count in sorted(values.items()):
         family.add_metric(list(key), count)
@@ -201,17 +237,23 @@ def _labelled_counter(name: str, doc: str, labels: list[str],
 class Metrics:
     """The registry, the two histograms, and where they are published."""
 
-    def __init__(self, service: Service, sources: SourceHealth,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, service: Service, sources: SourceHealth, clock: Callable[[], float] = time.time
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.clock = clock
         self.ban_latency = Histogram(
             "blocker_ban_latency_seconds",
             "from reading the line that caused a ban to the kernel's acknowledgement",
-            buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.commit_time = Histogram("blocker_state_commit_seconds",
-                                     "sqlite COMMIT duration", buckets=COMMIT_BUCKETS,
-                                     registry=self.registry)
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_time = Histogram(
+            "blocker_state_commit_seconds",
+            "sqlite COMMIT duration",
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(BlockerCollector(service, sources, clock))
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)  # RSS, CPU, fds; Python version; GC
@@ -257,8 +299,9 @@ class Metrics:
 
         server = Server((host, port), Handler)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="metrics-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="metrics-http", daemon=True
+        )
         self._thread.start()
         bound = server.server_address
         return str(bound[0]), int(bound[1])
@@ -283,8 +326,9 @@ class Metrics:
         data = generate_latest(self.registry)
         directory, name = os.path.split(path)
         temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o644)
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+        )
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)

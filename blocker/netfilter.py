@@ -29,20 +29,22 @@ from blocker.records import Address, Packet, Signature, direction_of
 
 _KERNEL_TAG = " kernel: "
 _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60) \S+")
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(Z|[+-]\d\d:?\d\d)? \S+"
-)
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(Z|[+-]\d\d:?\d\d)? \S+")
 # OpenWrt's logread: ctime() with the year, then facility.level; only kern.* is the kernel's.
 _LOGREAD = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):"
-    r"([0-5]\d|60) (\d{4}) kern\.(?:emerg|alert|crit|err|warn|warning|notice|info|debug)")
+    r"([0-5]\d|60) (\d{4}) kern\.(?:emerg|alert|crit|err|warn|warning|notice|info|debug)"
+)
 # dmesg -T: the kernel's timestamp printed as local ctime() in the bracket.
 _CTIME_BRACKET = re.compile(
     r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):"
-    r"([0-5]\d|60) (\d{4})\]")
+    r"([0-5]\d|60) (\d{4})\]"
+)
 # A line that starts like a syslog timestamp but carries no kernel tag came from a user process.
-_SYSLOG_START = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
-                           r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} ")
+_SYSLOG_START = re.compile(
+    r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d |\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+    r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4} "
+)
 # Field order is fixed by the kernel (nf_log_ipv4/ipv6); optional parts are the bridge
 # (PHYSIN/PHYSOUT), MAC, IP options/flags before PROTO, and TCP sequence numbers.
 # `[^ ]` rather than `\S`: a negated literal is the fastest class the engine has (`\S` tests
@@ -165,8 +167,24 @@ class KernelLogParser:
     def packet(self, record: Record) -> Packet | None:
         """The Packet of a scanned record, or None when its fields are not valid."""
         event_time, prefix, fields = record
-        (iface_in, iface_out, physin, src_text, dst_text, length, ttl, ip_id, hoplimit, _,
-         spt, dpt, _, _, _, _) = fields
+        (
+            iface_in,
+            iface_out,
+            physin,
+            src_text,
+            dst_text,
+            length,
+            ttl,
+            ip_id,
+            hoplimit,
+            _,
+            spt,
+            dpt,
+            _,
+            _,
+            _,
+            _,
+        ) = fields
         signature = self.signature(prefix, fields)
         if signature is None or (signature.ports and dpt is None):
             return None
@@ -176,7 +194,12 @@ class KernelLogParser:
             return None
         hops = ttl or hoplimit
         return Packet(
-            event_time, signature.prefix, iface_in or "", iface_out or "", src, dst,
+            event_time,
+            signature.prefix,
+            iface_in or "",
+            iface_out or "",
+            src,
+            dst,
             signature.proto,
             int(spt) if spt is not None else None,
             int(dpt) if dpt is not None else None,
@@ -191,8 +214,9 @@ class KernelLogParser:
 
     # -- scanning: the bulk path ---------------------------------------------------------
 
-    def scan(self, text: str, now: float, source_time: float | None = None,
-             headerless: bool = True) -> list[Record]:
+    def scan(
+        self, text: str, now: float, source_time: float | None = None, headerless: bool = True
+    ) -> list[Record]:
         """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
         header; lines with a bad or forged header are counted as rejected and skipped.
         `headerless=False` (text read from a file) also refuses lines without a syslog
@@ -225,8 +249,9 @@ class KernelLogParser:
                 for line in text[line_start:done].split("\n"):
                     one = _PACKET.search(line)
                     if one is not None:
-                        found = self._time_and_prefix(line[: one.start()], now, source_time,
-                                                      headerless)
+                        found = self._time_and_prefix(
+                            line[: one.start()], now, source_time, headerless
+                        )
                         if found is None:
                             self._rejected += 1
                         else:
@@ -238,8 +263,12 @@ class KernelLogParser:
             k = head.find(_KERNEL_TAG)
             if k > 0:
                 fraction = head[20:26]
-                if (head[19:20] == "." and head[26:27] in _ZONE_START and fraction.isdigit()
-                        and fraction.isascii()):  # _digits() inlined
+                if (
+                    head[19:20] == "."
+                    and head[26:27] in _ZONE_START
+                    and fraction.isdigit()
+                    and fraction.isascii()
+                ):  # _digits() inlined
                     base = header_times.get(head[:19] + head[26:k])
                     event_time = None if base is None else base + int(fraction) * 1e-6
                 else:
@@ -262,8 +291,9 @@ class KernelLogParser:
         day = now // 86400 * 86400
         self._cache_from, self._cache_until = day, day + 86400
 
-    def _time_and_prefix(self, head: str, now: float, source_time: float | None,
-                         headerless: bool) -> tuple[float, str] | None:
+    def _time_and_prefix(
+        self, head: str, now: float, source_time: float | None, headerless: bool
+    ) -> tuple[float, str] | None:
         """Event time and raw prefix from the text before 'IN=' on a line; None when the
         line has a bad syslog header or one a user process wrote. Only scan() calls it, after
         making the header cache valid for `now`."""
@@ -287,7 +317,7 @@ class KernelLogParser:
                     return None
                 if source_time is None:
                     event_time = stamp
-                head = head[m.end():]
+                head = head[m.end() :]
         return event_time, head
 
     # -- the parts of a record -----------------------------------------------------------
@@ -295,8 +325,16 @@ class KernelLogParser:
     def signature(self, prefix: str, fields: Fields) -> Signature | None:
         """What kind of packet a record holds; None when that kind is not valid (a record
         cut short, unknown TCP flags). Cached: records of one kind share it."""
-        key = (prefix, fields[0], fields[1], fields[9], fields[12], fields[13], fields[14],
-               fields[15])
+        key = (
+            prefix,
+            fields[0],
+            fields[1],
+            fields[9],
+            fields[12],
+            fields[13],
+            fields[14],
+            fields[15],
+        )
         try:
             return self._signatures[key]
         except KeyError:
@@ -379,13 +417,19 @@ def _without_uptime(head: str) -> tuple[float | None, str]:
     return None, head
 
 
-def _signature(prefix: str, fields: Fields,
-               tcp_flags: Callable[[str], frozenset[str] | None]) -> Signature | None:
+def _signature(
+    prefix: str, fields: Fields, tcp_flags: Callable[[str], frozenset[str] | None]
+) -> Signature | None:
     if is_trace(prefix):
         return None  # never a packet; callers do not count it as malformed either
     iface_in, iface_out = fields[0] or "", fields[1] or ""
-    proto, flag_text, icmp_type, icmp_code, incomplete = (fields[9], fields[12], fields[13],
-                                                          fields[14], fields[15])
+    proto, flag_text, icmp_type, icmp_code, incomplete = (
+        fields[9],
+        fields[12],
+        fields[13],
+        fields[14],
+        fields[15],
+    )
     if proto is None:
         return None
     if incomplete or _digits(proto):  # INCOMPLETE: the kernel says the header was cut
@@ -409,7 +453,10 @@ def _signature(prefix: str, fields: Fields,
             return None
         flags = parsed
     return Signature(
-        direction_of(iface_in, iface_out), proto, flags, prefix.strip(),
+        direction_of(iface_in, iface_out),
+        proto,
+        flags,
+        prefix.strip(),
         int(icmp_type) if icmp_type is not None else None,
         int(icmp_code) if icmp_code is not None else None,
         ports,

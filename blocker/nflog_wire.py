@@ -67,9 +67,16 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return _NLA.pack(size, kind) + payload + b"\0" * (-size & 3)
 
 
-def config_request(group: int, *, seq: int, command: int | None = None,
-                   copy_range: int | None = None, nlbufsiz: int | None = None,
-                   timeout_cs: int | None = None, qthresh: int | None = None) -> bytes:
+def config_request(
+    group: int,
+    *,
+    seq: int,
+    command: int | None = None,
+    copy_range: int | None = None,
+    nlbufsiz: int | None = None,
+    timeout_cs: int | None = None,
+    qthresh: int | None = None,
+) -> bytes:
     """One NFULNL_MSG_CONFIG for `group`, asking for an ack. `timeout_cs` is in 1/100 s."""
     attrs = b""
     if command is not None:
@@ -84,8 +91,10 @@ def config_request(group: int, *, seq: int, command: int | None = None,
     if qthresh is not None:
         attrs += _attr(CFG_QTHRESH, _BE32.pack(qthresh))
     body = _NFGEN.pack(0, 0, 0)[:2] + _BE16.pack(group) + attrs  # AF_UNSPEC, version 0
-    return _HEADER.pack(_HEADER.size + len(body), CONFIG_TYPE, NLM_F_REQUEST | NLM_F_ACK, seq,
-                        0) + body
+    return (
+        _HEADER.pack(_HEADER.size + len(body), CONFIG_TYPE, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+        + body
+    )
 
 
 def acks(data: bytes) -> Iterator[tuple[int, int]]:
@@ -166,8 +175,11 @@ def packets(data: bytes) -> Batch:  # noqa: PLR0915 - one flat loop is the hot p
             malformed += 1
             continue
         # tuple.__new__ skips NamedTuple's Python-level __new__: half the cost per packet.
-        append(new(NflogPacket, (family, group, hook, prefix, indev, outdev, physindev, stamp,
-                                 payload)))
+        append(
+            new(
+                NflogPacket, (family, group, hook, prefix, indev, outdev, physindev, stamp, payload)
+            )
+        )
     return Batch(out, malformed)
 
 
@@ -187,12 +199,17 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, int]]:
 
 def packet_message(packet: NflogPacket, seq: int = 0) -> bytes:
     """The message the kernel sends for `packet` (tests, and the bench's equivalence check)."""
-    attrs = _attr(A_PACKET_HDR, _BE16.pack(0x86DD if packet.family == 10 else 0x0800)
-                  + bytes((max(packet.hook, 0), 0)))
+    attrs = _attr(
+        A_PACKET_HDR,
+        _BE16.pack(0x86DD if packet.family == 10 else 0x0800) + bytes((max(packet.hook, 0), 0)),
+    )
     if packet.prefix:
         attrs += _attr(A_PREFIX, packet.prefix + b"\0")
-    for kind, index in ((A_INDEV, packet.indev), (A_OUTDEV, packet.outdev),
-                        (A_PHYSINDEV, packet.physindev)):
+    for kind, index in (
+        (A_INDEV, packet.indev),
+        (A_OUTDEV, packet.outdev),
+        (A_PHYSINDEV, packet.physindev),
+    ):
         if index:
             attrs += _attr(kind, _BE32.pack(index))
     if packet.time is not None:

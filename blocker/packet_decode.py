@@ -71,11 +71,29 @@ def _ipv4(data: bytes) -> NetworkFields | None:
     if proto == _TCP and not frag & 0x1FFF and len(data) >= ihl + 20:
         # The flood case (SYN/ACKs, scans) in one tuple; _transport() says the same.
         spt, dpt = _PORTS.unpack_from(data, ihl)
-        return (inet_ntop(AF_INET, src), inet_ntop(AF_INET, dst), str(length), str(ttl),
-                str(ident), None, "TCP", str(spt), str(dpt), _FLAG_TEXT[data[ihl + 13]], None,
-                None, None)
-    head = (inet_ntop(AF_INET, src), inet_ntop(AF_INET, dst), str(length), str(ttl),
-            str(ident), None)
+        return (
+            inet_ntop(AF_INET, src),
+            inet_ntop(AF_INET, dst),
+            str(length),
+            str(ttl),
+            str(ident),
+            None,
+            "TCP",
+            str(spt),
+            str(dpt),
+            _FLAG_TEXT[data[ihl + 13]],
+            None,
+            None,
+            None,
+        )
+    head = (
+        inet_ntop(AF_INET, src),
+        inet_ntop(AF_INET, dst),
+        str(length),
+        str(ttl),
+        str(ident),
+        None,
+    )
     name = _NAMES4.get(proto)
     if name is None:
         return (*head, str(proto), None, None, None, None, None, None)
@@ -106,15 +124,22 @@ def _ipv6(data: bytes) -> NetworkFields | None:
         nexthdr = data[at]
         at += length
     name = _NAMES6.get(nexthdr)
-    head = (inet_ntop(AF_INET6, src), inet_ntop(AF_INET6, dst), str(payload_length + 40),
-            None, None, str(hoplimit))
+    head = (
+        inet_ntop(AF_INET6, src),
+        inet_ntop(AF_INET6, dst),
+        str(payload_length + 40),
+        None,
+        None,
+        str(hoplimit),
+    )
     if name is None:
         return (*head, str(nexthdr), None, None, None, None, None, None)
     return (*head, *_transport(data, at, nexthdr, name, fragment))
 
 
-def _transport(data: bytes, at: int, proto: int, name: str, fragment: bool
-               ) -> tuple[str | None, ...]:
+def _transport(
+    data: bytes, at: int, proto: int, name: str, fragment: bool
+) -> tuple[str | None, ...]:
     """(PROTO, SPT, DPT, flags, TYPE, CODE, INCOMPLETE) of the header at `at`."""
     if fragment or proto in (_AH, _ESP):
         return (name, None, None, None, None, None, None)

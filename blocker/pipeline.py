@@ -26,10 +26,10 @@ _PLAN_LIMIT = 16384
 _DST_DPORT: DistinctKey = lambda *values: (values[1], values[3])  # noqa: E731
 # (filter name, weight, the filter when it has port conditions, the unicast cache when it
 # wants a unicast destination, offender is SRC, distinct key)
-_Candidate = tuple[str, float, "Filter | None", "dict[Address, bool] | None", bool,
-                   "DistinctKey | None"]
-_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int],
-                  tuple[_Candidate, ...]]
+_Candidate = tuple[
+    str, float, "Filter | None", "dict[Address, bool] | None", bool, "DistinctKey | None"
+]
+_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int], tuple[_Candidate, ...]]
 # (ports required, ICMP type, per jail with candidates); () for a kind never valid
 _Plan = tuple[bool, "int | None", tuple[_JailPlan, ...]] | tuple[()]
 
@@ -72,8 +72,9 @@ class Pipeline:
     def runner(self, name: str) -> JailRunner | None:
         return next((r for r in self.runners if r.jail.name == name), None)
 
-    def feed_packet(self, packet: Packet, jails: Sequence[JailRunner] | None = None
-                    ) -> list[Decision]:
+    def feed_packet(
+        self, packet: Packet, jails: Sequence[JailRunner] | None = None
+    ) -> list[Decision]:
         """One parsed packet through the Matchers and Scorers: the reference path, which
         feed_text()'s compiled plans must agree with."""
         decisions: list[Decision] = []
@@ -86,11 +87,19 @@ class Pipeline:
 
     def hit_counts(self) -> dict[str, int]:
         """'jail/filter' -> hits so far (filters without hits included, at 0)."""
-        return {f"{runner.jail.name}/{name}": count
-                for runner in self.runners for name, count in runner.matcher.counts.items()}
+        return {
+            f"{runner.jail.name}/{name}": count
+            for runner in self.runners
+            for name, count in runner.matcher.counts.items()
+        }
 
-    def feed_line(self, line: str, now: float, source_time: float | None = None,
-                  jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_line(
+        self,
+        line: str,
+        now: float,
+        source_time: float | None = None,
+        jails: Sequence[JailRunner] | None = None,
+    ) -> list[Decision]:
         """One line from a live source; `now` is the reader's clock (the daemon's edge)."""
         self.stats.lines += 1
         if len(line) > MAX_LINE:
@@ -99,16 +108,22 @@ class Pipeline:
         records = islice(self.parser.scan(line, now, source_time), 1)
         return self._feed_records(records, jails)
 
-    def feed_lines(self, lines: Sequence[str], now: float,
-                   jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_lines(
+        self, lines: Sequence[str], now: float, jails: Sequence[JailRunner] | None = None
+    ) -> list[Decision]:
         """Many lines that carry their own time (kern.log): bounded like feed_line's, then
         parsed as one text."""
         if lines and max(map(len, lines)) > MAX_LINE:  # rare: checked in C, cut in Python
             lines = [line[:MAX_LINE] for line in lines]
         return self.feed_text("\n".join(lines) + "\n", now, jails, headerless=False)
 
-    def feed_text(self, text: str, now: float, jails: Sequence[JailRunner] | None = None,
-                  headerless: bool = True) -> list[Decision]:
+    def feed_text(
+        self,
+        text: str,
+        now: float,
+        jails: Sequence[JailRunner] | None = None,
+        headerless: bool = True,
+    ) -> list[Decision]:
         """Many complete lines at once, each already within MAX_LINE (replay cuts them while
         reading): the fast path. `headerless=False` for a live file: only lines with a
         `kernel:` syslog header count (see KernelLogParser.scan)."""
@@ -118,15 +133,17 @@ class Pipeline:
         self.stats.lines += lines
         return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
 
-    def feed_records(self, records: Sequence[Record],
-                     jails: Sequence[JailRunner] | None = None) -> list[Decision]:
+    def feed_records(
+        self, records: Sequence[Record], jails: Sequence[JailRunner] | None = None
+    ) -> list[Decision]:
         """Records that did not come from text (NFLOG: packet_decode.record()), each one a
         LOG line's worth: the same validation, filters and scores as a parsed line."""
         self.stats.lines += len(records)
         return self._feed_records(records, jails)
 
-    def _feed_records(self, records: Iterable[Record], jails: Sequence[JailRunner] | None
-                      ) -> list[Decision]:
+    def _feed_records(
+        self, records: Iterable[Record], jails: Sequence[JailRunner] | None
+    ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.
 
         Does what feed_packet() does without building a Packet or a Hit: per kind of record
@@ -139,8 +156,24 @@ class Pipeline:
         decisions: list[Decision] = []
         parsed = malformed = 0
         for t, prefix, fields in records:
-            (iface_in, iface_out, _, src_text, dst_text, _, _, _, _, proto, spt, dpt, flags,
-             icmp_type, icmp_code, incomplete) = fields
+            (
+                iface_in,
+                iface_out,
+                _,
+                src_text,
+                dst_text,
+                _,
+                _,
+                _,
+                _,
+                proto,
+                spt,
+                dpt,
+                flags,
+                icmp_type,
+                icmp_code,
+                incomplete,
+            ) = fields
             kind = (prefix, iface_in, iface_out, proto, flags, icmp_type, icmp_code, incomplete)
             plan = plans.get(kind)
             if plan is None:
@@ -161,7 +194,8 @@ class Pipeline:
                     if unicast is not None and not (unicast.get(dst) or is_unicast(dst, unicast)):
                         continue
                     if ports is not None and not ports.port_match(
-                            None if dpt is None else int(dpt), None if spt is None else int(spt)):
+                        None if dpt is None else int(dpt), None if spt is None else int(spt)
+                    ):
                         continue
                     counts[name] += 1
                     key: tuple[object, ...] | None
@@ -188,17 +222,28 @@ class Pipeline:
             plans = self._plans[runners] = {}
         return plans
 
-    def _plan(self, plans: dict[object, _Plan], kind: object, prefix: str, fields: Fields,
-              jails: Sequence[JailRunner] | None) -> _Plan:
+    def _plan(
+        self,
+        plans: dict[object, _Plan],
+        kind: object,
+        prefix: str,
+        fields: Fields,
+        jails: Sequence[JailRunner] | None,
+    ) -> _Plan:
         signature = self.parser.signature(prefix, fields)
         plan: _Plan = ()
         if signature is not None:
             per_jail = []
             for runner in self.runners if jails is None else jails:
                 candidates = tuple(
-                    (flt.name, weight, flt if flt.has_port_conditions else None,
-                     runner.matcher.unicast if flt.dst_unicast else None, from_src,
-                     _DST_DPORT if flt.distinct == ("dst", "dport") else key_of)
+                    (
+                        flt.name,
+                        weight,
+                        flt if flt.has_port_conditions else None,
+                        runner.matcher.unicast if flt.dst_unicast else None,
+                        from_src,
+                        _DST_DPORT if flt.distinct == ("dst", "dport") else key_of,
+                    )
                     for flt, weight, _, from_src, key_of in runner.matcher.candidates(signature)
                 )
                 if candidates:

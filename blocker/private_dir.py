@@ -37,11 +37,13 @@ def check_ancestors(path: Path, what: str) -> None:
         info = os.stat(parent)
         if not _trusted_owner(info.st_uid):
             raise UnsafePathError(
-                f"{what} {path}: its parent {parent} is owned by uid {info.st_uid}, not root")
+                f"{what} {path}: its parent {parent} is owned by uid {info.st_uid}, not root"
+            )
         if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
             raise UnsafePathError(
                 f"{what} {path}: its parent {parent} is writable by group or others "
-                f"({_describe(info.st_mode)}) and not sticky")
+                f"({_describe(info.st_mode)}) and not sticky"
+            )
 
 
 def open_private_dir(path: Path, what: str, create: bool = True) -> int:
@@ -66,11 +68,14 @@ def open_private_dir(path: Path, what: str, create: bool = True) -> int:
     try:
         info = os.fstat(fd)
         if not _trusted_owner(info.st_uid):
-            raise UnsafePathError(f"{what} {path} is owned by uid {info.st_uid}, not root: "
-                                  f"chown root {path}")
+            raise UnsafePathError(
+                f"{what} {path} is owned by uid {info.st_uid}, not root: chown root {path}"
+            )
         if info.st_mode & 0o022:
-            raise UnsafePathError(f"{what} {path} is writable by group or others "
-                                  f"({_describe(info.st_mode)}): chmod go-w {path}")
+            raise UnsafePathError(
+                f"{what} {path} is writable by group or others "
+                f"({_describe(info.st_mode)}): chmod go-w {path}"
+            )
     except BaseException:
         os.close(fd)
         raise
@@ -85,8 +90,9 @@ def regular_or_missing(dir_fd: int, name: str, where: Path) -> bool:
     except FileNotFoundError:
         return False
     if stat.S_ISLNK(info.st_mode):
-        raise UnsafePathError(f"{where / name} is a symlink: blockerd never follows one in "
-                              "its state; remove it")
+        raise UnsafePathError(
+            f"{where / name} is a symlink: blockerd never follows one in its state; remove it"
+        )
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePathError(f"{where / name} is not a regular file")
     if not _trusted_owner(info.st_uid):

@@ -65,8 +65,15 @@ class Signature(NamedTuple):
 
     @classmethod
     def of(cls, packet: Packet) -> Signature:
-        return cls(packet.direction, packet.proto, packet.flags, packet.prefix,
-                   packet.icmp_type, packet.icmp_code, packet.dpt is not None)
+        return cls(
+            packet.direction,
+            packet.proto,
+            packet.flags,
+            packet.prefix,
+            packet.icmp_type,
+            packet.icmp_code,
+            packet.dpt is not None,
+        )
 
 
 class Hit(NamedTuple):

@@ -38,6 +38,11 @@ class RefusalLog:
             if now >= until:
                 held = self._held.pop(cause, 0)
                 if held:
-                    self.log.warning("%s%d more refusal(s) (%s) in the last %gs",
-                                     self.prefix, held, cause, self.window)
+                    self.log.warning(
+                        "%s%d more refusal(s) (%s) in the last %gs",
+                        self.prefix,
+                        held,
+                        cause,
+                        self.window,
+                    )
                 del self._until[cause]

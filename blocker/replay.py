@@ -51,8 +51,9 @@ def decision_json(decision: Decision) -> dict[str, object]:
     }
 
 
-def replay_file(path: Path, config: Config,
-                on_decisions: Callable[[list[Decision]], None] | None = None) -> ReplayResult:
+def replay_file(
+    path: Path, config: Config, on_decisions: Callable[[list[Decision]], None] | None = None
+) -> ReplayResult:
     """Raises OSError when the file cannot be read; bad content never raises.
 
     With `on_decisions`, decisions are handed to it as they come and not kept in the

@@ -142,8 +142,9 @@ class JailPolicy:
     def problems(self) -> list[str]:
         """Human-readable reasons this policy is unusable (the schema's rules for each key);
         empty when it is fine."""
-        return JAIL.problems({f.name: getattr(self, f.name) for f in fields(self)
-                              if f.name != "name"})
+        return JAIL.problems(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        )
 
 
 def _jsonable(value: object) -> object:
@@ -171,15 +172,29 @@ class Scorer:
         # Rounded like the weights, so 3 hits of 0.1 do reach a threshold of 0.3.
         self._threshold_units = max(1, round(policy.threshold * UNITS))
         self._now = -math.inf
-        self.tiers = Tiers(policy.window, self._threshold_units, policy.repeat_factor,
-                           policy.max_tracked, self._refuse)
+        self.tiers = Tiers(
+            policy.window,
+            self._threshold_units,
+            policy.repeat_factor,
+            policy.max_tracked,
+            self._refuse,
+        )
         self._units: dict[float, int] = {}  # hit weight -> integer micro-points
         self.book = BanBook(policy.max_tracked)  # who is banned until when, and the gate
-        self.history = BanHistory(policy.ban_time, policy.ban_factor, policy.max_ban_time,
-                                  policy.history_window, policy.max_tracked)
-        self.escalation = SubnetOffenders(policy.subnet_min_offenders, policy.subnet_window,
-                                          policy.subnet_v4_prefix, policy.subnet_v6_prefix,
-                                          policy.max_tracked)
+        self.history = BanHistory(
+            policy.ban_time,
+            policy.ban_factor,
+            policy.max_ban_time,
+            policy.history_window,
+            policy.max_tracked,
+        )
+        self.escalation = SubnetOffenders(
+            policy.subnet_min_offenders,
+            policy.subnet_window,
+            policy.subnet_v4_prefix,
+            policy.subnet_v6_prefix,
+            policy.max_tracked,
+        )
         self._hits = 0
         self._ignored = 0
         self._while_banned = 0
@@ -194,7 +209,11 @@ class Scorer:
         return self.add(hit.time, hit.filter, hit.offender, hit.weight, hit.distinct_key) or []
 
     def add(
-        self, t: float, filter_name: str, addr: Address, weight_points: float,
+        self,
+        t: float,
+        filter_name: str,
+        addr: Address,
+        weight_points: float,
         key: tuple[object, ...] | None = None,
     ) -> list[Decision] | None:
         """feed() without the Hit: `addr` earned `weight_points` at `t` through `filter_name`
@@ -251,8 +270,9 @@ class Scorer:
 
     # -- bans ---------------------------------------------------------------------------
 
-    def _ban_host(self, addr: Address, counts: Mapping[str, int], at: float, score: float
-                  ) -> list[Decision]:
+    def _ban_host(
+        self, addr: Address, counts: Mapping[str, int], at: float, score: float
+    ) -> list[Decision]:
         """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
         policy = self.policy
         target = host_network(addr)
@@ -331,8 +351,11 @@ class Scorer:
         self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
         if self.policy.subnet_min_offenders:
             hosts = [index for index, key in enumerate(keys) if _is_host(key)]
-            self.escalation.count_many([_address(keys[index]) for index in hosts],
-                                       [ats[index] for index in hosts], self._now)
+            self.escalation.count_many(
+                [_address(keys[index]) for index in hosts],
+                [ats[index] for index in hosts],
+                self._now,
+            )
 
     def restore_bans(self, bans: Mapping[int, float]) -> None:
         """mark_banned() for many bans at once (a restart: a million), as ban key -> until:
@@ -449,6 +472,7 @@ class Scorer:
 
 # Ban keys (blocker.active.key_of: network int << 9 | 256 for IPv6 | prefix length), decoded
 # here so the engine needs no Network object per restored ban.
+
 
 def _is_host(key: int) -> bool:
     return (key & 0x1FF) in (32, 256 | 128)

@@ -94,6 +94,8 @@ class FleetRole:
     host_id: str
     publish: frozenset[str]
     accept: bool
+
+
 @dataclass
 class Activity:
     """What the service did since it started, for the metrics and the status: counted per
@@ -116,11 +118,18 @@ def _ignore_latency(_read_at: float, _bans: int) -> None:
 
 
 class Service:
-    def __init__(self, config: Config, state: State, backend: Backend, *,
-                 own_addresses: Sequence[Address] = (), log_override: str | None = None,
-                 reload_config: Callable[[], Config] | None = None,
-                 live_peers: PeerCheck | None = None,
-                 source_health: SourceHealth = list) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: State,
+        backend: Backend,
+        *,
+        own_addresses: Sequence[Address] = (),
+        log_override: str | None = None,
+        reload_config: Callable[[], Config] | None = None,
+        live_peers: PeerCheck | None = None,
+        source_health: SourceHealth = list,
+    ) -> None:
         self.state = state
         self.live_peers = live_peers
         self.spared: OrderedDict[tuple[Network, str], Spared] = OrderedDict()
@@ -176,8 +185,10 @@ class Service:
         self.held = dict(self.state.held(now))
         unreadable = self.active.restore(self.state.active_rows(now))
         if unreadable:
-            log.error("ignored %d active ban(s) in the state whose target is not an address "
-                      "or a network", unreadable)
+            log.error(
+                "ignored %d active ban(s) in the state whose target is not an address or a network",
+                unreadable,
+            )
         refused: dict[Network, str] = {}
         batch: list[tuple[Network, float]] = []
         for entry in self.active.entries():
@@ -203,8 +214,7 @@ class Service:
             if restored:
                 self.activity.bans[runner.jail.name, "restore"] += restored
 
-    def _restore_batch(self, batch: list[tuple[Network, float]], now: float
-                       ) -> dict[Network, str]:
+    def _restore_batch(self, batch: list[tuple[Network, float]], now: float) -> dict[Network, str]:
         refused = self._kernel_ban([(target, expires - now) for target, expires in batch])
         if refused is None:  # the kernel could not be asked: keep them, re-add at the tick
             self._resync = True
@@ -222,8 +232,9 @@ class Service:
             runner.scorer.mark_banned(target, until)
 
     # -- the hot path ----------------------------------------------------------------------
-    def handle_lines(self, key: SourceKey, lines: Sequence[SourceLine], now: float
-                     ) -> list[Decision]:
+    def handle_lines(
+        self, key: SourceKey, lines: Sequence[SourceLine], now: float
+    ) -> list[Decision]:
         runners = self.groups.get(key)
         if not runners or not lines:
             return []
@@ -242,8 +253,9 @@ class Service:
             decisions = self.apply(decisions, now)
         return decisions
 
-    def handle_records(self, key: SourceKey, records: Sequence[Record], now: float
-                       ) -> list[Decision]:
+    def handle_records(
+        self, key: SourceKey, records: Sequence[Record], now: float
+    ) -> list[Decision]:
         """Records from a packet source (NFLOG) for the jails that read `key`."""
         runners = self.groups.get(key)
         if not runners or not records:
@@ -255,8 +267,9 @@ class Service:
             decisions = self.apply(decisions, now)
         return decisions
 
-    def apply(self, decisions: Sequence[Decision], now: float, origin: str = "auto"
-              ) -> list[Decision]:
+    def apply(
+        self, decisions: Sequence[Decision], now: float, origin: str = "auto"
+    ) -> list[Decision]:
         """Bans into the kernel (one batch), then into ActiveBans and the state (same
         transaction as the caller's position update) for those the kernel took. Returns the
         decisions left after spare_live_peers (a ban the kernel refused is still one)."""
@@ -268,8 +281,11 @@ class Service:
             # A decision on an old line (a backlog) keeps only the time its ban has left.
             remaining = min(decision.duration, end - now)
             if remaining <= 0:
-                log.info("not banning %s: its %gs ban ended before the line was read",
-                         decision.target_text, decision.duration)
+                log.info(
+                    "not banning %s: its %gs ban ended before the line was read",
+                    decision.target_text,
+                    decision.duration,
+                )
                 continue
             if self.active.longer(decision.target, now + remaining):
                 wanted.append((decision, remaining))
@@ -290,8 +306,9 @@ class Service:
             recorded.append(decision)
             spans.append(remaining)
             # A fixed word as the metrics label: "fleet", not each peer's fleet:HOST.
-            self.activity.bans[decision.jail, "fleet" if origin.startswith("fleet:")
-                               else origin] += 1
+            self.activity.bans[
+                decision.jail, "fleet" if origin.startswith("fleet:") else origin
+            ] += 1
             self.activity.last_ban[decision.jail] = now
             text = decision.target_text
             texts.append(text)
@@ -301,8 +318,7 @@ class Service:
             # One record for the batch, one line per ban (the daemon's formatter prefixes
             # each line): a burst of thousands of bans costs one write, not thousands. Under
             # systemd each line becomes a journal entry with its ban's fields (journal.py).
-            log.warning("%s", "\n".join(lines),
-                        extra={"bans": ban_events(recorded, spans, origin)})
+            log.warning("%s", "\n".join(lines), extra={"bans": ban_events(recorded, spans, origin)})
         if refused:
             jails = {d.target: d.jail for d, _ in wanted}
             for target in refused:
@@ -312,8 +328,9 @@ class Service:
             with self.state.transaction():  # joins the caller's, with the lines' position
                 self.state.record_bans(recorded, origin, texts)
                 if origin == "auto":
-                    self._publish([(d, now + min(d.duration, d.at + d.duration - now))
-                                   for d in recorded], now)
+                    self._publish(
+                        [(d, now + min(d.duration, d.at + d.duration - now)) for d in recorded], now
+                    )
         return list(decisions)
 
     # -- the fleet -------------------------------------------------------------------------
@@ -323,9 +340,12 @@ class Service:
         if fleet is None or not fleet.publish:
             return
         self.state.queue_outbox(
-            FleetEvent("ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires,
-                       d.reason).payload()
-            for d, expires in bans if d.jail in fleet.publish)
+            FleetEvent(
+                "ban", uuid.uuid4().hex, fleet.host_id, d.target, d.jail, now, expires, d.reason
+            ).payload()
+            for d, expires in bans
+            if d.jail in fleet.publish
+        )
 
     def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
         """Other hosts' bans and unbans, through this host's own gate (the refusals, then
@@ -351,13 +371,22 @@ class Service:
             problem = self.refusal(target)
             if problem:
                 counts["refused"] += 1
-                log.info("fleet: not banning %s from %s: %s", network_text(target),
-                         event.origin, problem)
+                log.info(
+                    "fleet: not banning %s from %s: %s", network_text(target), event.origin, problem
+                )
                 continue
             origins[target] = f"fleet:{event.origin}"
-            candidates.append(Decision(target=target, jail=event.jail, at=now,
-                                       duration=remaining, score=0.0, filters=(),
-                                       reason=event.reason))
+            candidates.append(
+                Decision(
+                    target=target,
+                    jail=event.jail,
+                    at=now,
+                    duration=remaining,
+                    score=0.0,
+                    filters=(),
+                    reason=event.reason,
+                )
+            )
         if candidates and self.live_peers is not None:
             # The spoof-safety check of this host's jail of the same name: no remote ban cuts
             # a live connection of this host (the evidence is not ours to judge: spoofable).
@@ -424,15 +453,25 @@ class Service:
 
     def _spoofable(self, decision: Decision) -> bool:
         filters = self.config.filters
-        return any(filters[name].spoofable if name in filters else True
-                   for name in decision.filters) or not decision.filters
+        return (
+            any(filters[name].spoofable if name in filters else True for name in decision.filters)
+            or not decision.filters
+        )
 
-    def _spare(self, decision: Decision, live: LiveConnection, runner: JailRunner,
-               window: float, now: float) -> None:
+    def _spare(
+        self,
+        decision: Decision,
+        live: LiveConnection,
+        runner: JailRunner,
+        window: float,
+        now: float,
+    ) -> None:
         target = decision.target
-        reason = (f"not banned: {live.describe()}, and the evidence "
-                  f"({', '.join(decision.filters)}) can be forged in its name "
-                  f"(spare_live_peers {window:g}s)")
+        reason = (
+            f"not banned: {live.describe()}, and the evidence "
+            f"({', '.join(decision.filters)}) can be forged in its name "
+            f"(spare_live_peers {window:g}s)"
+        )
         runner.scorer.retract(target, decision.at)
         self.spared_count += 1
         key = (target, decision.jail)
@@ -444,8 +483,9 @@ class Service:
         if last is None or now - last >= window:
             self._spare_logged[target] = now
             if len(self._spare_logged) > SPARED_REMEMBERED:
-                self._spare_logged = {t: at for t, at in self._spare_logged.items()
-                                      if now - at < window}
+                self._spare_logged = {
+                    t: at for t, at in self._spare_logged.items() if now - at < window
+                }
             log.warning("spare %s (%s): %s", decision.target_text, decision.jail, reason)
 
     def _kernel_ban(self, entries: list[tuple[Network, float]]) -> dict[Network, str] | None:
@@ -463,16 +503,24 @@ class Service:
         if jail is None:  # restored: the state said it was active
             self.active.remove(target)
             expires = None
-        runners = self.pipeline.runners if jail is None else [
-            r for r in self.pipeline.runners if r.jail.name == jail]
+        runners = (
+            self.pipeline.runners
+            if jail is None
+            else [r for r in self.pipeline.runners if r.jail.name == jail]
+        )
         for runner in runners:
             if expires is not None and expires > now:
                 runner.scorer.mark_banned(target, expires)
             else:
                 runner.scorer.forget(target)
 
-    def _note_refused(self, refused: dict[Network, str], now: float, origin: str = "new",
-                      jails: dict[Network, str] | None = None) -> None:
+    def _note_refused(
+        self,
+        refused: dict[Network, str],
+        now: float,
+        origin: str = "new",
+        jails: dict[Network, str] | None = None,
+    ) -> None:
         """Count refused bans; one log line per REFUSAL_LOG_EVERY seconds, whatever the flood."""
         counts = self.refusals
         counts.total += len(refused)
@@ -485,10 +533,15 @@ class Service:
         if now < counts.next_report:
             return
         reasons = sorted(set(refused.values()))
-        log.error("the firewall refused %d %s ban(s) since the last report (%d since start), "
-                  "e.g. %s: %s; they are not banned, and their next offence is a new decision",
-                  counts.unreported, origin, counts.total, ", ".join(counts.examples),
-                  "; ".join(reasons))
+        log.error(
+            "the firewall refused %d %s ban(s) since the last report (%d since start), "
+            "e.g. %s: %s; they are not banned, and their next offence is a new decision",
+            counts.unreported,
+            origin,
+            counts.total,
+            ", ".join(counts.examples),
+            "; ".join(reasons),
+        )
         counts.unreported = 0
         counts.examples = []
         counts.next_report = now + REFUSAL_LOG_EVERY
@@ -546,8 +599,7 @@ class Service:
 
     def _history_horizon(self, now: float) -> float:
         """Bans older than this matter to no jail's ban-time growth."""
-        return now - max((r.jail.policy.history_window for r in self.pipeline.runners),
-                         default=0.0)
+        return now - max((r.jail.policy.history_window for r in self.pipeline.runners), default=0.0)
 
     def _load_history(self, now: float) -> None:
         """Earlier bans into every scorer, RESTORE_BATCH at a time (a flood leaves millions)."""
@@ -595,8 +647,11 @@ class Service:
             jails[name] = {
                 "filters": [flt.name for flt, _ in runner.jail.filters],
                 "source": source_label(self.source_key(runner.jail)),
-                "hits": {key.split("/", 1)[1]: count for key, count in counts.items()
-                         if key.startswith(name + "/") and count},
+                "hits": {
+                    key.split("/", 1)[1]: count
+                    for key, count in counts.items()
+                    if key.startswith(name + "/") and count
+                },
                 "tracked": runner.scorer.tracked_count(),
                 "active_bans": self.active.count(name),
                 "refused_bans": self.refusals.by_jail.get(name, 0),
@@ -616,18 +671,24 @@ class Service:
             "active_bans": len(self.active),
             "refused_bans": self.refusals.total,
             "spared_live_peers": self.spared_count,
-            "conntrack": ("off" if self.live_peers is None
-                          else self.conntrack_error or "ok"),
+            "conntrack": ("off" if self.live_peers is None else self.conntrack_error or "ok"),
             "jails": jails,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
             **({"fleet": self.fleet_health()} if self.fleet_health is not None else {}),
-            "sets": {f"ipv{family}": {"name": name, "entries": per_family[family],
-                                      "capacity": maxelem if isinstance(maxelem, int) else None}
-                     for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))},
-            "firewall_checks": {"ok": activity.firewall_ok,
-                                "failures": activity.firewall_failures,
-                                "repairs": dict(activity.repairs)},
+            "sets": {
+                f"ipv{family}": {
+                    "name": name,
+                    "entries": per_family[family],
+                    "capacity": maxelem if isinstance(maxelem, int) else None,
+                }
+                for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))
+            },
+            "firewall_checks": {
+                "ok": activity.firewall_ok,
+                "failures": activity.firewall_failures,
+                "repairs": dict(activity.repairs),
+            },
         }
 
     def cmd_list(self, message: dict[str, Any], now: float) -> list[dict[str, object]]:
@@ -666,15 +727,17 @@ class Service:
                 for batch in itertools.chain([first], batches):
                     # A backend's batch may be its whole list: a few ms of rows per loop turn.
                     for start in range(0, len(batch), LIST_SLICE):
-                        yield _of_jail(self._list_rows(batch[start : start + LIST_SLICE], now),
-                                       jail)
+                        yield _of_jail(
+                            self._list_rows(batch[start : start + LIST_SLICE], now), jail
+                        )
             finally:
                 batches.close()
 
         return Streamed(rows())
 
-    def _list_rows(self, entries: Sequence[tuple[Network, float]], now: float
-                   ) -> list[dict[str, object]]:
+    def _list_rows(
+        self, entries: Sequence[tuple[Network, float]], now: float
+    ) -> list[dict[str, object]]:
         """Rows for kernel entries; jail and reason come from the state (one query)."""
         texts = [network_text(target) for target, _ in entries]
         known = self.state.reasons(texts, now)
@@ -682,14 +745,16 @@ class Service:
         for (target, remaining), text in zip(entries, texts, strict=True):
             jail, reason, origin = known.get(text, ("(not blocker's)", "", ""))
             ban = self.active.get(target)
-            rows.append({
-                "target": text,
-                "jail": ban.jail if ban else jail,
-                "origin": origin,
-                "expires": None if math.isinf(remaining) else iso_time(now + remaining),
-                "remaining": None if math.isinf(remaining) else round(remaining),
-                "reason": reason,
-            })
+            rows.append(
+                {
+                    "target": text,
+                    "jail": ban.jail if ban else jail,
+                    "origin": origin,
+                    "expires": None if math.isinf(remaining) else iso_time(now + remaining),
+                    "remaining": None if math.isinf(remaining) else round(remaining),
+                    "reason": reason,
+                }
+            )
         return rows
 
     def cmd_ban(self, message: dict[str, Any], now: float) -> str:
@@ -708,15 +773,24 @@ class Service:
                 raise RequestError(f"duration: {exc.reason}") from exc
             if seconds <= 0:
                 raise RequestError("duration must be longer than 0 s")
-        decision = Decision(target=target, jail=runner.jail.name, at=now, duration=seconds,
-                            score=0.0, filters=(), reason="manual ban (blockerctl)")
+        decision = Decision(
+            target=target,
+            jail=runner.jail.name,
+            at=now,
+            duration=seconds,
+            score=0.0,
+            filters=(),
+            reason="manual ban (blockerctl)",
+        )
         try:
             refused = self.backend.ban([(target, seconds)])
         except (FirewallError, InvalidBan) as exc:
             raise RequestError(f"the firewall refused {network_text(target)}: {exc}") from exc
         if refused:
-            raise RequestError(f"the firewall refused {network_text(target)}: "
-                               f"{refused[target]}; nothing was banned")
+            raise RequestError(
+                f"the firewall refused {network_text(target)}: "
+                f"{refused[target]}; nothing was banned"
+            )
         # An admin's ban replaces any earlier one, shorter or longer: lift those rows first.
         self.active.set(target, runner.jail.name, now + seconds)
         self.activity.bans[runner.jail.name, "admin"] += 1
@@ -726,8 +800,14 @@ class Service:
             self.state.record_bans([decision], origin="manual")
             self._publish([(decision, now + seconds)], now)
         span = "permanently" if math.isinf(seconds) else f"for {seconds:g}s"
-        log.warning("ban %s (%s) %s: %s", decision.target_text, decision.jail, span,
-                    decision.reason, extra={"bans": ban_events([decision], [seconds], "admin")})
+        log.warning(
+            "ban %s (%s) %s: %s",
+            decision.target_text,
+            decision.jail,
+            span,
+            decision.reason,
+            extra={"bans": ban_events([decision], [seconds], "admin")},
+        )
         self._mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
@@ -742,25 +822,41 @@ class Service:
             raise RequestError(f"cannot unban {network_text(target)}: {exc}") from exc
         expires = self.active.expires(target)
         jail, _reason, origin = self.state.reasons([network_text(target)], now).get(
-            network_text(target), (self.pipeline.runners[0].jail.name, "", ""))
+            network_text(target), (self.pipeline.runners[0].jail.name, "", "")
+        )
         if expires is not None and origin.startswith("fleet:"):
             self.held[target] = expires  # the fleet may not ban it here again until then
-        lifted_jail = next((b.jail for b in self.active.covering(target.network_address)
-                            if b.target == target), "")
+        lifted_jail = next(
+            (b.jail for b in self.active.covering(target.network_address) if b.target == target), ""
+        )
         if self.active.remove(target):
             self.activity.unbans[lifted_jail, "admin"] += 1
         with self.state.transaction():
             lifted = self.state.lift(target, now)
             if fleet_wide and self.fleet is not None:
-                self.state.queue_outbox([FleetEvent(
-                    "unban", uuid.uuid4().hex, self.fleet.host_id, target, jail, now, math.inf,
-                    "admin unban (blockerctl unban --fleet)").payload()])
+                self.state.queue_outbox(
+                    [
+                        FleetEvent(
+                            "unban",
+                            uuid.uuid4().hex,
+                            self.fleet.host_id,
+                            target,
+                            jail,
+                            now,
+                            math.inf,
+                            "admin unban (blockerctl unban --fleet)",
+                        ).payload()
+                    ]
+                )
         for runner in self.pipeline.runners:
             runner.scorer.forget(target)
         event = ("unban", target, lifted_jail, None, "", "admin")
         log.warning("unban %s (admin)", network_text(target), extra={"bans": [event]})
-        covering = [network_text(b.target) for b in self.active.covering(target.network_address)
-                    if b.target.prefixlen < target.prefixlen and b.expires > now]
+        covering = [
+            network_text(b.target)
+            for b in self.active.covering(target.network_address)
+            if b.target.prefixlen < target.prefixlen and b.expires > now
+        ]
         text = f"unbanned {network_text(target)}" + ("" if lifted else " (it was not banned)")
         if fleet_wide:
             text += "; the unban goes to every host of the fleet"
@@ -777,8 +873,7 @@ class Service:
         try:
             config = self.reload_config()
         except ConfigError as exc:
-            raise RequestError(f"reload refused, keeping the running configuration: {exc}"
-                               ) from exc
+            raise RequestError(f"reload refused, keeping the running configuration: {exc}") from exc
         self._install(config)
         self._load_history(now)
         self._mark_active()
@@ -796,16 +891,24 @@ class Service:
         bans = [b for b in self.active.covering(address) if b.expires > now]
         reasons = self.state.reasons([network_text(b.target) for b in bans], now)
         covering = [
-            {"target": network_text(b.target), "jail": b.jail,
-             "reason": reasons.get(network_text(b.target), ("", "", ""))[1],
-             "origin": reasons.get(network_text(b.target), ("", "", ""))[2],
-             "expires": None if math.isinf(b.expires) else iso_time(b.expires)}
+            {
+                "target": network_text(b.target),
+                "jail": b.jail,
+                "reason": reasons.get(network_text(b.target), ("", "", ""))[1],
+                "origin": reasons.get(network_text(b.target), ("", "", ""))[2],
+                "expires": None if math.isinf(b.expires) else iso_time(b.expires),
+            }
             for b in bans
         ]
         spared = [
-            {"target": network_text(s.target), "jail": s.jail, "at": iso_time(s.at),
-             "reason": s.reason}
-            for s in self.spared.values() if address in s.target
+            {
+                "target": network_text(s.target),
+                "jail": s.jail,
+                "at": iso_time(s.at),
+                "reason": s.reason,
+            }
+            for s in self.spared.values()
+            if address in s.target
         ]
         return {
             "address": str(address),

@@ -92,25 +92,41 @@ class State:
             self.db.execute("COMMIT")
             self.on_commit(time.perf_counter() - started)
 
-    def record_bans(self, decisions: Iterable[Decision], origin: str = "auto",
-                    texts: Sequence[str] | None = None) -> None:
+    def record_bans(
+        self,
+        decisions: Iterable[Decision],
+        origin: str = "auto",
+        texts: Sequence[str] | None = None,
+    ) -> None:
         """`texts`: the decisions' target_text when the caller already has it (bursts)."""
         decisions = list(decisions)
         names = texts if texts is not None else [d.target_text for d in decisions]
         rows = [
-            (name, d.jail, d.at, None if math.isinf(d.duration) else d.at + d.duration,
-             d.score, ",".join(d.filters), d.reason, origin)
+            (
+                name,
+                d.jail,
+                d.at,
+                None if math.isinf(d.duration) else d.at + d.duration,
+                d.score,
+                ",".join(d.filters),
+                d.reason,
+                origin,
+            )
             for name, d in zip(names, decisions, strict=True)
         ]
         self.db.executemany(
             "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def lift(self, target: Network, now: float) -> int:
         """Mark active bans of `target` lifted; returns how many were active."""
         cursor = self.db.execute(
             "UPDATE bans SET lifted = ? WHERE target = ? AND lifted IS NULL "
-            "AND (expires IS NULL OR expires > ?)", (now, network_text(target), now))
+            "AND (expires IS NULL OR expires > ?)",
+            (now, network_text(target), now),
+        )
         return cursor.rowcount
 
     def active(self, now: float) -> list[BanRow]:
@@ -118,7 +134,9 @@ class State:
         replaces earlier ones lifts them first (Service.cmd_ban), so it decides even if shorter."""
         rows = self.db.execute(
             "SELECT target, jail, at, expires, score, filters, reason, origin FROM bans "
-            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id", (now,))
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?) ORDER BY at, id",
+            (now,),
+        )
         longest: dict[str, BanRow] = {}
         for row in rows:
             ban = _row(row)
@@ -134,41 +152,48 @@ class State:
         and walking them in expiry-index order costs 5x more."""
         rows = self.db.execute(
             "SELECT target, jail, expires FROM bans NOT INDEXED "
-            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?)", (now,))
+            "WHERE lifted IS NULL AND (expires IS NULL OR expires > ?)",
+            (now,),
+        )
         for target, jail, expires in rows:
             yield target, jail, math.inf if expires is None else expires
 
-    def reasons(self, targets: Sequence[str], now: float
-                ) -> dict[str, tuple[str, str, str]]:
+    def reasons(self, targets: Sequence[str], now: float) -> dict[str, tuple[str, str, str]]:
         """target text -> (jail, reason, origin) of its longest active ban, for the given
         targets."""
         found: dict[str, tuple[str, str, str, float]] = {}
         for start in range(0, len(targets), 500):  # SQLite's bound-parameter limit is 999+
-            chunk = targets[start:start + 500]
+            chunk = targets[start : start + 500]
             marks = ",".join("?" * len(chunk))  # only "?" marks are formatted into the SQL
             rows = self.db.execute(
                 "SELECT target, jail, reason, origin, COALESCE(expires, 9e999) FROM bans "
                 f"WHERE target IN ({marks}) AND lifted IS NULL "
-                "AND (expires IS NULL OR expires > ?)", (*chunk, now))
+                "AND (expires IS NULL OR expires > ?)",
+                (*chunk, now),
+            )
             for target, jail, reason, origin, expires in rows:
                 if target not in found or expires >= found[target][3]:
                     found[target] = (jail, reason, origin, expires)
-        return {target: (jail, reason, origin)
-                for target, (jail, reason, origin, _) in found.items()}
+        return {
+            target: (jail, reason, origin) for target, (jail, reason, origin, _) in found.items()
+        }
 
     def history(self, since: float) -> list[tuple[Network, float]]:
         """(target, at) of every automatic or manual ban since `since` (for ban-time growth);
         other hosts' bans (origin fleet:HOST) never make this host's bans longer."""
-        rows = self.db.execute("SELECT target, at FROM bans WHERE at >= ? "
-                               "AND origin NOT LIKE 'fleet:%' ORDER BY at", (since,))
+        rows = self.db.execute(
+            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' ORDER BY at",
+            (since,),
+        )
         return [(ip_network(target, strict=False), at) for target, at in rows]
 
     def history_rows(self, since: float) -> Iterator[tuple[str, float]]:
         """(target text, at) of every ban since `since`, oldest first, unparsed; other hosts'
         bans (origin fleet:HOST) never make this host's bans longer."""
         yield from self.db.execute(
-            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' "
-            "ORDER BY at", (since,))
+            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' ORDER BY at",
+            (since,),
+        )
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""
@@ -180,33 +205,41 @@ class State:
         rows = self.db.execute(
             "SELECT target, MAX(COALESCE(expires, 1e308)) FROM bans WHERE origin LIKE 'fleet:%' "
             "AND lifted IS NOT NULL AND (expires IS NULL OR expires > ?) GROUP BY target",
-            (now,))
-        return [(ip_network(target, strict=False), math.inf if expires >= 1e308 else expires)
-                for target, expires in rows]
+            (now,),
+        )
+        return [
+            (ip_network(target, strict=False), math.inf if expires >= 1e308 else expires)
+            for target, expires in rows
+        ]
 
     def forget_remote(self, target: Network) -> None:
         """A fleet-wide unban: other hosts' bans of `target` go (they never count for ban-time
         growth, and a lifted one would read as a local admin's hold)."""
-        self.db.execute("DELETE FROM bans WHERE target = ? AND origin LIKE 'fleet:%'",
-                        (network_text(target),))
+        self.db.execute(
+            "DELETE FROM bans WHERE target = ? AND origin LIKE 'fleet:%'", (network_text(target),)
+        )
 
     # -- the fleet's outbox: events to publish, in order ------------------------------------
     def queue_outbox(self, payloads: Iterable[bytes]) -> None:
-        self.db.executemany("INSERT INTO outbox (payload) VALUES (?)",
-                            [(payload,) for payload in payloads])
+        self.db.executemany(
+            "INSERT INTO outbox (payload) VALUES (?)", [(payload,) for payload in payloads]
+        )
 
     def outbox(self, after: int, limit: int = 100_000) -> list[tuple[int, bytes]]:
-        rows = self.db.execute("SELECT id, payload FROM outbox WHERE id > ? ORDER BY id "
-                               "LIMIT ?", (after, limit))
+        rows = self.db.execute(
+            "SELECT id, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+        )
         return [(int(row_id), bytes(payload)) for row_id, payload in rows]
 
     def sent_outbox(self, upto: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE id <= ?", (upto,))
 
     def save_position(self, source: str, data: dict[str, object]) -> None:
-        self.db.execute("INSERT INTO positions (source, data) VALUES (?, ?) "
-                        "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
-                        (source, json.dumps(data)))
+        self.db.execute(
+            "INSERT INTO positions (source, data) VALUES (?, ?) "
+            "ON CONFLICT(source) DO UPDATE SET data = excluded.data",
+            (source, json.dumps(data)),
+        )
 
     def position(self, source: str) -> dict[str, object] | None:
         row = self.db.execute("SELECT data FROM positions WHERE source = ?", (source,)).fetchone()

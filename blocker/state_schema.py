@@ -79,8 +79,9 @@ def version(db: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def migrate(db: sqlite3.Connection, where: str,
-            migrations: Sequence[Migration] = MIGRATIONS) -> int:
+def migrate(
+    db: sqlite3.Connection, where: str, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
     """Bring `db` (opened with isolation_level=None) to len(migrations); returns the version
     it had. Raises StateError for a newer file or a failed step, with nothing changed."""
     db.execute("BEGIN IMMEDIATE")  # the write lock first: two openers cannot both migrate
@@ -90,13 +91,16 @@ def migrate(db: sqlite3.Connection, where: str,
             raise StateError(
                 f"{where}: state schema version {found} is not one this blocker knows (0 to "
                 f"{len(migrations)}); a newer blocker wrote it: upgrade blocker, or move the "
-                "file away to start with an empty state (bans in the kernel stay)")
+                "file away to start with an empty state (bans in the kernel stay)"
+            )
         for number in range(found, len(migrations)):
             try:
                 migrations[number](db)
             except sqlite3.Error as exc:
-                raise StateError(f"{where}: migrating the state schema from version {number} "
-                                 f"to {number + 1} failed: {exc}") from exc
+                raise StateError(
+                    f"{where}: migrating the state schema from version {number} "
+                    f"to {number + 1} failed: {exc}"
+                ) from exc
             db.execute(f"PRAGMA user_version = {number + 1:d}")
     except BaseException:
         db.execute("ROLLBACK")

@@ -20,11 +20,21 @@ __all__ = ["SubnetOffenders"]
 
 
 class SubnetOffenders:
-    __slots__ = ("_cap", "_networks", "_offenders", "_v4_shift", "_v6_shift", "min_offenders",
-                 "v4_prefix", "v6_prefix", "window")
+    __slots__ = (
+        "_cap",
+        "_networks",
+        "_offenders",
+        "_v4_shift",
+        "_v6_shift",
+        "min_offenders",
+        "v4_prefix",
+        "v6_prefix",
+        "window",
+    )
 
-    def __init__(self, min_offenders: int, window: float, v4_prefix: int, v6_prefix: int,
-                 cap: int) -> None:
+    def __init__(
+        self, min_offenders: int, window: float, v4_prefix: int, v6_prefix: int, cap: int
+    ) -> None:
         self.min_offenders = min_offenders
         self.window = window
         self.v4_prefix = v4_prefix

@@ -57,6 +57,7 @@ def _unpack(packed: bytes) -> tuple[int, list[float]]:
     del times[hits:]
     return kind, times
 
+
 # (hits per filter, score in UNITS) of a source that reached the threshold
 Reached = tuple[Mapping[str, int], float]
 
@@ -70,8 +71,14 @@ class Tiers:
     """The three tiers of one jail.  `refuse(addr)` is asked once per new source: True
     when it may never be banned (its hit is then dropped)."""
 
-    def __init__(self, window: float, threshold_units: int, repeat_factor: float,
-                 max_tracked: int, refuse: Callable[[Address], bool]) -> None:
+    def __init__(
+        self,
+        window: float,
+        threshold_units: int,
+        repeat_factor: float,
+        max_tracked: int,
+        refuse: Callable[[Address], bool],
+    ) -> None:
         self._window = window
         self._threshold_units = threshold_units
         self._repeat_factor = repeat_factor
@@ -115,8 +122,7 @@ class Tiers:
             state.expire(now, window)
         return self._add_to_window(ip, state, entry)
 
-    def _add_to_window(self, ip: int, state: Window, entry: Entry
-                       ) -> Reached | None:
+    def _add_to_window(self, ip: int, state: Window, entry: Entry) -> Reached | None:
         t, _, key, weight = entry
         hits = state.hits
         if not hits or t >= hits[-1][0]:
@@ -136,16 +142,18 @@ class Tiers:
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
 
-    def _climb(self, addr: Address, ip: int, packed: bytes, entry: Entry
-               ) -> Reached | None:
+    def _climb(self, addr: Address, ip: int, packed: bytes, entry: Entry) -> Reached | None:
         """One more hit of a source in the climbing tier."""
         t, name, key, weight = entry
         number, times = _unpack(packed)
         now, window = self.now, self._window
         if now - times[0] >= window:
             times = [when for when in times if now - when < window]
-        if key is not None or self._kinds[number] != (name, weight) or \
-                len(times) >= MAX_CLIMBING_HITS:
+        if (
+            key is not None
+            or self._kinds[number] != (name, weight)
+            or len(times) >= MAX_CLIMBING_HITS
+        ):
             del self._climbing[ip]  # not one kind of plain hit any more: a full window
             return self._hold(addr, ip, self._entries(number, times), entry)
         if not times or t >= times[-1]:
@@ -163,8 +171,7 @@ class Tiers:
         name, weight = self._kinds[number]
         return [(when, name, None, weight) for when in times]
 
-    def _hold(self, addr: Address, ip: int, earlier: list[Entry], entry: Entry
-              ) -> Reached | None:
+    def _hold(self, addr: Address, ip: int, earlier: list[Entry], entry: Entry) -> Reached | None:
         """Keep the live hits of a source that is past its first one (`earlier`, oldest
         first, then `entry`, the newest line): as packed times when they are plain hits of
         one kind, else as a full window."""
@@ -261,8 +268,11 @@ class Tiers:
         oldest first (they go to the doorkeeper, so their next hit climbs again)."""
         climbing = self._climbing
         now, window = self.now, self._window
-        dead = [ip for ip, packed in climbing.items()
-                if now - max(_unpack(packed)[1], default=-math.inf) >= window]
+        dead = [
+            ip
+            for ip, packed in climbing.items()
+            if now - max(_unpack(packed)[1], default=-math.inf) >= window
+        ]
         for ip in dead:
             del climbing[ip]
         need = self._max_climbing // 16 - len(dead)
@@ -317,8 +327,11 @@ class Tiers:
 
     def counts(self) -> dict[str, int]:
         """Sources held now in each tier."""
-        return {"tracked_admission": len(self._once), "tracked_climbing": len(self._climbing),
-                "tracked_windows": len(self._tracked)}
+        return {
+            "tracked_admission": len(self._once),
+            "tracked_climbing": len(self._climbing),
+            "tracked_windows": len(self._tracked),
+        }
 
     def __len__(self) -> int:
         return len(self._once) + len(self._climbing) + len(self._tracked)

@@ -62,8 +62,11 @@ def _toml(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, dict):
-        return "{}" if not value else "{ " + ", ".join(
-            f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return (
+            "{}"
+            if not value
+            else "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        )
     return str(value)
 
 
@@ -109,7 +112,8 @@ class Number(Validator[float]):
         if number is None or not math.isfinite(number):
             raise Invalid("must be a finite number of sensible size")
         too_low = self.low is not None and (
-            number <= self.low if self.low_open else number < self.low)
+            number <= self.low if self.low_open else number < self.low
+        )
         if too_low or (self.high is not None and number > self.high):
             raise Invalid("must be " + _bounds(self.low, self.high, self.low_open))
         return number
@@ -125,8 +129,11 @@ class Integer(Validator[int]):
         return f"integer {self.low}-{self.high}"
 
     def __call__(self, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not (
-                self.low <= value <= self.high):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not (self.low <= value <= self.high)
+        ):
             raise Invalid(f"must be an integer from {self.low} to {self.high}")
         return value
 
@@ -226,7 +233,8 @@ class Text(Validator[str]):
 
     def __call__(self, value: object) -> str:
         if not isinstance(value, str) or (
-                self.pattern is not None and re.fullmatch(self.pattern, value) is None):
+            self.pattern is not None and re.fullmatch(self.pattern, value) is None
+        ):
             raise Invalid(self.refusal)
         return value
 
@@ -277,8 +285,11 @@ class Strings(Validator[tuple[str, ...]]):
     def __call__(self, value: object) -> tuple[str, ...]:
         if self.single_ok and isinstance(value, str):
             value = [value]
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value) or (
-                self.nonempty and not value):
+        if (
+            not isinstance(value, list | tuple)
+            or not all(isinstance(v, str) for v in value)
+            or (self.nonempty and not value)
+        ):
             raise Invalid(self.refusal)
         for item in value:
             if self.options is not None and item not in self.options:
@@ -302,8 +313,9 @@ class Integers(Validator[tuple[int, ...]]):
         if self.single_ok and isinstance(value, int):
             value = [value]
         if not isinstance(value, list | tuple) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and self.low <= v <= self.high
-                for v in value):
+            isinstance(v, int) and not isinstance(v, bool) and self.low <= v <= self.high
+            for v in value
+        ):
             raise Invalid(f"must be integers {self.low}-{self.high}")
         return tuple(value)
 
@@ -355,7 +367,8 @@ class Networks(Validator[tuple[Network, ...]]):
 
     def __call__(self, value: object) -> tuple[Network, ...]:
         if not isinstance(value, list | tuple) or not all(
-                isinstance(v, _NETWORK_TYPES) for v in value):
+            isinstance(v, _NETWORK_TYPES) for v in value
+        ):
             raise Invalid("must be a list of addresses or CIDR networks")
         networks: list[Network] = []
         for item in value:
@@ -375,7 +388,8 @@ class Addresses(Validator[tuple[Address, ...]]):
 
     def __call__(self, value: object) -> tuple[Address, ...]:
         if not isinstance(value, list | tuple) or not all(
-                isinstance(v, _ADDRESS_TYPES) for v in value):
+            isinstance(v, _ADDRESS_TYPES) for v in value
+        ):
             raise Invalid("must be a list of addresses")
         addresses: list[Address] = []
         for item in value:
@@ -443,8 +457,13 @@ def join_key(*parts: str) -> str:
     return ".".join(part for part in parts if part)
 
 
-def check(validator: Validator[T], value: object, where: str, key: str,
-          error: type[ConfigError] = ConfigError) -> T:
+def check(
+    validator: Validator[T],
+    value: object,
+    where: str,
+    key: str,
+    error: type[ConfigError] = ConfigError,
+) -> T:
     """validator(value), or `error`(where, key, reason)."""
     try:
         return validator(value)
@@ -453,8 +472,16 @@ def check(validator: Validator[T], value: object, where: str, key: str,
 
 
 # syslog levels by name, as iptables' --log-level and nftables' `log level` take them.
-SYSLOG_LEVELS: Final = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
-                        "notice": 5, "info": 6, "debug": 7}
+SYSLOG_LEVELS: Final = {
+    "emerg": 0,
+    "alert": 1,
+    "crit": 2,
+    "err": 3,
+    "warning": 4,
+    "notice": 5,
+    "info": 6,
+    "debug": 7,
+}
 
 
 @dataclass(frozen=True)

@@ -60,14 +60,24 @@ class LineJudge:
         parser.take_rejected()
         records = parser.scan(line, now)
         if parser.take_rejected():
-            return [self._malformed(number, "the syslog header is not the kernel's (a user "
-                                            "process can write that) or cannot be read")]
+            return [
+                self._malformed(
+                    number,
+                    "the syslog header is not the kernel's (a user "
+                    "process can write that) or cannot be read",
+                )
+            ]
         if not records:
             return [{"line": number, "verdict": "not_log"}]
         record = records[0]
         if is_trace(record[1]):
-            return [{"line": number, "verdict": "not_log",
-                     "reason": "kernel TRACE output: a traced packet, not a logged one"}]
+            return [
+                {
+                    "line": number,
+                    "verdict": "not_log",
+                    "reason": "kernel TRACE output: a traced packet, not a logged one",
+                }
+            ]
         packet = parser.packet(record)
         if packet is None:
             return [self._malformed(number, malformed_reason(parser, record))]
@@ -90,32 +100,58 @@ class LineJudge:
             before = runner.scorer.stats()
             decisions = runner.scorer.feed(hit)
             after = runner.scorer.stats()
-            base = {"line": number, "jail": jail, "filter": hit.filter,
-                    "offender": str(hit.offender), "fields": fields}
-            dropped = next((why for counter, why in _SCORER_DROPS
-                            if after.get(counter, 0) > before.get(counter, 0)), None)
+            base = {
+                "line": number,
+                "jail": jail,
+                "filter": hit.filter,
+                "offender": str(hit.offender),
+                "fields": fields,
+            }
+            dropped = next(
+                (
+                    why
+                    for counter, why in _SCORER_DROPS
+                    if after.get(counter, 0) > before.get(counter, 0)
+                ),
+                None,
+            )
             if dropped is not None:
                 refusal = runner.scorer.refusal(hit.offender) or "refused"
-                out.append({**base, "verdict": "ignored",
-                            "reason": dropped.format(refusal=refusal)})
+                out.append(
+                    {**base, "verdict": "ignored", "reason": dropped.format(refusal=refusal)}
+                )
                 continue
             if decisions:  # a ban empties the window: the score is the one that banned
                 score = max(d.score for d in decisions)
             else:
                 score = float(runner.scorer.explain(hit.offender, hit.time)["score"])  # type: ignore[arg-type]
-            out.append({**base, "verdict": "hit", "weight": hit.weight, "score": round(score, 3),
-                        "threshold": runner.scorer.policy.threshold})
+            out.append(
+                {
+                    **base,
+                    "verdict": "hit",
+                    "weight": hit.weight,
+                    "score": round(score, 3),
+                    "threshold": runner.scorer.policy.threshold,
+                }
+            )
             for decision in decisions:
                 self.decisions.append(decision)
                 out.append({"line": number, "verdict": "ban", **decision_json(decision)})
         if not out:
-            out.append({"line": number, "verdict": "ignored", "fields": fields,
-                        "reason": "no filter of any jail matches this packet"})
+            out.append(
+                {
+                    "line": number,
+                    "verdict": "ignored",
+                    "fields": fields,
+                    "reason": "no filter of any jail matches this packet",
+                }
+            )
         return out
 
 
-def replay_file_verdicts(path: Path, config: Config,
-                         emit: Callable[[list[dict[str, Any]]], None]) -> ReplayResult:
+def replay_file_verdicts(
+    path: Path, config: Config, emit: Callable[[list[dict[str, Any]]], None]
+) -> ReplayResult:
     """replay_file() through the reference path, one line at a time: `emit` gets each line's
     verdicts. The same result as replay_file(); raises OSError like it."""
     with path.open("rb") as stream:
@@ -154,8 +190,12 @@ def malformed_reason(parser: KernelLogParser, record: Record) -> str:
 
 def packet_fields(packet: Packet) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "time": iso_time(packet.time), "prefix": packet.prefix, "in": packet.iface_in,
-        "out": packet.iface_out, "src": str(packet.src), "dst": str(packet.dst),
+        "time": iso_time(packet.time),
+        "prefix": packet.prefix,
+        "in": packet.iface_in,
+        "out": packet.iface_out,
+        "src": str(packet.src),
+        "dst": str(packet.dst),
         "proto": packet.proto,
     }
     if packet.dpt is not None:

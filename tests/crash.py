@@ -56,8 +56,9 @@ def crashing_program(record: str) -> Iterator[Path]:
         source = work / "crash.c"
         source.write_text(_PROGRAM)
         built = work / "crash"
-        subprocess.run(["cc", "-O0", "-o", str(built), str(source)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["cc", "-O0", "-o", str(built), str(source)], check=True, capture_output=True
+        )
         target = work / f"x\n{record}"
         shutil.copy(built, target)
         target.chmod(0o755)
@@ -69,7 +70,10 @@ def crashing_program(record: str) -> Iterator[Path]:
 def crash_as_nobody(program: Path) -> int:
     """Run `program` as nobody; return its exit status (-11: killed by SIGSEGV)."""
     done = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-         str(program)], capture_output=True, check=False, cwd="/", env={"PATH": os.defpath},
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", str(program)],
+        capture_output=True,
+        check=False,
+        cwd="/",
+        env={"PATH": os.defpath},
     )
     return done.returncode

@@ -105,9 +105,21 @@ class Blockerd:
 
     # -- process ---------------------------------------------------------------------------
     def argv(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "blocker.daemon", "--dry-run", "--config", str(self.config),
-                "--log", str(self.log), "--state-dir", str(self.state), "--socket", self.socket,
-                *extra]
+        return [
+            sys.executable,
+            "-m",
+            "blocker.daemon",
+            "--dry-run",
+            "--config",
+            str(self.config),
+            "--log",
+            str(self.log),
+            "--state-dir",
+            str(self.state),
+            "--socket",
+            self.socket,
+            *extra,
+        ]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -119,9 +131,14 @@ class Blockerd:
     def start(self, *extra: str, wait: bool = True) -> Blockerd:
         assert self.proc is None or self.proc.poll() is not None
         self._stderr = self.stderr_path.open("ab")
-        self.proc = subprocess.Popen(self.argv(*extra), stdin=subprocess.DEVNULL,
-                                     stdout=self._stderr, stderr=self._stderr, env=self.env(),
-                                     cwd=REPO)
+        self.proc = subprocess.Popen(
+            self.argv(*extra),
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=self.env(),
+            cwd=REPO,
+        )
         if wait:
             self.wait_ready()
         return self
@@ -224,8 +241,9 @@ def short_directory() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def running_blockerd(config_text: str = CONFIG, notify: bool = False, start: bool = True,
-                     extra: Sequence[str] = ()) -> Iterator[Blockerd]:
+def running_blockerd(
+    config_text: str = CONFIG, notify: bool = False, start: bool = True, extra: Sequence[str] = ()
+) -> Iterator[Blockerd]:
     with short_directory() as root:
         daemon = Blockerd(root, config_text, notify=notify)
         try:
@@ -237,7 +255,12 @@ def running_blockerd(config_text: str = CONFIG, notify: bool = False, start: boo
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blocker.daemon", "--check-config", "--config",
-                           str(path)], capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
-
+    return subprocess.run(
+        [sys.executable, "-m", "blocker.daemon", "--check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )

@@ -109,9 +109,10 @@ def count_lines(paths: Sequence[Path], *needles: str) -> int:
     """Lines holding every needle, over all `paths` (missing files count 0)."""
     total = 0
     for path in paths:
-        with contextlib.suppress(FileNotFoundError), path.open(
-            encoding="utf-8", errors="replace"
-        ) as handle:
+        with (
+            contextlib.suppress(FileNotFoundError),
+            path.open(encoding="utf-8", errors="replace") as handle,
+        ):
             total += sum(1 for line in handle if all(n in line for n in needles))
     return total
 
@@ -138,8 +139,9 @@ def members(ns: Namespace, set_name: str) -> dict[str, int]:
 
 def input_rules(ns: Namespace, family: int) -> list[str]:
     binary = "ip6tables" if family == 6 else "iptables"
-    return [line for line in ns.run(binary, "-S", "INPUT").stdout.splitlines()
-            if line.startswith("-A ")]
+    return [
+        line for line in ns.run(binary, "-S", "INPUT").stdout.splitlines() if line.startswith("-A ")
+    ]
 
 
 def must(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -179,7 +181,9 @@ class Rsyslog:
         with (self.tmp / "rsyslogd.out").open("wb") as out:
             self.process = subprocess.Popen(
                 ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.tmp / "rsyslogd.pid")],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def hup(self) -> None:
@@ -255,11 +259,19 @@ class Blockerd:
         with err:
             self.process = subprocess.Popen(
                 self.lab.server.argv(
-                    str(BIN / "blockerd"), "--config", str(self.config), "--log",
-                    str(self.log_path), "--state-dir", str(self.tmp / "state"),
-                    "--socket", str(self.socket_path),
+                    str(BIN / "blockerd"),
+                    "--config",
+                    str(self.config),
+                    "--log",
+                    str(self.log_path),
+                    "--state-dir",
+                    str(self.tmp / "state"),
+                    "--socket",
+                    str(self.socket_path),
                 ),
-                stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
             )
         must(self._ready, f"blockerd #{self.starts} answers status", timeout=15)
 
@@ -270,8 +282,9 @@ class Blockerd:
         return self.ctl("status", check=False).returncode == 0
 
     def stderr(self) -> str:
-        return "\n".join(p.read_text(errors="replace")
-                         for p in sorted(self.tmp.glob("blockerd.*.err")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.tmp.glob("blockerd.*.err"))
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Stop with `sig` (SIGKILL when SIGTERM is not obeyed within 10 s) -> exit code."""
@@ -289,7 +302,10 @@ class Blockerd:
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "blockerctl"), "--socket", str(self.socket_path), *args],
-            capture_output=True, text=True, timeout=20, check=check,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=check,
         )
 
     def ctl_json(self, *args: str) -> object:
@@ -342,13 +358,21 @@ class Lab:
         before this call has been written by then (imklog reads the kernel log in order)."""
         self._marks += 1
         port = 20000 + self._marks
-        self.server.run(sys.executable, "-c",
-                        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-                        f"s.bind(('{SERVER_BEN_V4}', {port})); s.sendto(b'm', ('{BENIGN_V4}', 9))")
+        self.server.run(
+            sys.executable,
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            f"s.bind(('{SERVER_BEN_V4}', {port})); s.sendto(b'm', ('{BENIGN_V4}', 9))",
+        )
         needle = f"SPT={port} "
-        must(lambda: count_lines([self.rsyslog.kern_log], "LABMARK ", needle) == 1
-             and count_lines([self.rsyslog.kern_trad], "LABMARK ", needle) == 1,
-             f"marker {port} in kern.log and kern-trad.log", timeout)
+        must(
+            lambda: (
+                count_lines([self.rsyslog.kern_log], "LABMARK ", needle) == 1
+                and count_lines([self.rsyslog.kern_trad], "LABMARK ", needle) == 1
+            ),
+            f"marker {port} in kern.log and kern-trad.log",
+            timeout,
+        )
 
     def reset_firewall(self, tag: str, *, answer_synack: bool = False) -> None:
         """Fresh server rules for one test: flush both families, destroy every set, log."""
@@ -359,36 +383,117 @@ class Lab:
         for binary in ("iptables", "ip6tables"):
             rules = [
                 ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-                ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
-                 "-j", "ACCEPT"],
+                [
+                    "-A",
+                    "INPUT",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "ESTABLISHED,RELATED",
+                    "-j",
+                    "ACCEPT",
+                ],
             ]
             if binary == "ip6tables":  # neighbour discovery is never tracked: let it through
                 rules.append(["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"])
             if answer_synack:
                 # The mission's host: unsolicited SYN/ACKs get in and the kernel resets them.
-                rules.append(["-A", "INPUT", "-p", "tcp", "--tcp-flags", "ALL", "SYN,ACK",
-                              "-m", "conntrack", "--ctstate", "INVALID", "-j", "ACCEPT"])
+                rules.append(
+                    [
+                        "-A",
+                        "INPUT",
+                        "-p",
+                        "tcp",
+                        "--tcp-flags",
+                        "ALL",
+                        "SYN,ACK",
+                        "-m",
+                        "conntrack",
+                        "--ctstate",
+                        "INVALID",
+                        "-j",
+                        "ACCEPT",
+                    ]
+                )
             rules += [
-                ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID",
-                 "-j", "LOG", "--log-prefix", f"{tag} INVALID "],
+                [
+                    "-A",
+                    "INPUT",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "INVALID",
+                    "-j",
+                    "LOG",
+                    "--log-prefix",
+                    f"{tag} INVALID ",
+                ],
                 ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
                 ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
-                ["-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW",
-                 "-j", "LOG", "--log-prefix", f"{tag} CLOSED "],
-                ["-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW",
-                 "-j", "DROP"],
-                ["-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "ALL", "RST",
-                 "-j", "LOG", "--log-prefix", f"{tag} UNKNOWN_OUTGOING: "],
+                [
+                    "-A",
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    "--syn",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "LOG",
+                    "--log-prefix",
+                    f"{tag} CLOSED ",
+                ],
+                [
+                    "-A",
+                    "INPUT",
+                    "-p",
+                    "tcp",
+                    "--syn",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "DROP",
+                ],
+                [
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "--tcp-flags",
+                    "ALL",
+                    "RST",
+                    "-j",
+                    "LOG",
+                    "--log-prefix",
+                    f"{tag} UNKNOWN_OUTGOING: ",
+                ],
             ]
             if binary == "iptables":
-                rules.append(["-A", "OUTPUT", "-p", "udp", "--dport", "9",
-                              "-j", "LOG", "--log-prefix", "LABMARK "])
+                rules.append(
+                    [
+                        "-A",
+                        "OUTPUT",
+                        "-p",
+                        "udp",
+                        "--dport",
+                        "9",
+                        "-j",
+                        "LOG",
+                        "--log-prefix",
+                        "LABMARK ",
+                    ]
+                )
             for rule in rules:
                 self.server.run(binary, *rule)
 
     @contextmanager
-    def blockerd(self, *, log: str = "kern.log", answer_synack: bool = False,
-                 **defaults: object) -> Iterator[Blockerd]:
+    def blockerd(
+        self, *, log: str = "kern.log", answer_synack: bool = False, **defaults: object
+    ) -> Iterator[Blockerd]:
         """A fresh tag, firewall and blockerd for one test; stopped (and its sets gone) after."""
         tag = new_tag()
         tmp = self.tmp / tag
@@ -405,41 +510,65 @@ class Lab:
 
 @contextmanager
 def open_lab(tmp: Path) -> Iterator[Lab]:
-    others = subprocess.run(["pgrep", "-x", "rsyslogd"], capture_output=True, text=True,
-                            check=False).stdout.split()
+    others = subprocess.run(
+        ["pgrep", "-x", "rsyslogd"], capture_output=True, text=True, check=False
+    ).stdout.split()
     if others:
-        pytest.skip(f"another rsyslogd runs (pid {', '.join(others)}): imklog reads /proc/kmsg "
-                    "destructively, so only one may run")
+        pytest.skip(
+            f"another rsyslogd runs (pid {', '.join(others)}): imklog reads /proc/kmsg "
+            "destructively, so only one may run"
+        )
     with ExitStack() as stack:
         stack.enter_context(log_all_netns())
         server = stack.enter_context(namespace("blksrv"))
         attacker = stack.enter_context(namespace("blkatt"))
         benign = stack.enter_context(namespace("blkben"))
-        _srv_att, att_if = stack.enter_context(veth(
-            server, attacker, (f"{SERVER_ATT_V4}/24", f"{SERVER_ATT_V6}/64"),
-            (f"{ATTACKER_V4}/24", f"{ATTACKER_V6}/64")))
-        stack.enter_context(veth(
-            server, benign, (f"{SERVER_BEN_V4}/24", f"{SERVER_BEN_V6}/64"),
-            (f"{BENIGN_V4}/24", f"{BENIGN_V6}/64")))
+        _srv_att, att_if = stack.enter_context(
+            veth(
+                server,
+                attacker,
+                (f"{SERVER_ATT_V4}/24", f"{SERVER_ATT_V6}/64"),
+                (f"{ATTACKER_V4}/24", f"{ATTACKER_V6}/64"),
+            )
+        )
+        stack.enter_context(
+            veth(
+                server,
+                benign,
+                (f"{SERVER_BEN_V4}/24", f"{SERVER_BEN_V6}/64"),
+                (f"{BENIGN_V4}/24", f"{BENIGN_V6}/64"),
+            )
+        )
         rsyslog = Rsyslog(tmp)
         stack.callback(rsyslog.stop)
         lab = Lab(tmp, server, attacker, benign, att_if, rsyslog)
         lab.reset_firewall(new_tag())
         server.spawn(sys.executable, "-c", _LISTENER, str(SERVICE_PORT))
         attacker.spawn(sys.executable, "-c", _LISTENER, str(ATTACKER_LISTEN_PORT))
-        for ns, address in ((attacker, SERVER_ATT_V4), (benign, SERVER_BEN_V4),
-                            (attacker, SERVER_ATT_V6), (benign, SERVER_BEN_V6)):
-            must(partial(tcp_open, ns, address, SERVICE_PORT, wait=1),
-                 f"{ns.name} reaches {address} port {SERVICE_PORT}")
+        for ns, address in (
+            (attacker, SERVER_ATT_V4),
+            (benign, SERVER_BEN_V4),
+            (attacker, SERVER_ATT_V6),
+            (benign, SERVER_BEN_V6),
+        ):
+            must(
+                partial(tcp_open, ns, address, SERVICE_PORT, wait=1),
+                f"{ns.name} reaches {address} port {SERVICE_PORT}",
+            )
         rsyslog.start()
         must(rsyslog.socket_path.exists, "rsyslogd's private socket")
         lab.mark(timeout=20)
         yield lab
 
 
-def tcp_open(ns: Namespace, address: str, port: int, wait: int = 2,
-             source: str | None = None) -> bool:
+def tcp_open(
+    ns: Namespace, address: str, port: int, wait: int = 2, source: str | None = None
+) -> bool:
     """`nc -z -w WAIT [-s SOURCE]` from `ns`: True when the TCP handshake completes."""
     chosen = ("-s", source) if source else ()
-    return ns.run("nc", "-z", "-w", str(wait), *chosen, address, str(port), check=False,
-                  timeout=wait + 10).returncode == 0
+    return (
+        ns.run(
+            "nc", "-z", "-w", str(wait), *chosen, address, str(port), check=False, timeout=wait + 10
+        ).returncode
+        == 0
+    )

@@ -82,28 +82,38 @@ def tcp_line(
 
 def synack(src: str = PROBER4, at: float | None = BASE, dpt: int = 40000) -> str:
     """What `hping3 -S -A` from `src` looks like when the host's LOG rule catches it."""
-    return tcp_line(src, HOST4 if ip_address(src).version == 4 else HOST6, "ACK SYN",
-                    spt=2372, dpt=dpt, prefix="UNKNOWN_INCOMING: ", at=at)
+    return tcp_line(
+        src,
+        HOST4 if ip_address(src).version == 4 else HOST6,
+        "ACK SYN",
+        spt=2372,
+        dpt=dpt,
+        prefix="UNKNOWN_INCOMING: ",
+        at=at,
+    )
 
 
 def outgoing_rst(prober: str = PROBER4, at: float | None = BASE, spt: int = 40000) -> str:
     """The host's bare RST to `prober`: the mission's UNKNOWN_OUTGOING line."""
     host = HOST4 if ip_address(prober).version == 4 else HOST6
-    return tcp_line(host, prober, "RST", spt=spt, dpt=2372, prefix="UNKNOWN_OUTGOING: ",
-                    direction="out", at=at)
+    return tcp_line(
+        host, prober, "RST", spt=spt, dpt=2372, prefix="UNKNOWN_OUTGOING: ", direction="out", at=at
+    )
 
 
 def syn(src: str = PROBER4, dpt: int = 22, at: float | None = BASE) -> str:
     """An inbound SYN to a closed (logged) port of the host."""
-    return tcp_line(src, HOST4 if ip_address(src).version == 4 else HOST6, "SYN",
-                    spt=56247, dpt=dpt, at=at)
+    return tcp_line(
+        src, HOST4 if ip_address(src).version == 4 else HOST6, "SYN", spt=56247, dpt=dpt, at=at
+    )
 
 
 def outgoing_syn(dst: str = PROBER4, at: float | None = BASE, dpt: int = 443) -> str:
     """The host opening a connection to `dst`."""
     host = HOST4 if ip_address(dst).version == 4 else HOST6
-    return tcp_line(host, dst, "SYN", spt=40022, dpt=dpt, prefix="UNKNOWN_OUTGOING: ",
-                    direction="out", at=at)
+    return tcp_line(
+        host, dst, "SYN", spt=40022, dpt=dpt, prefix="UNKNOWN_OUTGOING: ", direction="out", at=at
+    )
 
 
 def blockerctl_test_json(log: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

@@ -36,8 +36,7 @@ def nflog_rules(ns: Namespace, group: int) -> None:
         log = ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-prefix"]
         rules = [
             ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j",
-             "ACCEPT"],
+            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
         ]
         if binary == "ip6tables":
             rules.append(["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"])
@@ -45,12 +44,33 @@ def nflog_rules(ns: Namespace, group: int) -> None:
             ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", *log, "INVALID "],
             ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
             ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
-            ["-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW", *log,
-             "CLOSED "],
-            ["-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW", "-j",
-             "DROP"],
-            ["-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "ALL", "RST", *log,
-             "UNKNOWN_OUTGOING: "],
+            [
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--syn",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                *log,
+                "CLOSED ",
+            ],
+            [
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--syn",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-j",
+                "DROP",
+            ],
+            ["-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "ALL", "RST", *log, "UNKNOWN_OUTGOING: "],
         ]
         for rule in rules:
             ns.run(binary, *rule)
@@ -70,9 +90,13 @@ class NflogDaemon:
         return self.root / "ctl.sock"
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "blockerctl"), "--socket", str(self.socket_path),
-                               *args], capture_output=True, text=True, timeout=20,
-                              check=check)
+        return subprocess.run(
+            [str(BIN / "blockerctl"), "--socket", str(self.socket_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=check,
+        )
 
     def ctl_json(self, *args: str) -> object:
         return json.loads(self.ctl(*args).stdout)
@@ -92,8 +116,7 @@ class NflogDaemon:
 
 
 @contextmanager
-def nflog_blockerd(ns: Namespace, jails: str = "", **defaults: object
-                   ) -> Iterator[NflogDaemon]:
+def nflog_blockerd(ns: Namespace, jails: str = "", **defaults: object) -> Iterator[NflogDaemon]:
     """blockerd in `ns` with the shipped jails reading a fresh NFLOG group; stopped, its
     sets destroyed, after. `defaults` are extra [defaults] keys; `jails` extra TOML."""
     group = random.randrange(1000, 60000)
@@ -115,11 +138,21 @@ def nflog_blockerd(ns: Namespace, jails: str = "", **defaults: object
         (root / "jails.toml").write_text(text)
         with (root / "blockerd.err").open("wb") as err:
             daemon.process = subprocess.Popen(
-                ns.argv(str(BIN / "blockerd"), "--config", str(root / "jails.toml"),
-                        "--state-dir", str(root / "state"), "--socket",
-                        str(daemon.socket_path)),
-                stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+                ns.argv(
+                    str(BIN / "blockerd"),
+                    "--config",
+                    str(root / "jails.toml"),
+                    "--state-dir",
+                    str(root / "state"),
+                    "--socket",
+                    str(daemon.socket_path),
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+            )
         try:
+
             def ready() -> bool:
                 assert daemon.process is not None
                 if daemon.process.poll() is not None:

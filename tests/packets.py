@@ -19,8 +19,7 @@ from contextlib import contextmanager
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
-FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40,
-             "C": 0x80}
+FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, "A": 0x10, "U": 0x20, "E": 0x40, "C": 0x80}
 
 
 @contextmanager
@@ -51,8 +50,9 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def tcp_header(sport: int, dport: int, flags: str | int, *, seq: int = 1, ack: int = 0,
-               window: int = 1024) -> bytes:
+def tcp_header(
+    sport: int, dport: int, flags: str | int, *, seq: int = 1, ack: int = 0, window: int = 1024
+) -> bytes:
     bits = flags if isinstance(flags, int) else sum(FLAG_BITS[f] for f in flags)
     return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 0x50, bits, window, 0, 0)
 
@@ -65,21 +65,53 @@ def icmp_header(kind: int, code: int) -> bytes:
     return struct.pack("!BBHI", kind, code, 0, 0)
 
 
-def ipv4(src: str, dst: str, proto: int, body: bytes, *, ttl: int = 64, ident: int = 4242,
-         length: int | None = None, frag_offset: int = 0, more_fragments: bool = False,
-         options: bytes = b"") -> bytes:
+def ipv4(
+    src: str,
+    dst: str,
+    proto: int,
+    body: bytes,
+    *,
+    ttl: int = 64,
+    ident: int = 4242,
+    length: int | None = None,
+    frag_offset: int = 0,
+    more_fragments: bool = False,
+    options: bytes = b"",
+) -> bytes:
     """An IPv4 packet; `length` overrides the total length field (a copy cut short)."""
     ihl = 5 + len(options) // 4
     flags = (0x2000 if more_fragments else 0) | (frag_offset // 8)
     total = length if length is not None else ihl * 4 + len(body)
-    head = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags, ttl, proto, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + options
+    head = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            total,
+            ident,
+            flags,
+            ttl,
+            proto,
+            0,
+            socket.inet_aton(src),
+            socket.inet_aton(dst),
+        )
+        + options
+    )
     head = head[:10] + struct.pack("!H", _checksum(head)) + head[12:]
     return head + body
 
 
-def ipv6(src: str, dst: str, proto: int, body: bytes, *, hoplimit: int = 64,
-         extensions: tuple[tuple[int, bytes], ...] = (), length: int | None = None) -> bytes:
+def ipv6(
+    src: str,
+    dst: str,
+    proto: int,
+    body: bytes,
+    *,
+    hoplimit: int = 64,
+    extensions: tuple[tuple[int, bytes], ...] = (),
+    length: int | None = None,
+) -> bytes:
     """An IPv6 packet; `extensions` are (header type, header bytes without the next-header
     byte) in order, e.g. hop_by_hop(). `length` overrides the payload length field."""
     chain = b""
@@ -89,9 +121,12 @@ def ipv6(src: str, dst: str, proto: int, body: bytes, *, hoplimit: int = 64,
     payload = chain + body
     first = types[0]
     size = length if length is not None else len(payload)
-    return (struct.pack("!IHBB", 0x60000000, size, first, hoplimit)
-            + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-            + payload)
+    return (
+        struct.pack("!IHBB", 0x60000000, size, first, hoplimit)
+        + socket.inet_pton(socket.AF_INET6, src)
+        + socket.inet_pton(socket.AF_INET6, dst)
+        + payload
+    )
 
 
 def options_header(kind: int = 0) -> tuple[int, bytes]:
@@ -124,9 +159,9 @@ def with_checksums(packet: bytes) -> bytes:
     where = {6: 16, 17: 6, 1: 2, 58: 2}.get(proto)
     if where is None or len(body) < where + 2:
         return packet
-    body = body[:where] + b"\0\0" + body[where + 2:]
+    body = body[:where] + b"\0\0" + body[where + 2 :]
     total = _checksum(pseudo + body)
-    body = body[:where] + struct.pack("!H", total) + body[where + 2:]
+    body = body[:where] + struct.pack("!H", total) + body[where + 2 :]
     return packet[:ihl] + body
 
 
@@ -149,16 +184,33 @@ class RawSender:
         self.v6.close()
 
 
-PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "UDPLITE": 136, "ICMP": 1, "ICMPv6": 58, "AH": 51,
-                 "ESP": 50}
-_FLAG_WORDS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
-               "ECE": 0x40, "CWR": 0x80}
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "UDPLITE": 136, "ICMP": 1, "ICMPv6": 58, "AH": 51, "ESP": 50}
+_FLAG_WORDS = {
+    "FIN": 0x01,
+    "SYN": 0x02,
+    "RST": 0x04,
+    "PSH": 0x08,
+    "ACK": 0x10,
+    "URG": 0x20,
+    "ECE": 0x40,
+    "CWR": 0x80,
+}
 
 
-def from_fields(src: str, dst: str, proto: str, *, spt: int | None = None,
-                dpt: int | None = None, flags: frozenset[str] = frozenset(),
-                length: int | None = None, ttl: int | None = None, ip_id: int | None = None,
-                icmp_type: int | None = None, icmp_code: int | None = None) -> bytes:
+def from_fields(
+    src: str,
+    dst: str,
+    proto: str,
+    *,
+    spt: int | None = None,
+    dpt: int | None = None,
+    flags: frozenset[str] = frozenset(),
+    length: int | None = None,
+    ttl: int | None = None,
+    ip_id: int | None = None,
+    icmp_type: int | None = None,
+    icmp_code: int | None = None,
+) -> bytes:
     """The packet a LOG line describes (its headers; LEN goes into the length field)."""
     number = PROTO_NUMBERS.get(proto) or int(proto)
     if (number in (6, 17, 136) and dpt is None) or (number in (1, 58) and icmp_type is None):

@@ -37,10 +37,28 @@ class RedisServer:
         assert self.process is None
         with (self.root / "redis.log").open("ab") as out:
             self.process = subprocess.Popen(
-                [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket),
-                 "--unixsocketperm", "700", "--dir", str(self.root), "--save", "",
-                 "--appendonly", "yes", "--appendfsync", "always", *self.extra],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    REDIS_SERVER,
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(self.socket),
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    str(self.root),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    *self.extra,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         if not wait_until(self._answers, timeout=15, interval=0.05):
             self.kill()
             raise AssertionError(f"redis-server did not start:\n{self.log()}")

@@ -215,7 +215,11 @@ class ReferenceScorer:
         return self.add(hit.time, hit.filter, hit.offender, hit.weight, hit.distinct_key) or []
 
     def add(
-        self, t: float, filter_name: str, addr: Address, weight_points: float,
+        self,
+        t: float,
+        filter_name: str,
+        addr: Address,
+        weight_points: float,
         key: tuple[object, ...] | None = None,
     ) -> list[Decision] | None:
         """feed() without the Hit: `addr` earned `weight_points` at `t` through `filter_name`
@@ -534,8 +538,7 @@ class ReferenceScorer:
         policy = self.policy
         refusal = self.refusal(addr)
         state = self._tracked.get(addr)
-        held = ([] if state is None else [state] if type(state) is tuple
-                else state.hits)  # type: ignore[union-attr]
+        held = [] if state is None else [state] if type(state) is tuple else state.hits  # type: ignore[union-attr]
         entries = [e for e in held if now - e[0] < policy.window]
         until = self._banned.get(addr)
         banned_until: object = None

@@ -26,10 +26,16 @@ from blocker.records import Network, network_text
 # -- ActiveBans -----------------------------------------------------------------------------
 
 networks = st.one_of(
-    st.builds(lambda a, p: IPv4Network((a, p), strict=False), st.integers(0, 2**32 - 1),
-              st.integers(1, 32)),
-    st.builds(lambda a, p: IPv6Network((a, p), strict=False), st.integers(0, 2**128 - 1),
-              st.integers(1, 128)),
+    st.builds(
+        lambda a, p: IPv4Network((a, p), strict=False),
+        st.integers(0, 2**32 - 1),
+        st.integers(1, 32),
+    ),
+    st.builds(
+        lambda a, p: IPv6Network((a, p), strict=False),
+        st.integers(0, 2**128 - 1),
+        st.integers(1, 128),
+    ),
 )
 
 
@@ -45,8 +51,19 @@ def test_keys_of_different_targets_differ(a: Network, b: Network) -> None:
     assert (key_of(a) == key_of(b)) == (a == b)
 
 
-@pytest.mark.parametrize("text", ["", "x", "198.51.100.7/33", "2001:db8::/129", "1.2.3.4/-1",
-                                  "1.2.3.4/ 8", "1.2.3.4/8/8", "::ffff:/x"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "x",
+        "198.51.100.7/33",
+        "2001:db8::/129",
+        "1.2.3.4/-1",
+        "1.2.3.4/ 8",
+        "1.2.3.4/8/8",
+        "::ffff:/x",
+    ],
+)
 def test_text_that_is_no_target_has_no_key(text: str) -> None:
     assert key_of_text(text) is None
 
@@ -57,8 +74,17 @@ def test_host_bits_are_cleared_as_the_state_reader_always_did() -> None:
 
 def test_a_target_is_in_one_jail_and_restore_keeps_the_longest() -> None:
     bans = ActiveBans()
-    assert bans.restore([("198.51.100.7", "probes", 100.0), ("198.51.100.7", "scans", 50.0),
-                         ("203.0.113.0/24", "scans", math.inf), ("junk", "probes", 9.0)]) == 1
+    assert (
+        bans.restore(
+            [
+                ("198.51.100.7", "probes", 100.0),
+                ("198.51.100.7", "scans", 50.0),
+                ("203.0.113.0/24", "scans", math.inf),
+                ("junk", "probes", 9.0),
+            ]
+        )
+        == 1
+    )
     assert bans[n("198.51.100.7")].jail == "probes"
     assert bans.count("probes") == 1
     assert bans.count("scans") == 1
@@ -114,18 +140,22 @@ def test_expire_touches_only_the_buckets_due(monkeypatch: pytest.MonkeyPatch) ->
 
 # -- the Service at many bans -------------------------------------------------------------
 
+
 def fill_state(harness: Harness, count: int, expires: float) -> list[Network]:
-    targets: list[Network] = [IPv6Network((0x20010DB8 << 96 | (i << 64) | 1, 128))
-                              for i in range(count)]
+    targets: list[Network] = [
+        IPv6Network((0x20010DB8 << 96 | (i << 64) | 1, 128)) for i in range(count)
+    ]
     with harness.state.transaction():
         harness.state.db.executemany(
             "INSERT INTO bans (target, jail, at, expires, reason) VALUES (?, 'probes', ?, ?, 'r')",
-            [(network_text(t), NOW - 60, expires) for t in targets])
+            [(network_text(t), NOW - 60, expires) for t in targets],
+        )
     return targets
 
 
 def test_restart_with_many_bans_restores_them_in_few_batches(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     batch = 1000  # RESTORE_BATCH at a size that runs in a second
     monkeypatch.setattr(service_module, "RESTORE_BATCH", batch)
     count = 2 * batch + 123
@@ -143,8 +173,9 @@ def test_restart_with_many_bans_restores_them_in_few_batches(
     harness.state.close()
 
 
-def test_with_many_bans_nothing_else_walks_them_all(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_many_bans_nothing_else_walks_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     harness = Harness(tmp_path)
     targets = fill_state(harness, 5000, NOW + 3600)
     service = harness.service
@@ -188,6 +219,7 @@ def test_bans_the_kernel_refused_at_restart_are_not_active(tmp_path: Path) -> No
 
 # -- a full set, live -----------------------------------------------------------------------
 
+
 def full_harness(tmp_path: Path, capacity: int) -> Harness:
     harness = Harness(tmp_path)
     harness.backend = FakeBackend(capacity=capacity)
@@ -197,7 +229,8 @@ def full_harness(tmp_path: Path, capacity: int) -> Harness:
 
 
 def test_a_refused_ban_is_not_active_and_a_later_decision_bans_again(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     h = full_harness(tmp_path, capacity=1)
     h.feed(synacks("198.51.100.7", NOW))
     decisions = h.feed(synacks(ATTACKER, NOW))
@@ -221,7 +254,8 @@ def test_a_refused_ban_is_not_active_and_a_later_decision_bans_again(
 
 
 def test_refusals_are_logged_once_per_interval_and_counted(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     h = full_harness(tmp_path, capacity=0)
     for i in range(1, 40):
         h.feed(synacks(f"203.0.113.{i}", NOW + i), now=NOW + i)

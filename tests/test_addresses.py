@@ -92,13 +92,15 @@ def _special_by_the_tables(addr: IPv4Address | IPv6Address) -> bool:
 _V4 = st.one_of(
     st.integers(0, 2**32 - 1),
     st.sampled_from([int(net.network_address) for net in SPECIAL_V4]).flatmap(
-        lambda base: st.integers(max(0, base - 2**16), min(2**32 - 1, base + 2**24))),
+        lambda base: st.integers(max(0, base - 2**16), min(2**32 - 1, base + 2**24))
+    ),
 ).map(IPv4Address)
 _V6 = st.one_of(
     st.integers(0, 2**128 - 1),
     st.integers(0, 255).flatmap(lambda top: st.integers(top << 120, ((top + 1) << 120) - 1)),
     st.sampled_from([0xFFFF << 32, 0x64FF9B << 96]).flatmap(
-        lambda base: st.integers(base - 2, base + 2**32 + 2)),
+        lambda base: st.integers(base - 2, base + 2**32 + 2)
+    ),
 ).map(IPv6Address)
 
 

@@ -32,8 +32,17 @@ def test_status(daemon: Blockerd) -> None:
     result = daemon.ctl("status", "--json")
     assert (result.code, result.err) == (EXIT_OK, "")
     status = json.loads(result.out)
-    assert set(status) >= {"uptime", "lines", "parsed", "unparsed", "malformed",
-                           "active_bans", "jails", "sources", "firewall"}
+    assert set(status) >= {
+        "uptime",
+        "lines",
+        "parsed",
+        "unparsed",
+        "malformed",
+        "active_bans",
+        "jails",
+        "sources",
+        "firewall",
+    }
     assert set(status["jails"]) == {"probes"}
     assert status["firewall"] == {"backend": "DryRunBackend"}
     assert [s["source"] for s in status["sources"]] == [f"kernlog:{daemon.log}"]
@@ -42,7 +51,10 @@ def test_status(daemon: Blockerd) -> None:
 def test_ban_list_unban(daemon: Blockerd) -> None:
     result = daemon.ctl("ban", "203.0.113.21")
     assert (result.code, result.out, result.err) == (
-        EXIT_OK, "banned 203.0.113.21 for 600s (jail probes)\n", "")
+        EXIT_OK,
+        "banned 203.0.113.21 for 600s (jail probes)\n",
+        "",
+    )
 
     human = daemon.ctl("list")
     assert human.code == EXIT_OK
@@ -68,14 +80,21 @@ def test_ban_list_unban(daemon: Blockerd) -> None:
     assert (again.code, again.out) == (EXIT_OK, "unbanned 203.0.113.21 (it was not banned)\n")
 
 
-@pytest.mark.parametrize(("args", "printed", "expires"), [
-    (("--for", "1h"), "banned 203.0.113.31 for 3600s (jail probes)", "iso"),
-    (("--for", "90"), "banned 203.0.113.31 for 90s (jail probes)", "iso"),
-    (("--for", "permanent", "--jail", "probes"), "banned 203.0.113.31 permanently (jail probes)",
-     None),
-])
-def test_ban_for(daemon: Blockerd, args: tuple[str, ...], printed: str,
-                 expires: str | None) -> None:
+@pytest.mark.parametrize(
+    ("args", "printed", "expires"),
+    [
+        (("--for", "1h"), "banned 203.0.113.31 for 3600s (jail probes)", "iso"),
+        (("--for", "90"), "banned 203.0.113.31 for 90s (jail probes)", "iso"),
+        (
+            ("--for", "permanent", "--jail", "probes"),
+            "banned 203.0.113.31 permanently (jail probes)",
+            None,
+        ),
+    ],
+)
+def test_ban_for(
+    daemon: Blockerd, args: tuple[str, ...], printed: str, expires: str | None
+) -> None:
     result = daemon.ctl("ban", "203.0.113.31", *args)
     assert (result.code, result.out) == (EXIT_OK, printed + "\n")
     ban = listed(daemon, "203.0.113.31")
@@ -83,8 +102,9 @@ def test_ban_for(daemon: Blockerd, args: tuple[str, ...], printed: str,
     if expires is None:
         assert ban["expires"] is None
         human = daemon.ctl("list").out.splitlines()
-        assert next(line for line in human if line.startswith("203.0.113.31 ")).split()[-1] == \
-            "never"
+        assert (
+            next(line for line in human if line.startswith("203.0.113.31 ")).split()[-1] == "never"
+        )
     else:
         assert isinstance(ban["expires"], str)
         datetime.fromisoformat(ban["expires"])
@@ -93,8 +113,10 @@ def test_ban_for(daemon: Blockerd, args: tuple[str, ...], printed: str,
 
 def test_ban_a_network(daemon: Blockerd) -> None:
     result = daemon.ctl("ban", "2001:db8:bad::/48", "--for", "10m")
-    assert (result.code, result.out) == (EXIT_OK,
-                                         "banned 2001:db8:bad::/48 for 600s (jail probes)\n")
+    assert (result.code, result.out) == (
+        EXIT_OK,
+        "banned 2001:db8:bad::/48 for 600s (jail probes)\n",
+    )
     assert listed(daemon, "2001:db8:bad::/48") is not None
     inside = daemon.ctl("ban", "2001:db8:bad::1")
     assert inside.code == EXIT_OK
@@ -112,15 +134,18 @@ def test_ban_for_nonsense_is_a_usage_error(daemon: Blockerd, value: str) -> None
     assert listed(daemon, "203.0.113.41") is None
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (("ban", "127.0.0.1"), "blockerctl: refusing to ban 127.0.0.1: loopback"),
-    (("ban", "203.0.113.7/24"), "has host bits set; did you mean 203.0.113.0/24?"),
-    (("ban", "banana"), "'banana' is not an address or network"),
-    (("ban", "203.0.113.51", "--jail", "nope"), "no jail 'nope' (jails: probes)"),
-    (("ban", "203.0.113.51", "--for", "0"), "duration must be longer than 0 s"),
-    (("unban", "example.org"), "'example.org' is not an address or network"),
-    (("explain", "203.0.113.0/24"), "is not an IP address"),
-])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("ban", "127.0.0.1"), "blockerctl: refusing to ban 127.0.0.1: loopback"),
+        (("ban", "203.0.113.7/24"), "has host bits set; did you mean 203.0.113.0/24?"),
+        (("ban", "banana"), "'banana' is not an address or network"),
+        (("ban", "203.0.113.51", "--jail", "nope"), "no jail 'nope' (jails: probes)"),
+        (("ban", "203.0.113.51", "--for", "0"), "duration must be longer than 0 s"),
+        (("unban", "example.org"), "'example.org' is not an address or network"),
+        (("explain", "203.0.113.0/24"), "is not an IP address"),
+    ],
+)
 def test_refused_requests_exit_1(daemon: Blockerd, args: tuple[str, ...], error: str) -> None:
     result = daemon.ctl(*args)
     assert result.code == EXIT_FAIL
@@ -157,8 +182,10 @@ def test_reload_with_a_broken_config_exits_1(daemon: Blockerd) -> None:
         daemon.config.write_text(good + "typo = 1\n", encoding="utf-8")
         result = daemon.ctl("reload")
         assert result.code == EXIT_FAIL
-        assert result.err == ("blockerctl: reload refused, keeping the running configuration: "
-                              f"{daemon.config}: jails.probes.typo: unknown key\n")
+        assert result.err == (
+            "blockerctl: reload refused, keeping the running configuration: "
+            f"{daemon.config}: jails.probes.typo: unknown key\n"
+        )
     finally:
         daemon.config.write_text(good, encoding="utf-8")
     assert daemon.ctl("status").code == EXIT_OK
@@ -169,8 +196,9 @@ def test_no_daemon_exits_1() -> None:
         result = run_ctl(["--socket", str(root / "none.sock"), "status"])
     assert result.code == EXIT_FAIL
     assert result.out == ""
-    assert result.err == (f"blockerctl: {root / 'none.sock'}: no such socket "
-                          "(is blockerd running?)\n")
+    assert result.err == (
+        f"blockerctl: {root / 'none.sock'}: no such socket (is blockerd running?)\n"
+    )
 
 
 def test_a_socket_nobody_listens_on_exits_1() -> None:

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 JAILS = str(REPO / "jails.toml")
 CORPUS = REPO.parent / "shared" / "corpora" / "psad-scans"  # as tests/test_corpus.py
 SAMPLES = sorted((REPO / "tests" / "samples").glob("*.log")) + sorted(
-    p for p in (CORPUS.iterdir() if CORPUS.is_dir() else ()) if p.name != "SOURCE.md")
+    p for p in (CORPUS.iterdir() if CORPUS.is_dir() else ()) if p.name != "SOURCE.md"
+)
 
 LINES = [
     *(synack(at=BASE + i) for i in range(5)),  # 1-5: hits, the 5th bans
@@ -35,31 +36,50 @@ LINES = [
 ]
 
 
-def show(tmp_path: Path, capsys: pytest.CaptureFixture[str], choice: str,
-         lines: list[str] = LINES) -> list[dict[str, object]]:
+def show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], choice: str, lines: list[str] = LINES
+) -> list[dict[str, object]]:
     log = tmp_path / "kern.log"
     log.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
     assert main(["test", "--config", JAILS, "--json", "--show", choice, str(log)]) == 0
     return [json.loads(row) for row in capsys.readouterr().out.splitlines()]
 
 
-def test_every_line_gets_its_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                     ) -> None:
+def test_every_line_gets_its_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = show(tmp_path, capsys, "all")
     summary = rows.pop()["summary"]
     verdicts = [(row["line"], row["verdict"]) for row in rows]
-    assert verdicts == [(1, "hit"), (2, "hit"), (3, "hit"), (4, "hit"), (5, "hit"), (5, "ban"),
-                        (6, "not_log"), (7, "malformed"), (8, "malformed"), (9, "malformed"),
-                        (10, "ignored"), (11, "ignored"), (12, "malformed")]
+    assert verdicts == [
+        (1, "hit"),
+        (2, "hit"),
+        (3, "hit"),
+        (4, "hit"),
+        (5, "hit"),
+        (5, "ban"),
+        (6, "not_log"),
+        (7, "malformed"),
+        (8, "malformed"),
+        (9, "malformed"),
+        (10, "ignored"),
+        (11, "ignored"),
+        (12, "malformed"),
+    ]
     by_line = {(row["line"], row["verdict"]): row for row in rows}
     first = by_line[1, "hit"]
     assert (first["jail"], first["filter"], first["offender"]) == (
-        "probes", "unsolicited_synack", PROBER4)
+        "probes",
+        "unsolicited_synack",
+        PROBER4,
+    )
     assert [by_line[n, "hit"]["score"] for n in range(1, 6)] == [1, 2, 3, 4, 5]
     fields = first["fields"]
     assert isinstance(fields, dict)
     assert (fields["src"], fields["proto"], fields["flags"], fields["dpt"]) == (
-        PROBER4, "TCP", ["ACK", "SYN"], 40000)
+        PROBER4,
+        "TCP",
+        ["ACK", "SYN"],
+        40000,
+    )
     ban = by_line[5, "ban"]
     assert (ban["target"], ban["jail"], ban["duration"]) == (PROBER4, "probes", 600.0)
     assert "before PROTO=" in str(by_line[7, "malformed"]["reason"])
@@ -72,18 +92,26 @@ def test_every_line_gets_its_verdict(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert (summary["lines"], summary["parsed"], summary["malformed"]) == (12, 7, 4)
 
 
-@pytest.mark.parametrize(("choice", "wanted"), [
-    ("hits", {"hit", "ban"}), ("bans", {"ban"}), ("malformed", {"malformed"}),
-    ("unparsed", {"malformed", "not_log"})])
-def test_show_choices_pick_their_verdicts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                          choice: str, wanted: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("choice", "wanted"),
+    [
+        ("hits", {"hit", "ban"}),
+        ("bans", {"ban"}),
+        ("malformed", {"malformed"}),
+        ("unparsed", {"malformed", "not_log"}),
+    ],
+)
+def test_show_choices_pick_their_verdicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], choice: str, wanted: set[str]
+) -> None:
     rows = show(tmp_path, capsys, choice)
     assert "summary" in rows.pop()
     assert {row["verdict"] for row in rows} == wanted
 
 
-def test_text_output_names_line_verdict_and_reason(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_text_output_names_line_verdict_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log = tmp_path / "kern.log"
     log.write_text("".join(f"{line}\n" for line in LINES), encoding="utf-8")
     assert main(["test", "--config", JAILS, "--show", "all", str(log)]) == 0

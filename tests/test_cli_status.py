@@ -12,10 +12,13 @@ from loglines import synack
 
 from blocker.cli import status_report
 
-TWO_JAILS = CONFIG + """
+TWO_JAILS = (
+    CONFIG
+    + """
 [jails.scans]
 filters = ["syn_scan"]
 """
+)
 
 
 @pytest.fixture
@@ -64,8 +67,12 @@ def test_list_by_jail_and_by_expiry(daemon: Blockerd) -> None:
         return [row["target"] for row in json.loads(result.out)]
 
     assert targets() == ["198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8::7"]
-    assert targets("--sort", "expiry") == ["2001:db8::7", "198.51.100.2", "198.51.100.1",
-                                           "198.51.100.3"]
+    assert targets("--sort", "expiry") == [
+        "2001:db8::7",
+        "198.51.100.2",
+        "198.51.100.1",
+        "198.51.100.3",
+    ]
     assert targets("--jail", "scans") == ["198.51.100.2", "198.51.100.3"]
     assert targets("--jail", "scans", "--sort", "expiry") == ["198.51.100.2", "198.51.100.3"]
     bad = daemon.ctl("list", "--jail", "nope")
@@ -78,19 +85,45 @@ def test_list_by_jail_and_by_expiry(daemon: Blockerd) -> None:
 
 def test_status_report_flags_a_missing_rule_and_a_full_set() -> None:
     status = {
-        "version": "0.1.0", "uptime": 90061.0, "lines": 10, "parsed": 8, "unparsed": 2,
-        "malformed": 1, "active_bans": 3,
-        "jails": {"probes": {"hits": {"unsolicited_synack": 7, "outgoing_rst": 1},
-                             "tracked": 2, "active_bans": 3, "last_ban": "2026-11-22T02:04:58"}},
-        "sources": [{"source": "kernlog:/var/log/kern.log", "status": "lagging",
-                     "behind_bytes": 5000, "last_line_age": 0.5},
-                    {"source": "journald:", "state": "error", "status": "error",
-                     "error": "journalctl not found"}],
-        "firewall": {"rules": {"ipv4": {"in_place": True, "positions": [1], "variant": "nf_tables"},
-                               "ipv6": {"in_place": False, "positions": [],
-                                        "variant": "nf_tables"}}},
-        "sets": {"ipv4": {"name": "blocker4", "entries": 1000, "capacity": 1024},
-                 "ipv6": {"name": "blocker6", "entries": 0, "capacity": 1024}},
+        "version": "0.1.0",
+        "uptime": 90061.0,
+        "lines": 10,
+        "parsed": 8,
+        "unparsed": 2,
+        "malformed": 1,
+        "active_bans": 3,
+        "jails": {
+            "probes": {
+                "hits": {"unsolicited_synack": 7, "outgoing_rst": 1},
+                "tracked": 2,
+                "active_bans": 3,
+                "last_ban": "2026-11-22T02:04:58",
+            }
+        },
+        "sources": [
+            {
+                "source": "kernlog:/var/log/kern.log",
+                "status": "lagging",
+                "behind_bytes": 5000,
+                "last_line_age": 0.5,
+            },
+            {
+                "source": "journald:",
+                "state": "error",
+                "status": "error",
+                "error": "journalctl not found",
+            },
+        ],
+        "firewall": {
+            "rules": {
+                "ipv4": {"in_place": True, "positions": [1], "variant": "nf_tables"},
+                "ipv6": {"in_place": False, "positions": [], "variant": "nf_tables"},
+            }
+        },
+        "sets": {
+            "ipv4": {"name": "blocker4", "entries": 1000, "capacity": 1024},
+            "ipv6": {"name": "blocker6", "entries": 0, "capacity": 1024},
+        },
         "firewall_checks": {"ok": True, "failures": 0, "repairs": {"rule": 2}},
     }
     out = status_report(status)

@@ -24,12 +24,19 @@ from blocker.commands import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("request_", [
-    StatusRequest(), ListRequest(), ReloadRequest(),
-    BanRequest("203.0.113.7"), BanRequest("203.0.113.0/24", 7200.0, "scans"),
-    BanRequest("2001:db8::/48", math.inf), UnbanRequest("203.0.113.7"),
-    ExplainRequest("198.51.100.9"),
-])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        StatusRequest(),
+        ListRequest(),
+        ReloadRequest(),
+        BanRequest("203.0.113.7"),
+        BanRequest("203.0.113.0/24", 7200.0, "scans"),
+        BanRequest("2001:db8::/48", math.inf),
+        UnbanRequest("203.0.113.7"),
+        ExplainRequest("198.51.100.9"),
+    ],
+)
 def test_a_request_survives_the_wire(request_: Request) -> None:
     message = json.loads(json.dumps(request_.to_message(), allow_nan=False))
     assert message["cmd"] == request_.command
@@ -38,20 +45,27 @@ def test_a_request_survives_the_wire(request_: Request) -> None:
 
 def test_a_permanent_ban_travels_as_the_word_permanent() -> None:
     assert BanRequest("203.0.113.7", math.inf).to_message() == {
-        "cmd": "ban", "target": "203.0.113.7", "duration": "permanent"}
+        "cmd": "ban",
+        "target": "203.0.113.7",
+        "duration": "permanent",
+    }
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({}, "give an address or a network"),
-    ({"target": "  "}, "give an address or a network"),
-    ({"target": ["203.0.113.7"]}, "give an address or a network"),
-    ({"target": "203.0.113.7", "jail": 3}, "no jail 3"),
-    ({"target": "203.0.113.7", "duration": "soon"}, "duration: must be a duration like"),
-    ({"target": "203.0.113.7", "duration": 0}, "duration must be longer than 0 s"),
-    ({"target": "203.0.113.7", "duration": True}, "duration: must be a duration"),
-])
-def test_a_malformed_ban_is_refused_before_any_command_runs(message: dict[str, object],
-                                                            error: str) -> None:
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({}, "give an address or a network"),
+        ({"target": "  "}, "give an address or a network"),
+        ({"target": ["203.0.113.7"]}, "give an address or a network"),
+        ({"target": "203.0.113.7", "jail": 3}, "no jail 3"),
+        ({"target": "203.0.113.7", "duration": "soon"}, "duration: must be a duration like"),
+        ({"target": "203.0.113.7", "duration": 0}, "duration must be longer than 0 s"),
+        ({"target": "203.0.113.7", "duration": True}, "duration: must be a duration"),
+    ],
+)
+def test_a_malformed_ban_is_refused_before_any_command_runs(
+    message: dict[str, object], error: str
+) -> None:
     with pytest.raises(RequestError, match=error):
         BanRequest.from_message(message)
 

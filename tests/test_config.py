@@ -29,9 +29,9 @@ def header(path: Path) -> tuple[str, str, str | None]:
         if not line.startswith("#"):
             break
         if line.startswith("# error: "):
-            key, _, reason = line[len("# error: "):].partition(": ")
+            key, _, reason = line[len("# error: ") :].partition(": ")
         elif line.startswith("# path: "):
-            suffix = line[len("# path: "):]
+            suffix = line[len("# path: ") :]
     assert key and reason, f"{path.name} needs a '# error: <key>: <reason>' first line"
     return key, reason, suffix
 
@@ -87,18 +87,33 @@ def test_shipped_jails_toml() -> None:
     probes, scans = config.jails
     assert [flt.name for flt, _ in probes.filters] == ["unsolicited_synack", "outgoing_rst"]
     assert [flt.name for flt, _ in scans.filters] == [
-        "syn_scan", "fin_scan", "null_scan", "xmas_scan", "synfin_scan", "ack_scan",
-        "udp_probe", "proto_scan", "closed_port_reset", "invalid_packet"]
+        "syn_scan",
+        "fin_scan",
+        "null_scan",
+        "xmas_scan",
+        "synfin_scan",
+        "ack_scan",
+        "udp_probe",
+        "proto_scan",
+        "closed_port_reset",
+        "invalid_packet",
+    ]
     # invalid_packet comes last: a more specific filter names the offence when one matches.
     for jail in config.jails:
         assert (jail.source, jail.log_path, jail.prefix) == ("auto", "/var/log/kern.log", None)
         policy = jail.policy
         assert (policy.threshold, policy.window, policy.repeat_factor) == (5.0, 60.0, 0.25)
         assert (policy.ban_time, policy.ban_factor, policy.max_ban_time) == (
-            600.0, 2.0, 7 * 86400.0)
+            600.0,
+            2.0,
+            7 * 86400.0,
+        )
         assert (policy.history_window, policy.subnet_window) == (30 * 86400.0, 3600.0)
-        assert (policy.subnet_min_offenders, policy.subnet_v4_prefix,
-                policy.subnet_v6_prefix) == (3, 24, 64)
+        assert (policy.subnet_min_offenders, policy.subnet_v4_prefix, policy.subnet_v6_prefix) == (
+            3,
+            24,
+            64,
+        )
         assert (policy.allow, policy.own_addresses, policy.max_tracked) == ((), (), 100_000)
         assert policy.problems() == []
         assert all(weight == flt.weight for flt, weight in jail.filters)
@@ -123,8 +138,10 @@ def test_defaults_are_inherited_and_jail_keys_win() -> None:
     a, b = config.jails
     assert (a.policy.threshold, a.policy.window, b.policy.threshold) == (3.0, 120.0, 10.0)
     assert math.isinf(a.policy.ban_time) and math.isinf(b.policy.ban_time)
-    assert [(flt.name, weight) for flt, weight in a.filters] == [("syn_scan", 1.0),
-                                                                 ("udp_probe", 0.5)]
+    assert [(flt.name, weight) for flt, weight in a.filters] == [
+        ("syn_scan", 1.0),
+        ("udp_probe", 0.5),
+    ]
     assert [str(net) for net in a.policy.allow] == ["192.0.2.0/24"]
     assert [str(addr) for addr in b.policy.own_addresses] == ["2001:db8::10"]
     assert a.prefix is not None and a.prefix.pattern == "^DROP"
@@ -137,8 +154,9 @@ def test_filters_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
     (filters / "only.toml").write_text('[match]\nproto = ["TCP"]\n', encoding="utf-8")
     config_path = tmp_path / "etc" / "jails.toml"
     config_path.parent.mkdir()
-    config_path.write_text('filters_dir = "../myfilters"\n[jails.j]\nfilters = ["only"]\n',
-                           encoding="utf-8")
+    config_path.write_text(
+        'filters_dir = "../myfilters"\n[jails.j]\nfilters = ["only"]\n', encoding="utf-8"
+    )
     assert list(load_config(config_path).filters) == ["only"]
 
 
@@ -174,8 +192,23 @@ def test_permanent_only_where_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["", "m", "10M", "10 minutes", "-5s", "1e3", "ten", True, None, [60], -1,
-              float("inf"), float("nan"), "10h30m"],
+    "value",
+    [
+        "",
+        "m",
+        "10M",
+        "10 minutes",
+        "-5s",
+        "1e3",
+        "ten",
+        True,
+        None,
+        [60],
+        -1,
+        float("inf"),
+        float("nan"),
+        "10h30m",
+    ],
 )
 def test_duration_refuses(value: object) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -88,32 +88,38 @@ def error_of(loop: ControlLoop, data: bytes) -> str:
 
 # -- answers ------------------------------------------------------------------------------
 
+
 def test_a_valid_request_is_answered(loop: ControlLoop) -> None:
     assert request(path_of(loop), {"cmd": "ban", "target": "203.0.113.7"}) == {
-        "ok": True, "result": "banned 203.0.113.7"}
+        "ok": True,
+        "result": "banned 203.0.113.7",
+    }
     assert loop.server.served == 1
 
 
-@pytest.mark.parametrize(("data", "error"), [
-    (b'{"cmd": \n', "request is not valid JSON"),
-    (b"{'cmd': 'status'}\n", "request is not valid JSON"),
-    (b"\n", "request is not valid JSON"),
-    (b"status\n", "request is not valid JSON"),
-    (b'{"cmd": "status"} trailing\n', "request is not valid JSON"),
-    (b"\xff\xfe{}\n", "request is not valid JSON"),
-    (b'{"cmd": "st\xc3atus"}\n', "request is not valid JSON"),
-    (b"[1, 2]\n", "request must be a JSON object"),
-    (b'"status"\n', "request must be a JSON object"),
-    (b"42\n", "request must be a JSON object"),
-    (b"null\n", "request must be a JSON object"),
-    (b'{"cmd": "shutdown"}\n', "unknown command 'shutdown' (known: ban, echo, status)"),
-    (b'{"cmd": 5}\n', "unknown command 5"),
-    (b'{"cmd": ["status"]}\n', "unknown command ['status']"),
-    (b"{}\n", "unknown command None"),
-    (b'{"target": "203.0.113.7"}\n', "unknown command None"),
-    (b'{"cmd": "ban"}\n', "ban needs a target"),
-    (b'{"cmd": "ban", "target": null}\n', "ban needs a target"),
-])
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b'{"cmd": \n', "request is not valid JSON"),
+        (b"{'cmd': 'status'}\n", "request is not valid JSON"),
+        (b"\n", "request is not valid JSON"),
+        (b"status\n", "request is not valid JSON"),
+        (b'{"cmd": "status"} trailing\n', "request is not valid JSON"),
+        (b"\xff\xfe{}\n", "request is not valid JSON"),
+        (b'{"cmd": "st\xc3atus"}\n', "request is not valid JSON"),
+        (b"[1, 2]\n", "request must be a JSON object"),
+        (b'"status"\n', "request must be a JSON object"),
+        (b"42\n", "request must be a JSON object"),
+        (b"null\n", "request must be a JSON object"),
+        (b'{"cmd": "shutdown"}\n', "unknown command 'shutdown' (known: ban, echo, status)"),
+        (b'{"cmd": 5}\n', "unknown command 5"),
+        (b'{"cmd": ["status"]}\n', "unknown command ['status']"),
+        (b"{}\n", "unknown command None"),
+        (b'{"target": "203.0.113.7"}\n', "unknown command None"),
+        (b'{"cmd": "ban"}\n', "ban needs a target"),
+        (b'{"cmd": "ban", "target": null}\n', "ban needs a target"),
+    ],
+)
 def test_bad_requests_get_an_error_reply(loop: ControlLoop, data: bytes, error: str) -> None:
     assert error in error_of(loop, data)
     assert_still_serving(loop)
@@ -172,8 +178,10 @@ def test_a_huge_request_is_cut_off_with_an_error(loop: ControlLoop) -> None:
         sock.settimeout(10)
         received = read_to_end(sock)
     assert sent < 4 * 1024 * 1024
-    assert reply_of(received) == {"ok": False,
-                                  "error": f"request too large (max {MAX_REQUEST} bytes)"}
+    assert reply_of(received) == {
+        "ok": False,
+        "error": f"request too large (max {MAX_REQUEST} bytes)",
+    }
     assert_still_serving(loop)
 
 
@@ -223,9 +231,14 @@ def test_many_concurrent_clients(loop: ControlLoop) -> None:
     assert_still_serving(loop)
 
 
-@pytest.mark.parametrize(("answer", "error"), [(b"not json\n", "unreadable reply"),
-                                               (b"[1]\n", "unexpected reply"),
-                                               (b"", "unreadable reply")])
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"not json\n", "unreadable reply"),
+        (b"[1]\n", "unexpected reply"),
+        (b"", "unreadable reply"),
+    ],
+)
 def test_request_reports_a_bad_reply(short_dir: Path, answer: bytes, error: str) -> None:
     path = str(short_dir / "fake.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -254,6 +267,7 @@ def test_request_without_a_daemon(short_dir: Path) -> None:
 
 # -- dispatch: the promise "never raises" -------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", [b"[" * 3000 + b"]" * 3000, b'{"a":' * 3000 + b"1" + b"}" * 3000])
 def test_dispatch_survives_deeply_nested_json(raw: bytes) -> None:
     assert len(raw) < MAX_REQUEST
@@ -268,6 +282,7 @@ def test_dispatch_survives_a_failing_handler() -> None:
 
 
 # -- the socket file ----------------------------------------------------------------------
+
 
 def test_socket_file_is_0600_and_removed_on_close(short_dir: Path) -> None:
     path = short_dir / "sub" / "ctl.sock"
@@ -310,9 +325,11 @@ def test_a_file_that_is_not_a_socket_is_left_alone(short_dir: Path) -> None:
 
 # -- who may talk -------------------------------------------------------------------------
 
+
 def test_a_peer_outside_allowed_uids_is_refused(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({os.geteuid() + 4242}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({os.geteuid() + 4242})
+    )
     try:
         reply = request(path_of(running), {"cmd": "status"})
         assert reply == {"ok": False, "error": f"permission denied for uid {os.geteuid()}"}
@@ -323,8 +340,9 @@ def test_a_peer_outside_allowed_uids_is_refused(short_dir: Path) -> None:
 
 
 def test_allowed_uids_admits_the_listed_uid(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({os.geteuid()}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({os.geteuid()})
+    )
     try:
         assert_still_serving(running)
     finally:
@@ -355,9 +373,17 @@ except OSError as exc:
 
 
 def run_as_nobody(path: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", PEER, path], user=NOBODY,
-                          group=NOBODY, extra_groups=[], capture_output=True, text=True,
-                          timeout=30, check=True, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", PEER, path],
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        cwd="/",
+    )
     decoded = json.loads(done.stdout)
     assert isinstance(decoded, dict)
     return decoded
@@ -378,8 +404,9 @@ def test_a_non_root_peer_gets_permission_denied(loop: ControlLoop) -> None:
 
 @pytest.mark.root("connect as another uid (nobody)")
 def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers,
-                          allowed_uids=frozenset({0, NOBODY}))
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, allowed_uids=frozenset({0, NOBODY})
+    )
     try:
         os.chmod(path_of(running), 0o666)
         assert run_as_nobody(path_of(running)) == {"ok": True, "result": {"alive": True}}
@@ -388,8 +415,7 @@ def test_a_non_root_peer_listed_in_allowed_uids_is_served(short_dir: Path) -> No
     assert running.errors == []
 
 
-def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(
-        short_dir: Path) -> None:
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(short_dir: Path) -> None:
     # accept() failing with EMFILE leaves the connection queued and the socket readable: a
     # server that kept watching it would spin. It stops watching until the pause runs out.
     selector = selectors.DefaultSelector()
@@ -435,13 +461,18 @@ def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning(
 
 # -- what a client can cost the loop (issue 10, part 4) ------------------------------------
 
+
 def test_refused_peers_cost_the_loop_no_waiting(short_dir: Path) -> None:
     """A refused peer that sends nothing is answered without the loop waiting on it (it used
     to wait 50 ms for each): 100 of them, whose waits would add up to 5 s, are answered well
     within that, and every one gets its answer."""
     selector = selectors.DefaultSelector()
-    server = ControlServer(str(short_dir / "ctl.sock"), selector, handlers,
-                           allowed_uids=frozenset({os.geteuid() + 4242}))
+    server = ControlServer(
+        str(short_dir / "ctl.sock"),
+        selector,
+        handlers,
+        allowed_uids=frozenset({os.geteuid() + 4242}),
+    )
     peers = []
     try:
         started = time.monotonic()
@@ -501,8 +532,9 @@ def test_an_idle_connection_is_closed_and_counted(short_dir: Path) -> None:
 
 
 def test_connections_over_the_cap_wait_in_the_listen_queue(short_dir: Path) -> None:
-    running = ControlLoop(str(short_dir / "ctl.sock"), handlers, max_connections=2,
-                          idle_timeout=1.0)
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), handlers, max_connections=2, idle_timeout=1.0
+    )
     idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
     try:
         for sock in idle:
@@ -532,8 +564,7 @@ def streamed_handlers(batches: int, progress: list[int]) -> dict[str, Handler]:
     return {**handlers(), "list": lambda _m: Streamed(rows())}
 
 
-def test_a_streamed_reply_is_one_json_line_and_others_are_served_meanwhile(
-        short_dir: Path) -> None:
+def test_a_streamed_reply_is_one_json_line_and_others_are_served_meanwhile(short_dir: Path) -> None:
     progress: list[int] = []
     running = ControlLoop(str(short_dir / "ctl.sock"), lambda: streamed_handlers(2000, progress))
     try:
@@ -557,8 +588,9 @@ def test_a_streamed_reply_is_one_json_line_and_others_are_served_meanwhile(
 
 def test_a_client_that_stops_reading_a_streamed_reply_is_dropped(short_dir: Path) -> None:
     progress: list[int] = []
-    running = ControlLoop(str(short_dir / "ctl.sock"), lambda: streamed_handlers(10**6, progress),
-                          idle_timeout=0.5)
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), lambda: streamed_handlers(10**6, progress), idle_timeout=0.5
+    )
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
             stuck.connect(path_of(running))
@@ -577,8 +609,9 @@ def test_a_streamed_reply_that_fails_midway_is_cut_short(short_dir: Path) -> Non
         yield [1, 2]
         raise OSError("netlink went away")
 
-    running = ControlLoop(str(short_dir / "ctl.sock"),
-                          lambda: {**handlers(), "list": lambda _m: Streamed(rows())})
+    running = ControlLoop(
+        str(short_dir / "ctl.sock"), lambda: {**handlers(), "list": lambda _m: Streamed(rows())}
+    )
     try:
         with pytest.raises(ControlError, match="cut short"):
             request(path_of(running), {"cmd": "list"})

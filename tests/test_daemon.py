@@ -74,12 +74,11 @@ def test_sighup_reloads_and_survives_a_broken_config(daemon: Blockerd) -> None:
     daemon.append(synack_train(ATTACKER))
     daemon.wait_ban(ATTACKER)
 
-    daemon.config.write_text(CONFIG + '\n[jails.scans]\nfilters = ["syn_scan"]\n',
-                             encoding="utf-8")
+    daemon.config.write_text(CONFIG + '\n[jails.scans]\nfilters = ["syn_scan"]\n', encoding="utf-8")
     daemon.send(signal.SIGHUP)
     messages = daemon.notify.wait_for("READY=1")
     reloading = next(i for i, m in enumerate(messages) if "RELOADING=1" in m.splitlines())
-    assert any("READY=1" in m.splitlines() for m in messages[reloading + 1:])
+    assert any("READY=1" in m.splitlines() for m in messages[reloading + 1 :])
     assert any(line.startswith("MONOTONIC_USEC=") for line in messages[reloading].splitlines())
     daemon.wait_log("configuration reloaded: 2 jail(s)")
     assert set(json.loads(daemon.ctl("status", "--json").out)["jails"]) == {"probes", "scans"}
@@ -96,13 +95,15 @@ def test_sighup_reloads_and_survives_a_broken_config(daemon: Blockerd) -> None:
 
 
 def test_garbage_lines_do_not_stop_it(daemon: Blockerd) -> None:
-    daemon.append([
-        bytes(range(256)).replace(b"\n", b""),
-        b"A" * (1024 * 1024),
-        b"\xff\xfe\xc3\x28 kernel: SRC=\xe2\x82 DST=192.0.2.10 PROTO=TCP",
-        synack("203.0.113.1").encode()[:80] + b"\xff" * 50,
-        b"\0" * 4096,
-    ])
+    daemon.append(
+        [
+            bytes(range(256)).replace(b"\n", b""),
+            b"A" * (1024 * 1024),
+            b"\xff\xfe\xc3\x28 kernel: SRC=\xe2\x82 DST=192.0.2.10 PROTO=TCP",
+            synack("203.0.113.1").encode()[:80] + b"\xff" * 50,
+            b"\0" * 4096,
+        ]
+    )
     daemon.append(synack_train(ATTACKER))
     daemon.wait_ban(ATTACKER)
     status = json.loads(daemon.ctl("status", "--json").out)
@@ -153,10 +154,12 @@ def test_deeply_nested_json_does_not_kill_the_daemon(daemon: Blockerd) -> None:
 def test_a_huge_integer_duration_does_not_kill_the_daemon(daemon: Blockerd) -> None:
     assert daemon.ctl("status").code == 0
     _refused_and_still_serving(
-        daemon, b'{"cmd": "ban", "target": "203.0.113.5", "duration": 1' + b"0" * 400 + b"}\n")
+        daemon, b'{"cmd": "ban", "target": "203.0.113.5", "duration": 1' + b"0" * 400 + b"}\n"
+    )
 
 
 # -- --check-config -----------------------------------------------------------------------
+
 
 def test_check_config_good(tmp_path: Path) -> None:
     path = tmp_path / "jails.toml"
@@ -174,13 +177,16 @@ def test_the_shipped_config_checks() -> None:
     assert "2 jail(s) (probes, scans)" in done.stdout
 
 
-@pytest.mark.parametrize(("text", "key", "reason"), [
-    (CONFIG + "bogus = 1\n", "jails.probes.bogus", "unknown key"),
-    (CONFIG.replace('"dry-run"', '"nftables"'), "firewall.backend", "must be one of"),
-    (CONFIG + 'ban_time = "soon"\n', "jails.probes.ban_time", "must be a duration"),
-    (CONFIG + "[jails.x]\nfilters = ['no_such']\n", "jails.x.filters", "unknown filter"),
-    ("[jails\n", "(syntax)", ""),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (CONFIG + "bogus = 1\n", "jails.probes.bogus", "unknown key"),
+        (CONFIG.replace('"dry-run"', '"nftables"'), "firewall.backend", "must be one of"),
+        (CONFIG + 'ban_time = "soon"\n', "jails.probes.ban_time", "must be a duration"),
+        (CONFIG + "[jails.x]\nfilters = ['no_such']\n", "jails.x.filters", "unknown filter"),
+        ("[jails\n", "(syntax)", ""),
+    ],
+)
 def test_check_config_bad(tmp_path: Path, text: str, key: str, reason: str) -> None:
     path = tmp_path / "jails.toml"
     path.write_text(text, encoding="utf-8")
@@ -219,12 +225,13 @@ def test_a_kern_log_without_the_rsyslog_guard_is_warned_about_at_start(daemon: B
     if reason is None:
         assert "not guarded by blocker's rsyslog drop-in" not in daemon.stderr()
     else:
-        daemon.wait_log(f"is not guarded by blocker's rsyslog drop-in, so local users may forge "
-                        f"LOG lines in it (see README, 'Only the kernel can write'): {reason}")
+        daemon.wait_log(
+            f"is not guarded by blocker's rsyslog drop-in, so local users may forge "
+            f"LOG lines in it (see README, 'Only the kernel can write'): {reason}"
+        )
 
 
-def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(
-        daemon: Blockerd) -> None:
+def test_a_reload_that_changes_log_level_reopens_the_source_where_it_was(daemon: Blockerd) -> None:
     assert daemon.notify is not None
     daemon.notify.wait_for("READY=1")
     daemon.append(synack_train(ATTACKER, count=3))

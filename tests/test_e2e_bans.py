@@ -46,8 +46,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 def synack_v4(lab: Lab, source: str, count: int = 8) -> None:
     """hping3: unsolicited SYN/ACKs from `source` (an address of the attacker)."""
-    lab.attacker.run("hping3", "-S", "-A", "-c", str(count), "-i", "u200000", "-p", SYNACK_PORT,
-                     "-a", source, SERVER_ATT_V4, check=False, timeout=30)
+    lab.attacker.run(
+        "hping3",
+        "-S",
+        "-A",
+        "-c",
+        str(count),
+        "-i",
+        "u200000",
+        "-p",
+        SYNACK_PORT,
+        "-a",
+        source,
+        SERVER_ATT_V4,
+        check=False,
+        timeout=30,
+    )
 
 
 def listed(daemon: Blockerd) -> dict[str, str]:
@@ -63,8 +77,22 @@ def test_unsolicited_synack_is_banned_in_the_kernel_and_unban_lifts_it(lab: Lab)
 
         synack_v4(lab, ATTACKER_V4)
         must(lambda: daemon.banned(ATTACKER_V4), f"{ATTACKER_V4} in {daemon.set4}")
-        lab.attacker.run("nping", "-6", "--tcp", "--flags", "syn,ack", "-p", SYNACK_PORT,
-                         "-c", "8", "--delay", "200ms", SERVER_ATT_V6, check=False, timeout=30)
+        lab.attacker.run(
+            "nping",
+            "-6",
+            "--tcp",
+            "--flags",
+            "syn,ack",
+            "-p",
+            SYNACK_PORT,
+            "-c",
+            "8",
+            "--delay",
+            "200ms",
+            SERVER_ATT_V6,
+            check=False,
+            timeout=30,
+        )
         must(lambda: daemon.banned(ATTACKER_V6), f"{ATTACKER_V6} in {daemon.set6}")
         assert listed(daemon) == {ATTACKER_V4: "probes", ATTACKER_V6: "probes"}
 
@@ -85,7 +113,9 @@ def test_unsolicited_synack_is_banned_in_the_kernel_and_unban_lifts_it(lab: Lab)
         assert isinstance(explained, dict)
         assert explained["banned_by"] == []
         assert {name: jail["score"] for name, jail in explained["jails"].items()} == {
-            "probes": 0, "scans": 0}
+            "probes": 0,
+            "scans": 0,
+        }
 
 
 def test_the_hosts_own_resets_ban_their_destination(lab: Lab) -> None:
@@ -97,8 +127,12 @@ def test_the_hosts_own_resets_ban_their_destination(lab: Lab) -> None:
         must(lambda: daemon.banned(prober), f"{prober} in {daemon.set4}")
         lab.mark()
         log = [lab.rsyslog.kern_log]
-        resets = count_lines(log, f"{daemon.tag} UNKNOWN_OUTGOING: IN= OUT=",
-                             f"SRC={SERVER_ATT_V4} DST={prober} ", " RST URGP=")
+        resets = count_lines(
+            log,
+            f"{daemon.tag} UNKNOWN_OUTGOING: IN= OUT=",
+            f"SRC={SERVER_ATT_V4} DST={prober} ",
+            " RST URGP=",
+        )
         assert resets >= 5, "the bans must come from the host's own RST lines"
         assert count_lines(log, daemon.tag, f"SRC={prober} ") == 0, "no inbound line logged"
         assert listed(daemon) == {prober: "probes"}
@@ -112,10 +146,11 @@ def test_nmap_scans_are_banned_and_a_stray_visitor_is_not(lab: Lab) -> None:
     _, scanner6 = lab.add_attacker_address(72)
     with lab.blockerd() as daemon:
         common = ("-Pn", "-n", "-p", "1000-1020", "-T4", "--max-retries", "0", "-e", lab.att_if)
-        runs = [lab.attacker.spawn("nmap", kind, *common, "-S", source, SERVER_ATT_V4)
-                for kind, source in scanners.items()]
-        runs.append(lab.attacker.spawn("nmap", "-6", "-sS", *common, "-S", scanner6,
-                                       SERVER_ATT_V6))
+        runs = [
+            lab.attacker.spawn("nmap", kind, *common, "-S", source, SERVER_ATT_V4)
+            for kind, source in scanners.items()
+        ]
+        runs.append(lab.attacker.spawn("nmap", "-6", "-sS", *common, "-S", scanner6, SERVER_ATT_V6))
         for run in runs:
             _out, err = run.communicate(timeout=60)
             assert run.returncode == 0, err
@@ -140,10 +175,13 @@ def test_nmap_scans_are_banned_and_a_stray_visitor_is_not(lab: Lab) -> None:
 def test_forged_kernel_lines_never_reach_kern_log(lab: Lab) -> None:
     forged_source, kmsg_source = "198.51.100.99", "198.51.100.98"
     with lab.blockerd() as daemon:
+
         def forged(source: str) -> str:
-            return (f"{daemon.tag} INVALID IN={lab.att_if} OUT= SRC={source} "
-                    f"DST={SERVER_ATT_V4} LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID=1 PROTO=TCP "
-                    f"SPT=1234 DPT={SYNACK_PORT} WINDOW=512 RES=0x00 ACK SYN URGP=0")
+            return (
+                f"{daemon.tag} INVALID IN={lab.att_if} OUT= SRC={source} "
+                f"DST={SERVER_ATT_V4} LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID=1 PROTO=TCP "
+                f"SPT=1234 DPT={SYNACK_PORT} WINDOW=512 RES=0x00 ACK SYN URGP=0"
+            )
 
         stamp = time.strftime("%b %e %H:%M:%S")
         for _ in range(10):
@@ -159,8 +197,12 @@ def test_forged_kernel_lines_never_reach_kern_log(lab: Lab) -> None:
         assert count_lines(kern_logs, f"SRC={kmsg_source} ") == 0
         jails = daemon.status()["jails"]
         assert isinstance(jails, dict)
-        counted = {f"{name}/{flt}": n for name, jail in jails.items()
-                   for flt, n in jail["hits"].items() if n}
+        counted = {
+            f"{name}/{flt}": n
+            for name, jail in jails.items()
+            for flt, n in jail["hits"].items()
+            if n
+        }
         assert counted == {}, "no line of this test may count"
         assert not daemon.banned(forged_source)
         assert not daemon.banned(kmsg_source)
@@ -172,9 +214,11 @@ def test_a_crash_report_quoting_a_forged_record_never_reaches_kern_log(lab: Lab)
     part after the newline as a kernel line of its own. The shipped drop-in drops it."""
     forged_source = "198.51.100.97"
     with lab.blockerd() as daemon:
-        record = (f"{daemon.tag} INVALID IN={lab.att_if} OUT= SRC={forged_source} "
-                  f"DST={SERVER_ATT_V4} LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID=1 PROTO=TCP "
-                  f"SPT=1234 DPT={SYNACK_PORT} WINDOW=512 RES=0x00 ACK SYN URGP=0 ")
+        record = (
+            f"{daemon.tag} INVALID IN={lab.att_if} OUT= SRC={forged_source} "
+            f"DST={SERVER_ATT_V4} LEN=40 TOS=0x00 PREC=0x00 TTL=64 ID=1 PROTO=TCP "
+            f"SPT=1234 DPT={SYNACK_PORT} WINDOW=512 RES=0x00 ACK SYN URGP=0 "
+        )
         with exception_trace(), crashing_program(record) as program:
             reported = 0
             for _ in range(8):  # more than enough to ban, were the lines let through
@@ -196,7 +240,7 @@ def test_ban_through_the_traditional_timestamp_format(lab: Lab) -> None:
         must(lambda: daemon.banned(source), f"{source} in {daemon.set4}")
         assert listed(daemon) == {source: "probes"}
     traditional = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: ")
-    lines = [line for line in lab.rsyslog.kern_trad.read_text().splitlines()
-             if f"SRC={source} " in line]
+    lines = [
+        line for line in lab.rsyslog.kern_trad.read_text().splitlines() if f"SRC={source} " in line
+    ]
     assert lines and all(traditional.match(line) for line in lines)
-

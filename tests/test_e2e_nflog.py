@@ -24,13 +24,16 @@ def test_spoofed_synacks_and_a_scan_are_banned_through_nflog() -> None:
             sender = RawSender()
         try:
             for i in range(6):
-                sender.send(with_checksums(ipv4(prober4, SERVER_V4, 6,
-                                                tcp_header(443, 40000 + i, "SA"))))
-                sender.send(with_checksums(ipv6(prober6, SERVER_V6, 6,
-                                                tcp_header(443, 40000 + i, "SA"))))
+                sender.send(
+                    with_checksums(ipv4(prober4, SERVER_V4, 6, tcp_header(443, 40000 + i, "SA")))
+                )
+                sender.send(
+                    with_checksums(ipv6(prober6, SERVER_V6, 6, tcp_header(443, 40000 + i, "SA")))
+                )
             for port in range(1000, 1008):
-                sender.send(with_checksums(ipv4(scanner, SERVER_V4, 6,
-                                                tcp_header(5555, port, "S"))))
+                sender.send(
+                    with_checksums(ipv4(scanner, SERVER_V4, 6, tcp_header(5555, port, "S")))
+                )
         finally:
             sender.close()
         for address in (prober4, prober6, scanner):
@@ -38,7 +41,10 @@ def test_spoofed_synacks_and_a_scan_are_banned_through_nflog() -> None:
         rows = daemon.ctl_json("list", "--json")
         assert isinstance(rows, list)
         assert {r["target"]: r["jail"] for r in rows} == {
-            prober4: "probes", prober6: "probes", scanner: "scans"}
+            prober4: "probes",
+            prober6: "probes",
+            scanner: "scans",
+        }
         status = daemon.status()
         sources = status["sources"]
         assert isinstance(sources, list) and len(sources) == 1
@@ -51,14 +57,19 @@ def test_a_flood_is_survived_and_counted() -> None:
     """A flood of SYN/ACKs from an allowlisted network (so the flood is never banned away and
     every packet is logged) fills the socket; blockerd counts overruns, keeps answering and
     still bans the prober sent after it."""
-    with (linked_pair("blknf") as (server, client),
-          nflog_blockerd(server, allow=["198.51.100.0/24"]) as daemon):
+    with (
+        linked_pair("blknf") as (server, client),
+        nflog_blockerd(server, allow=["198.51.100.0/24"]) as daemon,
+    ):
         with inside(client.name):
             sender = RawSender()
         try:
-            packets = [with_checksums(ipv4(f"198.51.100.{i % 200}", SERVER_V4, 6,
-                                           tcp_header(443, 20000 + i, "SA")))
-                       for i in range(2000)]
+            packets = [
+                with_checksums(
+                    ipv4(f"198.51.100.{i % 200}", SERVER_V4, 6, tcp_header(443, 20000 + i, "SA"))
+                )
+                for i in range(2000)
+            ]
             deadline = time.monotonic() + 3
             sent = 0
             while time.monotonic() < deadline:
@@ -66,8 +77,11 @@ def test_a_flood_is_survived_and_counted() -> None:
                     sender.send(packet)
                 sent += len(packets)
             for i in range(6):
-                sender.send(with_checksums(ipv4("192.0.2.250", SERVER_V4, 6,
-                                                tcp_header(443, 30000 + i, "SA"))))
+                sender.send(
+                    with_checksums(
+                        ipv4("192.0.2.250", SERVER_V4, 6, tcp_header(443, 30000 + i, "SA"))
+                    )
+                )
         finally:
             sender.close()
         must(lambda: daemon.banned("192.0.2.250"), "the prober after the flood", timeout=30)

@@ -42,8 +42,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def synack_v4(lab: Lab, source: str, count: int = 8, interval: str = "u200000") -> None:
-    lab.attacker.run("hping3", "-S", "-A", "-c", str(count), "-i", interval, "-p", "40000",
-                     "-a", source, SERVER_ATT_V4, check=False, timeout=60)
+    lab.attacker.run(
+        "hping3",
+        "-S",
+        "-A",
+        "-c",
+        str(count),
+        "-i",
+        interval,
+        "-p",
+        "40000",
+        "-a",
+        source,
+        SERVER_ATT_V4,
+        check=False,
+        timeout=60,
+    )
 
 
 def rule_is_first(daemon: Blockerd, family: int) -> bool:
@@ -53,8 +67,11 @@ def rule_is_first(daemon: Blockerd, family: int) -> bool:
 def ours(daemon: Blockerd, family: int) -> list[int]:
     """1-based positions of blockerd's rule in the server's INPUT chain."""
     name = daemon.set6 if family == 6 else daemon.set4
-    return [n for n, rule in enumerate(input_rules(daemon.lab.server, family), start=1)
-            if f"--match-set {name} src" in rule]
+    return [
+        n
+        for n, rule in enumerate(input_rules(daemon.lab.server, family), start=1)
+        if f"--match-set {name} src" in rule
+    ]
 
 
 def test_the_drop_rule_comes_back_first_and_once(lab: Lab) -> None:
@@ -74,17 +91,23 @@ def test_the_drop_rule_comes_back_first_and_once(lab: Lab) -> None:
         for command in tampering:
             family = 6 if command[0] == "ip6tables" else 4
             lab.server.run(*command)
-            must(partial(rule_is_first, daemon, family),
-                 f"rule #1 of INPUT (IPv{family}) again after {' '.join(command)}", timeout=5)
+            must(
+                partial(rule_is_first, daemon, family),
+                f"rule #1 of INPUT (IPv{family}) again after {' '.join(command)}",
+                timeout=5,
+            )
         # Each change was seen and repaired once (the daemon's log), and stays repaired.
-        must(lambda: daemon.stderr().count("firewall repaired") == len(tampering),
-             "one repair per change")
+        must(
+            lambda: daemon.stderr().count("firewall repaired") == len(tampering),
+            "one repair per change",
+        )
         time.sleep(2.5)  # two more check intervals: still exactly one copy, no more repairs
         assert daemon.stderr().count("firewall repaired") == len(tampering)
         assert ours(daemon, 4) == [1] and ours(daemon, 6) == [1]
         assert input_rules(lab.server, 4)[1] == "-A INPUT -p icmp -j ACCEPT"
         assert not tcp_open(lab.attacker, SERVER_ATT_V4, SERVICE_PORT, source=source), (
-            "the banned attacker is dropped again")
+            "the banned attacker is dropped again"
+        )
         assert daemon.banned(source)
 
 
@@ -122,11 +145,14 @@ class _watch_absence:
     """Poll `ipset list` in a child process while blockerd restarts; note any absence."""
 
     def __init__(self, daemon: Blockerd, address: str, gone: list[int]) -> None:
-        script = (f"while :; do ipset list {daemon.set4} | grep -q '^{address} ' || echo gone; "
-                  "sleep 0.02; done")
+        script = (
+            f"while :; do ipset list {daemon.set4} | grep -q '^{address} ' || echo gone; "
+            "sleep 0.02; done"
+        )
         self.gone = gone
-        self.process = subprocess.Popen(daemon.lab.server.argv("sh", "-c", script),
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            daemon.lab.server.argv("sh", "-c", script), stdout=subprocess.PIPE, text=True
+        )
 
     def stop(self) -> None:
         self.process.kill()
@@ -155,13 +181,16 @@ def test_kill9_during_a_burst_leaves_usable_state_and_loses_no_ban(lab: Lab) -> 
         daemon.log_path = burst
         daemon.start()
         offenders = [f"198.51.100.{host}" for host in range(100, 160)]
-        lines = [line for address in offenders
-                 for line in _offender_lines(daemon.tag, address, 10).splitlines(keepends=True)]
+        lines = [
+            line
+            for address in offenders
+            for line in _offender_lines(daemon.tag, address, 10).splitlines(keepends=True)
+        ]
         assert daemon.process is not None
         pid = daemon.process.pid  # `ip netns exec` execs blockerd: same pid
         with burst.open("a") as log:
             for index in range(0, len(lines), 10):
-                log.writelines(lines[index:index + 10])
+                log.writelines(lines[index : index + 10])
                 log.flush()
                 if index == len(lines) // 2:
                     os.kill(pid, signal.SIGKILL)
@@ -170,8 +199,9 @@ def test_kill9_during_a_burst_leaves_usable_state_and_loses_no_ban(lab: Lab) -> 
         state = daemon.tmp / "state" / "state.sqlite"
         with sqlite3.connect(state) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-            saved = db.execute("SELECT data FROM positions WHERE source = ?",
-                               (f"kernlog:{burst}",)).fetchone()
+            saved = db.execute(
+                "SELECT data FROM positions WHERE source = ?", (f"kernlog:{burst}",)
+            ).fetchone()
         db.close()
         assert saved is not None, "blockerd saved no position before kill -9"
         offset = json.loads(saved[0])["offset"]
@@ -180,8 +210,10 @@ def test_kill9_during_a_burst_leaves_usable_state_and_loses_no_ban(lab: Lab) -> 
 
         daemon.start()
         must(lambda: all(daemon.banned(a) for a in offenders), "all 60 offenders banned")
-        must(lambda: daemon.hits("probes", "unsolicited_synack") >= len(lines) - done,
-             "blockerd reads the rest")
+        must(
+            lambda: daemon.hits("probes", "unsolicited_synack") >= len(lines) - done,
+            "blockerd reads the rest",
+        )
         assert daemon.hits("probes", "unsolicited_synack") == len(lines) - done
 
 
@@ -212,14 +244,27 @@ def test_rotation_mid_attack_loses_and_repeats_no_line(lab: Lab) -> None:
     kern_log = rsyslog.kern_log
     rotated, copied = Path(f"{kern_log}.1"), Path(f"{kern_log}.copy")
     with lab.blockerd(threshold=100000) as daemon:
+
         def source_health() -> dict[str, object]:
             sources = daemon.status()["sources"]
             assert isinstance(sources, list) and len(sources) == 1
             return sources[0]  # type: ignore[no-any-return]
 
         needles = (daemon.tag, f"SRC={source} ", " ACK SYN URGP=")
-        stream = lab.attacker.spawn("hping3", "-S", "-A", "-c", "300", "-i", "u10000", "-p",
-                                    "40000", "-a", source, SERVER_ATT_V4)
+        stream = lab.attacker.spawn(
+            "hping3",
+            "-S",
+            "-A",
+            "-c",
+            "300",
+            "-i",
+            "u10000",
+            "-p",
+            "40000",
+            "-a",
+            source,
+            SERVER_ATT_V4,
+        )
         must(lambda: count_lines([kern_log], *needles) >= 50, "the stream reaches kern.log")
 
         # (a) rename + HUP: rsyslog reopens kern.log by name.
@@ -247,8 +292,10 @@ def test_rotation_mid_attack_loses_and_repeats_no_line(lab: Lab) -> None:
         assert written == count_lines([rsyslog.kern_trad], *needles), "no line lost by rsyslog"
         assert written >= 250, f"only {written} lines: the stream did not flow"
         assert count_lines([copied], *needles) > 0 and count_lines([kern_log], *needles) > 0
-        must(lambda: daemon.hits("probes", "unsolicited_synack") >= written,
-             f"blockerd counts {written} lines")
+        must(
+            lambda: daemon.hits("probes", "unsolicited_synack") >= written,
+            f"blockerd counts {written} lines",
+        )
         time.sleep(1)  # a late duplicate would show up now
         assert daemon.hits("probes", "unsolicited_synack") == written
         assert not daemon.banned(source)

@@ -58,8 +58,7 @@ def topology() -> Iterator[tuple[Namespace, Namespace, Namespace]]:
 def forge(sender: RawSender, source: str) -> None:
     """8 SYN/ACKs and a SYN scan of 8 closed ports, all 'from' `source`."""
     for i in range(8):
-        sender.send(with_checksums(ipv4(source, SERVER_SPOOF, 6,
-                                        tcp_header(443, 41000 + i, "SA"))))
+        sender.send(with_checksums(ipv4(source, SERVER_SPOOF, 6, tcp_header(443, 41000 + i, "SA"))))
     for port in range(2000, 2008):
         sender.send(with_checksums(ipv4(source, SERVER_SPOOF, 6, tcp_header(5555, port, "S"))))
 
@@ -83,12 +82,15 @@ def test_a_live_peer_survives_forged_evidence_and_the_others_are_banned() -> Non
             forge(sender, PEER)
             forge(sender, NO_SESSION)
             for port in range(3000, 3008):  # the spoofer scanning in its own name
-                sender.send(with_checksums(ipv4(SPOOFER, SERVER_SPOOF, 6,
-                                                tcp_header(6666, port, "S"))))
+                sender.send(
+                    with_checksums(ipv4(SPOOFER, SERVER_SPOOF, 6, tcp_header(6666, port, "S")))
+                )
             must(lambda: daemon.banned(NO_SESSION), "the forged address without a session")
             must(lambda: daemon.banned(SPOOFER), "the real scanner")
-            must(lambda: daemon.status()["spared_live_peers"] == 2,
-                 "the SYN/ACK ban and the scan ban of the peer, both refused")
+            must(
+                lambda: daemon.status()["spared_live_peers"] == 2,
+                "the SYN/ACK ban and the scan ban of the peer, both refused",
+            )
             status = daemon.status()
             assert status["conntrack"] == "ok"
             time.sleep(1.5)  # more than rule_check_interval: the kernel has what it will have
@@ -108,8 +110,10 @@ def test_a_live_peer_survives_forged_evidence_and_the_others_are_banned() -> Non
 
 def test_with_the_check_off_the_same_forgery_locks_the_peer_out() -> None:
     """The threat the check answers, shown for real: spare_live_peers = 0."""
-    with topology() as (server, peer, spoofer), \
-            nflog_blockerd(server, spare_live_peers=0) as daemon:
+    with (
+        topology() as (server, peer, spoofer),
+        nflog_blockerd(server, spare_live_peers=0) as daemon,
+    ):
         with inside(peer.name):
             session = socket.create_connection((SERVER_PEER, SERVICE_PORT), timeout=3)
         with inside(spoofer.name):

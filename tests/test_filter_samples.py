@@ -38,8 +38,11 @@ KNOWN_BUGS: list[tuple[re.Pattern[str], str]] = []
 
 
 def known_bug(line: str) -> list[pytest.MarkDecorator]:
-    return [pytest.mark.xfail(strict=True, reason=reason)
-            for shape, reason in KNOWN_BUGS if shape.search(line)]
+    return [
+        pytest.mark.xfail(strict=True, reason=reason)
+        for shape, reason in KNOWN_BUGS
+        if shape.search(line)
+    ]
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
             if expect is not None:
                 problems.append(f"{where}: two '# expect' lines in a row")
             try:
-                parsed = json.loads(raw[len(_EXPECT):])
+                parsed = json.loads(raw[len(_EXPECT) :])
             except ValueError as exc:
                 problems.append(f"{where}: '# expect' is not JSON: {exc}")
                 parsed = {}
@@ -81,8 +84,15 @@ def read_samples(path: Path) -> tuple[list[Sample], list[str]]:
             problems.append(f"{where}: sample line without a '# expect' line before it")
             continue
         offender = expect.get("offender")
-        samples.append(Sample(path.stem, lineno, raw, expect.get("match") is True,
-                              offender if isinstance(offender, str) else None))
+        samples.append(
+            Sample(
+                path.stem,
+                lineno,
+                raw,
+                expect.get("match") is True,
+                offender if isinstance(offender, str) else None,
+            )
+        )
         expect = None
     if expect is not None:
         problems.append(f"{path.name}: '# expect' at the end of the file with no line after it")
@@ -193,8 +203,13 @@ def test_format_checker_rejects_bad_files(tmp_path: Path) -> None:
     )
     samples, problems = read_samples(bad)
     assert len(samples) == 3
-    assert [p.split(": ", 1)[0] for p in problems] == ["x.log:2", "x.log:3", "x.log:5",
-                                                        "x.log:7", "x.log"]
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "x.log:2",
+        "x.log:3",
+        "x.log:5",
+        "x.log:7",
+        "x.log",
+    ]
 
 
 # ---- properties every filter shares, checked across the whole sample corpus ----------
@@ -223,7 +238,7 @@ def _prefix_start(line: str) -> int:
 def _forged(line: str) -> str:
     """The same record written by a user process: a syslog tag other than 'kernel:'."""
     tag = line.find(" kernel: ")
-    body = line[tag + len(" kernel: "):] if tag >= 0 else line
+    body = line[tag + len(" kernel: ") :] if tag >= 0 else line
     return f"Nov 22 02:04:54 host sshd[1]: Invalid user kernel: {body}"
 
 
@@ -236,8 +251,9 @@ def _variants() -> list[object]:
         start = _prefix_start(sample.line)
         for word in _IGNORED_PREFIXES:
             line = sample.line[:start] + word + sample.line[start:]
-            params.append(pytest.param(line, id=f"{sample.id}:{word.strip()}",
-                                       marks=known_bug(line)))
+            params.append(
+                pytest.param(line, id=f"{sample.id}:{word.strip()}", marks=known_bug(line))
+            )
     return params
 
 
@@ -247,8 +263,9 @@ def test_accept_allow_audit_prefixes_match_no_filter(line: str) -> None:
         assert verdict(flt, line) == (False, None), flt.name
 
 
-@pytest.mark.parametrize("sample", [s for s in SAMPLES if s.match],
-                         ids=[s.id for s in SAMPLES if s.match])
+@pytest.mark.parametrize(
+    "sample", [s for s in SAMPLES if s.match], ids=[s.id for s in SAMPLES if s.match]
+)
 def test_forged_variants_are_refused(sample: Sample) -> None:
     traditional = _forged(sample.line)
     rfc3339 = traditional.replace("Nov 22 02:04:54", "2026-11-22T02:04:54Z")

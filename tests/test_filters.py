@@ -35,12 +35,17 @@ def write(directory: Path, text: str, name: str = "x.toml") -> Path:
     [
         ('name = "x"\nnmae = "y"\n[match]\nproto = ["TCP"]\n', "nmae", "unknown key"),
         ('name = "x"\n[match]\ndports = [22]\n', "match.dports", "unknown key"),
-        ('name = "x"\n[match]\nproto = ["TCP"]\n[ignore]\nproto = ["UDP"]\n', "ignore.proto",
-         "unknown key"),
-        ('name = "x"\n[match]\nprefix = "(unclosed"\n', "match.prefix",
-         "bad regular expression"),
-        ('name = "x"\n[match]\nproto = ["TCP"]\n[ignore]\nprefix = "[z-a]"\n', "ignore.prefix",
-         "bad regular expression"),
+        (
+            'name = "x"\n[match]\nproto = ["TCP"]\n[ignore]\nproto = ["UDP"]\n',
+            "ignore.proto",
+            "unknown key",
+        ),
+        ('name = "x"\n[match]\nprefix = "(unclosed"\n', "match.prefix", "bad regular expression"),
+        (
+            'name = "x"\n[match]\nproto = ["TCP"]\n[ignore]\nprefix = "[z-a]"\n',
+            "ignore.prefix",
+            "bad regular expression",
+        ),
         ('name = "x"\n[match]\nprefix = 5\n', "match.prefix", "regular expression string"),
         ('name = "x"\n[match]\nflags = ["SYNN"]\n', "match.flags", "unknown TCP flag"),
         ('name = "x"\n[match]\nflags_all = ["syn"]\n', "match.flags_all", "unknown TCP flag"),
@@ -56,17 +61,22 @@ def write(directory: Path, text: str, name: str = "x.toml") -> Path:
         ('name = "x"\nmatch = 3\n', "match", "must be a table"),
         ('name = "Bad Name"\n[match]\nproto = ["TCP"]\n', "name", "lowercase"),
         ('name = 7\n[match]\nproto = ["TCP"]\n', "name", "lowercase"),
-        ('name = "x"\ndescription = 1\n[match]\nproto = ["TCP"]\n', "description",
-         "must be a string"),
+        (
+            'name = "x"\ndescription = 1\n[match]\nproto = ["TCP"]\n',
+            "description",
+            "must be a string",
+        ),
         ('name = "x"\noffender = "both"\n[match]\nproto = ["TCP"]\n', "offender", "'src' or 'dst'"),
         ('name = "x"\nweight = 0\n[match]\nproto = ["TCP"]\n', "weight", "> 0"),
         ('name = "x"\nweight = 1001\n[match]\nproto = ["TCP"]\n', "weight", "<= 1000"),
         ('name = "x"\nweight = "1"\n[match]\nproto = ["TCP"]\n', "weight", "must be a number"),
         ('name = "x"\nweight = true\n[match]\nproto = ["TCP"]\n', "weight", "must be a number"),
-        ('name = "x"\ndistinct = ["port"]\n[match]\nproto = ["TCP"]\n', "distinct",
-         "unknown field 'port'"),
-        ('name = "x"\ndistinct = [1]\n[match]\nproto = ["TCP"]\n', "distinct",
-         "list of strings"),
+        (
+            'name = "x"\ndistinct = ["port"]\n[match]\nproto = ["TCP"]\n',
+            "distinct",
+            "unknown field 'port'",
+        ),
+        ('name = "x"\ndistinct = [1]\n[match]\nproto = ["TCP"]\n', "distinct", "list of strings"),
         ('name = "x"\n[match]\ndirection = ["inbound"]\n', "match.direction", "'in', 'out'"),
         ('name = "x"\n[match]\nproto = [["TCP"]]\n', "match.proto", "list of strings"),
         ('name = "x"\n[match]\ndst_unicast = "yes"\n', "match.dst_unicast", "true or false"),
@@ -76,8 +86,7 @@ def write(directory: Path, text: str, name: str = "x.toml") -> Path:
         ('name = "x"\nname = "y"\n[match]\nproto = ["TCP"]\n', "(syntax)", ""),
     ],
 )
-def test_loader_errors_name_file_and_key(tmp_path: Path, text: str, key: str, reason: str
-                                         ) -> None:
+def test_loader_errors_name_file_and_key(tmp_path: Path, text: str, key: str, reason: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(FilterError) as caught:
         load_filter(path)
@@ -162,7 +171,12 @@ def test_offender_is_src_or_dst_and_the_hit_carries_time_jail_weight() -> None:
     hit = Matcher("probes", [(filters["unsolicited_synack"], 2.5)]).match(packet(synack()))
     assert hit is not None
     assert (str(hit.offender), hit.jail, hit.filter, hit.weight, hit.time) == (
-        PROBER4, "probes", "unsolicited_synack", 2.5, BASE)
+        PROBER4,
+        "probes",
+        "unsolicited_synack",
+        2.5,
+        BASE,
+    )
     assert hit.distinct_key is None
     rst = one(filters["outgoing_rst"]).match(packet(outgoing_rst()))
     assert rst is not None and str(rst.offender) == PROBER4
@@ -177,8 +191,9 @@ def test_distinct_key_follows_the_filter_fields() -> None:
 
 def test_chain_order_first_match_wins(tmp_path: Path) -> None:
     broad = load_filter(write(tmp_path, 'name = "broad"\n[match]\nproto = ["TCP"]\n', "a.toml"))
-    narrow = load_filter(write(tmp_path, 'name = "narrow"\n[match]\nflags = ["SYN", "ACK"]\n',
-                               "b.toml"))
+    narrow = load_filter(
+        write(tmp_path, 'name = "narrow"\n[match]\nflags = ["SYN", "ACK"]\n', "b.toml")
+    )
     line = packet(synack())
     first = Matcher("j", [(narrow, 1.0), (broad, 1.0)]).match(line)
     second = Matcher("j", [(broad, 1.0), (narrow, 1.0)]).match(line)
@@ -190,24 +205,41 @@ def test_ports_ranges_and_protocol_numbers(tmp_path: Path) -> None:
     ports = load_filter(write(tmp_path, 'name = "p"\n[match]\ndport = [22, "1000-1002"]\n'))
     matcher = one(ports)
     # Same signature, different ports: the per-signature cache must not decide ports.
-    verdicts = {dpt: matcher.match(packet(syn(dpt=dpt))) is not None
-                for dpt in (21, 22, 23, 999, 1000, 1002, 1003)}
-    assert verdicts == {21: False, 22: True, 23: False, 999: False, 1000: True, 1002: True,
-                        1003: False}
-    numbers = load_filter(write(tmp_path, 'name = "n"\n[match]\nproto = [47, "TCP"]\n',
-                                "n.toml"))
+    verdicts = {
+        dpt: matcher.match(packet(syn(dpt=dpt))) is not None
+        for dpt in (21, 22, 23, 999, 1000, 1002, 1003)
+    }
+    assert verdicts == {
+        21: False,
+        22: True,
+        23: False,
+        999: False,
+        1000: True,
+        1002: True,
+        1003: False,
+    }
+    numbers = load_filter(write(tmp_path, 'name = "n"\n[match]\nproto = [47, "TCP"]\n', "n.toml"))
     assert numbers.proto == frozenset({"47", "TCP"})
 
 
 def test_dst_unicast_ignores_multicast_broadcast_and_unspecified(tmp_path: Path) -> None:
     flt = load_filter(write(tmp_path, 'name = "u"\n[match]\ndst_unicast = true\n'))
     matcher = one(flt)
-    verdicts = {dst: matcher.match(packet(tcp_line(PROBER4, dst, "SYN"))) is not None
-                for dst in (HOST4, "224.0.0.1", "192.0.2.255", "0.0.0.0", "255.255.255.255")}
-    assert verdicts == {HOST4: True, "224.0.0.1": False, "192.0.2.255": False, "0.0.0.0": False,
-                        "255.255.255.255": False}
-    v6 = {dst: matcher.match(packet(tcp_line("2001:db8::42", dst, "SYN"))) is not None
-          for dst in ("2001:db8::10", "ff02::1", "::")}
+    verdicts = {
+        dst: matcher.match(packet(tcp_line(PROBER4, dst, "SYN"))) is not None
+        for dst in (HOST4, "224.0.0.1", "192.0.2.255", "0.0.0.0", "255.255.255.255")
+    }
+    assert verdicts == {
+        HOST4: True,
+        "224.0.0.1": False,
+        "192.0.2.255": False,
+        "0.0.0.0": False,
+        "255.255.255.255": False,
+    }
+    v6 = {
+        dst: matcher.match(packet(tcp_line("2001:db8::42", dst, "SYN"))) is not None
+        for dst in ("2001:db8::10", "ff02::1", "::")
+    }
     assert v6 == {"2001:db8::10": True, "ff02::1": False, "::": False}
 
 
@@ -219,8 +251,9 @@ def test_jail_prefix_restricts_the_whole_chain(tmp_path: Path) -> None:
 
 
 def test_ignore_prefix_wins_over_match_prefix(tmp_path: Path) -> None:
-    flt = load_filter(write(tmp_path, 'name = "i"\n[match]\nprefix = "(?i)invalid"\n'
-                            '[ignore]\nprefix = "AUDIT"\n'))
+    flt = load_filter(
+        write(tmp_path, 'name = "i"\n[match]\nprefix = "(?i)invalid"\n[ignore]\nprefix = "AUDIT"\n')
+    )
     matcher = one(flt)
     assert matcher.match(packet(tcp_line(prefix="DROP INVALID "))) is not None
     assert matcher.match(packet(tcp_line(prefix="[UFW AUDIT INVALID] "))) is None

@@ -126,15 +126,15 @@ def pyroute2_listing(ns: Namespace, name: str, family: int) -> dict[Network, int
 
 def test_list_agrees_with_pyroute2s_decoding(ns: Namespace, backend: IpsetBackend) -> None:
     # Enough entries for a dump of many messages, hosts and networks, finite and permanent.
-    bans: list[tuple[Network, float]] = [
-        (IPv6Network(((0x20010DB8 << 96) + i, 128)), 600 + i % 7) for i in range(3000)
-    ] + [(IPv4Network(f"198.51.100.{host}/32"), 900) for host in range(256)] + [
-        (NET, 300), (NET6, math.inf), (ip_network("192.0.2.0/25"), math.inf)]
+    bans: list[tuple[Network, float]] = (
+        [(IPv6Network(((0x20010DB8 << 96) + i, 128)), 600 + i % 7) for i in range(3000)]
+        + [(IPv4Network(f"198.51.100.{host}/32"), 900) for host in range(256)]
+        + [(NET, 300), (NET6, math.inf), (ip_network("192.0.2.0/25"), math.inf)]
+    )
     backend.ban(bans)
     listed = backend.list()
     assert len(listed) == len(bans)
-    reference = pyroute2_listing(ns, backend.sets[4], 4) | pyroute2_listing(
-        ns, backend.sets[6], 6)
+    reference = pyroute2_listing(ns, backend.sets[4], 4) | pyroute2_listing(ns, backend.sets[6], 6)
     assert {target for target, _ in listed} == set(reference) == {target for target, _ in bans}
     for target, seconds in listed:
         if reference[target] == 0:
@@ -143,8 +143,7 @@ def test_list_agrees_with_pyroute2s_decoding(ns: Namespace, backend: IpsetBacken
             assert abs(seconds - reference[target]) <= 2
 
 
-def test_list_batches_is_list_a_slice_at_a_time(ns: Namespace,
-                                                        backend: IpsetBackend) -> None:
+def test_list_batches_is_list_a_slice_at_a_time(ns: Namespace, backend: IpsetBackend) -> None:
     bans: list[tuple[Network, float]] = [
         (IPv6Network(((0x20010DB8 << 96) + (i << 64), 64)), 600) for i in range(5000)
     ] + [(HOST, math.inf)]
@@ -166,8 +165,7 @@ def test_list_batches_is_list_a_slice_at_a_time(ns: Namespace,
     assert len([e for batch in backend.list_batches() for e in batch]) == 5000
 
 
-def test_list_of_a_missing_set_is_empty_not_an_error(ns: Namespace,
-                                                     backend: IpsetBackend) -> None:
+def test_list_of_a_missing_set_is_empty_not_an_error(ns: Namespace, backend: IpsetBackend) -> None:
     backend.ban([(HOST, 600), (HOST6, 600)])
     ns.run("iptables", "-F", "INPUT")
     ns.run("ipset", "destroy", backend.sets[4])

@@ -248,10 +248,20 @@ def test_status_names_the_iptables_variant(
     assert rules["ipv4"]["positions"] == [1]
     assert rules["ipv4"]["in_place"] is True
     assert status["sets"] == {
-        "ipv4": {"name": fw.sets[4], "present": True, "entries": 0, "maxelem": 1_048_576,
-                 "fill": 0.0},
-        "ipv6": {"name": fw.sets[6], "present": True, "entries": 0, "maxelem": 1_048_576,
-                 "fill": 0.0},
+        "ipv4": {
+            "name": fw.sets[4],
+            "present": True,
+            "entries": 0,
+            "maxelem": 1_048_576,
+            "fill": 0.0,
+        },
+        "ipv6": {
+            "name": fw.sets[6],
+            "present": True,
+            "entries": 0,
+            "maxelem": 1_048_576,
+            "fill": 0.0,
+        },
     }
 
 

@@ -103,19 +103,23 @@ def done(seq: int) -> bytes:
 def dump_message(seq: int, entries: list[tuple[Network, int]]) -> bytes:
     """A LIST reply as the kernel sends one: the set's attributes and an ADT of entries."""
     blobs = [ipset_wire.entry(target, timeout) for target, timeout in entries]
-    return ipset_wire.message(ipset_wire.IPSET_CMD_LIST, "blk6-test", socket.AF_INET6, blobs,
-                              seq=seq, protocol=7)
+    return ipset_wire.message(
+        ipset_wire.IPSET_CMD_LIST, "blk6-test", socket.AF_INET6, blobs, seq=seq, protocol=7
+    )
 
 
 def test_list_replies_give_the_entries_and_the_end() -> None:
     first = [(ip_network("2001:db8::1/128"), 600), (ip_network("2001:db8:1:2::/64"), 0)]
     second = [(ip_network("2001:db8::2/128"), 5)]
     data = dump_message(5, first) + ack(4, 0) + dump_message(5, second)
-    assert ipset_wire.list_replies(data, 5) == ([
-        (ip_network("2001:db8::1/128").network_address.packed, 128, 600),
-        (ip_network("2001:db8:1:2::/64").network_address.packed, 64, 0),
-        (ip_network("2001:db8::2/128").network_address.packed, 128, 5),
-    ], None)  # the late ack of seq 4 is skipped; no NLMSG_DONE yet: more follows
+    assert ipset_wire.list_replies(data, 5) == (
+        [
+            (ip_network("2001:db8::1/128").network_address.packed, 128, 600),
+            (ip_network("2001:db8:1:2::/64").network_address.packed, 64, 0),
+            (ip_network("2001:db8::2/128").network_address.packed, 128, 5),
+        ],
+        None,
+    )  # the late ack of seq 4 is skipped; no NLMSG_DONE yet: more follows
     assert ipset_wire.list_replies(done(5), 5) == ([], 0)
     assert ipset_wire.list_replies(ack(5, -errno.ENOENT), 5) == ([], errno.ENOENT)
 

@@ -28,10 +28,23 @@ KEY = b"k" * 32
 T0 = 1_800_000_000.0
 
 
-def ban(target: str = "203.0.113.7", *, expires: float = T0 + 600, event_id: str = "a" * 32,
-        origin: str = "web-1") -> FleetEvent:
-    return FleetEvent("ban", event_id, origin, ip_network(target), "probes", T0, expires,
-                      "score 5.0 >= 5 within 60s")
+def ban(
+    target: str = "203.0.113.7",
+    *,
+    expires: float = T0 + 600,
+    event_id: str = "a" * 32,
+    origin: str = "web-1",
+) -> FleetEvent:
+    return FleetEvent(
+        "ban",
+        event_id,
+        origin,
+        ip_network(target),
+        "probes",
+        T0,
+        expires,
+        "score 5.0 >= 5 within 60s",
+    )
 
 
 def signed(data: object, key: bytes = KEY) -> dict[bytes, bytes]:
@@ -53,8 +66,7 @@ def test_an_entry_decodes_to_the_same_event() -> None:
 
 
 def test_the_payload_carries_the_contract_fields() -> None:
-    assert set(good()) == {"v", "kind", "id", "origin", "target", "jail", "at", "expires",
-                           "reason"}
+    assert set(good()) == {"v", "kind", "id", "origin", "target", "jail", "at", "expires", "reason"}
     assert good()["expires"] == T0 + 600  # absolute epoch seconds, UTC
     assert json.loads(ban(expires=math.inf).payload())["expires"] is None
 
@@ -73,9 +85,18 @@ def test_unsigned_and_badly_signed_entries_are_dropped() -> None:
     assert decode_snapshot(KEY, b"0" * 64 + b" " + single) == "bad_signature"
 
 
-@pytest.mark.parametrize("fields", [
-    None, [], "text", {}, {PAYLOAD_FIELD: 7}, {b"x": b"y"}, {PAYLOAD_FIELD: "str, not bytes"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        None,
+        [],
+        "text",
+        {},
+        {PAYLOAD_FIELD: 7},
+        {b"x": b"y"},
+        {PAYLOAD_FIELD: "str, not bytes"},
+    ],
+)
 def test_wrongly_typed_entries_are_malformed(fields: object) -> None:
     assert decode(KEY, fields) == "malformed"
 
@@ -96,26 +117,46 @@ def test_an_entry_holds_up_to_500_events_and_a_bad_one_costs_only_itself() -> No
         entry(KEY, [*events, ban()])
     mixed = json.dumps([good(), {**good(), "target": "nonsense"}]).encode()
     assert decode(KEY, {PAYLOAD_FIELD: mixed, SIGNATURE_FIELD: sign(KEY, mixed)}) == [
-        ban(), "malformed"]
+        ban(),
+        "malformed",
+    ]
     for shape in (b"[]", b"{}", json.dumps([good()] * 501).encode()):
         assert decode(KEY, {PAYLOAD_FIELD: shape, SIGNATURE_FIELD: sign(KEY, shape)}) == (
-            "malformed")
+            "malformed"
+        )
 
 
 def test_a_long_reason_is_cut_so_the_event_stays_valid() -> None:
-    event = FleetEvent("ban", "a" * 32, "web-1", ip_network("203.0.113.7"), "probes", T0,
-                       T0 + 600, "x" * 5000)
+    event = FleetEvent(
+        "ban", "a" * 32, "web-1", ip_network("203.0.113.7"), "probes", T0, T0 + 600, "x" * 5000
+    )
     [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
     assert isinstance(decoded, FleetEvent) and decoded.reason == "x" * 400
 
 
-@pytest.mark.parametrize("change", [
-    {"v": 2}, {"kind": "nuke"}, {"id": "short"}, {"origin": ""}, {"origin": "a b"},
-    {"target": "203.0.113.7/24"},  # host bits set
-    {"target": "not an address"}, {"target": 7}, {"jail": "Bad Jail"}, {"jail": None},
-    {"reason": 1}, {"reason": "x" * 401}, {"at": "soon"}, {"at": True}, {"at": 1.0},
-    {"expires": "never"}, {"expires": 1e300}, {"expires": float("nan")},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"v": 2},
+        {"kind": "nuke"},
+        {"id": "short"},
+        {"origin": ""},
+        {"origin": "a b"},
+        {"target": "203.0.113.7/24"},  # host bits set
+        {"target": "not an address"},
+        {"target": 7},
+        {"jail": "Bad Jail"},
+        {"jail": None},
+        {"reason": 1},
+        {"reason": "x" * 401},
+        {"at": "soon"},
+        {"at": True},
+        {"at": 1.0},
+        {"expires": "never"},
+        {"expires": 1e300},
+        {"expires": float("nan")},
+    ],
+)
 def test_signed_garbage_is_malformed(change: dict[str, object]) -> None:
     data = {**good(), **change}
     try:
@@ -124,11 +165,12 @@ def test_signed_garbage_is_malformed(change: dict[str, object]) -> None:
         pytest.skip("not JSON")
     assert decode(KEY, fields) == ["malformed"]
     assert decode(KEY, signed({"k": [1] * 10})) == ["malformed"]
-    assert decode(KEY, {PAYLOAD_FIELD: b"{not json", SIGNATURE_FIELD: sign(KEY, b"{not json")}
-                  ) == "malformed"
+    assert (
+        decode(KEY, {PAYLOAD_FIELD: b"{not json", SIGNATURE_FIELD: sign(KEY, b"{not json")})
+        == "malformed"
+    )
     deeper = b"[" * 100_000 + b"]" * 100_000  # Python's JSON parser recurses: RecursionError
-    assert decode(KEY, {PAYLOAD_FIELD: deeper, SIGNATURE_FIELD: sign(KEY, deeper)}) == (
-        "malformed")
+    assert decode(KEY, {PAYLOAD_FIELD: deeper, SIGNATURE_FIELD: sign(KEY, deeper)}) == ("malformed")
 
 
 def ids(n: int) -> list[FleetEvent]:
@@ -173,8 +215,10 @@ def test_own_events_are_echoes_and_others_are_checked() -> None:
     assert decode(KEY, entry(KEY, [mine]), own=None) == [mine]
 
 
-@pytest.mark.parametrize("text", ["fe80::1%eth0", "1.2.3", "2001:db8::1::2", "::ffff:1.2.3",
-                                  " 203.0.113.7", "203.0.113.7 "])
+@pytest.mark.parametrize(
+    "text",
+    ["fe80::1%eth0", "1.2.3", "2001:db8::1::2", "::ffff:1.2.3", " 203.0.113.7", "203.0.113.7 "],
+)
 def test_a_target_that_is_no_address_is_malformed(text: str) -> None:
     assert decode(KEY, signed({**good(), "target": text})) == ["malformed"]
 
@@ -187,11 +231,16 @@ def test_the_inbox_hands_out_at_most_a_slice_per_take() -> None:
     assert inbox.take(0.0, most=4).events == events[4:8]
 
 
-@given(reason=st.text(max_size=600), at=st.floats(946684800, 7258118400),
-       expires=st.one_of(st.just(math.inf), st.floats(946684800, 7258118400)))
+@given(
+    reason=st.text(max_size=600),
+    at=st.floats(946684800, 7258118400),
+    expires=st.one_of(st.just(math.inf), st.floats(946684800, 7258118400)),
+)
 def test_any_reason_and_time_round_trip(reason: str, at: float, expires: float) -> None:
-    event = FleetEvent("ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at,
-                       expires, reason)
+    event = FleetEvent(
+        "ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at, expires, reason
+    )
     [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
-    assert decoded == FleetEvent("ban", "f" * 32, "web-1", ip_network("2001:db8::7"),
-                                 "probes", at, expires, reason[:400])
+    assert decoded == FleetEvent(
+        "ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at, expires, reason[:400]
+    )

@@ -54,7 +54,7 @@ class Host:
 
     def config(self, redis_url: str, key_file: Path, allow: tuple[str, ...] = ()) -> None:
         (self.tmp / "jails.toml").write_text(f"""
-filters_dir = "{REPO / 'filters'}"
+filters_dir = "{REPO / "filters"}"
 [firewall]
 backend = "ipset"
 set_v4 = "{self.set4}"
@@ -77,8 +77,7 @@ publish = ["scans"]
     def firewall(self) -> None:
         for rule in (
             ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
-             "-j", "ACCEPT"],
+            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
             ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
             ["-A", "INPUT", "-p", "tcp", "--syn", "-j", "LOG", "--log-prefix", f"{self.tag} "],
             ["-A", "INPUT", "-p", "tcp", "--syn", "-j", "DROP"],
@@ -88,10 +87,19 @@ publish = ["scans"]
     def start(self) -> None:
         with (self.tmp / "blockerd.err").open("ab") as err:
             self.process = subprocess.Popen(
-                self.ns.argv(str(BIN / "blockerd"), "--config", str(self.tmp / "jails.toml"),
-                             "--state-dir", str(self.tmp / "state"),
-                             "--socket", str(self.tmp / "ctl.sock")),
-                stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
+                self.ns.argv(
+                    str(BIN / "blockerd"),
+                    "--config",
+                    str(self.tmp / "jails.toml"),
+                    "--state-dir",
+                    str(self.tmp / "state"),
+                    "--socket",
+                    str(self.tmp / "ctl.sock"),
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+            )
         must(self._ready, f"blockerd on host {self.name}", timeout=WAIT)
 
     def _ready(self) -> bool:
@@ -102,8 +110,13 @@ publish = ["scans"]
         return done.returncode == 0 and json.loads(done.stdout)["fleet"]["reader"] == "up"
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "blockerctl"), "--socket", str(self.tmp / "ctl.sock"),
-                               *args], capture_output=True, text=True, timeout=20, check=False)
+        return subprocess.run(
+            [str(BIN / "blockerctl"), "--socket", str(self.tmp / "ctl.sock"), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
 
     def stop(self) -> None:
         process, self.process = self.process, None
@@ -142,8 +155,14 @@ def fleet_of_three(tmp: Path) -> Iterator[Fleet]:
         switch.run("ip", "link", "add", "br0", "type", "bridge")
         switch.run("ip", "link", "set", "br0", "up")
         scanner = stack.enter_context(namespace("blkfsc"))
-        _, port = stack.enter_context(veth(scanner, switch, (
-            f"{SCANNER}/24", f"{SCANNER_WHILE_DOWN}/24", f"{SCANNER_ALLOWED_ON_C}/24"), ()))
+        _, port = stack.enter_context(
+            veth(
+                scanner,
+                switch,
+                (f"{SCANNER}/24", f"{SCANNER_WHILE_DOWN}/24", f"{SCANNER_ALLOWED_ON_C}/24"),
+                (),
+            )
+        )
         switch.run("ip", "link", "set", port, "master", "br0")
         redis = stack.enter_context(redis_server())
         key_file = tmp / "fleet.key"
@@ -158,14 +177,15 @@ def fleet_of_three(tmp: Path) -> Iterator[Fleet]:
             home.mkdir()
             host = Host(name, address, ns, home, "BLF" + uuid.uuid4().hex[:6])
             host.firewall()
-            host.config(redis.url, key_file,
-                        (SCANNER_ALLOWED_ON_C,) if name == "c" else ())
+            host.config(redis.url, key_file, (SCANNER_ALLOWED_ON_C,) if name == "c" else ())
             ns.spawn(sys.executable, "-c", _LISTENER, str(SERVICE_PORT))
             hosts[name] = host
             stack.callback(host.stop)
         for host in hosts.values():
-            must(lambda h=host: tcp_open(scanner, h.address, SERVICE_PORT, wait=1,
-                                         source=SCANNER), f"the scanner reaches {host.name}")
+            must(
+                lambda h=host: tcp_open(scanner, h.address, SERVICE_PORT, wait=1, source=SCANNER),
+                f"the scanner reaches {host.name}",
+            )
         for host in hosts.values():
             host.start()
         yield Fleet(hosts, scanner, redis)
@@ -191,10 +211,24 @@ def diagnosed(fleet: Fleet) -> Iterator[None]:
 
 def scan(fleet: Fleet, source: str, target: str) -> None:
     """A SYN scan of 21 closed ports from `source` (nmap -sS, one try each)."""
-    done = fleet.scanner.run("nmap", "-sS", "-Pn", "-n", "-p", "1000-1020", "-T4",
-                             "--max-retries", "0", "-S", source, "-e",
-                             _interface_of(fleet.scanner, source), target, timeout=60,
-                             check=False)
+    done = fleet.scanner.run(
+        "nmap",
+        "-sS",
+        "-Pn",
+        "-n",
+        "-p",
+        "1000-1020",
+        "-T4",
+        "--max-retries",
+        "0",
+        "-S",
+        source,
+        "-e",
+        _interface_of(fleet.scanner, source),
+        target,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -218,7 +252,8 @@ def three_hosts(fleet: Fleet) -> None:
         must(lambda h=host: h.banned(SCANNER), f"{host.name} bans A's scanner", timeout=WAIT)
         assert host.origin(SCANNER) == "fleet:host-a"
         assert not tcp_open(fleet.scanner, host.address, SERVICE_PORT, source=SCANNER), (
-            f"the scanner's packets are dropped by {host.name}")
+            f"the scanner's packets are dropped by {host.name}"
+        )
     assert a.origin(SCANNER) == "auto"
     assert not tcp_open(fleet.scanner, a.address, SERVICE_PORT, source=SCANNER)
 
@@ -230,16 +265,21 @@ def three_hosts(fleet: Fleet) -> None:
     assert tcp_open(fleet.scanner, b.address, SERVICE_PORT, source=SCANNER_WHILE_DOWN)
     fleet.redis.start()
     for host in (b, c):
-        must(lambda h=host: h.banned(SCANNER_WHILE_DOWN),
-             f"{host.name} gets the ban once Redis is back", timeout=40)
+        must(
+            lambda h=host: h.banned(SCANNER_WHILE_DOWN),
+            f"{host.name} gets the ban once Redis is back",
+            timeout=40,
+        )
 
     # An address allowlisted on C: banned on A and B, not on C.
     scan(fleet, SCANNER_ALLOWED_ON_C, a.address)
     must(lambda: a.banned(SCANNER_ALLOWED_ON_C), "A bans the third scanner", timeout=WAIT)
     must(lambda: b.banned(SCANNER_ALLOWED_ON_C), "B too", timeout=WAIT)
-    must(lambda: json.loads(c.ctl("status", "--json").stdout)["fleet"]["remote"]["refused"]
-         >= 1,
-         "C refuses it (allowlisted)", timeout=WAIT)
+    must(
+        lambda: json.loads(c.ctl("status", "--json").stdout)["fleet"]["remote"]["refused"] >= 1,
+        "C refuses it (allowlisted)",
+        timeout=WAIT,
+    )
     assert not c.banned(SCANNER_ALLOWED_ON_C)
     assert tcp_open(fleet.scanner, c.address, SERVICE_PORT, source=SCANNER_ALLOWED_ON_C)
     for host in (a, b, c):

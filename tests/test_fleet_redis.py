@@ -32,31 +32,51 @@ def server() -> Iterator[RedisServer]:
         yield started
 
 
-def event(target: str, i: int = 0, *, kind: str = "ban", origin: str = "h1",
-          expires: float = T0 + 600) -> FleetEvent:
-    return FleetEvent(kind, f"{i:032x}", origin, ip_network(target), "probes",  # type: ignore[arg-type]
-                      T0, expires, "test")
+def event(
+    target: str, i: int = 0, *, kind: str = "ban", origin: str = "h1", expires: float = T0 + 600
+) -> FleetEvent:
+    return FleetEvent(
+        kind,
+        f"{i:032x}",
+        origin,
+        ip_network(target),
+        "probes",  # type: ignore[arg-type]
+        T0,
+        expires,
+        "test",
+    )
 
 
 # -- the transport ---------------------------------------------------------------------------
+
 
 def test_publish_read_and_a_cold_start_snapshot(server: RedisServer) -> None:
     transport = RedisTransport(server.url, key=KEY)
     try:
         assert transport.resume(None) is not None  # no cursor: snapshot (empty)
-        transport.publish([event("203.0.113.1", 1), event("203.0.113.2", 2),
-                           event("2001:db8::/48", 3, expires=math.inf)], time.time())
+        transport.publish(
+            [
+                event("203.0.113.1", 1),
+                event("203.0.113.2", 2),
+                event("2001:db8::/48", 3, expires=math.inf),
+            ],
+            time.time(),
+        )
         transport.publish([event("203.0.113.1", 4, kind="unban")], time.time())
         read = transport.read(START, 0.1, 100)
         decoded = [decode(KEY, fields) for _, fields in read]
         assert [[e.kind for e in d] for d in decoded] == [  # type: ignore[union-attr]
-            ["ban", "ban", "ban"], ["unban"]]
+            ["ban", "ban", "ban"],
+            ["unban"],
+        ]
         assert transport.read(read[-1][0], 0.1, 100) == []
         snapshot = transport.resume(None)
         assert snapshot is not None and snapshot.cursor == read[-1][0]
         events = [decode_snapshot(KEY, v) for v in snapshot.values]
         assert sorted(str(e.target) for e in events if not isinstance(e, str)) == [
-            "2001:db8::/48", "203.0.113.2/32"]
+            "2001:db8::/48",
+            "203.0.113.2/32",
+        ]
         assert transport.resume(read[1][0]) is None, "an untrimmed cursor reads on"
     finally:
         transport.close()
@@ -70,8 +90,7 @@ def test_a_trimmed_cursor_falls_back_to_the_snapshot(server: RedisServer) -> Non
         # Trim by MINID as a later publish would, exactly (not "~"): everything before now.
         client = redis.Redis.from_url(server.url)
         transport.publish([event("203.0.113.2", 2)], time.time())
-        client.execute_command("XTRIM", "blocker:events", "MINID", str(int(time.time() * 1000
-                                                                             ) + 1))
+        client.execute_command("XTRIM", "blocker:events", "MINID", str(int(time.time() * 1000) + 1))
         client.close()
         assert transport.resume(START) is not None
         snapshot = transport.resume(first)
@@ -97,14 +116,35 @@ def test_a_down_or_wrongly_typed_redis_is_a_transport_error(server: RedisServer)
 
 
 # The ACL the README gives: blocker's keys only, only the commands the transport sends.
-ACL = ("~blocker:*", "resetchannels", "-@all", "+xadd", "+xread", "+xrevrange", "+xinfo|stream",
-       "+hset", "+hdel", "+hgetall", "+zadd", "+zrem", "+zrangebyscore", "+multi", "+exec",
-       "+watch", "+unwatch", "+discard", "+ping", "+hello", "+auth")
+ACL = (
+    "~blocker:*",
+    "resetchannels",
+    "-@all",
+    "+xadd",
+    "+xread",
+    "+xrevrange",
+    "+xinfo|stream",
+    "+hset",
+    "+hdel",
+    "+hgetall",
+    "+zadd",
+    "+zrem",
+    "+zrangebyscore",
+    "+multi",
+    "+exec",
+    "+watch",
+    "+unwatch",
+    "+discard",
+    "+ping",
+    "+hello",
+    "+auth",
+)
 
 
 def test_acl_user_and_password(tmp_path: Path) -> None:
-    with redis_server("--user", "default", "off", "--user", "blocker", "on", ">s3cret-pass",
-                      *ACL) as acl:
+    with redis_server(
+        "--user", "default", "off", "--user", "blocker", "on", ">s3cret-pass", *ACL
+    ) as acl:
         with pytest.raises(TransportError):
             RedisTransport(acl.url, key=KEY).read(START, 0.1, 1)
         wrong = RedisTransport(acl.url, key=KEY, username="blocker", password="nope")
@@ -112,16 +152,16 @@ def test_acl_user_and_password(tmp_path: Path) -> None:
             wrong.read(START, 0.1, 1)
         good = RedisTransport(acl.url, key=KEY, username="blocker", password="s3cret-pass")
         good.publish([event("203.0.113.1", 1, expires=time.time() - 1)], time.time())  # prunes
-        good.publish([event("203.0.113.2", 2), event("203.0.113.1", 3, kind="unban")],
-                     time.time())
+        good.publish([event("203.0.113.2", 2), event("203.0.113.1", 3, kind="unban")], time.time())
         read = good.read(START, 0.1, 10)
         assert len(read) == 2
         snapshot = good.resume(None)
         assert snapshot is not None and len(snapshot.values) == 1
         assert good.resume(read[0][0]) is None
         good.close()
-        other = RedisTransport(acl.url, key=KEY, username="blocker", password="s3cret-pass",
-                               prefix="elsewhere")
+        other = RedisTransport(
+            acl.url, key=KEY, username="blocker", password="s3cret-pass", prefix="elsewhere"
+        )
         with pytest.raises(TransportError, match=r"(?i)no permissions"):
             other.read(START, 0.1, 1)
         other.close()
@@ -129,8 +169,16 @@ def test_acl_user_and_password(tmp_path: Path) -> None:
 
 # -- two blockerds ---------------------------------------------------------------------------
 
-def fleet_config(url: str, key_file: Path, host: str, *, allow: str = "",
-                 publish: str = '["probes"]', extra: str = "") -> str:
+
+def fleet_config(
+    url: str,
+    key_file: Path,
+    host: str,
+    *,
+    allow: str = "",
+    publish: str = '["probes"]',
+    extra: str = "",
+) -> str:
     allow_line = f'allow = ["{allow}"]' if allow else ""
     return f"""
 filters_dir = "{FILTERS}"
@@ -243,8 +291,12 @@ def test_garbage_in_the_stream_is_dropped_and_counted(fleet: Fleet) -> None:
     client.close()
     b.wait_ban("203.0.113.30")
     counters = fleet_status(b)["counters"]
-    assert (counters["unsigned"], counters["bad_signature"], counters["oversized"],
-            counters["malformed"]) == (1, 2, 1, 2)
+    assert (
+        counters["unsigned"],
+        counters["bad_signature"],
+        counters["oversized"],
+        counters["malformed"],
+    ) == (1, 2, 1, 2)
     assert {r["target"] for r in b.bans()} == {"203.0.113.30"}
     assert b.alive
 
@@ -257,8 +309,10 @@ def test_unban_fleet_lifts_everywhere_and_a_local_unban_holds(fleet: Fleet) -> N
             other.wait_ban(target)
     assert b.ctl("unban", "--fleet", "203.0.113.40").code == 0
     for daemon in (a, c):
-        poll(lambda d=daemon: "203.0.113.40" not in {r["target"] for r in d.bans()},
-             what="the fleet unban")
+        poll(
+            lambda d=daemon: "203.0.113.40" not in {r["target"] for r in d.bans()},
+            what="the fleet unban",
+        )
     # A local unban on C of A's ban holds there, even when A bans it again.
     assert c.ctl("unban", "203.0.113.41").code == 0
     assert a.ctl("ban", "203.0.113.41", "--for", "2h").code == 0

@@ -35,8 +35,10 @@ JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 
 
 def forged_record(tag: str) -> str:
-    return (f"{tag} IN=eth0 OUT= SRC={FORGED} DST=198.51.100.1 LEN=40 TOS=0x00 PREC=0x00 "
-            "TTL=64 ID=0 PROTO=TCP SPT=80 DPT=4444 WINDOW=0 RES=0x00 ACK SYN URGP=0 ")
+    return (
+        f"{tag} IN=eth0 OUT= SRC={FORGED} DST=198.51.100.1 LEN=40 TOS=0x00 PREC=0x00 "
+        "TTL=64 ID=0 PROTO=TCP SPT=80 DPT=4444 WINDOW=0 RES=0x00 ACK SYN URGP=0 "
+    )
 
 
 @pytest.fixture
@@ -81,8 +83,8 @@ def _wait_for(fd: int, needle: bytes, timeout: float = 3.0) -> bytes:
 
 
 def test_a_crash_report_is_a_forgery_the_kmsg_source_refuses(
-        crash_record: tuple[str, bytes, list[KmsgSource]],
-        caplog: pytest.LogCaptureFixture) -> None:
+    crash_record: tuple[str, bytes, list[KmsgSource]], caplog: pytest.LogCaptureFixture
+) -> None:
     tag, raw, (default, at_info) = crash_record
     parsed = parse_kmsg_record(raw)
     assert parsed is not None
@@ -97,11 +99,13 @@ def test_a_crash_report_is_a_forgery_the_kmsg_source_refuses(
         for source in (default, at_info):
             lines = [line.text for line in settle(source)]
             assert not [text for text in lines if tag in text]
-    assert default.health()["rejected_level"] >= 1    # info level: not the LOG level
+    assert default.health()["rejected_level"] >= 1  # info level: not the LOG level
     assert at_info.health()["rejected_control_chars"] >= 1  # at its level: the newline
     logged = [r.getMessage() for r in caplog.records]
-    assert "/dev/kmsg: refused a LOG-like record at level 6: log_level is [4] (if your LOG " \
-           "rules use that level, set log_level to it)" in logged
+    assert (
+        "/dev/kmsg: refused a LOG-like record at level 6: log_level is [4] (if your LOG "
+        "rules use that level, set log_level to it)" in logged
+    )
     assert any(m.startswith("/dev/kmsg: refused a kernel record holding a newline") for m in logged)
 
 
@@ -117,26 +121,40 @@ def journal_export(fields: dict[str, bytes]) -> bytes:
 
 
 def test_the_same_crash_report_through_journalctl_is_refused(
-        crash_record: tuple[str, bytes, list[KmsgSource]], tmp_path: Path) -> None:
+    crash_record: tuple[str, bytes, list[KmsgSource]], tmp_path: Path
+) -> None:
     if not os.path.exists(JOURNAL_REMOTE) or shutil.which("journalctl") is None:
         pytest.skip("needs journalctl and systemd-journal-remote")
     tag, raw, _ = crash_record
     parsed = parse_kmsg_record(raw)
     assert parsed is not None
     # journald's kmsg reader unescapes \xNN: its MESSAGE holds the real newline.
-    message = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
-                     parsed.message.encode())
+    message = re.sub(
+        rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), parsed.message.encode()
+    )
     assert b"\n" in message
-    entry = {"__CURSOR": b"s=1", "__REALTIME_TIMESTAMP": str(time.time_ns() // 1000).encode(),
-             "__MONOTONIC_TIMESTAMP": b"1000", "_BOOT_ID": b"4d4c38e9199a40e5b869a5befe2adb1b",
-             "_HOSTNAME": b"blocker-test", "_TRANSPORT": b"kernel",
-             "PRIORITY": str(parsed.level).encode(), "MESSAGE": message}
+    entry = {
+        "__CURSOR": b"s=1",
+        "__REALTIME_TIMESTAMP": str(time.time_ns() // 1000).encode(),
+        "__MONOTONIC_TIMESTAMP": b"1000",
+        "_BOOT_ID": b"4d4c38e9199a40e5b869a5befe2adb1b",
+        "_HOSTNAME": b"blocker-test",
+        "_TRANSPORT": b"kernel",
+        "PRIORITY": str(parsed.level).encode(),
+        "MESSAGE": message,
+    }
     path = tmp_path / "crash.journal"
-    subprocess.run([JOURNAL_REMOTE, "-o", str(path), "-"], input=journal_export(entry),
-                   check=True, capture_output=True)
+    subprocess.run(
+        [JOURNAL_REMOTE, "-o", str(path), "-"],
+        input=journal_export(entry),
+        check=True,
+        capture_output=True,
+    )
     command = ["journalctl", f"--file={path}"]
-    for levels, why in [(frozenset((4,)), None),  # journalctl's PRIORITY=4 match skips it
-                        (frozenset((6,)), "MESSAGE holds a newline or control character")]:
+    for levels, why in [
+        (frozenset((4,)), None),  # journalctl's PRIORITY=4 match skips it
+        (frozenset((6,)), "MESSAGE holds a newline or control character"),
+    ]:
         source = JournaldSource(from_start=True, command=command, levels=levels)
         try:
             deadline = time.monotonic() + 5

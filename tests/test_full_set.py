@@ -41,18 +41,20 @@ def ns() -> Iterator[Namespace]:
 
 
 def test_a_full_set_refuses_new_bans_keeps_its_own_and_bans_again_with_room(
-        tmp_path: Path, ns: Namespace, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, ns: Namespace, caplog: pytest.LogCaptureFixture
+) -> None:
     tag = uuid.uuid4().hex[:8]
-    text = CONFIG.replace('backend = "dry-run"', f'backend = "ipset"\nset_v4 = "blk4-{tag}"\n'
-                          f'set_v6 = "blk6-{tag}"\nmaxelem = 3')
+    text = CONFIG.replace(
+        'backend = "dry-run"',
+        f'backend = "ipset"\nset_v4 = "blk4-{tag}"\nset_v6 = "blk6-{tag}"\nmaxelem = 3',
+    )
     (tmp_path / "jails.toml").write_text(text, encoding="utf-8")
     config = load_config(tmp_path / "jails.toml")
     assert config.firewall.maxelem == 3
     fw = config.firewall
     backend = IpsetBackend(set4=fw.set_v4, set6=fw.set_v6, maxelem=fw.maxelem, netns=ns.name)
     state = State(tmp_path / "state")
-    service = Service(config, state, backend, own_addresses=(ip_address(HOST4),
-                                                             ip_address(HOST6)))
+    service = Service(config, state, backend, own_addresses=(ip_address(HOST4), ip_address(HOST6)))
     try:
         service.start(NOW)
         set4 = f"blk4-{tag}"
@@ -72,7 +74,12 @@ def test_a_full_set_refuses_new_bans_keeps_its_own_and_bans_again_with_room(
         status = service.cmd_status({}, NOW)
         assert status["refused_bans"] == 1
         assert status["firewall"]["sets"]["ipv4"] == {  # type: ignore[index]
-            "name": set4, "present": True, "entries": 3, "maxelem": 3, "fill": 1.0}
+            "name": set4,
+            "present": True,
+            "entries": 3,
+            "maxelem": 3,
+            "fill": 1.0,
+        }
         refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert len(refusals) == 1
         assert "set is full" in refusals[0]

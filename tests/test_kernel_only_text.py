@@ -32,13 +32,18 @@ SEGFAULT = f"a.out[4242]: segfault at 0 ip 0000 sp 0000 error 4 in x\nRTP {BODY}
 
 # -- kern.log: only lines with a `kernel:` syslog header ----------------------------------
 
-@pytest.mark.parametrize("line", [
-    f"host myapp: DROP {BODY}",                      # a user's tag, no recognised timestamp
-    f"[81795.100496] {BODY}",                        # dmesg style: headerless
-    BODY,                                            # bare record text
-    f"{rfc3339(BASE)} host myapp: {BODY}",           # a user's tag with a timestamp
-    f"kernel: {BODY}",                               # the tag without a timestamp
-], ids=["tag-no-timestamp", "dmesg", "bare", "user-tag", "tag-only"])
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"host myapp: DROP {BODY}",  # a user's tag, no recognised timestamp
+        f"[81795.100496] {BODY}",  # dmesg style: headerless
+        BODY,  # bare record text
+        f"{rfc3339(BASE)} host myapp: {BODY}",  # a user's tag with a timestamp
+        f"kernel: {BODY}",  # the tag without a timestamp
+    ],
+    ids=["tag-no-timestamp", "dmesg", "bare", "user-tag", "tag-only"],
+)
 def test_a_file_line_needs_a_kernel_syslog_header(line: str) -> None:
     parser = KernelLogParser()
     assert parser.scan(line + "\n", NOW, headerless=False) == []
@@ -62,6 +67,7 @@ def test_a_file_line_with_a_kernel_header_still_parses() -> None:
 
 # -- /dev/kmsg ----------------------------------------------------------------------------
 
+
 def kmsg(level: int, message: str, seq: int = 1) -> bytes:
     return f"{level},{seq},1000,-;{message}\n".encode()
 
@@ -69,7 +75,7 @@ def kmsg(level: int, message: str, seq: int = 1) -> bytes:
 def test_kmsg_takes_records_at_the_log_level_only() -> None:
     records = RecordFilter(boot_time=0.0)
     assert records.take(kmsg(4, BODY, 1)) == SourceLine(BODY, 0.001)
-    assert records.take(kmsg(6, BODY, 2)) is None   # the kernel's info level (a segfault's)
+    assert records.take(kmsg(6, BODY, 2)) is None  # the kernel's info level (a segfault's)
     assert records.take(kmsg(3, BODY, 3)) is None
     assert records.wrong_level == 2
     other = RecordFilter(boot_time=0.0, levels=frozenset((6,)))
@@ -92,6 +98,7 @@ def test_kmsg_refuses_a_record_that_held_a_newline() -> None:
 
 # -- journald -----------------------------------------------------------------------------
 
+
 def journal(message: object, priority: object = "4", transport: str = "kernel") -> bytes:
     fields: dict[str, object] = {"__CURSOR": "c", "_TRANSPORT": transport, "MESSAGE": message}
     if priority is not None:
@@ -101,16 +108,22 @@ def journal(message: object, priority: object = "4", transport: str = "kernel") 
 
 def test_journald_takes_kernel_entries_at_the_log_level_only() -> None:
     assert parse_journal_line(journal(BODY)).line is not None
-    for priority, why in [("6", "PRIORITY 6 is not the LOG level"), (None, "no PRIORITY"),
-                          ("x", "no PRIORITY"), ("", "no PRIORITY")]:
+    for priority, why in [
+        ("6", "PRIORITY 6 is not the LOG level"),
+        (None, "no PRIORITY"),
+        ("x", "no PRIORITY"),
+        ("", "no PRIORITY"),
+    ]:
         entry = parse_journal_line(journal(BODY, priority))
         assert (entry.line, entry.rejected) == (None, why)
     assert parse_journal_line(journal(BODY, "6"), frozenset((6,))).line is not None
 
 
-@pytest.mark.parametrize("message", [SEGFAULT, list(SEGFAULT.encode()), "a\rb " + BODY,
-                                     "\x00" + BODY, BODY + "\ttail"],
-                         ids=["newline", "newline-bytes", "cr", "nul", "tab"])
+@pytest.mark.parametrize(
+    "message",
+    [SEGFAULT, list(SEGFAULT.encode()), "a\rb " + BODY, "\x00" + BODY, BODY + "\ttail"],
+    ids=["newline", "newline-bytes", "cr", "nul", "tab"],
+)
 def test_journald_refuses_a_message_with_a_newline_or_control_character(message: object) -> None:
     entry = parse_journal_line(journal(message))
     assert entry.line is None
@@ -123,6 +136,7 @@ def test_journald_trailing_newline_is_not_an_embedded_one() -> None:
 
 # -- log_level in the configuration -------------------------------------------------------
 
+
 def test_log_level_by_name_or_number(tmp_path: Path) -> None:
     base = f'filters_dir = "{REPO / "filters"}"\n[jails.probes]\nfilters = ["unsolicited_synack"]\n'
     for value, level in [('"warning"', 4), ('"info"', 6), ("0", 0), ("7", 7)]:
@@ -134,6 +148,7 @@ def test_log_level_by_name_or_number(tmp_path: Path) -> None:
 
 
 # -- the rsyslog drop-in ------------------------------------------------------------------
+
 
 def test_the_shipped_drop_in_holds_the_guard_blockerd_looks_for() -> None:
     text = DROPIN.read_text()
@@ -149,7 +164,7 @@ def test_unguarded_reason(tmp_path: Path) -> None:
     args = {"conf": str(conf), "dropin_dir": str(dropins)}
     four = frozenset((4,))
     assert "cannot read" in (unguarded_reason(four, **args) or "")
-    conf.write_text("module(load=\"imklog\")\nkern.* -/var/log/kern.log\n")
+    conf.write_text('module(load="imklog")\nkern.* -/var/log/kern.log\n')
     assert "does not include" in (unguarded_reason(four, **args) or "")
     conf.write_text("$IncludeConfig /etc/rsyslog.d/*.conf\nkern.* -/var/log/kern.log\n")
     assert "no file in" in (unguarded_reason(four, **args) or "")
@@ -166,6 +181,9 @@ def test_headerless_kern_log_lines_never_ban_but_kmsg_lines_do() -> None:
     lines = [f"host myapp: DROP {synack(PROBER4, at=None)}" for _ in range(10)]
     assert Pipeline(config).feed_lines(lines, NOW) == []  # the kern.log path
     pipeline = Pipeline(config)
-    decisions = [d for i, line in enumerate(lines)
-                 for d in pipeline.feed_line(line, NOW, source_time=NOW - 10 + i)]
+    decisions = [
+        d
+        for i, line in enumerate(lines)
+        for d in pipeline.feed_line(line, NOW, source_time=NOW - 10 + i)
+    ]
     assert [d.target_text for d in decisions] == [PROBER4]  # kmsg/journald: the kernel's word

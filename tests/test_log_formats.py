@@ -79,7 +79,12 @@ def test_sample(sample: Sample) -> None:
     assert packet is not None, sample.line
     assert packet.time == local(expect["local"])
     assert (packet.prefix, packet.iface_in, str(packet.src), str(packet.dst), packet.proto) == (
-        expect["prefix"], expect["in"], expect["src"], expect["dst"], expect["proto"])
+        expect["prefix"],
+        expect["in"],
+        expect["src"],
+        expect["dst"],
+        expect["proto"],
+    )
     if "dpt" in expect:
         assert packet.dpt == expect["dpt"]
     if "flags" in expect:
@@ -108,8 +113,7 @@ def test_trace_lines_never_hit_even_in_a_burst() -> None:
     pipeline = Pipeline(load_config(REPO / "jails.toml"))
     assert pipeline.feed_text("\n".join(lines) + "\n", NOW) == []
     assert sum(pipeline.hit_counts().values()) == 0
-    assert (pipeline.stats.lines, pipeline.stats.parsed, pipeline.stats.malformed) == (
-        300, 0, 0)
+    assert (pipeline.stats.lines, pipeline.stats.parsed, pipeline.stats.malformed) == (300, 0, 0)
 
 
 def test_show_calls_trace_lines_not_log_records() -> None:

@@ -50,8 +50,9 @@ def scrape(url: str) -> str:
         return str(reply.read().decode())
 
 
-def value(figures: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-          **labels: str) -> float:
+def value(
+    figures: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
     return figures[name, tuple(sorted(labels.items()))]
 
 
@@ -64,10 +65,12 @@ def test_real_scrape_counts_lines_hits_bans_and_latency() -> None:
         assert value(before, "blocker_lines_read_total") == 0
         now = time.time()
         lines = [synack(src, at=now - 5 + i) for src in ATTACKERS for i in range(5)]
-        lines += ["Nov 22 02:04:54 host sshd[1]: not a LOG record",
-                  "Nov 22 02:04:54 host kernel: IN=eth0 OUT= SRC=203.0.113.9 DST=bogus LEN=40 "
-                  "TOS=0x00 PREC=0x00 TTL=64 ID=0 PROTO=TCP SPT=80 DPT=4 WINDOW=0 RES=0x00 "
-                  "ACK SYN URGP=0 "]
+        lines += [
+            "Nov 22 02:04:54 host sshd[1]: not a LOG record",
+            "Nov 22 02:04:54 host kernel: IN=eth0 OUT= SRC=203.0.113.9 DST=bogus LEN=40 "
+            "TOS=0x00 PREC=0x00 TTL=64 ID=0 PROTO=TCP SPT=80 DPT=4 WINDOW=0 RES=0x00 "
+            "ACK SYN URGP=0 ",
+        ]
         daemon.append(lines)
         for attacker in ATTACKERS:
             daemon.wait_ban(attacker)
@@ -83,8 +86,9 @@ def test_real_scrape_counts_lines_hits_bans_and_latency() -> None:
         assert value(figures, "blocker_records_parsed_total") == 10
         assert value(figures, "blocker_lines_unparsed_total") == 2
         assert value(figures, "blocker_records_malformed_total") == 1
-        assert value(figures, "blocker_hits_total", jail="probes",
-                     filter="unsolicited_synack") == 10
+        assert (
+            value(figures, "blocker_hits_total", jail="probes", filter="unsolicited_synack") == 10
+        )
         assert value(figures, "blocker_hits_total", jail="probes", filter="outgoing_rst") == 0
         assert value(figures, "blocker_bans_total", jail="probes", origin="auto") == 2
         assert value(figures, "blocker_active_bans", jail="probes") == 2
@@ -109,8 +113,12 @@ def test_real_scrape_counts_lines_hits_bans_and_latency() -> None:
         # The shipped dashboard and alert rules only name series that really exist.
         exported = {name for name, _ in figures}
         for example in ("blocker-dashboard.json", "blocker-alerts.yml"):
-            named = set(re.findall(r"\b((?:blocker|process)_[a-z0-9_]+)", (EXAMPLES / example)
-                                   .read_text(encoding="utf-8")))
+            named = set(
+                re.findall(
+                    r"\b((?:blocker|process)_[a-z0-9_]+)",
+                    (EXAMPLES / example).read_text(encoding="utf-8"),
+                )
+            )
             assert named, example
             # Capacity comes from a kernel set's maxelem: the dry-run backend has none
             # (test_collector_with_a_kernel_backend checks it).
@@ -121,8 +129,10 @@ def test_real_scrape_counts_lines_hits_bans_and_latency() -> None:
 
         def admin_counted() -> bool:
             figures = samples(scrape(url))  # a body is served again for up to a second
-            return figures.get(("blocker_unbans_total",
-                                (("jail", "probes"), ("origin", "admin")))) == 1
+            return (
+                figures.get(("blocker_unbans_total", (("jail", "probes"), ("origin", "admin"))))
+                == 1
+            )
 
         poll(admin_counted, what="the admin unban in the metrics")
         figures = samples(scrape(url))
@@ -214,9 +224,11 @@ def test_metrics_are_off_by_default() -> None:
     with running_blockerd() as daemon:
         assert daemon.proc is not None
         fds = Path(f"/proc/{daemon.proc.pid}/fd")
-        sockets = {link.removeprefix("socket:[").removesuffix("]")
-                   for link in (str(fd.readlink()) for fd in fds.iterdir())
-                   if link.startswith("socket:")}
+        sockets = {
+            link.removeprefix("socket:[").removesuffix("]")
+            for link in (str(fd.readlink()) for fd in fds.iterdir())
+            if link.startswith("socket:")
+        }
         assert sockets  # the control socket at least
         assert not sockets & listening_inodes()  # no TCP listener: nothing serves /metrics
         assert "metrics on" not in daemon.stderr()
@@ -226,8 +238,13 @@ def test_behind_bytes_of_a_kernlog_report(tmp_path: Path) -> None:
     log = tmp_path / "kern.log"
     log.write_bytes(b"x" * 100)
     inode = log.stat().st_ino
-    report: dict[str, object] = {"kind": "kernlog", "path": str(log), "inode": inode,
-                                 "offset": 40, "following_rotated_file": False}
+    report: dict[str, object] = {
+        "kind": "kernlog",
+        "path": str(log),
+        "inode": inode,
+        "offset": 40,
+        "following_rotated_file": False,
+    }
     assert behind_bytes(report) == 60
     assert behind_bytes({**report, "inode": inode + 1}) is None  # rotated: unknown
     assert behind_bytes({**report, "kind": "journald"}) is None
@@ -236,9 +253,11 @@ def test_behind_bytes_of_a_kernlog_report(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:0x10", "::1:9645", "[bogus]:9645", "h:70000"])
 def test_bad_listen_values_are_config_errors(tmp_path: Path, listen: str) -> None:
-    data = {"filters_dir": str(Path(__file__).resolve().parents[1] / "filters"),
-            "metrics": {"listen": listen},
-            "jails": {"probes": {"filters": ["unsolicited_synack"]}}}
+    data = {
+        "filters_dir": str(Path(__file__).resolve().parents[1] / "filters"),
+        "metrics": {"listen": listen},
+        "jails": {"probes": {"filters": ["unsolicited_synack"]}},
+    }
     with pytest.raises(ConfigError, match=r"metrics\.listen"):
         parse_config(data, "jails.toml", tmp_path)
 
@@ -282,12 +301,17 @@ def test_textfile_replaces_a_planted_link_instead_of_writing_through_it(tmp_path
     assert victim.read_text(encoding="utf-8") == "precious\n"
     assert not target.is_symlink()
     assert value(samples(target.read_text(encoding="utf-8")), "blocker_lines_read_total") == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker.prom", "jails.toml",
-                                                          "state", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "blocker.prom",
+        "jails.toml",
+        "state",
+        "victim",
+    ]
 
 
-def test_an_idle_scrape_connection_is_closed(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_idle_scrape_connection_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(metrics_module, "HTTP_TIMEOUT", 0.5)
     metrics = in_process_metrics(tmp_path)
     host, port = metrics.serve("127.0.0.1", 0)

@@ -99,9 +99,11 @@ def test_a_line_slightly_in_the_future_stays_in_this_year() -> None:
     # Clock skew between the logger and the reader: days ahead is this year, not last year.
     now = local(2026, 11, 22, 3, 0, 0)
     assert must_parse(f"Nov 28 02:04:54 host kernel: DROP {V4_BODY}", now).time == local(
-        2026, 11, 28, 2, 4, 54)
+        2026, 11, 28, 2, 4, 54
+    )
     assert must_parse(f"Dec  5 02:04:54 host kernel: DROP {V4_BODY}", now).time == local(
-        2025, 12, 5, 2, 4, 54)
+        2025, 12, 5, 2, 4, 54
+    )
 
 
 def test_year_inference_follows_now_on_a_reused_parser() -> None:
@@ -128,8 +130,9 @@ def test_bad_headers_are_refused(header: str) -> None:
 
 
 def test_uptime_is_skipped_after_a_syslog_header() -> None:
-    packet = must_parse(f"Nov 22 02:04:54 host kernel: [ 3445.031964] DROP {V4_BODY}",
-                        local(2026, 11, 22, 3, 0, 0))
+    packet = must_parse(
+        f"Nov 22 02:04:54 host kernel: [ 3445.031964] DROP {V4_BODY}", local(2026, 11, 22, 3, 0, 0)
+    )
     assert packet.prefix == "DROP"
     assert packet.time == local(2026, 11, 22, 2, 4, 54)
 
@@ -172,9 +175,19 @@ def test_bracketed_prefix_after_uptime() -> None:
 def test_ipv4_tcp_fields() -> None:
     packet = must_parse(f"2026-11-22T02:04:54Z host kernel: UNKNOWN_INCOMING: {V4_BODY}")
     assert packet == Packet(
-        time=BASE, prefix="UNKNOWN_INCOMING:", iface_in="eth0", iface_out="",
-        src=IPv4Address("203.0.113.66"), dst=IPv4Address("192.0.2.10"), proto="TCP",
-        spt=2372, dpt=0, flags=frozenset({"SYN", "ACK"}), length=40, ttl=64, ip_id=0,
+        time=BASE,
+        prefix="UNKNOWN_INCOMING:",
+        iface_in="eth0",
+        iface_out="",
+        src=IPv4Address("203.0.113.66"),
+        dst=IPv4Address("192.0.2.10"),
+        proto="TCP",
+        spt=2372,
+        dpt=0,
+        flags=frozenset({"SYN", "ACK"}),
+        length=40,
+        ttl=64,
+        ip_id=0,
     )
     assert packet.direction == "in"
 
@@ -198,8 +211,10 @@ def test_ipv6_addresses_are_normalized_and_hoplimit_is_ttl() -> None:
         ("URG PSH FIN ", {"URG", "PSH", "FIN"}),
         ("ACK RST ", {"ACK", "RST"}),
         ("CWR ECE SYN ", {"CWR", "ECE", "SYN"}),
-        ("CWR ECE URG ACK PSH RST SYN FIN ", {"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN",
-                                              "FIN"}),
+        (
+            "CWR ECE URG ACK PSH RST SYN FIN ",
+            {"CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"},
+        ),
         ("", set()),
     ],
 )
@@ -215,7 +230,8 @@ def test_unknown_tcp_flag_words_are_refused(text: str) -> None:
 
 def test_tcp_sequence_numbers_and_tcp_options() -> None:
     body = V4_BODY.replace("DPT=0 ", "DPT=0 SEQ=3149642317 ACK=1 ").replace(
-        "URGP=0 ", "URGP=0 OPT (020405B40402080A5A2A3B3C0000000001030307) ")
+        "URGP=0 ", "URGP=0 OPT (020405B40402080A5A2A3B3C0000000001030307) "
+    )
     packet = must_parse(f"DROP {body}")
     assert (packet.spt, packet.dpt, packet.flags) == (2372, 0, frozenset({"ACK", "SYN"}))
 
@@ -241,8 +257,13 @@ def test_topera_ipv6_extension_options_before_proto() -> None:
 
 def test_udp_icmp_and_protocol_numbers() -> None:
     udp = must_parse(f"DROP {UDP_BODY}")
-    assert (udp.proto, udp.spt, udp.dpt, udp.flags, udp.length) == ("UDP", 44318, 1146,
-                                                                     frozenset(), 28)
+    assert (udp.proto, udp.spt, udp.dpt, udp.flags, udp.length) == (
+        "UDP",
+        44318,
+        1146,
+        frozenset(),
+        28,
+    )
     icmp = must_parse(f"ICMP {ICMP_BODY}")
     assert (icmp.proto, icmp.icmp_type, icmp.icmp_code, icmp.spt) == ("ICMP", 8, 0, None)
     other = must_parse(f"DROP {PROTO_BODY}")
@@ -308,8 +329,14 @@ def test_missing_mac_and_direction() -> None:
         f"2026-11-22T02:04:54.684948+00:00 host myapp[77]: x kernel: DROP {V4_BODY}",
         f"Nov 22 02:04:54 host kernel[12]: DROP {V4_BODY}",
     ],
-    ids=["sshd-kernel-text", "sshd-kernel-tag", "user-tag", "rfc-user-tag", "rfc-forged",
-         "kernel-with-pid"],
+    ids=[
+        "sshd-kernel-text",
+        "sshd-kernel-tag",
+        "user-tag",
+        "rfc-user-tag",
+        "rfc-forged",
+        "kernel-with-pid",
+    ],
 )
 def test_forged_tag_lines_are_refused(line: str) -> None:
     assert parse(line) is None
@@ -407,9 +434,13 @@ def test_a_cut_after_the_last_field_changes_nothing(name: str) -> None:
 def test_every_prefix_is_refused_or_the_full_packet(name: str) -> None:
     line = FULL_LINES[name]
     full = must_parse(line)
-    wrong = [line[:cut] for cut in range(len(line))
-             if (packet := parse(line[:cut])) is not None and packet != full
-             and not _cut_inside_a_trailing_protocol_number(line, cut)]
+    wrong = [
+        line[:cut]
+        for cut in range(len(line))
+        if (packet := parse(line[:cut])) is not None
+        and packet != full
+        and not _cut_inside_a_trailing_protocol_number(line, cut)
+    ]
     assert wrong == []
 
 
@@ -422,18 +453,34 @@ def _cut_inside_a_trailing_protocol_number(line: str, cut: int) -> bool:
 
 @settings(max_examples=300)
 @given(st.sampled_from(sorted(FULL_LINES)), st.data())
-def test_truncated_lines_never_raise_nor_misplace_the_header(name: str, data: st.DataObject
-                                                             ) -> None:
+def test_truncated_lines_never_raise_nor_misplace_the_header(
+    name: str, data: st.DataObject
+) -> None:
     line = FULL_LINES[name]
     cut = data.draw(st.integers(0, len(line)))
     full = must_parse(line)
     packet = parse(line[:cut])
     if packet is None:
         return
-    assert (packet.time, packet.prefix, packet.iface_in, packet.iface_out, packet.src,
-            packet.dst, packet.length, packet.ttl) == (
-        full.time, full.prefix, full.iface_in, full.iface_out, full.src, full.dst,
-        full.length, full.ttl)
+    assert (
+        packet.time,
+        packet.prefix,
+        packet.iface_in,
+        packet.iface_out,
+        packet.src,
+        packet.dst,
+        packet.length,
+        packet.ttl,
+    ) == (
+        full.time,
+        full.prefix,
+        full.iface_in,
+        full.iface_out,
+        full.src,
+        full.dst,
+        full.length,
+        full.ttl,
+    )
     if packet.proto == "TCP":
         assert packet == full  # a TCP record is only accepted once its flags are complete
 
@@ -448,23 +495,32 @@ def test_arbitrary_text_never_raises(text: str) -> None:
         assert isinstance(packet, Packet)
 
 
-VALID_LINES = [*FULL_LINES.values(), synack(), outgoing_rst(), outgoing_syn(),
-               synack("2001:db8::42", at=None), outgoing_rst("2001:db8::42")]
+VALID_LINES = [
+    *FULL_LINES.values(),
+    synack(),
+    outgoing_rst(),
+    outgoing_syn(),
+    synack("2001:db8::42", at=None),
+    outgoing_rst("2001:db8::42"),
+]
 _noise = st.text(st.characters(blacklist_characters="\n"), max_size=120)
 
 
 def _mutated(line: str) -> st.SearchStrategy[str]:
     """A valid line with one character replaced or deleted, or cut short."""
+
     def mutate(args: tuple[int, str, int]) -> str:
         index, char, how = args
         index %= len(line)
         if how == 0:
-            return line[:index] + line[index + 1:]
+            return line[:index] + line[index + 1 :]
         if how == 1:
-            return line[:index] + char + line[index + 1:]
+            return line[:index] + char + line[index + 1 :]
         return line[:index]
-    return st.tuples(st.integers(0, 10_000), st.characters(blacklist_characters="\n"),
-                     st.integers(0, 2)).map(mutate)
+
+    return st.tuples(
+        st.integers(0, 10_000), st.characters(blacklist_characters="\n"), st.integers(0, 2)
+    ).map(mutate)
 
 
 _lines = st.one_of(
@@ -484,13 +540,18 @@ def test_parse_text_equals_parse_per_line(lines: list[str], trailing_newline: bo
 
 def test_parse_text_counts_rejected_log_like_lines() -> None:
     parser = KernelLogParser()
-    text = "\n".join([
-        synack(),
-        f"DROP {V4_BODY.replace('SRC=203.0.113.66', 'SRC=999.1.1.1')}",
-        f"Nov 22 02:04:54 host sshd[1]: x kernel: DROP {V4_BODY}",
-        "plain noise",
-        outgoing_rst(),
-    ]) + "\n"
+    text = (
+        "\n".join(
+            [
+                synack(),
+                f"DROP {V4_BODY.replace('SRC=203.0.113.66', 'SRC=999.1.1.1')}",
+                f"Nov 22 02:04:54 host sshd[1]: x kernel: DROP {V4_BODY}",
+                "plain noise",
+                outgoing_rst(),
+            ]
+        )
+        + "\n"
+    )
     packets = list(parser.parse_text(text, NOW))
     assert [str(p.src) for p in packets] == [PROBER4, HOST4]
     assert parser.take_rejected() == 2
@@ -501,16 +562,23 @@ def test_rfc3339_fraction_is_kept_across_the_header_cache() -> None:
     parser = KernelLogParser()
     times = [parser.parse(synack(at=BASE + fraction), NOW) for fraction in (0.1, 0.7, 0.1)]
     assert [p.time if p else None for p in times] == [
-        pytest.approx(BASE + 0.1), pytest.approx(BASE + 0.7), pytest.approx(BASE + 0.1)]
+        pytest.approx(BASE + 0.1),
+        pytest.approx(BASE + 0.7),
+        pytest.approx(BASE + 0.1),
+    ]
 
 
 def test_ipv4_identification_is_kept_and_ipv6_has_none() -> None:
-    v4 = must_parse("Mar 11 20:35:11 linux kernel: [463490.251762] DROP IN=eth1 OUT= "
-                    "SRC=192.0.2.55 DST=192.0.2.1 LEN=44 TOS=0x00 PREC=0x00 TTL=53 ID=15270 "
-                    "PROTO=TCP SPT=56247 DPT=1025 WINDOW=3072 RES=0x00 SYN URGP=0 ")
+    v4 = must_parse(
+        "Mar 11 20:35:11 linux kernel: [463490.251762] DROP IN=eth1 OUT= "
+        "SRC=192.0.2.55 DST=192.0.2.1 LEN=44 TOS=0x00 PREC=0x00 TTL=53 ID=15270 "
+        "PROTO=TCP SPT=56247 DPT=1025 WINDOW=3072 RES=0x00 SYN URGP=0 "
+    )
     assert (v4.ip_id, v4.ttl, v4.length) == (15270, 53, 44)
-    v6 = must_parse("Mar 17 13:39:13 linux kernel: DROP IN=eth0 OUT= "
-                    "SRC=2001:0db8:0000:f101:0000:0000:0000:0002 "
-                    "DST=2001:0db8:0000:f101:0000:0000:0000:0001 LEN=80 TC=0 HOPLIMIT=64 "
-                    "FLOWLBL=0 PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 SYN URGP=0 ")
+    v6 = must_parse(
+        "Mar 17 13:39:13 linux kernel: DROP IN=eth0 OUT= "
+        "SRC=2001:0db8:0000:f101:0000:0000:0000:0002 "
+        "DST=2001:0db8:0000:f101:0000:0000:0000:0001 LEN=80 TC=0 HOPLIMIT=64 "
+        "FLOWLBL=0 PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 SYN URGP=0 "
+    )
     assert (v6.ip_id, v6.ttl) == (None, 64)

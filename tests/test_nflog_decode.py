@@ -47,13 +47,21 @@ def name_of(index: int) -> str:
     return NAMES.get(index, f"if{index}")
 
 
-def through_nflog(payload: bytes, *, prefix: bytes = b"DROP ", indev: int = 2, outdev: int = 0,
-                  physindev: int = 0, stamp: float | None = STAMP, now: float = NOW
-                  ) -> Packet | None:
+def through_nflog(
+    payload: bytes,
+    *,
+    prefix: bytes = b"DROP ",
+    indev: int = 2,
+    outdev: int = 0,
+    physindev: int = 0,
+    stamp: float | None = STAMP,
+    now: float = NOW,
+) -> Packet | None:
     """`payload` wrapped as the kernel sends it, received, decoded and validated."""
     family = socket.AF_INET6 if payload[:1] and payload[0] >> 4 == 6 else socket.AF_INET
-    message = nflog_wire.packet_message(NflogPacket(family, 5, 1, prefix, indev, outdev,
-                                                    physindev, stamp, payload))
+    message = nflog_wire.packet_message(
+        NflogPacket(family, 5, 1, prefix, indev, outdev, physindev, stamp, payload)
+    )
     batch = nflog_wire.packets(message + message)
     assert batch.malformed == 0 and len(batch.packets) == 2
     found = record(batch.packets[0], name_of, now)
@@ -65,8 +73,10 @@ def through_text(line: str) -> Packet | None:
 
 
 V4 = "SRC=203.0.113.66 DST=192.0.2.10 LEN={len} TOS=0x00 PREC=0x00 TTL=52 ID=4242 "
-V6 = ("SRC=2001:0db8:0000:0000:0000:0000:0000:0066 DST=2001:0db8:0000:0000:0000:0000:0000:0001 "
-      "LEN={len} TC=0 HOPLIMIT=52 FLOWLBL=0 ")
+V6 = (
+    "SRC=2001:0db8:0000:0000:0000:0000:0000:0066 DST=2001:0db8:0000:0000:0000:0000:0000:0001 "
+    "LEN={len} TC=0 HOPLIMIT=52 FLOWLBL=0 "
+)
 
 
 def tcp4(flags: str, **kw: object) -> bytes:
@@ -74,43 +84,85 @@ def tcp4(flags: str, **kw: object) -> bytes:
 
 
 def tcp6(flags: str, **kw: object) -> bytes:
-    return ipv6("2001:db8::66", "2001:db8::1", 6, tcp_header(443, 40000, flags), hoplimit=52,
-                **kw)  # type: ignore[arg-type]
+    return ipv6("2001:db8::66", "2001:db8::1", 6, tcp_header(443, 40000, flags), hoplimit=52, **kw)  # type: ignore[arg-type]
 
 
 # (packet bytes, the LOG line the kernel prints for it)
 CASES = {
-    "synack4": (tcp4("SA"), "DROP IN=eth0 OUT= " + V4.format(len=40)
-                + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 ACK SYN URGP=0 "),
-    "xmas4": (tcp4("FPU"), "DROP IN=eth0 OUT= " + V4.format(len=40)
-              + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 URG PSH FIN URGP=0 "),
-    "null4": (tcp4(""), "DROP IN=eth0 OUT= " + V4.format(len=40)
-              + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 URGP=0 "),
-    "ecn4": (tcp4("SEC"), "DROP IN=eth0 OUT= " + V4.format(len=40)
-             + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 CWR ECE SYN URGP=0 "),
-    "options4": (ipv4("203.0.113.66", "192.0.2.10", 6, tcp_header(443, 40000, "S"), ttl=52,
-                      options=b"\x01\x01\x01\x00"),
-                 "DROP IN=eth0 OUT= " + V4.format(len=44)
-                 + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 SYN URGP=0 "),
-    "udp4": (ipv4("203.0.113.66", "192.0.2.10", 17, udp_header(5353, 9999), ttl=52),
-             "DROP IN=eth0 OUT= " + V4.format(len=28) + "PROTO=UDP SPT=5353 DPT=9999 LEN=8 "),
-    "icmp4": (ipv4("203.0.113.66", "192.0.2.10", 1, icmp_header(3, 3), ttl=52),
-              "DROP IN=eth0 OUT= " + V4.format(len=28) + "PROTO=ICMP TYPE=3 CODE=3 "),
-    "gre4": (ipv4("203.0.113.66", "192.0.2.10", 47, bytes(4), ttl=52),
-             "DROP IN=eth0 OUT= " + V4.format(len=24) + "PROTO=47 "),
-    "cut_udp4": (ipv4("203.0.113.66", "192.0.2.10", 17, bytes(4), ttl=52),
-                 "DROP IN=eth0 OUT= " + V4.format(len=24) + "PROTO=UDP INCOMPLETE [4 bytes] "),
-    "synack6": (tcp6("SA"), "DROP IN=eth0 OUT= " + V6.format(len=60)
-                + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 ACK SYN URGP=0 "),
+    "synack4": (
+        tcp4("SA"),
+        "DROP IN=eth0 OUT= "
+        + V4.format(len=40)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 ACK SYN URGP=0 ",
+    ),
+    "xmas4": (
+        tcp4("FPU"),
+        "DROP IN=eth0 OUT= "
+        + V4.format(len=40)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 URG PSH FIN URGP=0 ",
+    ),
+    "null4": (
+        tcp4(""),
+        "DROP IN=eth0 OUT= "
+        + V4.format(len=40)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 URGP=0 ",
+    ),
+    "ecn4": (
+        tcp4("SEC"),
+        "DROP IN=eth0 OUT= "
+        + V4.format(len=40)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 CWR ECE SYN URGP=0 ",
+    ),
+    "options4": (
+        ipv4(
+            "203.0.113.66",
+            "192.0.2.10",
+            6,
+            tcp_header(443, 40000, "S"),
+            ttl=52,
+            options=b"\x01\x01\x01\x00",
+        ),
+        "DROP IN=eth0 OUT= "
+        + V4.format(len=44)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 SYN URGP=0 ",
+    ),
+    "udp4": (
+        ipv4("203.0.113.66", "192.0.2.10", 17, udp_header(5353, 9999), ttl=52),
+        "DROP IN=eth0 OUT= " + V4.format(len=28) + "PROTO=UDP SPT=5353 DPT=9999 LEN=8 ",
+    ),
+    "icmp4": (
+        ipv4("203.0.113.66", "192.0.2.10", 1, icmp_header(3, 3), ttl=52),
+        "DROP IN=eth0 OUT= " + V4.format(len=28) + "PROTO=ICMP TYPE=3 CODE=3 ",
+    ),
+    "gre4": (
+        ipv4("203.0.113.66", "192.0.2.10", 47, bytes(4), ttl=52),
+        "DROP IN=eth0 OUT= " + V4.format(len=24) + "PROTO=47 ",
+    ),
+    "cut_udp4": (
+        ipv4("203.0.113.66", "192.0.2.10", 17, bytes(4), ttl=52),
+        "DROP IN=eth0 OUT= " + V4.format(len=24) + "PROTO=UDP INCOMPLETE [4 bytes] ",
+    ),
+    "synack6": (
+        tcp6("SA"),
+        "DROP IN=eth0 OUT= "
+        + V6.format(len=60)
+        + "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 ACK SYN URGP=0 ",
+    ),
     "extensions6": (
-        tcp6("F", extensions=(options_header(0), options_header(60), fragment_header(),
-                              ah_header())),
+        tcp6(
+            "F", extensions=(options_header(0), options_header(60), fragment_header(), ah_header())
+        ),
         "DROP IN=eth0 OUT= " + V6.format(len=108) + "FRAG:0 ID:00000007 "
-        "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 FIN URGP=0 "),
-    "icmp6": (ipv6("2001:db8::66", "2001:db8::1", 58, icmp_header(128, 0), hoplimit=52),
-              "DROP IN=eth0 OUT= " + V6.format(len=48) + "PROTO=ICMPv6 TYPE=128 CODE=0 "),
-    "none6": (ipv6("2001:db8::66", "2001:db8::1", 59, b"", hoplimit=52),
-              "DROP IN=eth0 OUT= " + V6.format(len=40) + "PROTO=59 "),
+        "PROTO=TCP SPT=443 DPT=40000 WINDOW=1024 RES=0x00 FIN URGP=0 ",
+    ),
+    "icmp6": (
+        ipv6("2001:db8::66", "2001:db8::1", 58, icmp_header(128, 0), hoplimit=52),
+        "DROP IN=eth0 OUT= " + V6.format(len=48) + "PROTO=ICMPv6 TYPE=128 CODE=0 ",
+    ),
+    "none6": (
+        ipv6("2001:db8::66", "2001:db8::1", 59, b"", hoplimit=52),
+        "DROP IN=eth0 OUT= " + V6.format(len=40) + "PROTO=59 ",
+    ),
 }
 
 
@@ -124,13 +176,28 @@ def test_decoded_packet_equals_the_parsed_log_line(name: str) -> None:
 
 def test_every_field_of_an_outgoing_packet_and_the_receive_clock() -> None:
     """The host's own RST (OUTPUT: no input interface, no kernel timestamp)."""
-    payload = ipv4("192.0.2.10", "203.0.113.66", 6, tcp_header(40000, 443, "R"), ttl=64,
-                   ident=0)
-    packet = through_nflog(payload, prefix=b"UNKNOWN_OUTGOING: ", indev=0, outdev=3,
-                           stamp=None, now=NOW)
-    assert packet == Packet(NOW, "UNKNOWN_OUTGOING:", "", "eth1", ip_address("192.0.2.10"),
-                            ip_address("203.0.113.66"), "TCP", 40000, 443, frozenset({"RST"}),
-                            40, 64, None, None, "", 0)
+    payload = ipv4("192.0.2.10", "203.0.113.66", 6, tcp_header(40000, 443, "R"), ttl=64, ident=0)
+    packet = through_nflog(
+        payload, prefix=b"UNKNOWN_OUTGOING: ", indev=0, outdev=3, stamp=None, now=NOW
+    )
+    assert packet == Packet(
+        NOW,
+        "UNKNOWN_OUTGOING:",
+        "",
+        "eth1",
+        ip_address("192.0.2.10"),
+        ip_address("203.0.113.66"),
+        "TCP",
+        40000,
+        443,
+        frozenset({"RST"}),
+        40,
+        64,
+        None,
+        None,
+        "",
+        0,
+    )
     assert packet.direction == "out"
 
 
@@ -139,28 +206,38 @@ def test_a_vanished_interface_keeps_the_direction() -> None:
     assert packet is not None and packet.iface_in == "if99" and packet.direction == "in"
 
 
-@pytest.mark.parametrize("payload", [
-    pytest.param(tcp4("S", frag_offset=8), id="later IPv4 fragment: no ports"),
-    pytest.param(ipv4("203.0.113.66", "192.0.2.10", 1, icmp_header(8, 0), frag_offset=8),
-                 id="later IPv4 ICMP fragment: no type"),
-    pytest.param(tcp4("S")[:30], id="TCP header cut short"),
-    pytest.param(tcp6("S", extensions=(fragment_header(offset=8),)), id="later IPv6 fragment"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(tcp4("S", frag_offset=8), id="later IPv4 fragment: no ports"),
+        pytest.param(
+            ipv4("203.0.113.66", "192.0.2.10", 1, icmp_header(8, 0), frag_offset=8),
+            id="later IPv4 ICMP fragment: no type",
+        ),
+        pytest.param(tcp4("S")[:30], id="TCP header cut short"),
+        pytest.param(tcp6("S", extensions=(fragment_header(offset=8),)), id="later IPv6 fragment"),
+    ],
+)
 def test_packets_logged_without_ports_or_type_are_refused(payload: bytes) -> None:
     assert through_nflog(payload) is None
 
 
-@pytest.mark.parametrize("payload", [
-    pytest.param(b"", id="empty"),
-    pytest.param(tcp4("S")[:19], id="IPv4 header cut"),
-    pytest.param(tcp6("S")[:39], id="IPv6 header cut"),
-    pytest.param(b"\x50" + bytes(40), id="version 5"),
-    pytest.param(b"\x44" + tcp4("S")[1:], id="IHL below 5"),
-    pytest.param(ipv6("2001:db8::66", "2001:db8::1", 50, bytes(8)), id="IPv6 ESP"),
-    pytest.param(tcp6("S", extensions=(fragment_header(offset=8), options_header(60))),
-                 id="options after a later fragment"),
-    pytest.param(tcp6("S", extensions=(options_header(0),))[:41], id="extension header cut"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(tcp4("S")[:19], id="IPv4 header cut"),
+        pytest.param(tcp6("S")[:39], id="IPv6 header cut"),
+        pytest.param(b"\x50" + bytes(40), id="version 5"),
+        pytest.param(b"\x44" + tcp4("S")[1:], id="IHL below 5"),
+        pytest.param(ipv6("2001:db8::66", "2001:db8::1", 50, bytes(8)), id="IPv6 ESP"),
+        pytest.param(
+            tcp6("S", extensions=(fragment_header(offset=8), options_header(60))),
+            id="options after a later fragment",
+        ),
+        pytest.param(tcp6("S", extensions=(options_header(0),))[:41], id="extension header cut"),
+    ],
+)
 def test_headers_log_prints_no_protocol_for_give_no_record(payload: bytes) -> None:
     assert decode(payload) is None
 
@@ -174,20 +251,32 @@ def sample_packet(sample: Sample) -> Packet | None:
 
 def as_nflog(packet: Packet) -> Packet | None:
     """The packet a LOG line describes, sent as NFLOG would send it, decoded."""
-    payload = from_fields(str(packet.src), str(packet.dst), packet.proto, spt=packet.spt,
-                          dpt=packet.dpt, flags=packet.flags, length=packet.length,
-                          ttl=packet.ttl, ip_id=packet.ip_id, icmp_type=packet.icmp_type,
-                          icmp_code=packet.icmp_code)
+    payload = from_fields(
+        str(packet.src),
+        str(packet.dst),
+        packet.proto,
+        spt=packet.spt,
+        dpt=packet.dpt,
+        flags=packet.flags,
+        length=packet.length,
+        ttl=packet.ttl,
+        ip_id=packet.ip_id,
+        icmp_type=packet.icmp_type,
+        icmp_code=packet.icmp_code,
+    )
     names = {**INDEX}
     for name in (packet.iface_in, packet.iface_out, packet.physin):
         names.setdefault(name, f"x{len(names)}")
     index = {name: i + 10 for i, name in enumerate(names)}
     NAMES.update({i: name for name, i in index.items()})
-    return through_nflog(payload, prefix=packet.prefix.encode(),
-                         indev=index[packet.iface_in] if packet.iface_in else 0,
-                         outdev=index[packet.iface_out] if packet.iface_out else 0,
-                         physindev=index[packet.physin] if packet.physin else 0,
-                         stamp=packet.time)
+    return through_nflog(
+        payload,
+        prefix=packet.prefix.encode(),
+        indev=index[packet.iface_in] if packet.iface_in else 0,
+        outdev=index[packet.iface_out] if packet.iface_out else 0,
+        physindev=index[packet.physin] if packet.physin else 0,
+        stamp=packet.time,
+    )
 
 
 PARSED = [s for s in SAMPLES if sample_packet(s) is not None]
@@ -226,24 +315,46 @@ def test_shipped_jails_decide_the_same_from_lines_and_from_records() -> None:
         text = sample_packet(sample)
         assert text is not None
         lines.append(sample.line)
-        payload = from_fields(str(text.src), str(text.dst), text.proto, spt=text.spt,
-                              dpt=text.dpt, flags=text.flags, length=text.length, ttl=text.ttl,
-                              ip_id=text.ip_id, icmp_type=text.icmp_type,
-                              icmp_code=text.icmp_code)
+        payload = from_fields(
+            str(text.src),
+            str(text.dst),
+            text.proto,
+            spt=text.spt,
+            dpt=text.dpt,
+            flags=text.flags,
+            length=text.length,
+            ttl=text.ttl,
+            ip_id=text.ip_id,
+            icmp_type=text.icmp_type,
+            icmp_code=text.icmp_code,
+        )
         indev = INDEX.get(text.iface_in, 0) if text.iface_in else 0
         outdev = INDEX.get(text.iface_out, 0) if text.iface_out else 0
         if (text.iface_in and not indev) or (text.iface_out and not outdev):
             lines.pop()
             continue
-        rec = record(NflogPacket(2 if text.src.version == 4 else 10, 5, 1,
-                                 text.prefix.encode(), indev, outdev, 0, text.time, payload),
-                     name_of, NOW)
+        rec = record(
+            NflogPacket(
+                2 if text.src.version == 4 else 10,
+                5,
+                1,
+                text.prefix.encode(),
+                indev,
+                outdev,
+                0,
+                text.time,
+                payload,
+            ),
+            name_of,
+            NOW,
+        )
         assert rec is not None
         records.append(rec)
     decided_text = [d for line in lines for d in by_text.feed_line(line, NOW, STAMP)]
     decided_nflog = by_nflog.feed_records(records)
     assert [(d.target, d.jail, d.filters) for d in decided_text] == [
-        (d.target, d.jail, d.filters) for d in decided_nflog]
+        (d.target, d.jail, d.filters) for d in decided_nflog
+    ]
     assert decided_text, "the samples must ban something"
     assert by_text.stats.parsed == by_nflog.stats.parsed == len(records)
 
@@ -266,15 +377,15 @@ def test_any_payload_decodes_or_is_refused_without_raising(tail: bytes, first: i
     found = record(NflogPacket(2, 5, 1, b"X ", 2, 0, 0, None, payload), name_of, NOW)
     if found is not None:
         KernelLogParser().packet(found)
-        Pipeline(load_config(Path(__file__).resolve().parents[1] / "jails.toml")
-                 ).feed_records([found])
+        Pipeline(load_config(Path(__file__).resolve().parents[1] / "jails.toml")).feed_records(
+            [found]
+        )
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.binary(max_size=40)), max_size=6))
 def test_messages_with_any_attributes_survive(attrs: list[tuple[int, bytes]]) -> None:
-    body = b"".join(struct.pack("=HH", 4 + len(v), k) + v + bytes(-len(v) & 3)
-                    for k, v in attrs)
+    body = b"".join(struct.pack("=HH", 4 + len(v), k) + v + bytes(-len(v) & 3) for k, v in attrs)
     body = bytes((2, 0)) + struct.pack(">H", 5) + body
     message = struct.pack("=IHHII", 16 + len(body), nflog_wire.PACKET_TYPE, 0, 0, 0) + body
     batch = nflog_wire.packets(message)
@@ -296,7 +407,8 @@ def test_config_request_layout() -> None:
     assert (size, kind, flags, seq) == (len(message), 0x401, 0x5, 9)
     assert message[16:20] == b"\x00\x00\x00\x05"  # AF_UNSPEC, version 0, group 5 big endian
     assert message[20:25] == struct.pack("=HH", 5, 1) + b"\x01"
-    mode = nflog_wire.config_request(5, seq=1, copy_range=512, qthresh=64, timeout_cs=2,
-                                     nlbufsiz=131072)
+    mode = nflog_wire.config_request(
+        5, seq=1, copy_range=512, qthresh=64, timeout_cs=2, nlbufsiz=131072
+    )
     assert struct.pack("=HH", 10, 2) + struct.pack(">I", 512) + b"\x02\x00" in mode
     assert struct.pack("=HH", 8, 5) + struct.pack(">I", 64) in mode

@@ -88,7 +88,8 @@ def test_a_symlinked_state_dir_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_planted_state_file_symlink_is_refused_and_its_target_untouched(
-        tmp_path: Path, victim: Path) -> None:
+    tmp_path: Path, victim: Path
+) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir(mode=0o700)
     (state_dir / "state.sqlite").symlink_to(victim)
@@ -110,7 +111,8 @@ def test_a_dangling_state_file_symlink_is_refused_and_nothing_created(tmp_path: 
 
 @pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
 def test_a_planted_sqlite_side_file_symlink_is_refused(
-        tmp_path: Path, victim: Path, suffix: str) -> None:
+    tmp_path: Path, victim: Path, suffix: str
+) -> None:
     state_dir = tmp_path / "state"
     State(state_dir).close()
     (state_dir / f"state.sqlite{suffix}").symlink_to(victim)

@@ -19,8 +19,10 @@ def test_ipv6_text_is_what_ipaddress_prints(value: int, prefix: int) -> None:
 
 
 @settings(max_examples=2000)
-@given(st.integers(0, 2**16 - 1), st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF]), min_size=7,
-                                           max_size=7))
+@given(
+    st.integers(0, 2**16 - 1),
+    st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF]), min_size=7, max_size=7),
+)
 def test_global_unicast_with_zero_runs(first: int, rest: list[int]) -> None:
     # Runs of zero groups are where compression rules differ between implementations.
     groups = [0x2000 | (first & 0x1FFF), *rest]

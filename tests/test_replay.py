@@ -44,18 +44,27 @@ GARBAGE: dict[str, bytes] = {
     "truncated": synack().encode()[:150],
     "truncated-flags": synack().encode()[: synack().index("SYN URGP")],
     "bad-address": synack().replace(PROBER4, "999.1.1.1").encode(),
-    "bad-v6": synack("2001:db8::42").replace("2001:0db8:0000:0000:0000:0000:0000:0042",
-                                             "2001:zz::").encode(),
-    "mixed-family": synack().replace("DST=192.0.2.10",
-                                     "DST=2001:0db8:0000:0000:0000:0000:0000:0010").encode(),
+    "bad-v6": synack("2001:db8::42")
+    .replace("2001:0db8:0000:0000:0000:0000:0000:0042", "2001:zz::")
+    .encode(),
+    "mixed-family": synack()
+    .replace("DST=192.0.2.10", "DST=2001:0db8:0000:0000:0000:0000:0000:0010")
+    .encode(),
     "forged": synack().replace(" host kernel: ", " host sshd[1]: kernel: ").encode(),
     "long": b"x" * 1_000_000,
     "crlf": synack().encode()[:40] + b"\r",
 }
 # Refused after the record was recognized; the others are not recognizable records at all.
 # "truncated" is cut before PROTO=: it starts a LOG record, so it is malformed (issue 11).
-MALFORMED = {"bad-address", "bad-v6", "mixed-family", "forged", "nul-inside", "truncated",
-             "truncated-flags"}
+MALFORMED = {
+    "bad-address",
+    "bad-v6",
+    "mixed-family",
+    "forged",
+    "nul-inside",
+    "truncated",
+    "truncated-flags",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
@@ -80,8 +89,15 @@ def test_garbage_alone_is_counted_unparsed(tmp_path: Path, kind: str) -> None:
 
 def test_empty_file(tmp_path: Path) -> None:
     result = replay(tmp_path, b"")
-    assert result.to_json() == {"lines": 0, "parsed": 0, "unparsed": 0, "malformed": 0,
-                                "hits": 0, "hits_by_filter": {}, "bans": []}
+    assert result.to_json() == {
+        "lines": 0,
+        "parsed": 0,
+        "unparsed": 0,
+        "malformed": 0,
+        "hits": 0,
+        "hits_by_filter": {},
+        "bans": [],
+    }
 
 
 def test_file_without_trailing_newline_counts_its_last_line(tmp_path: Path) -> None:
@@ -113,9 +129,14 @@ def test_to_json_shape(tmp_path: Path) -> None:
     assert isinstance(out["bans"], list) and len(out["bans"]) == 1
     ban = out["bans"][0]
     assert set(ban) >= BAN_KEYS
-    assert (ban["target"], ban["jail"], ban["at"], ban["duration"], ban["score"],
-            ban["filters"]) == (PROBER4, "probes", "2026-11-22T02:04:58+00:00", 600.0, 5.0,
-                                ["unsolicited_synack"])
+    assert (
+        ban["target"],
+        ban["jail"],
+        ban["at"],
+        ban["duration"],
+        ban["score"],
+        ban["filters"],
+    ) == (PROBER4, "probes", "2026-11-22T02:04:58+00:00", 600.0, 5.0, ["unsolicited_synack"])
 
 
 def test_missing_file_raises_oserror(tmp_path: Path) -> None:
@@ -136,10 +157,8 @@ _sample_lines = st.sampled_from([line.encode() for line in (*train(2), syn(), ou
 
 
 @settings(max_examples=200)
-@given(st.lists(_line_bytes | _sample_lines, max_size=20), st.booleans(),
-       st.integers(1, 700))
-def test_any_chunk_size_yields_the_same_text(lines: list[bytes], trailing: bool, size: int
-                                             ) -> None:
+@given(st.lists(_line_bytes | _sample_lines, max_size=20), st.booleans(), st.integers(1, 700))
+def test_any_chunk_size_yields_the_same_text(lines: list[bytes], trailing: bool, size: int) -> None:
     data = b"\n".join(lines) + (b"\n" if trailing and lines else b"")
     chunks = list(read_text_chunks(io.BytesIO(data), size))
     assert "".join(chunks) == data.decode("utf-8", "replace")
@@ -154,11 +173,17 @@ def test_replay_decisions_do_not_depend_on_chunking(lines: list[bytes], size: in
     whole = Pipeline(CONFIG)
     expected = whole.feed_text(data.decode("utf-8", "replace"), BASE)
     chunked = Pipeline(CONFIG)
-    found = [d for text in read_text_chunks(io.BytesIO(data), size)
-             for d in chunked.feed_text(text, BASE)]
+    found = [
+        d
+        for text in read_text_chunks(io.BytesIO(data), size)
+        for d in chunked.feed_text(text, BASE)
+    ]
     assert found == expected
     assert (chunked.stats.lines, chunked.stats.parsed, chunked.stats.malformed) == (
-        whole.stats.lines, whole.stats.parsed, whole.stats.malformed)
+        whole.stats.lines,
+        whole.stats.parsed,
+        whole.stats.malformed,
+    )
 
 
 @settings(max_examples=50)
@@ -170,8 +195,7 @@ def test_live_feed_line_equals_replay_feed_text(lines: list[bytes]) -> None:
     live = Pipeline(CONFIG)
     found = [d for t in texts for d in live.feed_line(t, BASE)]
     assert found == expected
-    assert (live.stats.lines, live.stats.parsed) == (replayed.stats.lines,
-                                                     replayed.stats.parsed)
+    assert (live.stats.lines, live.stats.parsed) == (replayed.stats.lines, replayed.stats.parsed)
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096])
@@ -197,12 +221,14 @@ def test_live_and_replay_count_malformed_lines_alike() -> None:
 
 # ---- compiled plans agree with the reference path ------------------------------------------
 
-SAMPLE_LINES = sorted({
-    line
-    for path in (REPO / "tests" / "samples").glob("*.log")
-    for line in path.read_text(encoding="utf-8").splitlines()
-    if line.strip() and not line.startswith("#")
-})
+SAMPLE_LINES = sorted(
+    {
+        line
+        for path in (REPO / "tests" / "samples").glob("*.log")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+)
 
 
 def _reference(lines: list[str]) -> tuple[Pipeline, list[object]]:
@@ -217,8 +243,12 @@ def _reference(lines: list[str]) -> tuple[Pipeline, list[object]]:
 
 
 @settings(max_examples=100)
-@given(st.lists(st.sampled_from(SAMPLE_LINES) | _line_bytes.map(
-    lambda b: b.decode("utf-8", "replace")), max_size=60))
+@given(
+    st.lists(
+        st.sampled_from(SAMPLE_LINES) | _line_bytes.map(lambda b: b.decode("utf-8", "replace")),
+        max_size=60,
+    )
+)
 def test_compiled_plans_decide_like_matchers_and_scorers(lines: list[str]) -> None:
     # Every annotated sample line of every filter (both syslog styles, IPv4 and IPv6, bare
     # and journald forms), mixed with garbage: same decisions, hit counts and scorer state.
@@ -229,7 +259,8 @@ def test_compiled_plans_decide_like_matchers_and_scorers(lines: list[str]) -> No
     assert found == expected
     assert compiled.hit_counts() == reference.hit_counts()
     assert [r.scorer.stats() for r in compiled.runners] == [
-        r.scorer.stats() for r in reference.runners]
+        r.scorer.stats() for r in reference.runners
+    ]
 
 
 def test_every_sample_line_is_in_the_equivalence_test() -> None:

@@ -16,39 +16,57 @@ from blocker.scoring import JailPolicy, Scorer
 
 T0 = 1_700_000_000.0
 
-HOSTS = [ip_network(f"203.0.113.{i}/32") for i in range(1, 13)] + [
-    ip_network(f"198.51.100.{i}/32") for i in range(1, 5)] + [
-    ip_network(f"2001:db8:{i % 3:x}:{i:x}::1/128") for i in range(12)] + [
-    ip_network("2001:db8:7::5/128"), ip_network("2001:db8:7::6/128")]
-SUBNETS = [ip_network("203.0.113.0/24"), ip_network("198.51.100.0/26"),
-           ip_network("2001:db8:5::/64"), ip_network("2001:db8:6::/48")]
+HOSTS = (
+    [ip_network(f"203.0.113.{i}/32") for i in range(1, 13)]
+    + [ip_network(f"198.51.100.{i}/32") for i in range(1, 5)]
+    + [ip_network(f"2001:db8:{i % 3:x}:{i:x}::1/128") for i in range(12)]
+    + [ip_network("2001:db8:7::5/128"), ip_network("2001:db8:7::6/128")]
+)
+SUBNETS = [
+    ip_network("203.0.113.0/24"),
+    ip_network("198.51.100.0/26"),
+    ip_network("2001:db8:5::/64"),
+    ip_network("2001:db8:6::/48"),
+]
 TARGETS = HOSTS + SUBNETS
 
 
 def policy(cap: int) -> JailPolicy:
-    return JailPolicy(name="t", threshold=2, window=60, ban_time=600, ban_factor=2,
-                      history_window=3600, subnet_min_offenders=2, subnet_window=600,
-                      max_tracked=cap)
+    return JailPolicy(
+        name="t",
+        threshold=2,
+        window=60,
+        ban_time=600,
+        ban_factor=2,
+        history_window=3600,
+        subnet_min_offenders=2,
+        subnet_window=600,
+        max_tracked=cap,
+    )
 
 
-def one_by_one(scorer: Scorer, history: list[tuple[Network, float]],
-               bans: dict[int, float]) -> None:
+def one_by_one(
+    scorer: Scorer, history: list[tuple[Network, float]], bans: dict[int, float]
+) -> None:
     scorer.restore_history(history)
     for key, until in bans.items():
         scorer.mark_banned(target_of(key), until)
 
 
-def in_bulk(scorer: Scorer, history: list[tuple[Network, float]],
-            bans: dict[int, float]) -> None:
+def in_bulk(scorer: Scorer, history: list[tuple[Network, float]], bans: dict[int, float]) -> None:
     scorer.restore_history_keys([key_of(t) for t, _ in history], [at for _, at in history])
     scorer.restore_bans(bans)
 
 
 def internals(scorer: Scorer) -> object:
     """Everything restore touches, in order (the caps drop the oldest first)."""
-    return (list(scorer.book.hosts.items()), dict(scorer.book.gate),
-            list(scorer.book.subnets.items()), list(scorer.history._times.items()),
-            [(k, dict(v)) for k, v in scorer.escalation._offenders.items()])
+    return (
+        list(scorer.book.hosts.items()),
+        dict(scorer.book.gate),
+        list(scorer.book.subnets.items()),
+        list(scorer.history._times.items()),
+        [(k, dict(v)) for k, v in scorer.escalation._offenders.items()],
+    )
 
 
 def decisions(scorer: Scorer, at: float) -> list[object]:
@@ -66,17 +84,28 @@ def decisions(scorer: Scorer, at: float) -> list[object]:
 
 
 rows = st.lists(st.tuples(st.sampled_from(TARGETS), st.floats(T0 - 7200, T0)), max_size=60)
-bans = st.dictionaries(st.sampled_from(TARGETS).map(key_of),
-                       st.one_of(st.just(math.inf), st.floats(T0 - 100, T0 + 3000)),
-                       max_size=40)
+bans = st.dictionaries(
+    st.sampled_from(TARGETS).map(key_of),
+    st.one_of(st.just(math.inf), st.floats(T0 - 100, T0 + 3000)),
+    max_size=40,
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(history=rows, active=bans, cap=st.integers(1, 12), fed_before=st.booleans(),
-       ordered=st.booleans())
-def test_bulk_restore_decides_as_one_by_one(history: list[tuple[Network, float]],
-                                            active: dict[int, float], cap: int,
-                                            fed_before: bool, ordered: bool) -> None:
+@given(
+    history=rows,
+    active=bans,
+    cap=st.integers(1, 12),
+    fed_before=st.booleans(),
+    ordered=st.booleans(),
+)
+def test_bulk_restore_decides_as_one_by_one(
+    history: list[tuple[Network, float]],
+    active: dict[int, float],
+    cap: int,
+    fed_before: bool,
+    ordered: bool,
+) -> None:
     if ordered:  # the state hands history oldest first; any order must still agree
         history = sorted(history, key=lambda row: row[1])
     old, new = Scorer(policy(cap)), Scorer(policy(cap))

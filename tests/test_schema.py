@@ -37,10 +37,18 @@ from blocker.validators import (
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [
-    (REPO / "README.md", config_docs.MARKDOWN_BEGIN, config_docs.MARKDOWN_END,
-     config_docs.markdown),
-    (REPO / "docs" / "jails.toml.5", config_docs.ROFF_BEGIN, config_docs.ROFF_END,
-     config_docs.roff),
+    (
+        REPO / "README.md",
+        config_docs.MARKDOWN_BEGIN,
+        config_docs.MARKDOWN_END,
+        config_docs.markdown,
+    ),
+    (
+        REPO / "docs" / "jails.toml.5",
+        config_docs.ROFF_BEGIN,
+        config_docs.ROFF_END,
+        config_docs.roff,
+    ),
 ]
 
 
@@ -52,14 +60,16 @@ def test_docs_list_the_schema(doc: tuple[Path, str, str, Any]) -> None:
     path, begin, end, render = doc
     text = path.read_text(encoding="utf-8")
     assert config_docs.replace_region(text, begin, end, render()) == text, (
-        f"{path.name} disagrees with blocker/schema.py: run ./scripts/config-docs")
+        f"{path.name} disagrees with blocker/schema.py: run ./scripts/config-docs"
+    )
 
 
 def test_a_schema_change_shows_in_the_docs(monkeypatch: pytest.MonkeyPatch) -> None:
     before = (config_docs.markdown(), config_docs.roff())
     key = JAIL.by_name["threshold"]
-    changed = dataclasses.replace(JAIL, keys=tuple(
-        dataclasses.replace(k, default=7.0) if k is key else k for k in JAIL.keys))
+    changed = dataclasses.replace(
+        JAIL, keys=tuple(dataclasses.replace(k, default=7.0) if k is key else k for k in JAIL.keys)
+    )
     monkeypatch.setattr(config_docs, "SECTIONS", (*SECTIONS[:-1], changed))
     after = (config_docs.markdown(), config_docs.roff())
     assert "| `threshold` | number > 0 | `7` |" in after[0]
@@ -79,7 +89,8 @@ def test_replace_region_needs_both_markers() -> None:
     with pytest.raises(ValueError, match="not found"):
         config_docs.replace_region("no markers\n", "<b>", "<e>", "x\n")
     assert config_docs.replace_region("a\n<b>\nold\n<e>\nz\n", "<b>", "<e>", "new\n") == (
-        "a\n<b>\nnew\n<e>\nz\n")
+        "a\n<b>\nnew\n<e>\nz\n"
+    )
 
 
 # ---- defaults come from the schema -------------------------------------------------------
@@ -127,8 +138,9 @@ def test_every_jail_key_lands_on_the_jail_or_its_policy() -> None:
         ("max_tracked", 0, "must be an integer from 1 to 10000000"),
     ],
 )
-def test_config_and_policy_refuse_with_the_same_reason(key: str, value: object,
-                                                       reason: str) -> None:
+def test_config_and_policy_refuse_with_the_same_reason(
+    key: str, value: object, reason: str
+) -> None:
     data = {"jails": {"j": {"filters": ["syn_scan"], key: value}}}
     with pytest.raises(ConfigError) as caught:
         parse_config(data, "t.toml", base_dir=REPO)
@@ -139,16 +151,19 @@ def test_config_and_policy_refuse_with_the_same_reason(key: str, value: object,
 
 
 def test_policy_problems_accept_permanent_and_parsed_addresses() -> None:
-    policy = JailPolicy("j", ban_time=math.inf, allow=(ip_network("192.0.2.0/24"),),
-                        own_addresses=(ip_address("2001:db8::1"),))
+    policy = JailPolicy(
+        "j",
+        ban_time=math.inf,
+        allow=(ip_network("192.0.2.0/24"),),
+        own_addresses=(ip_address("2001:db8::1"),),
+    )
     assert policy.problems() == []
 
 
 def test_section_checks_name_the_key() -> None:
     with pytest.raises(ConfigError) as caught:
         FIREWALL.parse({"set_v4": "a", "set_v6": "a"}, "f.toml", "firewall.")
-    assert (caught.value.key, caught.value.reason) == ("firewall.set_v6",
-                                                       "must differ from set_v4")
+    assert (caught.value.key, caught.value.reason) == ("firewall.set_v6", "must differ from set_v4")
 
 
 def test_unknown_and_jail_only_keys() -> None:
@@ -171,7 +186,7 @@ def refused(validator: Validator[Any], value: object) -> str:
 def test_number_bounds_and_messages() -> None:
     assert Number()(3) == 3.0
     assert refused(Number(), True) == "must be a number"
-    assert refused(Number(), 10 ** 400) == "must be a finite number of sensible size"
+    assert refused(Number(), 10**400) == "must be a finite number of sensible size"
     assert refused(Number(), math.nan) == "must be a finite number of sensible size"
     assert refused(Number(0, 1), 2) == "must be between 0 and 1"
     assert refused(Number(low=0, high=1000, low_open=True), 0) == "must be > 0 and <= 1000"
@@ -258,10 +273,11 @@ def test_host_port_refuses(value: object, reason: str) -> None:
 
 def test_networks_and_addresses() -> None:
     assert Networks()(["192.0.2.1", "2001:db8::/48"]) == (
-        ip_network("192.0.2.1/32"), ip_network("2001:db8::/48"))
+        ip_network("192.0.2.1/32"),
+        ip_network("2001:db8::/48"),
+    )
     assert refused(Networks(), [3]) == "must be a list of addresses or CIDR networks"
-    assert refused(Networks(), ["192.0.2.0/33"]) == (
-        "'192.0.2.0/33' is not an address or network")
+    assert refused(Networks(), ["192.0.2.0/33"]) == ("'192.0.2.0/33' is not an address or network")
     assert Addresses()(["192.0.2.1"]) == (ip_address("192.0.2.1"),)
     assert refused(Addresses(), ["192.0.2.0/24"]) == "'192.0.2.0/24' is not an IP address"
     assert refused(Addresses(), "192.0.2.1") == "must be a list of addresses"
@@ -292,18 +308,26 @@ def test_or_none_is_for_keys_whose_absence_means_off() -> None:
 
 
 def test_a_new_section_is_a_few_lines() -> None:
-    metrics = Section("metrics", "how blocker is watched", (
-        Key("listen", OrNone(HostPort()), None, "where to serve /metrics"),
-        Key("textfile_interval", Duration(high=3600), 15.0, "how often the file is written"),
-        Key("groups", Integers(0, 65535), (), "groups"),
-    ))
+    metrics = Section(
+        "metrics",
+        "how blocker is watched",
+        (
+            Key("listen", OrNone(HostPort()), None, "where to serve /metrics"),
+            Key("textfile_interval", Duration(high=3600), 15.0, "how often the file is written"),
+            Key("groups", Integers(0, 65535), (), "groups"),
+        ),
+    )
     assert metrics.parse({}, "f") == {"listen": None, "textfile_interval": 15.0, "groups": ()}
     assert metrics.parse({"listen": "127.0.0.1:9100", "groups": [1]}, "f", "metrics.") == {
-        "listen": ("127.0.0.1", 9100), "textfile_interval": 15.0, "groups": (1,)}
+        "listen": ("127.0.0.1", 9100),
+        "textfile_interval": 15.0,
+        "groups": (1,),
+    }
     with pytest.raises(ConfigError) as caught:
         metrics.parse({"textfile_interval": "2h"}, "f.toml", "metrics.")
     assert str(caught.value) == (
-        "f.toml: metrics.textfile_interval: must be between 0 s and 3600 s")
+        "f.toml: metrics.textfile_interval: must be between 0 s and 3600 s"
+    )
     with pytest.raises(ConfigError, match=r"^f: metrics\.port: unknown key$"):
         metrics.parse({"port": 1}, "f", "metrics.")
     assert metrics.by_name["textfile_interval"].check.kind == "duration > 0, <= 3600s"

@@ -591,14 +591,17 @@ def test_a_source_seen_once_scores_like_any_window() -> None:
 def test_windows_without_score_go_before_any_live_one() -> None:
     s = scorer(max_tracked=2)
     scan = {"filter_": "port_scan"}
-    feed_all(s, [
-        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.1", 0, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.2", 100, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.2", 101, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
-        hit("198.51.100.3", 102, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
-    ])
+    feed_all(
+        s,
+        [
+            hit("198.51.100.1", 0, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.1", 0, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.2", 100, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.2", 101, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.3", 102, key=(a("192.0.2.1"), 1), **scan),  # type: ignore[arg-type]
+            hit("198.51.100.3", 102, key=(a("192.0.2.1"), 2), **scan),  # type: ignore[arg-type]
+        ],
+    )
     # .1's window expired: dropped for .3, not counted as evicted
     assert s.stats()["evicted"] == 0
     assert s.explain(a("198.51.100.2"), T0 + 102)["score"] == 2.0

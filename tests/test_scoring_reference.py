@@ -60,8 +60,9 @@ def test_same_decisions_as_the_reference(
     policy: JailPolicy, stream: list[tuple[Address, str, int, int, float]], plain_run: int
 ) -> None:
     # A run of plain hits from one source climbs through the packed tier and past it.
-    hits = build(stream) + [Hit(T0 + 5000 + i, "ref", "synack", ORDINARY[6], 0.5, None)
-                            for i in range(plain_run)]
+    hits = build(stream) + [
+        Hit(T0 + 5000 + i, "ref", "synack", ORDINARY[6], 0.5, None) for i in range(plain_run)
+    ]
     policy = replace(policy, threshold=policy.threshold * 2, max_tracked=10_000)
     new, old = Scorer(policy), ReferenceScorer(policy)
     assert decide(new, hits) == decide(old, hits)

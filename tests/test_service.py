@@ -76,9 +76,13 @@ class Harness:
         self.service = self.make_service(self.state, self.backend)
 
     def make_service(self, state: State, backend: FakeBackend) -> Service:
-        return Service(self.load(), state, backend,
-                       own_addresses=(ip_address(HOST4), ip_address(HOST6)),
-                       reload_config=self.load)
+        return Service(
+            self.load(),
+            state,
+            backend,
+            own_addresses=(ip_address(HOST4), ip_address(HOST6)),
+            reload_config=self.load,
+        )
 
     def load(self) -> Config:
         return load_config(self.config_path)
@@ -106,6 +110,7 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 # -- the hot path ---------------------------------------------------------------------------
 
+
 def test_five_synacks_give_one_ban_batch(h: Harness) -> None:
     decisions = h.feed(synacks(ATTACKER, NOW))
     assert [(d.target, d.jail, d.duration) for d in decisions] == [(n(ATTACKER), "probes", 600)]
@@ -114,7 +119,8 @@ def test_five_synacks_give_one_ban_batch(h: Harness) -> None:
     assert set(h.service.active) == {n(ATTACKER)}
     rows = h.state.active(NOW)
     assert [(r.target, r.jail, r.expires, r.origin) for r in rows] == [
-        (n(ATTACKER), "probes", NOW + 600, "auto")]
+        (n(ATTACKER), "probes", NOW + 600, "auto")
+    ]
 
 
 def test_four_synacks_ban_nobody(h: Harness) -> None:
@@ -179,8 +185,15 @@ def test_a_ban_after_expiry_lasts_longer(h: Harness) -> None:
 
 
 def decision(target: str, at: float, duration: float, jail: str = "probes") -> Decision:
-    return Decision(target=n(target), jail=jail, at=at, duration=duration, score=5.0,
-                    filters=("unsolicited_synack",), reason="test")
+    return Decision(
+        target=n(target),
+        jail=jail,
+        at=at,
+        duration=duration,
+        score=5.0,
+        filters=("unsolicited_synack",),
+        reason="test",
+    )
 
 
 def test_apply_skips_a_duplicate_or_shorter_ban_and_passes_a_longer_one(h: Harness) -> None:
@@ -201,18 +214,25 @@ def test_one_batch_for_many_decisions(h: Harness) -> None:
     assert {t for t, _ in h.backend.ban_batches[0]} == {n("203.0.113.1"), n("198.51.100.9")}
 
 
-def test_a_firewall_error_on_the_hot_path_is_logged_not_raised(h: Harness,
-                                                               caplog: pytest.LogCaptureFixture
-                                                               ) -> None:
+def test_a_firewall_error_on_the_hot_path_is_logged_not_raised(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     h.backend.fail = "ipset is gone"
     h.feed(synacks(ATTACKER, NOW))
     assert "firewall refused 1 ban(s): ipset is gone" in caplog.text
 
 
 def test_garbage_lines_do_not_disturb_scoring(h: Harness) -> None:
-    garbage = [SourceLine(text, None) for text in (
-        "", "\ufffd\ufffd binary", "x" * 100_000, "kernel: SRC=999.1.1.1 PROTO=TCP",
-        synack(ATTACKER, at=NOW)[:60])]
+    garbage = [
+        SourceLine(text, None)
+        for text in (
+            "",
+            "\ufffd\ufffd binary",
+            "x" * 100_000,
+            "kernel: SRC=999.1.1.1 PROTO=TCP",
+            synack(ATTACKER, at=NOW)[:60],
+        )
+    ]
     h.feed(garbage + synacks(ATTACKER, NOW))
     assert h.backend.banned_targets == [n(ATTACKER)]
     status = h.service.cmd_status({}, NOW)
@@ -222,6 +242,7 @@ def test_garbage_lines_do_not_disturb_scoring(h: Harness) -> None:
 
 # -- own addresses ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("own", [HOST4, HOST6, CONFIG_OWN, ALLOWED])
 def test_own_and_allowlisted_addresses_are_never_banned(h: Harness, own: str) -> None:
     assert h.feed(synacks(own, NOW, count=20)) == []
@@ -230,8 +251,9 @@ def test_own_and_allowlisted_addresses_are_never_banned(h: Harness, own: str) ->
 
 def test_no_subnet_ban_around_an_own_address(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
-    service = Service(harness.load(), harness.state, harness.backend,
-                      own_addresses=(ip_address("203.0.113.200"),))
+    service = Service(
+        harness.load(), harness.state, harness.backend, own_addresses=(ip_address("203.0.113.200"),)
+    )
     service.start(NOW)
     for i, src in enumerate(("203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4")):
         service.handle_lines(KEY, synacks(src, NOW + i), NOW + i)
@@ -248,12 +270,17 @@ def test_three_offenders_escalate_to_the_subnet(h: Harness) -> None:
 
 # -- start: restoring the saved state -----------------------------------------------------
 
+
 def test_start_restores_active_bans_with_their_remaining_time(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     with harness.state.transaction():
-        harness.state.record_bans([decision(ATTACKER, NOW - 100, 600),
-                                   decision("198.51.100.9", NOW - 1000, 600),  # ended
-                                   decision("203.0.113.0/24", NOW - 10, math.inf, "scans")])
+        harness.state.record_bans(
+            [
+                decision(ATTACKER, NOW - 100, 600),
+                decision("198.51.100.9", NOW - 1000, 600),  # ended
+                decision("203.0.113.0/24", NOW - 10, math.inf, "scans"),
+            ]
+        )
     harness.service.start(NOW)
     assert harness.backend.setups == 1
     (batch,) = harness.backend.ban_batches  # one batch, in no particular order
@@ -284,8 +311,9 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
     harness = Harness(tmp_path, config)
     texts = [f"2001:db8:{i >> 8:x}:{i & 0xFF:x}::1" for i in range(300)] + ["203.0.113.0/24"]
     harness.state.begin()
-    harness.state.record_bans([decision(text, NOW - 300 + i, 3600 if i % 7 else math.inf)
-                               for i, text in enumerate(texts)])
+    harness.state.record_bans(
+        [decision(text, NOW - 300 + i, 3600 if i % 7 else math.inf) for i, text in enumerate(texts)]
+    )
     harness.state.commit()
     service = harness.restart(NOW)
     for runner in service.pipeline.runners:
@@ -298,8 +326,7 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
         assert mine.book.gate == alone.book.gate
         assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
         assert list(mine.history._times.items()) == list(alone.history._times.items())
-        assert list(mine.escalation._offenders.items()) == list(
-            alone.escalation._offenders.items())
+        assert list(mine.escalation._offenders.items()) == list(alone.escalation._offenders.items())
     assert len(service.pipeline.runners[0].scorer.book.hosts) < 300  # the cap did bite
     harness.state.close()
 
@@ -321,6 +348,7 @@ def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
 
 
 # -- tick ---------------------------------------------------------------------------------
+
 
 def test_tick_re_adds_active_bans_of_a_recreated_set(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW) + synacks(ATTACKER6, NOW))
@@ -356,6 +384,7 @@ def test_tick_survives_a_failing_check(h: Harness, caplog: pytest.LogCaptureFixt
 
 # -- cmd_ban ------------------------------------------------------------------------------
 
+
 def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
     text = h.service.cmd_ban({"target": ATTACKER}, NOW)
     assert text == f"banned {ATTACKER} for 600s (jail probes)"
@@ -365,15 +394,16 @@ def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
 
 
 def test_ban_a_network_in_another_jail_for_a_duration(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": "203.0.113.0/24", "jail": "scans", "duration": "2h"},
-                             NOW)
+    text = h.service.cmd_ban({"target": "203.0.113.0/24", "jail": "scans", "duration": "2h"}, NOW)
     assert text == "banned 203.0.113.0/24 for 7200s (jail scans)"
     assert h.backend.ban_batches == [[(n("203.0.113.0/24"), 7200.0)]]
     assert h.service.active[n("203.0.113.0/24")].jail == "scans"
 
 
-@pytest.mark.parametrize(("given", "seconds"), [(90, 90.0), ("90s", 90.0), ("10m", 600.0),
-                                               ("1h", 3600.0), ("7d", 604800.0), (1.5, 1.5)])
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("1h", 3600.0), ("7d", 604800.0), (1.5, 1.5)],
+)
 def test_ban_durations(h: Harness, given: object, seconds: float) -> None:
     h.service.cmd_ban({"target": ATTACKER, "duration": given}, NOW)
     assert h.backend.ban_batches == [[(n(ATTACKER), seconds)]]
@@ -403,21 +433,24 @@ def test_a_manual_ban_replaces_a_longer_one(h: Harness) -> None:
     assert h.service.active[n(ATTACKER)].expires == NOW + 60
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({}, "give an address or a network"),
-    ({"target": ""}, "give an address or a network"),
-    ({"target": 7}, "give an address or a network"),
-    ({"target": "not-an-ip"}, "'not-an-ip' is not an address or network"),
-    ({"target": "203.0.113.7/24"}, "has host bits set; did you mean 203.0.113.0/24?"),
-    ({"target": "2001:db8::1/64"}, "has host bits set; did you mean 2001:db8::/64?"),
-    ({"target": ATTACKER, "jail": "nope"}, "no jail 'nope' (jails: probes, scans)"),
-    ({"target": ATTACKER, "jail": 3}, "no jail 3"),
-    ({"target": ATTACKER, "duration": "soon"}, "duration: must be a duration like"),
-    ({"target": ATTACKER, "duration": -5}, "duration: must be a finite, non-negative"),
-    ({"target": ATTACKER, "duration": 0}, "duration must be longer than 0 s"),
-    ({"target": ATTACKER, "duration": float("nan")}, "duration: must be a finite"),
-    ({"target": ATTACKER, "duration": True}, "duration: must be a duration"),
-])
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({}, "give an address or a network"),
+        ({"target": ""}, "give an address or a network"),
+        ({"target": 7}, "give an address or a network"),
+        ({"target": "not-an-ip"}, "'not-an-ip' is not an address or network"),
+        ({"target": "203.0.113.7/24"}, "has host bits set; did you mean 203.0.113.0/24?"),
+        ({"target": "2001:db8::1/64"}, "has host bits set; did you mean 2001:db8::/64?"),
+        ({"target": ATTACKER, "jail": "nope"}, "no jail 'nope' (jails: probes, scans)"),
+        ({"target": ATTACKER, "jail": 3}, "no jail 3"),
+        ({"target": ATTACKER, "duration": "soon"}, "duration: must be a duration like"),
+        ({"target": ATTACKER, "duration": -5}, "duration: must be a finite, non-negative"),
+        ({"target": ATTACKER, "duration": 0}, "duration must be longer than 0 s"),
+        ({"target": ATTACKER, "duration": float("nan")}, "duration: must be a finite"),
+        ({"target": ATTACKER, "duration": True}, "duration: must be a duration"),
+    ],
+)
 def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
         h.service.cmd_ban(message, NOW)
@@ -426,27 +459,30 @@ def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     assert h.state.active(NOW) == []
 
 
-@pytest.mark.parametrize(("target", "why"), [
-    ("127.0.0.1", "loopback, link-local"),
-    ("127.0.0.0/8", "loopback, link-local"),
-    ("::1", "loopback, link-local"),
-    ("169.254.169.254", "loopback, link-local"),
-    ("fe80::1", "loopback, link-local"),
-    ("224.0.0.1", "loopback, link-local"),
-    ("ff02::1", "loopback, link-local"),
-    ("0.0.0.0", "loopback, link-local"),
-    ("::", "loopback, link-local"),
-    ("255.255.255.255", "loopback, link-local"),
-    ("0.0.0.0/0", "that is every address"),
-    ("::/0", "that is every address"),
-    ("126.0.0.0/7", "loopback, link-local"),  # ends inside 127/8
-    (ALLOWED, "it is allowlisted (198.51.100.77 in jail probes)"),
-    ("198.51.100.64/26", "it is allowlisted"),
-    (HOST4, f"it holds this host's own address {HOST4}"),
-    ("192.0.2.0/24", f"it holds this host's own address {HOST4}"),
-    ("2001:db8::/32", f"it holds this host's own address {HOST6}"),
-    (CONFIG_OWN, f"it holds this host's own address {CONFIG_OWN}"),
-])
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("127.0.0.1", "loopback, link-local"),
+        ("127.0.0.0/8", "loopback, link-local"),
+        ("::1", "loopback, link-local"),
+        ("169.254.169.254", "loopback, link-local"),
+        ("fe80::1", "loopback, link-local"),
+        ("224.0.0.1", "loopback, link-local"),
+        ("ff02::1", "loopback, link-local"),
+        ("0.0.0.0", "loopback, link-local"),
+        ("::", "loopback, link-local"),
+        ("255.255.255.255", "loopback, link-local"),
+        ("0.0.0.0/0", "that is every address"),
+        ("::/0", "that is every address"),
+        ("126.0.0.0/7", "loopback, link-local"),  # ends inside 127/8
+        (ALLOWED, "it is allowlisted (198.51.100.77 in jail probes)"),
+        ("198.51.100.64/26", "it is allowlisted"),
+        (HOST4, f"it holds this host's own address {HOST4}"),
+        ("192.0.2.0/24", f"it holds this host's own address {HOST4}"),
+        ("2001:db8::/32", f"it holds this host's own address {HOST6}"),
+        (CONFIG_OWN, f"it holds this host's own address {CONFIG_OWN}"),
+    ],
+)
 def test_ban_refusals(h: Harness, target: str, why: str) -> None:
     with pytest.raises(RequestError) as info:
         h.service.cmd_ban({"target": target}, NOW)
@@ -466,16 +502,17 @@ def test_ban_with_a_huge_integer_duration_is_an_error(h: Harness) -> None:
         h.service.cmd_ban({"target": ATTACKER, "duration": 10**400}, NOW)
 
 
-@pytest.mark.parametrize(("target", "fail"), [("203.0.113.7", "ipset is gone"),
-                                              ("::ffff:203.0.113.7", None)])
-def test_ban_reports_a_ban_the_firewall_refused(h: Harness, target: str, fail: str | None
-                                                ) -> None:
+@pytest.mark.parametrize(
+    ("target", "fail"), [("203.0.113.7", "ipset is gone"), ("::ffff:203.0.113.7", None)]
+)
+def test_ban_reports_a_ban_the_firewall_refused(h: Harness, target: str, fail: str | None) -> None:
     h.backend.fail = fail
     with pytest.raises(RequestError):
         h.service.cmd_ban({"target": target}, NOW)
 
 
 # -- cmd_unban ----------------------------------------------------------------------------
+
 
 def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
@@ -512,11 +549,14 @@ def test_unban_tells_about_a_covering_subnet_ban(h: Harness) -> None:
     assert text == f"unbanned {ATTACKER}; still covered by the ban of 203.0.113.0/24"
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({}, "give an address or a network"),
-    ({"target": "203.0.113.7/24"}, "did you mean 203.0.113.0/24?"),
-    ({"target": "127.0.0.1"}, "cannot unban 127.0.0.1"),
-])
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({}, "give an address or a network"),
+        ({"target": "203.0.113.7/24"}, "did you mean 203.0.113.0/24?"),
+        ({"target": "127.0.0.1"}, "cannot unban 127.0.0.1"),
+    ],
+)
 def test_unban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
         h.service.cmd_unban(message, NOW)
@@ -534,19 +574,30 @@ def test_unban_with_a_failing_firewall_keeps_the_ban(h: Harness) -> None:
 
 # -- cmd_list, cmd_explain, cmd_status ----------------------------------------------------
 
+
 def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.service.cmd_ban({"target": "2001:db8:77::/48", "duration": "permanent", "jail": "scans"},
-                      NOW)
+    h.service.cmd_ban({"target": "2001:db8:77::/48", "duration": "permanent", "jail": "scans"}, NOW)
     h.backend.table[n("198.51.100.200")] = 30.0  # someone else's entry in our set
     del h.backend.table[n(ATTACKER)]  # an admin deleted it with `ipset del`
     rows = h.service.cmd_list({}, NOW)
     assert rows == [
-        {"target": "198.51.100.200", "jail": "(not blocker's)", "origin": "",
-         "expires": "2026-11-22T03:05:24+00:00", "remaining": 30, "reason": ""},
-        {"target": "2001:db8:77::/48", "jail": "scans", "origin": "manual", "expires": None,
-         "remaining": None,
-         "reason": "manual ban (blockerctl)"},
+        {
+            "target": "198.51.100.200",
+            "jail": "(not blocker's)",
+            "origin": "",
+            "expires": "2026-11-22T03:05:24+00:00",
+            "remaining": 30,
+            "reason": "",
+        },
+        {
+            "target": "2001:db8:77::/48",
+            "jail": "scans",
+            "origin": "manual",
+            "expires": None,
+            "remaining": None,
+            "reason": "manual ban (blockerctl)",
+        },
     ]
     json.dumps(rows)
 
@@ -576,9 +627,15 @@ def test_explain(h: Harness) -> None:
     json.dumps(result)
     assert result["address"] == ATTACKER
     assert result["refusal"] is None
-    assert result["banned_by"] == [{"target": "203.0.113.0/24", "jail": "probes",
-                                    "reason": "manual ban (blockerctl)", "origin": "manual",
-                                    "expires": "2026-11-22T03:14:54+00:00"}]
+    assert result["banned_by"] == [
+        {
+            "target": "203.0.113.0/24",
+            "jail": "probes",
+            "reason": "manual ban (blockerctl)",
+            "origin": "manual",
+            "expires": "2026-11-22T03:14:54+00:00",
+        }
+    ]
     jails = result["jails"]
     assert isinstance(jails, dict)
     assert set(jails) == {"probes", "scans"}
@@ -595,12 +652,15 @@ def test_explain_an_allowlisted_address(h: Harness) -> None:
     assert result["jails"]["probes"]["never_banned_because"] == "allowlisted"  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("message", "error"), [
-    ({}, "explain needs an address"),
-    ({"address": 5}, "explain needs an address"),
-    ({"address": "203.0.113.0/24"}, "is not an IP address"),
-    ({"address": "bogus"}, "'bogus' is not an IP address"),
-])
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ({}, "explain needs an address"),
+        ({"address": 5}, "explain needs an address"),
+        ({"address": "203.0.113.0/24"}, "is not an IP address"),
+        ({"address": "bogus"}, "'bogus' is not an IP address"),
+    ],
+)
 def test_explain_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
         h.service.cmd_explain(message, NOW)
@@ -608,8 +668,13 @@ def test_explain_errors(h: Harness, message: dict[str, object], error: str) -> N
 
 
 def test_status_shape(h: Harness) -> None:
-    h.feed([*synacks(ATTACKER, NOW), SourceLine(syn("198.51.100.9", 22, NOW), None),
-            SourceLine("noise", None)])
+    h.feed(
+        [
+            *synacks(ATTACKER, NOW),
+            SourceLine(syn("198.51.100.9", 22, NOW), None),
+            SourceLine("noise", None),
+        ]
+    )
     h.service.source_health = lambda: [{"source": f"kernlog:{LOG}", "state": "ok"}]
     status = h.service.cmd_status({}, NOW + 12.34)
     json.dumps(status)
@@ -630,11 +695,24 @@ def test_status_shape(h: Harness) -> None:
     assert jails["scans"]["tracked"] == 1
     assert jails["scans"]["active_bans"] == 0
     # Issue 9's visibility: sources per tier, evictions, sources a minute, under flood.
-    assert {k: jails["scans"]["scorer"][k] for k in (
-        "tracked_admission", "tracked_climbing", "tracked_windows", "evicted",
-        "sources_per_minute", "under_flood")} == {
-        "tracked_admission": 1, "tracked_climbing": 0, "tracked_windows": 0, "evicted": 0,
-        "sources_per_minute": 1, "under_flood": False}
+    assert {
+        k: jails["scans"]["scorer"][k]
+        for k in (
+            "tracked_admission",
+            "tracked_climbing",
+            "tracked_windows",
+            "evicted",
+            "sources_per_minute",
+            "under_flood",
+        )
+    } == {
+        "tracked_admission": 1,
+        "tracked_climbing": 0,
+        "tracked_windows": 0,
+        "evicted": 0,
+        "sources_per_minute": 1,
+        "under_flood": False,
+    }
 
 
 def test_status_uses_the_backends_own_report(h: Harness) -> None:
@@ -652,12 +730,16 @@ def test_handlers_table_reads_the_clock_per_call(h: Harness) -> None:
 
 # -- reload -------------------------------------------------------------------------------
 
+
 def test_reload_with_a_changed_config_keeps_bans_and_marks(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     h.service.cmd_ban({"target": ATTACKER6, "duration": "1h"}, NOW)
-    h.config_path.write_text(CONFIG.replace('ban_time = "1h"', 'ban_time = "2h"')
-                             .replace("[jails.scans]", "[jails.probes2]\nfilters = "
-                                      '["unsolicited_synack"]\n[jails.scans]'), encoding="utf-8")
+    h.config_path.write_text(
+        CONFIG.replace('ban_time = "1h"', 'ban_time = "2h"').replace(
+            "[jails.scans]", '[jails.probes2]\nfilters = ["unsolicited_synack"]\n[jails.scans]'
+        ),
+        encoding="utf-8",
+    )
     text = h.service.cmd_reload({}, NOW + 1)
     assert text == f"reloaded {h.config_path}: probes, probes2, scans"
     assert [r.jail.name for r in h.service.pipeline.runners] == ["probes", "probes2", "scans"]
@@ -698,7 +780,8 @@ def test_reload_without_a_config_file(tmp_path: Path) -> None:
 
 def test_prune_forgets_old_bans_only(h: Harness) -> None:
     with h.state.transaction():
-        h.state.record_bans([decision(ATTACKER, NOW - 40 * 86400, 600),
-                             decision("198.51.100.9", NOW - 86400, 600)])
+        h.state.record_bans(
+            [decision(ATTACKER, NOW - 40 * 86400, 600), decision("198.51.100.9", NOW - 86400, 600)]
+        )
         h.service.prune(NOW)
     assert [t for t, _ in h.state.history(0)] == [n("198.51.100.9")]

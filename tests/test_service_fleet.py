@@ -18,10 +18,24 @@ from blocker.service import FleetRole
 PEER = "198.51.100.50"
 
 
-def remote(target: str, *, expires: float = NOW + 600, origin: str = "web-2",
-           kind: str = "ban", event_id: str = "b" * 32) -> FleetEvent:
-    return FleetEvent(kind, event_id, origin, ip_network(target), "probes",  # type: ignore[arg-type]
-                      NOW - 1, expires, "score 6 >= 5 within 60s")
+def remote(
+    target: str,
+    *,
+    expires: float = NOW + 600,
+    origin: str = "web-2",
+    kind: str = "ban",
+    event_id: str = "b" * 32,
+) -> FleetEvent:
+    return FleetEvent(
+        kind,
+        event_id,
+        origin,
+        ip_network(target),
+        "probes",  # type: ignore[arg-type]
+        NOW - 1,
+        expires,
+        "score 6 >= 5 within 60s",
+    )
 
 
 @pytest.fixture
@@ -42,12 +56,14 @@ def test_a_remote_ban_is_applied_with_its_remaining_time_and_origin(h: Harness) 
     [listed] = h.service.cmd_list({}, NOW + 100)
     assert (listed["origin"], listed["target"]) == ("fleet:web-2", PEER)
     assert h.service.cmd_explain({"address": PEER}, NOW + 100)["banned_by"][0]["origin"] == (
-        "fleet:web-2")
+        "fleet:web-2"
+    )
     assert h.state.outbox(0) == [], "a remote ban is never published again"
 
 
-@pytest.mark.parametrize("target", [ALLOWED, CONFIG_OWN, HOST4, "127.0.0.1", "0.0.0.0/0",
-                                    "224.0.0.1", "fe80::1"])
+@pytest.mark.parametrize(
+    "target", [ALLOWED, CONFIG_OWN, HOST4, "127.0.0.1", "0.0.0.0/0", "224.0.0.1", "fe80::1"]
+)
 def test_remote_bans_pass_the_local_gate(h: Harness, target: str) -> None:
     counts = h.service.apply_remote([remote(target)], NOW)
     assert (counts["applied"], counts["refused"]) == (0, 1)
@@ -70,8 +86,9 @@ def test_accept_false_applies_nothing(h: Harness) -> None:
 
 def test_remote_bans_never_make_local_bans_longer(h: Harness) -> None:
     for i in range(3):
-        h.service.apply_remote([remote(ATTACKER, expires=NOW + 10 * i + 5,
-                                       event_id=f"{i:032x}")], NOW + 10 * i)
+        h.service.apply_remote(
+            [remote(ATTACKER, expires=NOW + 10 * i + 5, event_id=f"{i:032x}")], NOW + 10 * i
+        )
     later = NOW + 1000
     decisions = h.feed(synacks(ATTACKER, later), later)
     assert [d.duration for d in decisions] == [600], "first local ban: ban_time, not grown"
@@ -88,7 +105,8 @@ def test_local_bans_of_published_jails_go_to_the_outbox_in_order(h: Harness) -> 
     events = [from_payload(p) for _, p in h.state.outbox(0)]
     assert [(e.kind, str(e.target), e.jail, e.origin, e.expires) for e in events if e] == [
         ("ban", f"{ATTACKER}/32", "probes", "web-1", NOW + 600),
-        ("ban", "198.51.100.9/32", "probes", "web-1", NOW + 600)]
+        ("ban", "198.51.100.9/32", "probes", "web-1", NOW + 600),
+    ]
     assert len({e.id for e in events if e}) == 2
 
 
@@ -147,8 +165,9 @@ def test_a_remote_ban_spares_a_live_peer_of_this_host(tmp_path: Path) -> None:
     h = harness(tmp_path, conntrack)
     try:
         h.service.fleet = FleetRole("web-1", frozenset(), accept=True)
-        counts = h.service.apply_remote([remote(PEER), remote("203.0.113.99",
-                                                              event_id="9" * 32)], NOW)
+        counts = h.service.apply_remote(
+            [remote(PEER), remote("203.0.113.99", event_id="9" * 32)], NOW
+        )
         assert (counts["spared"], counts["applied"]) == (1, 1)
         assert set(h.backend.table) == {n("203.0.113.99")}
         assert [t for t, _ in conntrack.asked] == [n(PEER), n("203.0.113.99")]

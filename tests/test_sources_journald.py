@@ -161,8 +161,14 @@ def test_reads_kernel_entries_only_and_remembers_the_cursor(fake: FakeJournal) -
         assert health["rejected"] == 2
         assert health["lines"] == 2
         assert fake.runs() == [
-            ["--follow", "--output=json", "--no-pager", "--lines=0", "_TRANSPORT=kernel",
-             "PRIORITY=4"]
+            [
+                "--follow",
+                "--output=json",
+                "--no-pager",
+                "--lines=0",
+                "_TRANSPORT=kernel",
+                "PRIORITY=4",
+            ]
         ]
     finally:
         source.close()
@@ -212,7 +218,8 @@ def test_exited_journalctl_is_restarted_after_the_last_cursor(fake: FakeJournal)
 
 
 def test_journalctl_restarted_before_any_entry_resumes_from_its_first_start(
-        fake: FakeJournal) -> None:
+    fake: FakeJournal,
+) -> None:
     fake.data.write_bytes(b"")
     began = time.time()
     source = JournaldSource(command=fake.command("exit"), backoff_base=0.01)
@@ -314,8 +321,11 @@ def journal_file(tmp_path: Path) -> Path:
         # The kernel's own info-level messages, and the segfault trick: a file name holding a
         # newline and a LOG-like record, quoted by a kernel message (refused, not parsed).
         {"_TRANSPORT": b"kernel", "MESSAGE": LOG_LINE.encode(), "PRIORITY": b"6"},
-        {"_TRANSPORT": b"kernel", "PRIORITY": b"4",
-         "MESSAGE": b"a[1]: segfault at 0 ip 0 sp 0 error 4 in x\n" + LOG_LINE.encode()},
+        {
+            "_TRANSPORT": b"kernel",
+            "PRIORITY": b"4",
+            "MESSAGE": b"a[1]: segfault at 0 ip 0 sp 0 error 4 in x\n" + LOG_LINE.encode(),
+        },
         {"_TRANSPORT": b"kernel", "MESSAGE": b"third kernel line", "PRIORITY": b"4"},
     ]
     data = b"".join(
@@ -369,8 +379,15 @@ def test_real_journalctl_takes_the_restart_time_option(journal_file: Path) -> No
     # The option a restart before any cursor uses. Kernel entries are at 1700000000, ...02-...05.
     def since(stamp: str) -> list[object]:
         listing = subprocess.run(
-            ["journalctl", f"--file={journal_file}", "--output=json", f"--since=@{stamp}",
-             "_TRANSPORT=kernel"], check=True, capture_output=True,
+            [
+                "journalctl",
+                f"--file={journal_file}",
+                "--output=json",
+                f"--since=@{stamp}",
+                "_TRANSPORT=kernel",
+            ],
+            check=True,
+            capture_output=True,
         )
         return [json.loads(line)["MESSAGE"] for line in listing.stdout.splitlines()]
 

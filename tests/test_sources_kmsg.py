@@ -138,14 +138,16 @@ def test_saved_position_is_used_only_on_the_same_boot(
     scripted(monkeypatch, [b"4,0,0,-;first of this boot\n", b"4,1,0,-;second\n"])
     try:
         assert source.health()["start"] == (
-            "start of ring buffer (saved position is from an earlier boot)")
+            "start of ring buffer (saved position is from an earlier boot)"
+        )
         # The saved seq (7) belongs to the old boot: nothing of this one is skipped.
         assert [line.text for line in source.read()] == ["first of this boot", "second"]
     finally:
         source.close()
 
-    source = KmsgSource(start=same, device=os.devnull,
-                        boot_id_path=str(boot_id_file.parent / "missing"))
+    source = KmsgSource(
+        start=same, device=os.devnull, boot_id_path=str(boot_id_file.parent / "missing")
+    )
     try:
         assert source.health()["start"] == "end of ring buffer (boot id unreadable)"
     finally:
@@ -288,7 +290,8 @@ def test_real_netfilter_log_line_is_a_kernel_line(
 
 @needs_root
 def test_real_start_after_a_reboot_reads_the_whole_ring_buffer(
-        raw_kmsg: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw_kmsg: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     marker = f"blocker-test {uuid.uuid4().hex}".encode()
     write_kmsg(b"<6>" + marker + b"\n")  # logged before blockerd starts on the "new boot"
     record = parse_kmsg_record(raw_records_until(raw_kmsg, marker))

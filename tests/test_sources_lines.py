@@ -52,13 +52,16 @@ def test_chunking_never_changes_the_lines(data: bytes, cuts: list[int]) -> None:
 
 _lines_text = st.lists(
     st.tuples(st.integers(0, 40), st.sampled_from([b"a", b"\xff", b" "])).map(
-        lambda item: item[1] * item[0]),
+        lambda item: item[1] * item[0]
+    ),
     max_size=30,
 ).map(b"\n".join)
 
 
-@given(_lines_text | st.binary(max_size=300),
-       st.lists(st.integers(min_value=1, max_value=60), max_size=30))
+@given(
+    _lines_text | st.binary(max_size=300),
+    st.lists(st.integers(min_value=1, max_value=60), max_size=30),
+)
 def test_feed_block_gives_what_feed_gives(data: bytes, cuts: list[int]) -> None:
     lines = LineSplitter(limit=16)
     blocks = LineSplitter(limit=16)
@@ -72,7 +75,10 @@ def test_feed_block_gives_what_feed_gives(data: bytes, cuts: list[int]) -> None:
         got += blocks.feed_block(piece)
     assert got == b"".join(line + b"\n" for line in expected)
     assert (blocks.consumed, blocks.pending, blocks.cut_lines) == (
-        lines.consumed, lines.pending, lines.cut_lines)
+        lines.consumed,
+        lines.pending,
+        lines.cut_lines,
+    )
     assert blocks.flush() == lines.flush()
 
 

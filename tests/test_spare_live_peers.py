@@ -37,8 +37,9 @@ class FakeConntrack:
             raise ConntrackError(self.fail)
         for address, idle in self.live.items():
             if address in target and idle <= window:
-                return LiveConnection(address, ip_address("192.0.2.10"), "TCP", 40000, 22,
-                                      idle, True)
+                return LiveConnection(
+                    address, ip_address("192.0.2.10"), "TCP", 40000, 22, idle, True
+                )
         return None
 
 
@@ -66,8 +67,9 @@ def h(tmp_path: Path, ct: FakeConntrack) -> Iterator[Harness]:
     harness_.state.close()
 
 
-def test_a_live_peer_is_not_banned_and_explain_says_why(h: Harness, ct: FakeConntrack,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_live_peer_is_not_banned_and_explain_says_why(
+    h: Harness, ct: FakeConntrack, caplog: pytest.LogCaptureFixture
+) -> None:
     assert h.feed(synacks(PEER, NOW)) == []  # decided by the scorer, refused by the service
     assert h.backend.ban_batches == []
     assert h.state.active(NOW) == []
@@ -94,8 +96,7 @@ def test_the_scorer_is_told_the_ban_did_not_happen(h: Harness, ct: FakeConntrack
     assert decision.duration == 600
 
 
-def test_logged_once_per_address_and_window(h: Harness, caplog: pytest.LogCaptureFixture
-                                            ) -> None:
+def test_logged_once_per_address_and_window(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     for k in range(4):
         h.feed(synacks(PEER, NOW + 10 * k), now=NOW + 10 * k)
     assert sum("spare 203.0.113.7" in r.message for r in caplog.records) == 1
@@ -132,7 +133,8 @@ def test_a_filter_marked_not_spoofable_is_not_checked(tmp_path: Path) -> None:
 
 
 def test_conntrack_failing_bans_as_before_and_says_so_once(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ct = FakeConntrack({PEER: 0.0})
     ct.fail = "no netlink"
     h = harness(tmp_path, ct)
@@ -142,8 +144,7 @@ def test_conntrack_failing_bans_as_before_and_says_so_once(
     assert h.service.cmd_status({}, NOW)["conntrack"] == "no netlink"
 
 
-def test_subnet_escalation_is_refused_when_it_would_cover_a_live_peer(
-        tmp_path: Path) -> None:
+def test_subnet_escalation_is_refused_when_it_would_cover_a_live_peer(tmp_path: Path) -> None:
     ct = FakeConntrack({"203.0.113.200": 5.0})  # a live peer, never probed itself
     h = harness(tmp_path, ct)
     targets: list[Network] = []
@@ -168,26 +169,51 @@ def test_manual_bans_are_never_checked(h: Harness, ct: FakeConntrack) -> None:
 
 # -- which connections count ------------------------------------------------------------------
 
-def entry(src: str, dst: str, *, proto: int = 6, state: int | None = 3, left: float = TCP_EST,
-          status: int = conntrack_wire.IPS_ASSURED) -> Entry:
+
+def entry(
+    src: str,
+    dst: str,
+    *,
+    proto: int = 6,
+    state: int | None = 3,
+    left: float = TCP_EST,
+    status: int = conntrack_wire.IPS_ASSURED,
+) -> Entry:
     family = socket.AF_INET6 if ":" in src else socket.AF_INET
-    return Entry(socket.inet_pton(family, src), socket.inet_pton(family, dst), proto, 40000,
-                 22, status, int(left), state)
+    return Entry(
+        socket.inet_pton(family, src),
+        socket.inet_pton(family, dst),
+        proto,
+        40000,
+        22,
+        status,
+        int(left),
+        state,
+    )
 
 
-@pytest.mark.parametrize(("item", "live"), [
-    pytest.param(entry(PEER, "192.0.2.10"), True, id="established, it opened"),
-    pytest.param(entry("192.0.2.10", PEER), True, id="established, the host opened"),
-    pytest.param(entry(PEER, "192.0.2.10", left=TCP_EST - 601), False, id="idle too long"),
-    pytest.param(entry(PEER, "192.0.2.10", status=0), False, id="never answered"),
-    pytest.param(entry(PEER, "192.0.2.10", state=4), False, id="closing (FIN_WAIT)"),
-    pytest.param(entry(PEER, "192.0.2.10", status=conntrack_wire.IPS_ASSURED
-                       | conntrack_wire.IPS_DYING), False, id="dying"),
-    pytest.param(entry(PEER, "192.0.2.10", proto=17, state=None, left=100), False,
-                 id="assured UDP: forgeable, never counts"),
-    pytest.param(entry(PEER, "192.0.2.10", proto=1, state=None, left=30), False, id="ICMP"),
-    pytest.param(entry("203.0.113.9", "192.0.2.10"), False, id="another address"),
-])
+@pytest.mark.parametrize(
+    ("item", "live"),
+    [
+        pytest.param(entry(PEER, "192.0.2.10"), True, id="established, it opened"),
+        pytest.param(entry("192.0.2.10", PEER), True, id="established, the host opened"),
+        pytest.param(entry(PEER, "192.0.2.10", left=TCP_EST - 601), False, id="idle too long"),
+        pytest.param(entry(PEER, "192.0.2.10", status=0), False, id="never answered"),
+        pytest.param(entry(PEER, "192.0.2.10", state=4), False, id="closing (FIN_WAIT)"),
+        pytest.param(
+            entry(PEER, "192.0.2.10", status=conntrack_wire.IPS_ASSURED | conntrack_wire.IPS_DYING),
+            False,
+            id="dying",
+        ),
+        pytest.param(
+            entry(PEER, "192.0.2.10", proto=17, state=None, left=100),
+            False,
+            id="assured UDP: forgeable, never counts",
+        ),
+        pytest.param(entry(PEER, "192.0.2.10", proto=1, state=None, left=30), False, id="ICMP"),
+        pytest.param(entry("203.0.113.9", "192.0.2.10"), False, id="another address"),
+    ],
+)
 def test_what_proves_a_live_peer(item: Entry, live: bool) -> None:
     found = live_connection([item], ip_network(PEER), 600, TCP_EST)
     assert (found is not None) == live
@@ -205,12 +231,19 @@ def test_dump_request_asks_for_assured_entries() -> None:
 
 
 def test_dump_replies_read_what_the_kernel_sends() -> None:
-    entries = [entry(PEER, "192.0.2.10"), entry("2001:db8::7", "2001:db8::10", proto=17,
-                                                state=None, left=90)]
+    entries = [
+        entry(PEER, "192.0.2.10"),
+        entry("2001:db8::7", "2001:db8::10", proto=17, state=None, left=90),
+    ]
     data = b"".join(conntrack_wire.entry_message(e, 5) for e in entries)
     done = bytes(16)
-    done = (16).to_bytes(4, "little") + (3).to_bytes(2, "little") + bytes(2) + \
-        (5).to_bytes(4, "little") + bytes(4)
+    done = (
+        (16).to_bytes(4, "little")
+        + (3).to_bytes(2, "little")
+        + bytes(2)
+        + (5).to_bytes(4, "little")
+        + bytes(4)
+    )
     assert conntrack_wire.dump_replies(data, 5) == (entries, None)
     assert conntrack_wire.dump_replies(data + done, 5) == (entries, 0)
     assert conntrack_wire.dump_replies(data, 6) == ([], None), "another dump's messages"

@@ -29,10 +29,22 @@ def n(text: str) -> Network:
     return ip_network(text)
 
 
-def ban(target: str, at: float, duration: float, jail: str = "probes",
-        filters: tuple[str, ...] = ("unsolicited_synack",)) -> Decision:
-    return Decision(target=n(target), jail=jail, at=at, duration=duration, score=5.5,
-                    filters=filters, reason=f"test ban of {target}")
+def ban(
+    target: str,
+    at: float,
+    duration: float,
+    jail: str = "probes",
+    filters: tuple[str, ...] = ("unsolicited_synack",),
+) -> Decision:
+    return Decision(
+        target=n(target),
+        jail=jail,
+        at=at,
+        duration=duration,
+        score=5.5,
+        filters=filters,
+        reason=f"test ban of {target}",
+    )
 
 
 @pytest.fixture
@@ -60,15 +72,23 @@ def test_a_recorded_ban_is_active_until_it_expires(state: State) -> None:
     assert row.target == n("203.0.113.7")
     assert row.target_text == "203.0.113.7"
     assert (row.jail, row.at, row.expires, row.score) == ("probes", T0, T0 + 600, 5.5)
-    assert (row.filters, row.reason, row.origin) == (("a", "b"), "test ban of 203.0.113.7",
-                                                     "manual")
+    assert (row.filters, row.reason, row.origin) == (
+        ("a", "b"),
+        "test ban of 203.0.113.7",
+        "manual",
+    )
     assert state.active(T0 + 599.9) != []
     assert state.active(T0 + 600) == []
 
 
 def test_active_gives_one_row_per_target(state: State) -> None:
-    record(state, ban("203.0.113.7", T0, 600), ban("203.0.113.7", T0 + 300, 1200),
-           ban("2001:db8::/64", T0, 6000, "scans"), ban("203.0.113.8", T0, 600))
+    record(
+        state,
+        ban("203.0.113.7", T0, 600),
+        ban("203.0.113.7", T0 + 300, 1200),
+        ban("2001:db8::/64", T0, 6000, "scans"),
+        ban("203.0.113.8", T0, 600),
+    )
     rows = {r.target_text: r for r in state.active(T0 + 400)}
     assert set(rows) == {"203.0.113.7", "2001:db8::/64", "203.0.113.8"}
     assert rows["203.0.113.7"].at == T0 + 300
@@ -86,33 +106,46 @@ def test_a_permanent_ban_never_expires(state: State) -> None:
 
 
 def test_lift_ends_active_bans_only(state: State) -> None:
-    record(state, ban("203.0.113.7", T0, 600), ban("203.0.113.7", T0 + 100, 1200),
-           ban("203.0.113.8", T0 - 1000, 600))
+    record(
+        state,
+        ban("203.0.113.7", T0, 600),
+        ban("203.0.113.7", T0 + 100, 1200),
+        ban("203.0.113.8", T0 - 1000, 600),
+    )
     with state.transaction():
         assert state.lift(n("203.0.113.7"), T0 + 200) == 2
         assert state.lift(n("203.0.113.8"), T0 + 200) == 0  # long expired: nothing to lift
         assert state.lift(n("198.51.100.1"), T0 + 200) == 0
     assert state.active(T0 + 200) == []
     # Lifted bans still count as history (ban-time growth).
-    assert [t for t, _ in state.history(T0 - 2000)] == [n("203.0.113.8"), n("203.0.113.7"),
-                                                       n("203.0.113.7")]
+    assert [t for t, _ in state.history(T0 - 2000)] == [
+        n("203.0.113.8"),
+        n("203.0.113.7"),
+        n("203.0.113.7"),
+    ]
     record(state, ban("203.0.113.7", T0 + 300, 60))
     assert [r.at for r in state.active(T0 + 301)] == [T0 + 300]
 
 
 def test_history_since(state: State) -> None:
-    record(state, ban("203.0.113.7", T0, 600), ban("2001:db8::1", T0 + 10, 600),
-           ban("198.51.100.0/24", T0 + 20, math.inf))
-    assert state.history(T0 + 10) == [(n("2001:db8::1"), T0 + 10),
-                                      (n("198.51.100.0/24"), T0 + 20)]
+    record(
+        state,
+        ban("203.0.113.7", T0, 600),
+        ban("2001:db8::1", T0 + 10, 600),
+        ban("198.51.100.0/24", T0 + 20, math.inf),
+    )
+    assert state.history(T0 + 10) == [(n("2001:db8::1"), T0 + 10), (n("198.51.100.0/24"), T0 + 20)]
     assert state.history(T0 + 21) == []
 
 
 def test_prune_drops_bans_that_ended_before(state: State) -> None:
-    record(state, ban("203.0.113.1", T0, 600),  # ends T0+600
-           ban("203.0.113.2", T0, 6000),  # ends T0+6000
-           ban("203.0.113.3", T0, math.inf),  # never ends
-           ban("203.0.113.4", T0, math.inf))  # lifted at T0+100
+    record(
+        state,
+        ban("203.0.113.1", T0, 600),  # ends T0+600
+        ban("203.0.113.2", T0, 6000),  # ends T0+6000
+        ban("203.0.113.3", T0, math.inf),  # never ends
+        ban("203.0.113.4", T0, math.inf),
+    )  # lifted at T0+100
     with state.transaction():
         state.lift(n("203.0.113.4"), T0 + 100)
         state.prune(T0 + 1000)
@@ -126,8 +159,11 @@ def test_rows_survive_reopening(tmp_path: Path) -> None:
     st.close()
     st = State(tmp_path)
     assert [r.target_text for r in st.active(T0)] == ["203.0.113.7"]
-    assert st.position("kernlog:/var/log/kern.log") == {"inode": 5, "offset": 10,
-                                                        "fingerprint": "x"}
+    assert st.position("kernlog:/var/log/kern.log") == {
+        "inode": 5,
+        "offset": 10,
+        "fingerprint": "x",
+    }
     st.close()
 
 
@@ -207,8 +243,9 @@ def _run_writer_until_killed(state_dir: Path, rng: random.Random) -> int:
     """Start a writer, SIGKILL it after a random number of commits plus a random instant;
     return the highest row count it reported committed."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(state_dir)],
-                            stdout=subprocess.PIPE, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(state_dir)], stdout=subprocess.PIPE, env=env, cwd=REPO
+    )
     assert proc.stdout is not None
     reported = 0
     commits_wanted = rng.randint(1, 40)
@@ -244,8 +281,7 @@ def test_sigkill_at_random_moments_never_corrupts_or_loses_commits(tmp_path: Pat
         db = sqlite3.connect(tmp_path / "state.sqlite")
         try:
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-            count, low, high = db.execute(
-                "SELECT COUNT(*), MIN(at), MAX(at) FROM bans").fetchone()
+            count, low, high = db.execute("SELECT COUNT(*), MIN(at), MAX(at) FROM bans").fetchone()
         finally:
             db.close()
         assert count >= committed

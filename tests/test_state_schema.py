@@ -46,11 +46,16 @@ def v0_state(state_dir: Path) -> Path:
     db = sqlite3.connect(path)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(V0_SCHEMA)
-    db.execute("INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
-               "VALUES ('203.0.113.7/32', 'probes', ?, ?, 5.5, 'unsolicited_synack', "
-               "'old ban', 'auto')", (T0, T0 + 600))
-    db.execute("INSERT INTO positions (source, data) VALUES ('kernlog', ?)",
-               (json.dumps({"inode": 7, "offset": 1234}),))
+    db.execute(
+        "INSERT INTO bans (target, jail, at, expires, score, filters, reason, origin) "
+        "VALUES ('203.0.113.7/32', 'probes', ?, ?, 5.5, 'unsolicited_synack', "
+        "'old ban', 'auto')",
+        (T0, T0 + 600),
+    )
+    db.execute(
+        "INSERT INTO positions (source, data) VALUES ('kernlog', ?)",
+        (json.dumps({"inode": 7, "offset": 1234}),),
+    )
     db.commit()
     db.close()
     return path
@@ -78,8 +83,11 @@ def test_a_state_file_from_before_versions_is_migrated_with_its_rows(tmp_path: P
     state = State(tmp_path / "state")
     try:
         [row] = state.active(T0 + 1)
-        assert (row.target, row.jail, row.reason) == (ip_network("203.0.113.7/32"), "probes",
-                                                       "old ban")
+        assert (row.target, row.jail, row.reason) == (
+            ip_network("203.0.113.7/32"),
+            "probes",
+            "old ban",
+        )
         assert state.position("kernlog") == {"inode": 7, "offset": 1234}
     finally:
         state.close()
@@ -130,9 +138,12 @@ def test_a_newer_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     db.close()
     before = path.read_bytes()
     newer, known = len(MIGRATIONS) + 1, len(MIGRATIONS)
-    with pytest.raises(StateError, match=rf"state schema version {newer} is not one this "
-                                         rf"blocker knows \(0 to {known}\); a newer blocker "
-                                         "wrote it"):
+    with pytest.raises(
+        StateError,
+        match=rf"state schema version {newer} is not one this "
+        rf"blocker knows \(0 to {known}\); a newer blocker "
+        "wrote it",
+    ):
         State(tmp_path / "state")
     assert path.read_bytes() == before
     assert user_version(path) == len(MIGRATIONS) + 1

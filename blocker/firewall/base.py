@@ -21,6 +21,7 @@ MAX_TIMEOUT = 2_147_483
 
 Bans = list[tuple[Network, float]]  # (target, remaining seconds; math.inf = permanent)
 
+
 class FirewallError(RuntimeError):
     """The kernel or a firewall command refused an operation (message says which and why)."""
 

@@ -238,8 +238,9 @@ class IpsetBackend:
         """A new sequence number for the next request on the batch socket (never 0)."""
         self._seq = self._seq % 0xFFFFFFFF + 1
 
-    def _apply(self, command: int, batches: dict[int, list[tuple[Network, bytes]]]
-               ) -> dict[Network, str]:
+    def _apply(
+        self, command: int, batches: dict[int, list[tuple[Network, bytes]]]
+    ) -> dict[Network, str]:
         """Send the batches -> {target: the kernel's reason} for each entry it refused."""
         refused: dict[Network, str] = {}
         for family, items in sorted(batches.items()):
@@ -269,9 +270,13 @@ class IpsetBackend:
                 if not self._create(family):
                     fill = self._fill(family)
                     if fill is not None and fill[1] != self.maxelem:
-                        log.warning("ipset %s exists with maxelem %d (configured: %d); it keeps "
-                                    "its size until it is destroyed", self.sets[family], fill[1],
-                                    self.maxelem)
+                        log.warning(
+                            "ipset %s exists with maxelem %d (configured: %d); it keeps "
+                            "its size until it is destroyed",
+                            self.sets[family],
+                            fill[1],
+                            self.maxelem,
+                        )
             self.rules.ensure()
 
     def ban(self, entries: Sequence[tuple[Network, float]]) -> dict[Network, str]:
@@ -319,13 +324,13 @@ class IpsetBackend:
         for family in sorted(self.sets):
             name = self.sets[family]
             with namespace.entered(self.netns):
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                     ipset_wire.NETLINK_NETFILTER)
+                sock = socket.socket(
+                    socket.AF_NETLINK, socket.SOCK_RAW, ipset_wire.NETLINK_NETFILTER
+                )
             try:
                 sock.bind((0, 0))
                 sock.settimeout(_ACK_TIMEOUT)
-                sock.send(ipset_wire.list_request(name, _FAMILY[family], seq=1,
-                                                  protocol=protocol))
+                sock.send(ipset_wire.list_request(name, _FAMILY[family], seq=1, protocol=protocol))
                 while True:
                     found, end = ipset_wire.list_replies(sock.recv(1 << 16), 1)
                     # A message holds ~1,000 entries: converted and handed out a slice at a
@@ -353,8 +358,9 @@ class IpsetBackend:
         sock = self._batch_socket()
         self._next_seq()
         name = self.sets[family]
-        request = ipset_wire.list_request(name, _FAMILY[family], seq=self._seq,
-                                          protocol=self._protocol)
+        request = ipset_wire.list_request(
+            name, _FAMILY[family], seq=self._seq, protocol=self._protocol
+        )
         entries: list[ipset_wire.DumpEntry] = []
         try:
             sock.send(request)
@@ -375,15 +381,19 @@ class IpsetBackend:
     def fill(self) -> dict[int, tuple[int, int]]:
         """{family: (entries, maxelem)} of each present set, from its header alone."""
         with self._lock:
-            return {family: found for family in sorted(self.sets)
-                    if (found := self._fill(family)) is not None}
+            return {
+                family: found
+                for family in sorted(self.sets)
+                if (found := self._fill(family)) is not None
+            }
 
     def _fill(self, family: int) -> tuple[int, int] | None:
         sock = self._batch_socket()
         self._next_seq()
         name = self.sets[family]
-        request = ipset_wire.header_request(name, _FAMILY[family], seq=self._seq,
-                                            protocol=self._protocol)
+        request = ipset_wire.header_request(
+            name, _FAMILY[family], seq=self._seq, protocol=self._protocol
+        )
         found: dict[str, int] = {}
         try:
             sock.send(request)
@@ -397,8 +407,9 @@ class IpsetBackend:
         if end == errno.ENOENT:
             return None
         if end:
-            raise FirewallError(f"cannot read the header of ipset {name}: "
-                                f"{ipset_wire.describe(end)}")
+            raise FirewallError(
+                f"cannot read the header of ipset {name}: {ipset_wire.describe(end)}"
+            )
         return found.get("entries", 0), found.get("maxelem", 0)
 
     def ensure(self) -> Repair:
@@ -432,8 +443,11 @@ class IpsetBackend:
                 entry: dict[str, object] = {"name": name, "present": fill is not None}
                 if fill is not None:
                     entries, maxelem = fill
-                    entry.update(entries=entries, maxelem=maxelem,
-                                 fill=round(entries / maxelem, 4) if maxelem else None)
+                    entry.update(
+                        entries=entries,
+                        maxelem=maxelem,
+                        fill=round(entries / maxelem, 4) if maxelem else None,
+                    )
                 sets[f"ipv{family}"] = entry
         return {
             "sets": sets,

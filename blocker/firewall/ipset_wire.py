@@ -89,22 +89,37 @@ def message(
         _attr(_ATTR_LINENO, struct.pack("=I", 0))  # required with ADT; 0 = plain error replies
         + _attr(_ATTR_ADT | NLA_F_NESTED, b"".join(entries))
     )
-    return _request(command, NLM_F_REQUEST | NLM_F_ACK, set_name, family, seq=seq,
-                    protocol=protocol, attrs=attrs)
+    return _request(
+        command,
+        NLM_F_REQUEST | NLM_F_ACK,
+        set_name,
+        family,
+        seq=seq,
+        protocol=protocol,
+        attrs=attrs,
+    )
 
 
 def list_request(set_name: str, family: int, *, seq: int, protocol: int) -> bytes:
     """A LIST dump request for one set (what `ipset list NAME` sends)."""
-    return _request(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq,
-                    protocol=protocol)
+    return _request(
+        IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq, protocol=protocol
+    )
 
 
 def header_request(set_name: str, family: int, *, seq: int, protocol: int) -> bytes:
     """A LIST of one set's header only (what `ipset list -t NAME` sends): its size and fill
     without a single entry, however full the set is."""
     flags = _attr(_ATTR_FLAGS | NLA_F_NET_BYTEORDER, struct.pack(">I", IPSET_FLAG_LIST_HEADER))
-    return _request(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, set_name, family, seq=seq,
-                    protocol=protocol, attrs=flags)
+    return _request(
+        IPSET_CMD_LIST,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        set_name,
+        family,
+        seq=seq,
+        protocol=protocol,
+        attrs=flags,
+    )
 
 
 def header_replies(data: bytes, seq: int) -> tuple[dict[str, int], int | None]:
@@ -133,11 +148,22 @@ def header_replies(data: bytes, seq: int) -> tuple[dict[str, int], int | None]:
     return found, None
 
 
-def _request(command: int, flags: int, set_name: str, family: int, *, seq: int, protocol: int,
-             attrs: bytes = b"") -> bytes:
+def _request(
+    command: int,
+    flags: int,
+    set_name: str,
+    family: int,
+    *,
+    seq: int,
+    protocol: int,
+    attrs: bytes = b"",
+) -> bytes:
     """nlmsghdr | nfgenmsg | PROTOCOL | SETNAME | `attrs`."""
-    attrs = (_attr(_ATTR_PROTOCOL, bytes((protocol,)))
-             + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0") + attrs)
+    attrs = (
+        _attr(_ATTR_PROTOCOL, bytes((protocol,)))
+        + _attr(_ATTR_SETNAME, set_name.encode("ascii") + b"\0")
+        + attrs
+    )
     size = _HEADER.size + _NFGEN.size + len(attrs)
     kind = (NFNL_SUBSYS_IPSET << 8) | command
     return _HEADER.pack(size, kind, flags, seq, 0) + _NFGEN.pack(family, 0, 0) + attrs

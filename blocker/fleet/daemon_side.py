@@ -34,8 +34,9 @@ def host_name() -> str:
 
 
 class FleetWiring:
-    def __init__(self, config: Config, state: State, service: Service, link: FleetLink,
-                 position: str) -> None:
+    def __init__(
+        self, config: Config, state: State, service: Service, link: FleetLink, position: str
+    ) -> None:
         self.state = state
         self.service = service
         self.link = link
@@ -47,14 +48,18 @@ class FleetWiring:
         service.fleet_health = self.health
 
     @classmethod
-    def open(cls, config: Config, state: State, service: Service,
-             wake: Callable[[], None]) -> FleetWiring:
+    def open(
+        cls, config: Config, state: State, service: Service, wake: Callable[[], None]
+    ) -> FleetWiring:
         """Raises OSError for an unreadable key or password file or an unusable hostname."""
         fleet = config.fleet
         assert fleet.url is not None and fleet.key_file is not None
         key = read_secret(fleet.key_file, "key_file", MIN_KEY_BYTES)
-        password = (read_secret(fleet.password_file, "password_file").decode()
-                    if fleet.password_file else None)
+        password = (
+            read_secret(fleet.password_file, "password_file").decode()
+            if fleet.password_file
+            else None
+        )
         host_id = fleet.host_id or host_name()
         url = fleet.url
 
@@ -62,18 +67,33 @@ class FleetWiring:
             # Imported here: only a host in a fleet needs redis-py.
             from blocker.fleet.redis_transport import RedisTransport  # noqa: PLC0415
 
-            return RedisTransport(url, key=key, username=fleet.username, password=password,
-                                  prefix=fleet.key_prefix, retention=fleet.retention)
+            return RedisTransport(
+                url,
+                key=key,
+                username=fleet.username,
+                password=password,
+                prefix=fleet.key_prefix,
+                retention=fleet.retention,
+            )
 
         position = f"fleet:{fleet.key_prefix}"
         saved = state.position(position)
         cursor = saved.get("cursor") if saved else None
-        link = FleetLink(transport, key=key, host_id=host_id,
-                         cursor=cursor if isinstance(cursor, str) else None, wake=wake)
+        link = FleetLink(
+            transport,
+            key=key,
+            host_id=host_id,
+            cursor=cursor if isinstance(cursor, str) else None,
+            wake=wake,
+        )
         service.fleet = FleetRole(host_id, frozenset(fleet.publish), fleet.accept)
-        log.info("fleet: host %s on %s, sharing jails: %s; %s other hosts' bans", host_id,
-                 _redacted(url), ", ".join(fleet.publish) or "none",
-                 "applying" if fleet.accept else "not applying")
+        log.info(
+            "fleet: host %s on %s, sharing jails: %s; %s other hosts' bans",
+            host_id,
+            _redacted(url),
+            ", ".join(fleet.publish) or "none",
+            "applying" if fleet.accept else "not applying",
+        )
         return cls(config, state, service, link, position)
 
     def start(self) -> None:
@@ -109,8 +129,9 @@ class FleetWiring:
             if batch is None:
                 break
             if batch.kind == "snapshot":
-                self.inbox.add_snapshot([e for _, e in batch.entries if e is not None],
-                                        batch.cursor)
+                self.inbox.add_snapshot(
+                    [e for _, e in batch.entries if e is not None], batch.cursor
+                )
             else:
                 self.inbox.add(batch.entries)
         taken = self.inbox.take(time.monotonic())
@@ -140,8 +161,12 @@ class FleetWiring:
         self.link.handed = rows[-1][0]
 
     def health(self) -> dict[str, object]:
-        return {**self.link.health(), "waiting": len(self.inbox), "remote": dict(self.applied),
-                "damaged_outbox_rows": self.damaged}
+        return {
+            **self.link.health(),
+            "waiting": len(self.inbox),
+            "remote": dict(self.applied),
+            "damaged_outbox_rows": self.damaged,
+        }
 
 
 def _redacted(url: str) -> str:

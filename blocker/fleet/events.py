@@ -70,10 +70,12 @@ class FleetEvent:
         stream and the snapshot): sorted keys, strings through json.dumps, finite floats by
         repr, which JSON reads back exactly."""
         expires = "null" if math.isinf(self.expires) else repr(float(self.expires))
-        return (f'{{"at":{float(self.at)!r},"expires":{expires},"id":{_json(self.id)},'
-                f'"jail":{_json(self.jail)},"kind":{_json(self.kind)},'
-                f'"origin":{_json(self.origin)},"reason":{_json(self.reason[:MAX_REASON])},'
-                f'"target":"{network_text(self.target)}","v":{VERSION}}}').encode()
+        return (
+            f'{{"at":{float(self.at)!r},"expires":{expires},"id":{_json(self.id)},'
+            f'"jail":{_json(self.jail)},"kind":{_json(self.kind)},'
+            f'"origin":{_json(self.origin)},"reason":{_json(self.reason[:MAX_REASON])},'
+            f'"target":"{network_text(self.target)}","v":{VERSION}}}'
+        ).encode()
 
 
 _json = json.dumps
@@ -113,8 +115,7 @@ def decode_snapshot(key: bytes, value: object) -> FleetEvent | Drop:
         return "malformed"
 
 
-def decode(key: bytes, fields: object, own: str | None = None
-           ) -> list[FleetEvent | Drop] | Drop:
+def decode(key: bytes, fields: object, own: str | None = None) -> list[FleetEvent | Drop] | Drop:
     """The events of one stream entry ({field: value} as read), each an event, "malformed" or
     "echo" (its origin is `own`); or why the whole entry is dropped."""
     if not isinstance(fields, dict):
@@ -137,13 +138,18 @@ def decode(key: bytes, fields: object, own: str | None = None
         return "malformed"
     if not isinstance(data, list) or not 0 < len(data) <= MAX_EVENTS_PER_ENTRY:
         return "malformed"
-    return [("echo" if isinstance(item, dict) and item.get("origin") == own and own
-             else _event(item) or "malformed") for item in data]
+    return [
+        (
+            "echo"
+            if isinstance(item, dict) and item.get("origin") == own and own
+            else _event(item) or "malformed"
+        )
+        for item in data
+    ]
 
 
 def _signed(key: bytes, payload: bytes, signature: bytes) -> bool:
-    return len(signature) == SIGNATURE_HEX and hmac.compare_digest(sign(key, payload),
-                                                                   signature)
+    return len(signature) == SIGNATURE_HEX and hmac.compare_digest(sign(key, payload), signature)
 
 
 def from_payload(payload: bytes) -> FleetEvent | None:
@@ -160,11 +166,19 @@ def _event(data: object) -> FleetEvent | None:
     kind, event_id, origin = data.get("kind"), data.get("id"), data.get("origin")
     target_text, jail, reason = data.get("target"), data.get("jail"), data.get("reason")
     at, expires = data.get("at"), data.get("expires")
-    if kind not in ("ban", "unban") or not _text(event_id, _EVENT_ID) or not _text(
-            origin, HOST_ID) or not _text(jail, _JAIL):
+    if (
+        kind not in ("ban", "unban")
+        or not _text(event_id, _EVENT_ID)
+        or not _text(origin, HOST_ID)
+        or not _text(jail, _JAIL)
+    ):
         return None
-    if not isinstance(reason, str) or len(reason) > MAX_REASON or not isinstance(
-            target_text, str) or len(target_text) > 50:
+    if (
+        not isinstance(reason, str)
+        or len(reason) > MAX_REASON
+        or not isinstance(target_text, str)
+        or len(target_text) > 50
+    ):
         return None
     if not _time(at) or not (expires is None or _time(expires)):
         return None
@@ -173,9 +187,16 @@ def _event(data: object) -> FleetEvent | None:
         return None
     assert isinstance(at, int | float) and isinstance(event_id, str) and isinstance(origin, str)
     assert isinstance(jail, str)
-    return FleetEvent(kind=kind, id=event_id, origin=origin, target=target, jail=jail,
-                      at=float(at), expires=math.inf if expires is None else float(expires),
-                      reason=reason)
+    return FleetEvent(
+        kind=kind,
+        id=event_id,
+        origin=origin,
+        target=target,
+        jail=jail,
+        at=float(at),
+        expires=math.inf if expires is None else float(expires),
+        reason=reason,
+    )
 
 
 def _network(text: str) -> Network | None:
@@ -197,5 +218,8 @@ def _text(value: object, pattern: re.Pattern[str]) -> bool:
 
 def _time(value: object) -> bool:
     """An epoch time between 2000 and 2200 (bool is an int in Python: refused)."""
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and 946684800 <= value <= 7258118400)
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 946684800 <= value <= 7258118400
+    )

@@ -60,8 +60,11 @@ class Inbox:
     def take(self, now: float, most: int = TAKE_AT_MOST) -> Taken:
         self._refill(now)
         taken = Taken([], None)
-        while self.queue and (self.tokens >= 1 or self.queue[0][1] is None) and len(
-                taken.events) < most:
+        while (
+            self.queue
+            and (self.tokens >= 1 or self.queue[0][1] is None)
+            and len(taken.events) < most
+        ):
             cursor, event = self.queue.popleft()
             if cursor:
                 taken.cursor = cursor

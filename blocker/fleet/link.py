@@ -48,17 +48,35 @@ class Counters:
     """Counts the threads bump and `status` reads (ints under the GIL: no lock needed)."""
 
     def __init__(self) -> None:
-        self.values: dict[str, int] = dict.fromkeys((
-            "published", "received", "echoes", "unsigned", "bad_signature", "oversized",
-            "malformed", "snapshot_loads", "reconnects"), 0)
+        self.values: dict[str, int] = dict.fromkeys(
+            (
+                "published",
+                "received",
+                "echoes",
+                "unsigned",
+                "bad_signature",
+                "oversized",
+                "malformed",
+                "snapshot_loads",
+                "reconnects",
+            ),
+            0,
+        )
 
     def add(self, name: str, amount: int = 1) -> None:
         self.values[name] = self.values.get(name, 0) + amount
 
 
 class FleetLink:
-    def __init__(self, make_transport: Callable[[], Transport], *, key: bytes, host_id: str,
-                 cursor: str | None, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        make_transport: Callable[[], Transport],
+        *,
+        key: bytes,
+        host_id: str,
+        cursor: str | None,
+        wake: Callable[[], None],
+    ) -> None:
         self.make_transport = make_transport
         self.key = key
         self.host_id = host_id
@@ -73,10 +91,10 @@ class FleetLink:
         self.stopping = threading.Event()
         self.state: dict[str, str] = {"reader": "starting", "writer": "starting"}
         self.errors: dict[str, str] = {}
-        self.threads = [threading.Thread(target=self._read_loop, name="fleet-reader",
-                                         daemon=True),
-                        threading.Thread(target=self._write_loop, name="fleet-writer",
-                                         daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._read_loop, name="fleet-reader", daemon=True),
+            threading.Thread(target=self._write_loop, name="fleet-writer", daemon=True),
+        ]
 
     # -- the daemon's thread ---------------------------------------------------------------
     def start(self) -> None:
@@ -118,9 +136,13 @@ class FleetLink:
                 return upto
 
     def health(self) -> dict[str, object]:
-        return {"host_id": self.host_id, **self.state, "unsent": len(self.outbox),
-                "errors": dict(self.errors), "counters": dict(self.counters.values)}
-
+        return {
+            "host_id": self.host_id,
+            **self.state,
+            "unsent": len(self.outbox),
+            "errors": dict(self.errors),
+            "counters": dict(self.counters.values),
+        }
 
     # -- threads ---------------------------------------------------------------------------
     def _post(self, item: Inbound) -> bool:
@@ -133,11 +155,17 @@ class FleetLink:
             return True
         return False
 
-    def _failed(self, role: str, exc: Exception, backoff: float,
-                transport: Transport | None) -> float:
+    def _failed(
+        self, role: str, exc: Exception, backoff: float, transport: Transport | None
+    ) -> float:
         if self.state[role] != "down":
-            log.error("fleet %s: transport failed (retrying with backoff up to %gs; local "
-                      "banning goes on): %s", role, BACKOFF_MAX, exc)
+            log.error(
+                "fleet %s: transport failed (retrying with backoff up to %gs; local "
+                "banning goes on): %s",
+                role,
+                BACKOFF_MAX,
+                exc,
+            )
         self.state[role] = "down"
         self.errors[role] = str(exc)
         if transport is not None:
@@ -166,11 +194,13 @@ class FleetLink:
                     snapshot = transport.resume(cursor)
                     if snapshot is not None:
                         self.counters.add("snapshot_loads")
-                        events = [self._check(decode_snapshot(self.key, v))
-                                  for v in snapshot.values]
+                        events = [
+                            self._check(decode_snapshot(self.key, v)) for v in snapshot.values
+                        ]
                         found = [e for e in events if e is not None]
-                        if not self._post(Inbound("snapshot", [("", e) for e in found],
-                                                  snapshot.cursor)):
+                        if not self._post(
+                            Inbound("snapshot", [("", e) for e in found], snapshot.cursor)
+                        ):
                             break
                         cursor = snapshot.cursor
                     resumed = True

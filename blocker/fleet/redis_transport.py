@@ -39,9 +39,17 @@ def stream_id(text: str) -> tuple[int, int]:
 
 
 class RedisTransport:
-    def __init__(self, url: str, *, key: bytes, username: str | None = None,
-                 password: str | None = None, prefix: str = "blocker",
-                 retention: float = 86400.0, read_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: bytes,
+        username: str | None = None,
+        password: str | None = None,
+        prefix: str = "blocker",
+        retention: float = 86400.0,
+        read_timeout: float = 10.0,
+    ) -> None:
         self.key = key
         self.retention = retention
         self.stream = f"{prefix}:events"
@@ -67,15 +75,17 @@ class RedisTransport:
         newest: dict[str, FleetEvent] = {}  # the snapshot keeps each target's last word
         pipe = self.client.pipeline(transaction=True)
         for start in range(0, len(events), MAX_EVENTS_PER_ENTRY):
-            chunk = events[start:start + MAX_EVENTS_PER_ENTRY]
+            chunk = events[start : start + MAX_EVENTS_PER_ENTRY]
             pipe.xadd(self.stream, entry(self.key, chunk), minid=minid, approximate=True)
             newest.update((network_text(event.target), event) for event in chunk)
         bans = {t: e for t, e in newest.items() if e.kind == "ban"}
         unbans = [t for t, e in newest.items() if e.kind == "unban"]
         if bans:
             pipe.hset(self.bans, mapping={t: snapshot_value(self.key, e) for t, e in bans.items()})
-            pipe.zadd(self.expiry, {t: "+inf" if math.isinf(e.expires) else e.expires
-                                    for t, e in bans.items()})
+            pipe.zadd(
+                self.expiry,
+                {t: "+inf" if math.isinf(e.expires) else e.expires for t, e in bans.items()},
+            )
         if unbans:
             pipe.hdel(self.bans, *unbans)
             pipe.zrem(self.expiry, *unbans)
@@ -113,8 +123,12 @@ class RedisTransport:
             raise TransportError(str(exc) or type(exc).__name__) from exc
         position = _text(last[0][0]) if last else START
         if cursor is not None:
-            log.warning("fleet: events after %s were trimmed from the stream: loading the "
-                        "snapshot of %d active ban(s)", cursor, len(values))
+            log.warning(
+                "fleet: events after %s were trimmed from the stream: loading the "
+                "snapshot of %d active ban(s)",
+                cursor,
+                len(values),
+            )
         return Snapshot(list(values.values()) if isinstance(values, dict) else [], position)
 
     def _trimmed_past(self, cursor: str) -> bool:
@@ -138,8 +152,9 @@ class RedisTransport:
 
     def read(self, cursor: str, block: float, count: int) -> list[tuple[str, object]]:
         try:
-            reply = self.client.xread({self.stream: cursor}, count=count,
-                                      block=max(1, int(block * 1000)))
+            reply = self.client.xread(
+                {self.stream: cursor}, count=count, block=max(1, int(block * 1000))
+            )
         except (RedisError, OSError) as exc:
             raise TransportError(str(exc) or type(exc).__name__) from exc
         found: list[tuple[str, object]] = []

@@ -26,7 +26,10 @@ def choose_kind(path: str) -> str:
 
 
 def open_source(
-    kind: str, path: str, start: dict[str, object] | None, from_start: bool = False,
+    kind: str,
+    path: str,
+    start: dict[str, object] | None,
+    from_start: bool = False,
     levels: frozenset[int] = frozenset((4,)),
 ) -> Source | NflogSource:
     """Open a source; a saved position from another kind is ignored by the source itself.

@@ -72,8 +72,7 @@ def _realtime(value: object) -> float | None:
     return None
 
 
-def parse_journal_line(raw: bytes, levels: frozenset[int] = frozenset((WARNING,))
-                       ) -> JournalEntry:
+def parse_journal_line(raw: bytes, levels: frozenset[int] = frozenset((WARNING,))) -> JournalEntry:
     """Parse one line of `journalctl --output=json`; never raises."""
     try:
         entry = json.loads(raw)
@@ -238,9 +237,12 @@ class JournaldSource:
             self._last_rejected = entry.rejected
             if entry.rejected == CONTROL_REJECTED:
                 self._refusals.note(
-                    "control", "refused a kernel entry whose MESSAGE holds a newline or control "
+                    "control",
+                    "refused a kernel entry whose MESSAGE holds a newline or control "
                     "character (LOG never prints one: a kernel message quoting a forged "
-                    "record? see README, 'Only the kernel can write')", time.monotonic())
+                    "record? see README, 'Only the kernel can write')",
+                    time.monotonic(),
+                )
         else:
             out.append(entry.line)
 

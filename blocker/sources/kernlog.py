@@ -286,8 +286,8 @@ class KernlogSource:
 
     def _read_file(self, current: _OpenFile, out: list[SourceLine]) -> bool:
         if os.fstat(current.fd).st_size < current.read_pos or (
-                current.fingerprint is not None
-                and file_fingerprint(current.fd) != current.fingerprint):
+            current.fingerprint is not None and file_fingerprint(current.fd) != current.fingerprint
+        ):
             # copytruncate: same inode, emptied; what follows starts at 0. When the file was
             # written past our offset again before we looked, only its first line tells.
             self._truncations += 1
@@ -306,8 +306,11 @@ class KernlogSource:
                 return False
             self._budget -= len(chunk)
             # _emit, inlined for whole chunks: this loop runs once per line read.
-            out += [SourceLine(line.decode("utf-8", "replace"), None)
-                    for raw in current.splitter.feed(chunk) if (line := raw.lstrip(b"\0"))]
+            out += [
+                SourceLine(line.decode("utf-8", "replace"), None)
+                for raw in current.splitter.feed(chunk)
+                if (line := raw.lstrip(b"\0"))
+            ]
 
     def _emit(self, raw: bytes | None, out: list[SourceLine]) -> None:
         if raw is None:

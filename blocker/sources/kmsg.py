@@ -86,8 +86,12 @@ class RecordFilter:
     """Keeps facility-0 records at the LOG level without control characters, skips those
     seen before a restart, counts gaps in seq."""
 
-    def __init__(self, boot_time: float, last_seq: int | None = None,
-                 levels: frozenset[int] = frozenset((WARNING,))) -> None:
+    def __init__(
+        self,
+        boot_time: float,
+        last_seq: int | None = None,
+        levels: frozenset[int] = frozenset((WARNING,)),
+    ) -> None:
         self.boot_time = boot_time
         self.last_seq = last_seq
         self.levels = levels
@@ -143,8 +147,9 @@ class KmsgSource:
         except OSError as exc:
             raise SourceError(f"{device}: {exc.strerror or exc}") from exc
         # Record times count from boot on the monotonic clock (local_clock(), no suspend).
-        self._filter = RecordFilter(time.time() - time.clock_gettime(time.CLOCK_MONOTONIC),
-                                    levels=levels)
+        self._filter = RecordFilter(
+            time.time() - time.clock_gettime(time.CLOCK_MONOTONIC), levels=levels
+        )
         self._boot_id = _read_boot_id(boot_id_path)
         self._lines = 0
         self._refusals = RefusalLog(log, f"{device}: ")
@@ -211,14 +216,20 @@ class KmsgSource:
         records = self._filter
         if records.control_chars > controls_before:
             self._refusals.note(
-                "control", "refused a kernel record holding a newline or control character "
+                "control",
+                "refused a kernel record holding a newline or control character "
                 "(LOG never prints one: a kernel message quoting a forged record? see README, "
-                "'Only the kernel can write')", now)
+                "'Only the kernel can write')",
+                now,
+            )
         if records.log_like_wrong_level is not None:
             self._refusals.note(
-                "level", f"refused a LOG-like record at level {records.log_like_wrong_level}: "
+                "level",
+                f"refused a LOG-like record at level {records.log_like_wrong_level}: "
                 f"log_level is {sorted(records.levels)} (if your LOG rules use that level, "
-                "set log_level to it)", now)
+                "set log_level to it)",
+                now,
+            )
             records.log_like_wrong_level = None
         self._refusals.flush(now)
 

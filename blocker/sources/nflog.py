@@ -57,14 +57,17 @@ def parse_groups(text: str) -> tuple[int, ...]:
 class NflogSource:
     """Binds NFLOG groups in this network namespace and hands out LOG-equivalent Records."""
 
-    def __init__(self, groups: Sequence[int], *, copy_range: int = COPY_RANGE,
-                 rcvbuf: int = RCVBUF) -> None:
+    def __init__(
+        self, groups: Sequence[int], *, copy_range: int = COPY_RANGE, rcvbuf: int = RCVBUF
+    ) -> None:
         self.groups = tuple(groups)
         self.name = "nflog group " + ",".join(map(str, self.groups))
         try:
-            self._sock = socket.socket(socket.AF_NETLINK,
-                                       socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                                       nflog_wire.NETLINK_NETFILTER)
+            self._sock = socket.socket(
+                socket.AF_NETLINK,
+                socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                nflog_wire.NETLINK_NETFILTER,
+            )
         except OSError as exc:
             raise SourceError(f"nflog: cannot open a netfilter netlink socket: {exc}") from exc
         try:
@@ -91,8 +94,15 @@ class NflogSource:
         for group in self.groups:
             settings: tuple[tuple[str, dict[str, int]], ...] = (
                 ("bind", {"command": nflog_wire.CMD_BIND}),
-                ("configure", {"copy_range": copy_range, "nlbufsiz": NLBUFSIZ,
-                               "timeout_cs": TIMEOUT_CS, "qthresh": QTHRESH}),
+                (
+                    "configure",
+                    {
+                        "copy_range": copy_range,
+                        "nlbufsiz": NLBUFSIZ,
+                        "timeout_cs": TIMEOUT_CS,
+                        "qthresh": QTHRESH,
+                    },
+                ),
             )
             for what, request in settings:
                 seq += 1
@@ -102,8 +112,9 @@ class NflogSource:
         while requests:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
-                raise SourceError(f"nflog: no answer from the kernel to: "
-                                  f"{', '.join(requests.values())}")
+                raise SourceError(
+                    f"nflog: no answer from the kernel to: {', '.join(requests.values())}"
+                )
             data = self._sock.recv(RECV_BYTES)
             for seq_answered, error in nflog_wire.acks(data):
                 what = requests.pop(seq_answered, "")
@@ -209,6 +220,8 @@ def _explain(error: int) -> str:
     if error in (errno.EPERM, errno.EBUSY):
         # The kernel answers EPERM both to a socket without CAP_NET_ADMIN and to one that is
         # not the group's owner (nfulnl_recv_config).
-        return ("not permitted: the group is bound by another process (ulogd, another "
-                "blockerd?), or this process lacks CAP_NET_ADMIN in its network namespace")
+        return (
+            "not permitted: the group is bound by another process (ulogd, another "
+            "blockerd?), or this process lacks CAP_NET_ADMIN in its network namespace"
+        )
     return f"{errno.errorcode.get(error, 'error')} ({os.strerror(error)})"

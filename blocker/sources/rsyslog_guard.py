@@ -17,14 +17,19 @@ import re
 
 RSYSLOG_CONF = "/etc/rsyslog.conf"
 RSYSLOG_DIR = "/etc/rsyslog.d"
-_INCLUDE = re.compile(r'^\s*(?:\$IncludeConfig\s+|include\s*\(\s*file\s*=\s*")'
-                      r"/etc/rsyslog\.d/\*\.conf", re.MULTILINE)
+_INCLUDE = re.compile(
+    r'^\s*(?:\$IncludeConfig\s+|include\s*\(\s*file\s*=\s*")'
+    r"/etc/rsyslog\.d/\*\.conf",
+    re.MULTILINE,
+)
 
 
 def guard_rule(level: int) -> str:
     """The drop-in's rule for LOG records at syslog `level`."""
-    return ('if $syslogfacility-text == "kern" and ($inputname != "imklog" or '
-            f'($syslogseverity != {level} and $msg contains "SRC=")) then stop')
+    return (
+        'if $syslogfacility-text == "kern" and ($inputname != "imklog" or '
+        f'($syslogseverity != {level} and $msg contains "SRC=")) then stop'
+    )
 
 
 def holds_guard(text: str, level: int) -> bool:
@@ -44,8 +49,9 @@ def includes_dropins(main_conf: str) -> bool:
     return _INCLUDE.search(main_conf) is not None
 
 
-def unguarded_reason(levels: frozenset[int], conf: str = RSYSLOG_CONF,
-                     dropin_dir: str = RSYSLOG_DIR) -> str | None:
+def unguarded_reason(
+    levels: frozenset[int], conf: str = RSYSLOG_CONF, dropin_dir: str = RSYSLOG_DIR
+) -> str | None:
     """Why the kern.log is not guarded on this host, or None when it is."""
     if len(levels) != 1:
         return f"jails read it at several log levels ({sorted(levels)}); one rule guards one"

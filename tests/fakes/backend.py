@@ -49,8 +49,11 @@ class FakeBackend(Backend):  # mypy checks every verb against the protocol
         self.ban_batches.append(list(entries))
         refused: dict[Network, str] = {}
         for target, timeout in clean.items():
-            if (self.capacity is not None and target not in self.table
-                    and len(self.table) >= self.capacity):
+            if (
+                self.capacity is not None
+                and target not in self.table
+                and len(self.table) >= self.capacity
+            ):
                 refused[target] = "set is full (maxelem reached)"
                 continue
             self.table[target] = math.inf if timeout == 0 else float(timeout)
