@@ -310,11 +310,13 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
     config = CONFIG.replace("[jails.probes]", "max_tracked = 50\n[jails.probes]")
     harness = Harness(tmp_path, config)
     texts = [f"2001:db8:{i >> 8:x}:{i & 0xFF:x}::1" for i in range(300)] + ["203.0.113.0/24"]
-    harness.state.begin()
-    harness.state.record_bans(
-        [decision(text, NOW - 300 + i, 3600 if i % 7 else math.inf) for i, text in enumerate(texts)]
-    )
-    harness.state.commit()
+    with harness.state.transaction():
+        harness.state.record_bans(
+            [
+                decision(text, NOW - 300 + i, 3600 if i % 7 else math.inf)
+                for i, text in enumerate(texts)
+            ]
+        )
     service = harness.restart(NOW)
     for runner in service.pipeline.runners:
         alone = Scorer(runner.jail.policy)
