@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Final
 
 from blocker.records import Network
@@ -62,8 +63,31 @@ class BanHistory:
 
     def remember(self, target: Network, at: float, now: float) -> None:
         """Record a ban of `target` at `at` (`now`: the newest event time)."""
+        self._remember(_key(target), at, now)
+
+    def remember_many(
+        self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float], now: float
+    ) -> None:
+        """remember() for many bans at once, targets as (first address as an int, prefix
+        length, version): the same result as remembering them one by one, in order.
+
+        When the keys are distinct and none is remembered yet (a restart: every target of a
+        flood banned once), only the last `cap` can stay, so only those are built."""
         history = self._times
-        key = _key(target)
+        if len(set(keys)) == len(keys) and history.keys().isdisjoint(keys):
+            window = self._history_window
+            start = max(0, len(keys) - self._cap)
+            for index in range(start, len(keys)):
+                at = ats[index]
+                history[keys[index]] = [at] if at > max(now, at) - window else []
+            while len(history) > self._cap:
+                history.popitem(last=False)
+            return
+        for key, at in zip(keys, ats, strict=True):
+            self._remember(key, at, now)
+
+    def _remember(self, key: tuple[int, int, int], at: float, now: float) -> None:
+        history = self._times
         times = history.get(key)
         if times is None:
             times = history[key] = []
