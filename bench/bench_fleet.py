@@ -31,6 +31,7 @@ import time
 import uuid
 from ipaddress import IPv6Address
 from pathlib import Path
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,7 +104,8 @@ publish = ["probes"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             status = self.request({"cmd": "status"})
-            if status and status.get("result", {}).get("fleet", {}).get("reader") == "up":
+            result = cast(dict[str, Any], status.get("result", {})) if status else {}
+            if result.get("fleet", {}).get("reader") == "up":
                 return
             time.sleep(0.05)
         raise SystemExit(f"blockerd {self.name} not ready: see {self.home / 'blockerd.err'}")
@@ -291,7 +293,9 @@ def main() -> int:
             events = burst_events(args.burst, 1)
             publish(redis.url, events)
             started = c.start()
-            while c.request({"cmd": "status"}) is None and c.process.poll() is None:
+            while c.request({"cmd": "status"}) is None and (
+                c.process is not None and c.process.poll() is None
+            ):
                 time.sleep(0.01)
             answering = time.perf_counter() - started
             reached = wait_count([c], 2 * args.burst, 120)

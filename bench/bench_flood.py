@@ -82,7 +82,7 @@ class Clock:
 
 def random_sources(rng: random.Random, count: int) -> list[str]:
     seen: set[int] = set()
-    out = []
+    out: list[str] = []
     while len(out) < count:
         value = rng.choice(_FIRST_BYTES) << 24 | rng.getrandbits(24)
         if value not in seen:
@@ -93,7 +93,7 @@ def random_sources(rng: random.Random, count: int) -> list[str]:
 
 def clustered_sources(rng: random.Random, count: int) -> list[str]:
     subnets = random_sources(rng, -(-count // PER_SUBNET))
-    out = []
+    out: list[str] = []
     for text in subnets:
         base = int(IPv4Address(text)) & ~0xFF
         out.extend(str(IPv4Address(base + host)) for host in range(1, PER_SUBNET + 1))

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def fill_state(state_dir: Path, count: int, now: float) -> None:
     db = sqlite3.connect(state_dir / "state.sqlite")
     reason = "score 5.0 >= 5 within 60s: unsolicited_synack x5"
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[tuple[object, ...]]:
         for i in range(count):
             # Spread over 2001:db8::/32, a /64 each, ban ends spread over the next hour.
             target = f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"

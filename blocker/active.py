@@ -143,6 +143,17 @@ class ActiveBans(Mapping[Network, ActiveBan]):
                 if family is None or (6 if key & 256 else 4) == family:
                     yield target_of(key), expires
 
+    def keyed(self) -> Mapping[int, float]:
+        """Every ban as key (key_of) -> expiry, jail by jail: the one jail's own table when
+        a single jail holds bans (no copy of a million), else a merged copy."""
+        holding = [bans for bans in self._jails.values() if bans]
+        if len(holding) == 1:
+            return holding[0]
+        merged: dict[int, float] = {}
+        for bans in holding:
+            merged.update(bans)
+        return merged
+
     # -- changes ---------------------------------------------------------------------------
     def set(self, target: Network, jail: str, expires: float) -> None:
         """Record a ban, replacing any earlier one of the same target."""

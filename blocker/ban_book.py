@@ -15,7 +15,7 @@ with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from itertools import islice
 from typing import Final, TypeVar
 
@@ -60,6 +60,33 @@ class BanBook:
             if self.gate.get(gone) != math.inf:  # a refusal stays cached
                 self.gate.pop(gone, None)
 
+    def ban_hosts(
+        self,
+        hosts: Sequence[int],
+        untils: Sequence[float],
+        address: Callable[[int], Address],
+        now: float,
+    ) -> None:
+        """ban_host() for many distinct hosts at once (a restart), given as ints that
+        `address` turns into addresses: the same marks and gate as banning them one by one,
+        in order.  Into an empty book, with no mark already expired, only the marks that
+        would survive the cap are built (and permanent ones the cap drops, which the gate
+        keeps, as ban_host() does)."""
+        if self.hosts or self.gate or (untils and min(untils) <= now):
+            for value, until in zip(hosts, untils, strict=True):
+                self.ban_host(address(value), until, now)
+            return
+        kept = _survivors(len(hosts), self._cap)
+        start = len(hosts) - kept
+        gate = self.gate
+        for index in range(start):
+            if untils[index] == math.inf:  # dropped from the marks, kept by the gate
+                gate[address(hosts[index])] = math.inf
+        marks = self.hosts
+        for index in range(start, len(hosts)):
+            addr = address(hosts[index])
+            marks[addr] = gate[addr] = untils[index]
+
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
         self._mark(self.subnets, subnet, until, now)
 
@@ -91,3 +118,12 @@ class BanBook:
             del marks[old]
         gone.extend(oldest)
         return gone
+
+
+def _survivors(added: int, cap: int) -> int:
+    """How many of `added` distinct new marks an empty book holds once _mark() added them
+    one by one with none expired: up to cap + 1, then down to 90% of cap, again and again."""
+    if added <= cap:
+        return added
+    low = cap * 9 // 10
+    return low + (added - cap - 1) % (cap + 1 - low)

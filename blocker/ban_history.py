@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from bisect import insort
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Final
 
 from blocker.records import Network
@@ -66,8 +67,38 @@ class BanHistory:
 
     def remember(self, target: Network, at: float, now: float) -> None:
         """Record a ban of `target` at `at` (`now`: the newest event time)."""
+        self._remember(_key(target), at, now)
+
+    def remember_many(
+        self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float], now: float
+    ) -> None:
+        """remember() for many bans at once, targets as (first address as an int, prefix
+        length, version): the same result as remembering them one by one, in order.
+
+        When the keys are distinct and none is remembered yet (a restart: every target of a
+        flood banned once), only the newest `cap` that one-by-one would store can stay, so
+        only those are stored."""
+        ints = [(address << 8 | prefix) << 1 | (version == 6) for address, prefix, version in keys]
         history = self._times
-        key = _key(target)
+        if len(set(ints)) == len(ints) and history.keys().isdisjoint(ints):
+            window = self._history_window
+            kept: list[int] = []
+            for index in range(len(ints) - 1, -1, -1):
+                if len(kept) == self._cap:
+                    break
+                at = ats[index]
+                if at > max(now, at) - window:  # what _remember() stores of a new target
+                    kept.append(index)
+            for index in reversed(kept):
+                history[ints[index]] = float(ats[index])
+            while len(history) > self._cap:
+                history.popitem(last=False)
+            return
+        for key, at in zip(ints, ats, strict=True):
+            self._remember(key, at, now)
+
+    def _remember(self, key: int, at: float, now: float) -> None:
+        history = self._times
         times = history.get(key)
         horizon = max(now, at) - self._history_window
         if times is None:

@@ -133,8 +133,9 @@ class ControlServer:
     def __init__(
         self,
         path: str,
-        selector: selectors.BaseSelector,  # noqa: PLR0917
+        selector: selectors.BaseSelector,
         handlers: Callable[[], dict[str, Handler]],
+        *,
         allowed_uids: frozenset[int] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,

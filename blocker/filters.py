@@ -198,12 +198,38 @@ def distinct_key(fields: Sequence[str]) -> DistinctKey:
     return key
 
 
+# The commonest distinct key, (dst, dport): FastCandidate carries this very function, so a
+# hot loop may build that key inline when it sees it (`key_of is DST_DPORT`).
+DST_DPORT: DistinctKey = lambda *values: (values[1], values[3])  # noqa: E731
+
 # What the Matcher keeps per candidate filter: everything `match` needs without lookups.
 _Candidate = tuple[Filter, float, bool, bool, "DistinctKey | None"]
+# What Matcher.fast_plan() hands out per candidate filter, in chain order:
+#   (filter name, weight, the filter when it has port conditions (check port_match()),
+#    the unicast table when it wants a unicast destination (check `table[dst]`),
+#    offender is SRC, distinct key or None)
+FastCandidate = tuple[
+    str, float, "Filter | None", "UnicastTable | None", bool, "DistinctKey | None"
+]
+
+
+class UnicastTable(dict["Address", bool]):
+    """Destination -> whether it is a unicast address (see is_unicast): `table[dst]` never
+    raises, and is one dict lookup in C for a destination seen before."""
+
+    __slots__ = ()
+
+    def __missing__(self, dst: Address) -> bool:
+        return is_unicast(dst, self)
 
 
 class Matcher:
-    """One jail's ordered filter chain: the first filter that matches a packet wins."""
+    """One jail's ordered filter chain: the first filter that matches a packet wins.
+
+    Two ways in: match() (a Packet -> a Hit; the named path that verdicts and the tests
+    take) and fast_plan() (what a compiled hot loop needs per kind of packet). Both count
+    their hits in `counts`.
+    """
 
     def __init__(
         self,
@@ -214,6 +240,7 @@ class Matcher:
         self.jail = jail
         self.chain = tuple(chain)
         self.prefix = prefix
+        # Hits per filter name. A fast_plan() caller adds its hits here (+= 1 per hit).
         self.counts: dict[str, int] = {flt.name: 0 for flt, _ in self.chain}
         self._prepared: list[_Candidate] = [
             (
@@ -226,7 +253,7 @@ class Matcher:
             for flt, weight in self.chain
         ]
         self._candidates: dict[Signature, tuple[_Candidate, ...]] = {}
-        self.unicast: dict[Address, bool] = {}
+        self._unicast = UnicastTable()
 
     def match(self, packet: Packet, signature: Signature | None = None) -> Hit | None:
         """The first filter's Hit, or None. `signature` (Signature.of(packet)) may be shared
@@ -235,12 +262,12 @@ class Matcher:
             signature = Signature.of(packet)
         candidates = self._candidates.get(signature)
         if candidates is None:
-            candidates = self.candidates(signature)
+            candidates = self._static_candidates(signature)
             if len(self._candidates) > 16384:
                 self._candidates.clear()
             self._candidates[signature] = candidates
         for flt, weight, dynamic, from_src, key_of in candidates:
-            if dynamic and not flt.dynamic_match(packet.dpt, packet.spt, packet.dst, self.unicast):
+            if dynamic and not flt.dynamic_match(packet.dpt, packet.spt, packet.dst, self._unicast):
                 continue
             self.counts[flt.name] += 1
             key = (
@@ -260,7 +287,25 @@ class Matcher:
             )
         return None
 
-    def candidates(self, signature: Signature) -> tuple[_Candidate, ...]:
+    def fast_plan(self, signature: Signature) -> tuple[FastCandidate, ...]:
+        """The one fast entry point: the filters, in chain order, that packets of this kind
+        may match, each as a FastCandidate. A caller does per packet what match() does: the
+        first candidate whose port condition (if any) holds and whose destination is unicast
+        (if it asks) is the hit; it counts it in `counts`. Not cached here: the caller
+        compiles it once per kind of packet."""
+        return tuple(
+            (
+                flt.name,
+                weight,
+                flt if flt.has_port_conditions else None,
+                self._unicast if flt.dst_unicast else None,
+                from_src,
+                DST_DPORT if flt.distinct == ("dst", "dport") else key_of,
+            )
+            for flt, weight, _, from_src, key_of in self._static_candidates(signature)
+        )
+
+    def _static_candidates(self, signature: Signature) -> tuple[_Candidate, ...]:
         """The filters, in chain order, whose static conditions `signature` meets."""
         if self.prefix is not None and self.prefix.search(signature.prefix) is None:
             return ()

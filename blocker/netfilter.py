@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 from socket import AF_INET, AF_INET6, inet_pton
+from typing import NamedTuple
 
 from blocker.records import Address, Packet, Signature, direction_of
 
@@ -54,19 +55,48 @@ _SYSLOG_START = re.compile(
 # Everything after OUT= is optional as a whole: a record cut (or mangled) before PROTO=
 # still matches, with PROTO None, so it is counted as malformed instead of passing unseen.
 _PACKET = re.compile(
-    r"IN=([^ ]*) OUT=([^ ]*)(?: (?:PHYSIN=([^ ]*) )?(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
-    r"SRC=([^ ]+) DST=([^ ]+) LEN=([0-9]+) "
-    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=([0-9]+) ID=([0-9]+)|C=[0-9]+ HOPLIMIT=([0-9]+) "
-    r"FLOWLBL=[0-9]+) )?"
+    r"IN=(?P<iface_in>[^ ]*) OUT=(?P<iface_out>[^ ]*)(?: (?:PHYSIN=(?P<physin>[^ ]*) )?"
+    r"(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
+    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]+) "
+    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]+) ID=(?P<ip_id>[0-9]+)"
+    r"|C=[0-9]+ HOPLIMIT=(?P<hoplimit>[0-9]+) FLOWLBL=[0-9]+) )?"
     # IPv4 flags and options (CE DF MF FRAG:n OPT (..)) or IPv6 extension headers: no '='.
-    r"[^=\n]*PROTO=(\w+)"
+    r"[^=\n]*PROTO=(?P<proto>\w+)"
     # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
     # cut in the middle of a port number.
-    r"(?: SPT=([0-9]+) DPT=([0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
-    r"(?:WINDOW=[0-9]+ RES=[^ ]* ((?:[A-Z]{3} )*)URGP=)?"
-    r"| TYPE=([0-9]+) CODE=([0-9]+)(?= |$)| (INCOMPLETE) \[)?)?",
+    r"(?: SPT=(?P<spt>[0-9]+) DPT=(?P<dpt>[0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
+    r"(?:WINDOW=[0-9]+ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*)URGP=)?"
+    r"| TYPE=(?P<icmp_type>[0-9]+) CODE=(?P<icmp_code>[0-9]+)(?= |$)"
+    r"| (?P<incomplete>INCOMPLETE) \[)?)?",
     re.MULTILINE,
 )
+
+
+class LogFields(NamedTuple):
+    """The fields of one LOG record, in the order of _PACKET's groups (a test ties the
+    group names and numbers to these fields). The bulk path hands them on as the plain tuple
+    match.groups() returns, at no cost; code off the hot path may wrap that tuple as
+    LogFields._make(fields) to read it by name, and a hot loop unpacks it by position in
+    exactly this order. None: the field is absent from the record."""
+
+    iface_in: str | None  # IN=
+    iface_out: str | None  # OUT=
+    physin: str | None  # PHYSIN= (bridged packets)
+    src: str | None  # SRC=, as printed
+    dst: str | None  # DST=
+    length: str | None  # LEN=
+    ttl: str | None  # TTL= (IPv4)
+    ip_id: str | None  # ID= (IPv4)
+    hoplimit: str | None  # HOPLIMIT= (IPv6)
+    proto: str | None  # PROTO=: a name, or a number; None for a record cut before it
+    spt: str | None  # SPT=
+    dpt: str | None  # DPT=
+    flags: str | None  # the TCP flags between RES= and URGP=, e.g. "ACK SYN "
+    icmp_type: str | None  # TYPE=
+    icmp_code: str | None  # CODE=
+    incomplete: str | None  # "INCOMPLETE": the kernel says the transport header was cut
+
+
 _MONTHS = {
     name: number
     for number, name in enumerate(
@@ -82,9 +112,14 @@ _PORT_PROTOS = frozenset(("TCP", "UDP", "UDPLITE", "SCTP", "DCCP"))
 _ICMP_PROTOS = frozenset(("ICMP", "ICMPv6"))
 _TCP_FLAGS = frozenset(("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN"))
 _CACHE_LIMIT = 65536
-_MISSING = object()
-# What scan() returns per LOG line: (time, raw prefix, the groups of _PACKET).
+# What scan() returns per LOG line: (time, raw prefix, the groups of _PACKET), the groups in
+# LogFields' order (a plain tuple: LogFields._make() names them off the hot path).
 Fields = tuple[str | None, ...]
+# Positions in Fields of what the cached parts of a record depend on.
+_IN, _OUT, _PROTO, _FLAGS, _TYPE, _CODE, _INCOMPLETE = (
+    LogFields._fields.index(name)
+    for name in ("iface_in", "iface_out", "proto", "flags", "icmp_type", "icmp_code", "incomplete")
+)
 Record = tuple[float, str, Fields]
 # Text -> address cache. A flood of new sources only misses it, and at 262,144 entries it
 # held ~42 MB of a 1M-source flood's 147 MiB peak; 65,536 measured no slower on the mixed
@@ -122,6 +157,31 @@ class _KernelIPv6Address(_HashedOnce, IPv6Address):
     __slots__ = ("_hash",)
 
 
+class AddressTable(dict[str, "Address | None"]):
+    """SRC=/DST= text -> the address it names, or None when it is not one. Reading a text
+    never seen before builds its entry, so `table[text]` never raises and costs one dict
+    lookup in C for a text seen before (most of them); the table bounds itself. Callers only
+    read it: it is a cache, and what it holds is up to it."""
+
+    __slots__ = ()
+
+    def __missing__(self, text: str) -> Address | None:
+        # A flood of new sources lands here: inet_pton is as strict as ip_address() and 3-10x
+        # faster (the kernel prints IPv6 fully expanded, which ip_address() parses slowly).
+        if len(self) >= _ADDRESS_CACHE_LIMIT:
+            self.clear()
+        address: Address | None
+        try:
+            if ":" in text:
+                address = _KernelIPv6Address(inet_pton(AF_INET6, text))
+            else:
+                address = _KernelIPv4Address(inet_pton(AF_INET, text))
+        except (OSError, ValueError):
+            address = None
+        self[text] = address
+        return address
+
+
 class KernelLogParser:
     """Parses lines; keeps bounded caches so repeated timestamps and addresses cost a lookup."""
 
@@ -129,7 +189,7 @@ class KernelLogParser:
         self._header_times: dict[str, float | None] = {}
         # Year inference depends on `now`: cached header times are valid for one day of it.
         self._cache_from = self._cache_until = 0.0
-        self._addresses: dict[str, Address | None] = {}
+        self._addresses = AddressTable()
         self._flags: dict[str, frozenset[str] | None] = {}
         self._signatures: dict[tuple[str | None, ...], Signature | None] = {}
         self._rejected = 0
@@ -167,49 +227,32 @@ class KernelLogParser:
     def packet(self, record: Record) -> Packet | None:
         """The Packet of a scanned record, or None when its fields are not valid."""
         event_time, prefix, fields = record
-        (
-            iface_in,
-            iface_out,
-            physin,
-            src_text,
-            dst_text,
-            length,
-            ttl,
-            ip_id,
-            hoplimit,
-            _,
-            spt,
-            dpt,
-            _,
-            _,
-            _,
-            _,
-        ) = fields
+        f = LogFields._make(fields)
         signature = self.signature(prefix, fields)
-        if signature is None or (signature.ports and dpt is None):
+        if signature is None or (signature.ports and f.dpt is None):
             return None
-        src = self.address(src_text)  # type: ignore[arg-type]  # SRC= and DST= always match
-        dst = self.address(dst_text)  # type: ignore[arg-type]
+        src = self.address(f.src)  # type: ignore[arg-type]  # SRC= and DST= always match
+        dst = self.address(f.dst)  # type: ignore[arg-type]
         if src is None or dst is None or type(src) is not type(dst):
             return None
-        hops = ttl or hoplimit
+        hops = f.ttl or f.hoplimit
         return Packet(
             event_time,
             signature.prefix,
-            iface_in or "",
-            iface_out or "",
+            f.iface_in or "",
+            f.iface_out or "",
             src,
             dst,
             signature.proto,
-            int(spt) if spt is not None else None,
-            int(dpt) if dpt is not None else None,
+            int(f.spt) if f.spt is not None else None,
+            int(f.dpt) if f.dpt is not None else None,
             signature.flags,
-            int(length),  # type: ignore[arg-type]  # LEN= always matches
+            int(f.length),  # type: ignore[arg-type]  # LEN= always matches
             int(hops) if hops else None,
             signature.icmp_type,
             signature.icmp_code,
-            physin or "",
-            int(ip_id) if ip_id else None,
+            f.physin or "",
+            int(f.ip_id) if f.ip_id else None,
         )
 
     # -- scanning: the bulk path ---------------------------------------------------------
@@ -327,13 +370,13 @@ class KernelLogParser:
         cut short, unknown TCP flags). Cached: records of one kind share it."""
         key = (
             prefix,
-            fields[0],
-            fields[1],
-            fields[9],
-            fields[12],
-            fields[13],
-            fields[14],
-            fields[15],
+            fields[_IN],
+            fields[_OUT],
+            fields[_PROTO],
+            fields[_FLAGS],
+            fields[_TYPE],
+            fields[_CODE],
+            fields[_INCOMPLETE],
         )
         try:
             return self._signatures[key]
@@ -346,31 +389,14 @@ class KernelLogParser:
         return signature
 
     @property
-    def known_addresses(self) -> dict[str, Address | None]:
-        """address()'s cache, for callers that look up before they call."""
+    def addresses(self) -> AddressTable:
+        """The fast entry point for SRC=/DST= text: `addresses[text]` is address(text), a
+        dict lookup in C when the text was seen before (see AddressTable)."""
         return self._addresses
 
     def address(self, text: str) -> Address | None:
         """The address a SRC=/DST= field names, or None when it is not one (cached)."""
-        # get() and a marker, not try/except: most calls are misses (new sources), and a
-        # raised KeyError costs more than building the address.
-        cached = self._addresses.get(text, _MISSING)
-        if cached is not _MISSING:
-            return cached  # type: ignore[return-value]
-        if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
-            self._addresses.clear()
-        # inet_pton is as strict as ip_address() and 3-10x faster (the kernel prints IPv6
-        # fully expanded, which ip_address() parses slowly); new sources arrive constantly.
-        address: Address | None
-        try:
-            if ":" in text:
-                address = _KernelIPv6Address(inet_pton(AF_INET6, text))
-            else:
-                address = _KernelIPv4Address(inet_pton(AF_INET, text))
-        except (OSError, ValueError):
-            address = None
-        self._addresses[text] = address
-        return address
+        return self._addresses[text]
 
     def _header_time(self, header: str, now: float) -> float | None:
         """Epoch time of a syslog header ('<timestamp> <host>'), None if it is not one."""
@@ -422,17 +448,11 @@ def _signature(
 ) -> Signature | None:
     if is_trace(prefix):
         return None  # never a packet; callers do not count it as malformed either
-    iface_in, iface_out = fields[0] or "", fields[1] or ""
-    proto, flag_text, icmp_type, icmp_code, incomplete = (
-        fields[9],
-        fields[12],
-        fields[13],
-        fields[14],
-        fields[15],
-    )
+    f = LogFields._make(fields)
+    proto, flag_text, icmp_type, icmp_code = f.proto, f.flags, f.icmp_type, f.icmp_code
     if proto is None:
         return None
-    if incomplete or _digits(proto):  # INCOMPLETE: the kernel says the header was cut
+    if f.incomplete or _digits(proto):  # INCOMPLETE: the kernel says the header was cut
         ports = False
     elif proto in _PORT_PROTOS:
         ports = True  # a record without ports was cut short
@@ -453,7 +473,7 @@ def _signature(
             return None
         flags = parsed
     return Signature(
-        direction_of(iface_in, iface_out),
+        direction_of(f.iface_in or "", f.iface_out or ""),
         proto,
         flags,
         prefix.strip(),

@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 from blocker.config import Config, Jail
-from blocker.filters import DistinctKey, Filter, Matcher, is_unicast
+from blocker.filters import DST_DPORT, FastCandidate, Matcher
 from blocker.netfilter import Fields, KernelLogParser, Record, is_trace
-from blocker.records import Address, Decision, Packet, Signature
+from blocker.records import Address, Decision
 from blocker.scoring import Scorer
 
 # Longer lines are cut before parsing: a LOG record is < 1 KiB, so nothing real is lost,
@@ -22,14 +22,7 @@ MAX_LINE = 4096
 # Compiled plans kept per set of jails: kinds of record are few (prefixes x interfaces x
 # protocols x flags), the bound is for adversarial variety.
 _PLAN_LIMIT = 16384
-# Marks the commonest distinct key, (dst, dport), so the hot loop builds it inline.
-_DST_DPORT: DistinctKey = lambda *values: (values[1], values[3])  # noqa: E731
-# (filter name, weight, the filter when it has port conditions, the unicast cache when it
-# wants a unicast destination, offender is SRC, distinct key)
-_Candidate = tuple[
-    str, float, "Filter | None", "dict[Address, bool] | None", bool, "DistinctKey | None"
-]
-_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int], tuple[_Candidate, ...]]
+_JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int], tuple[FastCandidate, ...]]
 # (ports required, ICMP type, per jail with candidates); () for a kind never valid
 _Plan = tuple[bool, "int | None", tuple[_JailPlan, ...]] | tuple[()]
 
@@ -71,19 +64,6 @@ class Pipeline:
 
     def runner(self, name: str) -> JailRunner | None:
         return next((r for r in self.runners if r.jail.name == name), None)
-
-    def feed_packet(
-        self, packet: Packet, jails: Sequence[JailRunner] | None = None
-    ) -> list[Decision]:
-        """One parsed packet through the Matchers and Scorers: the reference path, which
-        feed_text()'s compiled plans must agree with."""
-        decisions: list[Decision] = []
-        signature = Signature.of(packet)
-        for runner in self.runners if jails is None else jails:
-            hit = runner.matcher.match(packet, signature)
-            if hit is not None:
-                decisions += runner.scorer.feed(hit)
-        return decisions
 
     def hit_counts(self) -> dict[str, int]:
         """'jail/filter' -> hits so far (filters without hits included, at 0)."""
@@ -146,13 +126,13 @@ class Pipeline:
     ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.
 
-        Does what feed_packet() does without building a Packet or a Hit: per kind of record
-        (its Signature) the candidate filters of every jail are worked out once; per record
-        only the addresses, ports and scores are left.
+        Does what Matcher.match() and Scorer.feed() do per parsed Packet (the reference,
+        tests/reference_pipeline.py), without building a Packet or a Hit: per kind of record
+        (its Signature) each jail's Matcher.fast_plan() is compiled once; per record only
+        the addresses, ports and scores are left. `fields` unpacks in LogFields' order.
         """
         plans = self._plans_for(jails)
-        known = self.parser.known_addresses
-        address = self.parser.address
+        addresses = self.parser.addresses
         decisions: list[Decision] = []
         parsed = malformed = 0
         for t, prefix, fields in records:
@@ -182,16 +162,15 @@ class Pipeline:
                 if not is_trace(prefix):  # TRACE output is no packet, and no error either
                     malformed += 1  # a kind of record that is never valid, or one cut short
                 continue
-            # SRC= and DST= always match; a cache miss (a new address) takes the call.
-            src = known.get(src_text) or address(src_text)  # type: ignore[arg-type]
-            dst = known.get(dst_text) or address(dst_text)  # type: ignore[arg-type]
+            src = addresses[src_text]  # type: ignore[index]  # SRC= and DST= always match
+            dst = addresses[dst_text]  # type: ignore[index]
             if src is None or dst is None or type(src) is not type(dst):
                 malformed += 1
                 continue
             parsed += 1
             for add, counts, candidates in plan[2]:
                 for name, weight, ports, unicast, from_src, key_of in candidates:
-                    if unicast is not None and not (unicast.get(dst) or is_unicast(dst, unicast)):
+                    if unicast is not None and not unicast[dst]:
                         continue
                     if ports is not None and not ports.port_match(
                         None if dpt is None else int(dpt), None if spt is None else int(spt)
@@ -201,7 +180,7 @@ class Pipeline:
                     key: tuple[object, ...] | None
                     if key_of is None:
                         key = None
-                    elif key_of is _DST_DPORT:
+                    elif key_of is DST_DPORT:
                         key = (dst, int(dpt))  # type: ignore[arg-type]  # ports: plan[0]
                     else:  # proto: these kinds of record all have a PROTO=
                         sport = None if spt is None else int(spt)
@@ -235,17 +214,7 @@ class Pipeline:
         if signature is not None:
             per_jail = []
             for runner in self.runners if jails is None else jails:
-                candidates = tuple(
-                    (
-                        flt.name,
-                        weight,
-                        flt if flt.has_port_conditions else None,
-                        runner.matcher.unicast if flt.dst_unicast else None,
-                        from_src,
-                        _DST_DPORT if flt.distinct == ("dst", "dport") else key_of,
-                    )
-                    for flt, weight, _, from_src, key_of in runner.matcher.candidates(signature)
-                )
+                candidates = runner.matcher.fast_plan(signature)
                 if candidates:
                     per_jail.append((runner.scorer.add, runner.matcher.counts, candidates))
             plan = (signature.ports, signature.icmp_type, tuple(per_jail))

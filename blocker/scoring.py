@@ -99,8 +99,9 @@ costs the same with 1M marks as with 10.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final
 
 from blocker.addresses import AddressRules, host_network
@@ -343,6 +344,37 @@ class Scorer:
                 addr = target.network_address
                 self.escalation.count(addr, at, self._now)
 
+    def restore_history_keys(self, keys: Sequence[int], ats: Sequence[float]) -> None:
+        """restore_history() for targets given as ban keys (blocker.active.key_of: network
+        int << 9 | 256 for IPv6 | prefix length), oldest first, with no Network per ban:
+        the engine then decides exactly as after restore_history() of the same bans."""
+        self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
+        if self.policy.subnet_min_offenders:
+            hosts = [index for index, key in enumerate(keys) if _is_host(key)]
+            self.escalation.count_many(
+                [_address(keys[index]) for index in hosts],
+                [ats[index] for index in hosts],
+                self._now,
+            )
+
+    def restore_bans(self, bans: Mapping[int, float]) -> None:
+        """mark_banned() for many bans at once (a restart: a million), as ban key -> until:
+        the engine then decides exactly as after marking them one by one in this order.
+        Host marks are built in bulk (only those the ban book's cap keeps, when it starts
+        empty); the rare subnet marks one by one."""
+        hosts: list[int] = []
+        untils: list[float] = []
+        for key, until in bans.items():
+            if _is_host(key):
+                hosts.append(key)
+                untils.append(until)
+            else:
+                self.mark_banned(_network(key), until)
+        if len(self.tiers):  # a reload or a restore after hits: their windows go
+            for key in hosts:
+                self.tiers.drop(_address(key))
+        self.book.ban_hosts(hosts, untils, _address, self._now)
+
     def mark_banned(self, target: Network, until: float) -> None:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""
         if target.prefixlen == target.max_prefixlen:
@@ -436,3 +468,26 @@ class Scorer:
     def now(self) -> float:
         """The newest event time seen so far (-inf before the first hit)."""
         return self._now
+
+
+# Ban keys (blocker.active.key_of: network int << 9 | 256 for IPv6 | prefix length), decoded
+# here so the engine needs no Network object per restored ban.
+
+
+def _is_host(key: int) -> bool:
+    return (key & 0x1FF) in (32, 256 | 128)
+
+
+def _address(key: int) -> Address:
+    return IPv6Address(key >> 9) if key & 256 else IPv4Address(key >> 9)
+
+
+def _network(key: int) -> Network:
+    if key & 256:
+        return IPv6Network((key >> 9, key & 0xFF))
+    return IPv4Network((key >> 9, key & 0xFF))
+
+
+def _history_key(key: int) -> tuple[int, int, int]:
+    """BanHistory's key of the target: (first address as an int, prefix length, version)."""
+    return key >> 9, key & 0xFF, 6 if key & 256 else 4

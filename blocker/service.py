@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address, ip_network
 from typing import Any, Protocol
 
-from blocker.active import ActiveBans, key_of_text, target_of
+from blocker.active import ActiveBans, key_of_text
 from blocker.addresses import network_refusal
 from blocker.commands import Handler, RequestError, Streamed, iso_time
 from blocker.config import Config, ConfigError, Jail, duration
@@ -178,8 +178,8 @@ class Service:
         self._restore(now)
 
     def _restore(self, now: float) -> None:
-        """Read the state's active bans into ActiveBans (ints, no objects per ban), then hand
-        them to the kernel and the scorers RESTORE_BATCH at a time."""
+        """Read the state's active bans into ActiveBans (ints, no objects per ban), hand them
+        to the kernel RESTORE_BATCH at a time, then those it holds to the scorers in bulk."""
         self._load_history(now)
         self.active.clear()
         self.held = dict(self.state.held(now))
@@ -200,6 +200,8 @@ class Service:
             refused.update(self._restore_batch(batch, now))
         for target in refused:
             self._drop_refused(target, now)
+        # The rest into every scorer at once: only what the kernel holds is active.
+        self._mark_active()
         if refused:
             self._note_refused(refused, now, origin="restored")
             with self.state.transaction():
@@ -217,11 +219,13 @@ class Service:
         if refused is None:  # the kernel could not be asked: keep them, re-add at the tick
             self._resync = True
             refused = {}
-        for runner in self.pipeline.runners:
-            for target, expires in batch:
-                if target not in refused:
-                    runner.scorer.mark_banned(target, expires)
         return refused
+
+    def _mark_active(self) -> None:
+        """Every active ban into every scorer, in bulk (Scorer.restore_bans)."""
+        keyed = self.active.keyed()
+        for runner in self.pipeline.runners:
+            runner.scorer.restore_bans(keyed)
 
     def _mark_everywhere(self, target: Network, until: float) -> None:
         for runner in self.pipeline.runners:
@@ -599,17 +603,19 @@ class Service:
 
     def _load_history(self, now: float) -> None:
         """Earlier bans into every scorer, RESTORE_BATCH at a time (a flood leaves millions)."""
-        batch: list[tuple[Network, float]] = []
+        keys: list[int] = []
+        ats: list[float] = []
         for text, at in self.state.history_rows(self._history_horizon(now)):
             key = key_of_text(text)
             if key is not None:
-                batch.append((target_of(key), at))
-            if len(batch) >= RESTORE_BATCH:
+                keys.append(key)
+                ats.append(at)
+            if len(keys) >= RESTORE_BATCH:
                 for runner in self.pipeline.runners:
-                    runner.scorer.restore_history(batch)
-                batch = []
+                    runner.scorer.restore_history_keys(keys, ats)
+                keys, ats = [], []
         for runner in self.pipeline.runners:
-            runner.scorer.restore_history(batch)
+            runner.scorer.restore_history_keys(keys, ats)
 
     def prune(self, now: float) -> None:
         with self.state.transaction():
@@ -870,8 +876,7 @@ class Service:
             raise RequestError(f"reload refused, keeping the running configuration: {exc}") from exc
         self._install(config)
         self._load_history(now)
-        for target, expires in self.active.entries():
-            self._mark_everywhere(target, expires)
+        self._mark_active()
         log.warning("configuration reloaded: %d jail(s)", len(config.jails))
         return f"reloaded {config.path}: {', '.join(j.name for j in config.jails)}"
 

@@ -10,6 +10,7 @@ most ``cap`` subnets (least recently touched forgotten first).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 
 from blocker.addresses import subnet_of
@@ -90,6 +91,23 @@ class SubnetOffenders:
             first = min(offenders.values())
             del offenders[min(host for host, when in offenders.items() if when == first)]
         return offenders
+
+    def count_many(self, hosts: Sequence[Address], ats: Sequence[float], now: float) -> None:
+        """count() for many host bans at once (a restart's history, oldest first): the same
+        result as counting them one by one, in order.  When their subnets are distinct and
+        none has offenders yet (a storm of one host per /64), only the last `cap` can stay."""
+        keys = [self._key(addr) for addr in hosts]
+        table = self._offenders
+        if len(set(keys)) == len(keys) and table.keys().isdisjoint(keys):
+            horizon = now - self.window
+            for index in range(max(0, len(keys) - self._cap), len(keys)):
+                at = ats[index]
+                table[keys[index]] = {hosts[index]: at} if at > horizon else {}
+            while len(table) > self._cap:
+                self._networks.pop(table.popitem(last=False)[0], None)
+            return
+        for addr, at in zip(hosts, ats, strict=True):
+            self.count(addr, at, now)
 
     def live(self, subnet: Network, now: float) -> int:
         """Hosts of `subnet` banned within the window before `now` (for explain)."""

@@ -1,8 +1,8 @@
 """Why did (or didn't) this line count? Per-line verdicts for `blockerctl test --show`. Pure.
 
 The slow, readable path: each line goes alone through the parser, Matcher.match() and
-Scorer.feed() (the reference path that Pipeline's compiled plans must agree with), and says
-what happened to it. `blockerctl test` without --show never comes here.
+Scorer.feed() (what Pipeline's compiled plans do per record, by name), and says what
+happened to it. `blockerctl test` without --show never comes here.
 
 Verdicts, one or more per line:
   hit        a jail's filter matched: the fields, the filter, the offender, its score after
@@ -22,7 +22,7 @@ from typing import Any
 
 from blocker.commands import iso_time
 from blocker.config import Config
-from blocker.netfilter import KernelLogParser, Record, is_trace
+from blocker.netfilter import KernelLogParser, LogFields, Record, is_trace
 from blocker.pipeline import Pipeline
 from blocker.records import Decision, Packet, Signature
 from blocker.replay import ReplayResult, decision_json, read_text_chunks
@@ -168,7 +168,8 @@ def replay_file_verdicts(
 def malformed_reason(parser: KernelLogParser, record: Record) -> str:
     """Why the parser refuses a scanned record's fields, in words."""
     _, prefix, fields = record
-    proto, flags, dpt = fields[9], fields[12], fields[11]
+    named = LogFields._make(fields)
+    proto, flags, dpt = named.proto, named.flags, named.dpt
     if parser.signature(prefix, fields) is None:
         if proto is None:
             return "a LOG record cut or mangled before PROTO="
@@ -181,8 +182,7 @@ def malformed_reason(parser: KernelLogParser, record: Record) -> str:
         return f"unknown protocol PROTO={proto} (cut inside the name?)"
     if dpt is None:
         return f"PROTO={proto} without SPT= and DPT= (cut short)"
-    src, dst = fields[3], fields[4]
-    for name, text in (("SRC", src), ("DST", dst)):
+    for name, text in (("SRC", named.src), ("DST", named.dst)):
         if text is None or parser.address(text) is None:
             return f"{name}={text} is not an IP address"
     return "SRC= and DST= are of different IP versions"

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fakes.backend import FakeBackend
@@ -193,7 +194,8 @@ def test_with_many_bans_nothing_else_walks_them_all(
     assert status["active_bans"] == 5001
     victim = targets[7]
     explained = service.cmd_explain({"address": str(victim.network_address)}, NOW + 1)
-    assert [b["target"] for b in explained["banned_by"]] == [network_text(victim)]  # type: ignore[index]
+    banned_by = cast(list[dict[str, str]], explained["banned_by"])
+    assert [b["target"] for b in banned_by] == [network_text(victim)]
     service.cmd_unban({"target": network_text(victim)}, NOW + 1)
     assert victim not in service.active
     service.prune(NOW + 1)

@@ -6,6 +6,7 @@ every assertion about a ban reads the kernel's sets.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -37,7 +38,7 @@ def test_spoofed_synacks_and_a_scan_are_banned_through_nflog() -> None:
         finally:
             sender.close()
         for address in (prober4, prober6, scanner):
-            must(lambda a=address: daemon.banned(a), f"{address} in the kernel set")
+            must(functools.partial(daemon.banned, address), f"{address} in the kernel set")
         rows = daemon.ctl_json("list", "--json")
         assert isinstance(rows, list)
         assert {r["target"]: r["jail"] for r in rows} == {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from ipaddress import ip_network
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -130,7 +131,7 @@ def test_a_long_reason_is_cut_so_the_event_stays_valid() -> None:
     event = FleetEvent(
         "ban", "a" * 32, "web-1", ip_network("203.0.113.7"), "probes", T0, T0 + 600, "x" * 5000
     )
-    [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
+    [decoded] = cast(list[FleetEvent], decode(KEY, entry(KEY, [event])))
     assert isinstance(decoded, FleetEvent) and decoded.reason == "x" * 400
 
 
@@ -240,7 +241,7 @@ def test_any_reason_and_time_round_trip(reason: str, at: float, expires: float) 
     event = FleetEvent(
         "ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at, expires, reason
     )
-    [decoded] = decode(KEY, entry(KEY, [event]))  # type: ignore[misc]
+    [decoded] = cast(list[FleetEvent], decode(KEY, entry(KEY, [event])))
     assert decoded == FleetEvent(
         "ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at, expires, reason[:400]
     )

@@ -13,6 +13,7 @@ a ban reads the kernel: `ipset list` in the host's namespace, or a TCP connectio
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -37,6 +38,10 @@ HOSTS = {"a": "192.0.2.1", "b": "192.0.2.2", "c": "192.0.2.3"}
 SCANNER, SCANNER_WHILE_DOWN, SCANNER_ALLOWED_ON_C = "192.0.2.66", "192.0.2.67", "192.0.2.68"
 KEY = b"three-host-fleet-key-0123456789"
 WAIT = 20.0
+
+
+def _reaches(scanner: Namespace, host: Host) -> bool:
+    return tcp_open(scanner, host.address, SERVICE_PORT, wait=1, source=SCANNER)
 
 
 @dataclass
@@ -183,7 +188,7 @@ def fleet_of_three(tmp: Path) -> Iterator[Fleet]:
             stack.callback(host.stop)
         for host in hosts.values():
             must(
-                lambda h=host: tcp_open(scanner, h.address, SERVICE_PORT, wait=1, source=SCANNER),
+                functools.partial(_reaches, scanner, host),
                 f"the scanner reaches {host.name}",
             )
         for host in hosts.values():
@@ -249,7 +254,7 @@ def three_hosts(fleet: Fleet) -> None:
     scan(fleet, SCANNER, a.address)
     must(lambda: a.banned(SCANNER), "A bans the scanner it saw", timeout=WAIT)
     for host in (b, c):
-        must(lambda h=host: h.banned(SCANNER), f"{host.name} bans A's scanner", timeout=WAIT)
+        must(functools.partial(host.banned, SCANNER), f"{host.name} bans A's scanner", timeout=WAIT)
         assert host.origin(SCANNER) == "fleet:host-a"
         assert not tcp_open(fleet.scanner, host.address, SERVICE_PORT, source=SCANNER), (
             f"the scanner's packets are dropped by {host.name}"
@@ -266,7 +271,7 @@ def three_hosts(fleet: Fleet) -> None:
     fleet.redis.start()
     for host in (b, c):
         must(
-            lambda h=host: h.banned(SCANNER_WHILE_DOWN),
+            functools.partial(host.banned, SCANNER_WHILE_DOWN),
             f"{host.name} gets the ban once Redis is back",
             timeout=40,
         )

@@ -3,6 +3,7 @@ redis-server: no mock of Redis anywhere here."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -11,7 +12,7 @@ import time
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import pytest
 import redis
@@ -33,14 +34,19 @@ def server() -> Iterator[RedisServer]:
 
 
 def event(
-    target: str, i: int = 0, *, kind: str = "ban", origin: str = "h1", expires: float = T0 + 600
+    target: str,
+    i: int = 0,
+    *,
+    kind: Literal["ban", "unban"] = "ban",
+    origin: str = "h1",
+    expires: float = T0 + 600,
 ) -> FleetEvent:
     return FleetEvent(
         kind,
         f"{i:032x}",
         origin,
         ip_network(target),
-        "probes",  # type: ignore[arg-type]
+        "probes",
         T0,
         expires,
         "test",
@@ -90,7 +96,9 @@ def test_a_trimmed_cursor_falls_back_to_the_snapshot(server: RedisServer) -> Non
         # Trim by MINID as a later publish would, exactly (not "~"): everything before now.
         client = redis.Redis.from_url(server.url)
         transport.publish([event("203.0.113.2", 2)], time.time())
-        client.execute_command("XTRIM", "blocker:events", "MINID", str(int(time.time() * 1000) + 1))
+        client.execute_command(  # type: ignore[no-untyped-call]
+            "XTRIM", "blocker:events", "MINID", str(int(time.time() * 1000) + 1)
+        )
         client.close()
         assert transport.resume(START) is not None
         snapshot = transport.resume(first)
@@ -281,13 +289,13 @@ def test_garbage_in_the_stream_is_dropped_and_counted(fleet: Fleet) -> None:
     forged = entry(b"another key, not the fleet's", [event("203.0.113.31", 31)])
     payload = good[b"e"].replace(b"203.0.113.30", b"203.0.113.32")
     client.xadd("blocker:events", {"e": payload})  # unsigned
-    client.xadd("blocker:events", forged)  # badly signed
+    client.xadd("blocker:events", cast(Any, forged))  # badly signed
     client.xadd("blocker:events", {"e": payload, "s": good[b"s"]})  # tampered
     client.xadd("blocker:events", {"e": b"x" * 2_000_000, "s": b"0" * 64})  # oversized
     client.xadd("blocker:events", {"junk": "1"})  # wrongly typed
     garbage = b'[{"v":1,"kind":"ban","target":7}]'
     client.xadd("blocker:events", {"e": garbage, "s": sign(KEY, garbage)})  # signed nonsense
-    client.xadd("blocker:events", good)
+    client.xadd("blocker:events", cast(Any, good))
     client.close()
     b.wait_ban("203.0.113.30")
     counters = fleet_status(b)["counters"]
@@ -301,6 +309,10 @@ def test_garbage_in_the_stream_is_dropped_and_counted(fleet: Fleet) -> None:
     assert b.alive
 
 
+def _unbanned(daemon: Blockerd, target: str) -> bool:
+    return target not in {r["target"] for r in daemon.bans()}
+
+
 def test_unban_fleet_lifts_everywhere_and_a_local_unban_holds(fleet: Fleet) -> None:
     a, b, c = fleet.add("host-a"), fleet.add("host-b"), fleet.add("host-c")
     for target in ("203.0.113.40", "203.0.113.41"):
@@ -310,7 +322,7 @@ def test_unban_fleet_lifts_everywhere_and_a_local_unban_holds(fleet: Fleet) -> N
     assert b.ctl("unban", "--fleet", "203.0.113.40").code == 0
     for daemon in (a, c):
         poll(
-            lambda d=daemon: "203.0.113.40" not in {r["target"] for r in d.bans()},
+            functools.partial(_unbanned, daemon, "203.0.113.40"),
             what="the fleet unban",
         )
     # A local unban on C of A's ban holds there, even when A bans it again.

@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from crash import crash_as_nobody, crashing_program, exception_trace
@@ -99,8 +100,8 @@ def test_a_crash_report_is_a_forgery_the_kmsg_source_refuses(
         for source in (default, at_info):
             lines = [line.text for line in settle(source)]
             assert not [text for text in lines if tag in text]
-    assert default.health()["rejected_level"] >= 1  # info level: not the LOG level
-    assert at_info.health()["rejected_control_chars"] >= 1  # at its level: the newline
+    assert cast(int, default.health()["rejected_level"]) >= 1  # info level: not the LOG level
+    assert cast(int, at_info.health()["rejected_control_chars"]) >= 1  # at its level: the newline
     logged = [r.getMessage() for r in caplog.records]
     assert (
         "/dev/kmsg: refused a LOG-like record at level 6: log_level is [4] (if your LOG "

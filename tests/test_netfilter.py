@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loglines import BASE, HOST4, MAC4, MAC6, PROBER4, outgoing_rst, outgoing_syn, synack
 
-from blocker.netfilter import KernelLogParser, looks_like_netfilter
+from blocker.netfilter import _PACKET, KernelLogParser, LogFields, looks_like_netfilter
 from blocker.records import Packet
 
 NOW = BASE + 3600.0
@@ -293,6 +293,66 @@ def test_icmp_error_takes_the_outer_packet_not_the_quoted_one() -> None:
     assert list(KernelLogParser().parse_text(line + "\n", NOW)) == [packet]
 
 
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f"kernel: [ 1.0] DROP {V4_BODY}", True),
+        (f"DROP {V6_BODY}", True),
+        ("IN=eth0 OUT= SRC=203.0.113.66 DST=", True),  # cut short: refused, but worth reporting
+        ("usb 1-1: new high-speed USB device number 2 using xhci_hcd", False),
+        ("SRC=203.0.113.66 DST=192.0.2.10", False),  # no IN=: not the kernel's LOG format
+        ("IN=eth0 OUT= DST=192.0.2.10", False),
+        ("", False),
+    ],
+)
+def test_looks_like_netfilter(line: str, expected: bool) -> None:
+    assert looks_like_netfilter(line) is expected
+
+
+def test_regex_groups_are_the_log_fields_in_order() -> None:
+    # The contract between the regex and every positional reader of scan()'s fields
+    # (Pipeline._feed_records, packet_decode.record): group n is LogFields' field n-1.
+    assert _PACKET.groupindex == {name: number for number, name in enumerate(LogFields._fields, 1)}
+    assert _PACKET.groups == len(LogFields._fields)
+
+
+def test_scanned_fields_read_by_name() -> None:
+    parser = KernelLogParser()
+    ((_, prefix, fields),) = parser.scan(f"DROP {V4_BODY}\n", NOW)
+    named = LogFields._make(fields)
+    assert prefix == "DROP "
+    assert (named.iface_in, named.iface_out, named.src, named.dst, named.length) == (
+        "eth0",
+        "",
+        "203.0.113.66",
+        "192.0.2.10",
+        "40",
+    )
+    assert (named.ttl, named.ip_id, named.hoplimit, named.proto) == ("64", "0", None, "TCP")
+    assert (named.spt, named.dpt, named.flags) == ("2372", "0", "ACK SYN ")
+    assert (named.icmp_type, named.icmp_code, named.incomplete, named.physin) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    ((_, _, v6),) = parser.scan(f"{V6_BODY}\n", NOW)
+    assert (LogFields._make(v6).hoplimit, LogFields._make(v6).ttl) == ("57", None)
+    ((_, _, icmp),) = parser.scan(f"{ICMP_BODY}\n", NOW)
+    assert LogFields._make(icmp)[-3:] == ("8", "0", None)
+
+
+def test_address_table_resolves_and_caches_any_text() -> None:
+    parser = KernelLogParser()
+    table = parser.addresses
+    assert table["203.0.113.66"] == IPv4Address("203.0.113.66")
+    assert table["2001:0db8:0000:0000:0000:0000:0000:0042"] == IPv6Address("2001:db8::42")
+    assert table["203.0.113.256"] is None
+    assert table["not an address"] is None
+    assert "203.0.113.66" in table  # kept: the next lookup is a plain dict hit
+    assert parser.address("203.0.113.66") is table["203.0.113.66"]
+
+
 def test_bridge_physin_lines() -> None:
     body = V4_BODY.replace("IN=eth0 OUT= ", "IN=br0 OUT= PHYSIN=eth0 ")
     packet = must_parse(f"DROP {body}")
@@ -490,9 +550,11 @@ def test_truncated_lines_never_raise_nor_misplace_the_header(
 def test_arbitrary_text_never_raises(text: str) -> None:
     packet = parse(text)
     assert packet is None or isinstance(packet, Packet)
-    assert looks_like_netfilter(text) in (True, False)
+    # kmsg reports the look-alikes it cannot parse: whatever parses must look like a record.
+    assert packet is None or looks_like_netfilter(text)
     for packet in KernelLogParser().parse_text(text, NOW):
         assert isinstance(packet, Packet)
+        assert looks_like_netfilter(text)
 
 
 VALID_LINES = [

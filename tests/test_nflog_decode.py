@@ -264,7 +264,7 @@ def as_nflog(packet: Packet) -> Packet | None:
         icmp_type=packet.icmp_type,
         icmp_code=packet.icmp_code,
     )
-    names = {**INDEX}
+    names: dict[str, object] = {**INDEX}
     for name in (packet.iface_in, packet.iface_out, packet.physin):
         names.setdefault(name, f"x{len(names)}")
     index = {name: i + 10 for i, name in enumerate(names)}

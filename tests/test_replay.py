@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loglines import BASE, PROBER4, outgoing_syn, syn, synack
+from reference_pipeline import feed_packet
 
 from blocker.config import Config, load_config
 from blocker.pipeline import MAX_LINE, Pipeline
@@ -238,7 +239,7 @@ def _reference(lines: list[str]) -> tuple[Pipeline, list[object]]:
     for line in lines:
         packet = pipeline.parser.parse(line[:MAX_LINE], BASE)
         if packet is not None:
-            decisions += pipeline.feed_packet(packet)
+            decisions += feed_packet(pipeline, packet)
     return pipeline, decisions
 
 

@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from ipaddress import ip_address, ip_network
+from typing import cast
 
 import pytest
 
@@ -688,7 +689,8 @@ def test_climbing_hit_times_come_back_exactly_and_ban_at_the_fifth(times: list[f
         assert s.feed(Hit(t, "test", SYNACK, a("198.51.100.7"), 1.0)) == []
     report = s.explain(a("198.51.100.7"), max(fed))
     assert report["tier"] in {"climbing", "window"}
-    assert [h["time"] for h in report["hits"]] == sorted(fed)  # type: ignore[union-attr,index]
+    hits = cast(list[dict[str, float]], report["hits"])
+    assert [h["time"] for h in hits] == sorted(fed)
     [decision] = s.feed(Hit(max(fed) + 0.5, "test", SYNACK, a("198.51.100.7"), 1.0))
     assert decision.at == max(fed) + 0.5
     assert decision.reason == "score 5.0 >= 5 within 60s: unsolicited_synack x5"

@@ -301,6 +301,38 @@ def test_restart_restores_a_ban_and_its_mark(h: Harness) -> None:
     assert [(r["target"], r["jail"]) for r in listed] == [(ATTACKER, "probes")]
 
 
+def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
+    """Past the scorers' caps (max_tracked 50 here, 1M bans in a flood), the bulk restore
+    leaves every jail's marks, history and subnet counts as marking each ban did."""
+    from blocker.active import target_of  # noqa: PLC0415
+    from blocker.scoring import Scorer  # noqa: PLC0415
+
+    config = CONFIG.replace("[jails.probes]", "max_tracked = 50\n[jails.probes]")
+    harness = Harness(tmp_path, config)
+    texts = [f"2001:db8:{i >> 8:x}:{i & 0xFF:x}::1" for i in range(300)] + ["203.0.113.0/24"]
+    with harness.state.transaction():
+        harness.state.record_bans(
+            [
+                decision(text, NOW - 300 + i, 3600 if i % 7 else math.inf)
+                for i, text in enumerate(texts)
+            ]
+        )
+    service = harness.restart(NOW)
+    for runner in service.pipeline.runners:
+        alone = Scorer(runner.jail.policy)
+        alone.restore_history((n(t), at) for t, at in harness.state.history_rows(0))
+        for key, until in service.active.keyed().items():
+            alone.mark_banned(target_of(key), until)
+        mine = runner.scorer
+        assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
+        assert mine.book.gate == alone.book.gate
+        assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
+        assert list(mine.history._times.items()) == list(alone.history._times.items())
+        assert list(mine.escalation._offenders.items()) == list(alone.escalation._offenders.items())
+    assert len(service.pipeline.runners[0].scorer.book.hosts) < 300  # the cap did bite
+    harness.state.close()
+
+
 def test_restart_keeps_ban_time_growth(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     later = NOW + 700

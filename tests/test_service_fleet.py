@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import pytest
 from test_service import ALLOWED, ATTACKER, CONFIG_OWN, HOST4, NOW, Harness, n, synacks
@@ -23,7 +24,7 @@ def remote(
     *,
     expires: float = NOW + 600,
     origin: str = "web-2",
-    kind: str = "ban",
+    kind: Literal["ban", "unban"] = "ban",
     event_id: str = "b" * 32,
 ) -> FleetEvent:
     return FleetEvent(
@@ -31,7 +32,7 @@ def remote(
         event_id,
         origin,
         ip_network(target),
-        "probes",  # type: ignore[arg-type]
+        "probes",
         NOW - 1,
         expires,
         "score 6 >= 5 within 60s",
@@ -55,9 +56,10 @@ def test_a_remote_ban_is_applied_with_its_remaining_time_and_origin(h: Harness) 
     assert (row.origin, row.jail, row.expires) == ("fleet:web-2", "probes", NOW + 600)
     [listed] = h.service.cmd_list({}, NOW + 100)
     assert (listed["origin"], listed["target"]) == ("fleet:web-2", PEER)
-    assert h.service.cmd_explain({"address": PEER}, NOW + 100)["banned_by"][0]["origin"] == (
-        "fleet:web-2"
+    banned_by = cast(
+        list[dict[str, Any]], h.service.cmd_explain({"address": PEER}, NOW + 100)["banned_by"]
     )
+    assert banned_by[0]["origin"] == ("fleet:web-2")
     assert h.state.outbox(0) == [], "a remote ban is never published again"
 
 

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -76,7 +77,7 @@ def test_a_live_peer_is_not_banned_and_explain_says_why(
     assert ct.asked == [(n(PEER), 600.0)]
     explained = h.service.cmd_explain({"address": PEER}, NOW)
     assert explained["banned_by"] == []
-    (spared,) = explained["spared"]  # type: ignore[misc]
+    (spared,) = cast(list[dict[str, str]], explained["spared"])
     assert spared["target"] == PEER and spared["jail"] == "probes"
     assert "live TCP connection" in spared["reason"] and "unsolicited_synack" in spared["reason"]
     assert h.service.cmd_status({}, NOW)["spared_live_peers"] == 1

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_network
 from types import TracebackType
@@ -314,7 +314,7 @@ class IpsetBackend:
                     bans.append((target, float(timeout) if timeout else math.inf))
         return bans
 
-    def list_batches(self) -> Iterator[Bans]:
+    def list_batches(self) -> Generator[Bans, None, None]:
         """list() a slice of a kernel message at a time (up to 128 entries), on a netlink
         socket of its own: a caller can serve a million entries between other work, and bans
         keep using the batch socket meanwhile. Closing the generator ends the dump."""

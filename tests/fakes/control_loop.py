@@ -25,12 +25,12 @@ class ControlLoop:
         path: str,
         handlers: Callable[[], dict[str, Handler]],
         allowed_uids: frozenset[int] | None = None,
-        **options: float,
+        **options: Any,
     ) -> None:
         self.selector = selectors.DefaultSelector()
         self.server = ControlServer(
             path, self.selector, handlers, allowed_uids=allowed_uids, **options
-        )  # type: ignore[arg-type]
+        )
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control-loop", daemon=True)

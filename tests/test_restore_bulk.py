@@ -1,0 +1,144 @@
+"""Scorer.restore_history_keys / restore_bans (a restart's bulk restore) leave the engine
+deciding exactly as restore_history / mark_banned of the same bans, one by one, did."""
+
+from __future__ import annotations
+
+import math
+from ipaddress import ip_address, ip_network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blocker.active import key_of, target_of
+from blocker.ban_book import _survivors
+from blocker.records import Hit, Network
+from blocker.scoring import JailPolicy, Scorer
+
+T0 = 1_700_000_000.0
+
+HOSTS = (
+    [ip_network(f"203.0.113.{i}/32") for i in range(1, 13)]
+    + [ip_network(f"198.51.100.{i}/32") for i in range(1, 5)]
+    + [ip_network(f"2001:db8:{i % 3:x}:{i:x}::1/128") for i in range(12)]
+    + [ip_network("2001:db8:7::5/128"), ip_network("2001:db8:7::6/128")]
+)
+SUBNETS = [
+    ip_network("203.0.113.0/24"),
+    ip_network("198.51.100.0/26"),
+    ip_network("2001:db8:5::/64"),
+    ip_network("2001:db8:6::/48"),
+]
+TARGETS = HOSTS + SUBNETS
+
+
+def policy(cap: int) -> JailPolicy:
+    return JailPolicy(
+        name="t",
+        threshold=2,
+        window=60,
+        ban_time=600,
+        ban_factor=2,
+        history_window=3600,
+        subnet_min_offenders=2,
+        subnet_window=600,
+        max_tracked=cap,
+    )
+
+
+def one_by_one(
+    scorer: Scorer, history: list[tuple[Network, float]], bans: dict[int, float]
+) -> None:
+    scorer.restore_history(history)
+    for key, until in bans.items():
+        scorer.mark_banned(target_of(key), until)
+
+
+def in_bulk(scorer: Scorer, history: list[tuple[Network, float]], bans: dict[int, float]) -> None:
+    scorer.restore_history_keys([key_of(t) for t, _ in history], [at for _, at in history])
+    scorer.restore_bans(bans)
+
+
+def internals(scorer: Scorer) -> object:
+    """Everything restore touches, in order (the caps drop the oldest first)."""
+    return (
+        list(scorer.book.hosts.items()),
+        dict(scorer.book.gate),
+        list(scorer.book.subnets.items()),
+        list(scorer.history._times.items()),
+        [(k, dict(v)) for k, v in scorer.escalation._offenders.items()],
+    )
+
+
+def decisions(scorer: Scorer, at: float) -> list[object]:
+    """Two rounds of hits from every host, then explain for each: what the engine decides."""
+    out: list[object] = []
+    for step in range(3):
+        for target in HOSTS:
+            hit = Hit(at + step, "t", "probe", target.network_address, 1.0)
+            out.extend((d.target, d.at, d.duration, d.reason) for d in scorer.feed(hit))
+    for target in HOSTS:
+        explained = scorer.explain(target.network_address, at + 5)
+        explained.pop("tier")  # the hits' tier is the tiers' business, not restore's
+        out.append(explained)
+    return out
+
+
+rows = st.lists(st.tuples(st.sampled_from(TARGETS), st.floats(T0 - 7200, T0)), max_size=60)
+bans = st.dictionaries(
+    st.sampled_from(TARGETS).map(key_of),
+    st.one_of(st.just(math.inf), st.floats(T0 - 100, T0 + 3000)),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    history=rows,
+    active=bans,
+    cap=st.integers(1, 12),
+    fed_before=st.booleans(),
+    ordered=st.booleans(),
+)
+def test_bulk_restore_decides_as_one_by_one(
+    history: list[tuple[Network, float]],
+    active: dict[int, float],
+    cap: int,
+    fed_before: bool,
+    ordered: bool,
+) -> None:
+    if ordered:  # the state hands history oldest first; any order must still agree
+        history = sorted(history, key=lambda row: row[1])
+    old, new = Scorer(policy(cap)), Scorer(policy(cap))
+    if fed_before:  # a clock and live windows already (the slow, general path)
+        for scorer in (old, new):
+            scorer.feed(Hit(T0 - 50, "t", "probe", ip_address("203.0.113.1"), 1.0))
+            scorer.feed(Hit(T0 - 40, "t", "probe", ip_address("2001:db8::1"), 1.0))
+    one_by_one(old, history, active)
+    in_bulk(new, history, active)
+    assert internals(new) == internals(old)
+    assert decisions(new, T0) == decisions(old, T0)
+
+
+def test_a_storm_of_distinct_bans_takes_the_fast_path_and_agrees() -> None:
+    """300 hosts each banned once (one per /64) into caps of 100: what the bulk path is for."""
+    targets = [ip_network(f"2001:db8:{i >> 8:x}:{i & 0xFF:x}::1/128") for i in range(300)]
+    history = [(t, T0 - 300 + i) for i, t in enumerate(targets)]
+    active = {key_of(t): T0 + 600 + i for i, t in enumerate(targets)}
+    active[key_of(targets[3])] = math.inf  # permanent, dropped by the cap: the gate keeps it
+    old, new = Scorer(policy(100)), Scorer(policy(100))
+    one_by_one(old, history, active)
+    in_bulk(new, history, active)
+    assert len(new.book.hosts) == _survivors(300, 100) < 300
+    assert new.book.gate[targets[3].network_address] == math.inf
+    assert internals(new) == internals(old)
+    assert decisions(new, T0) == decisions(old, T0)
+
+
+def test_survivors_follows_the_cap_one_mark_at_a_time() -> None:
+    for cap in (1, 2, 3, 10, 11, 100):
+        held = 0
+        for added in range(1, 5 * cap + 3):
+            held += 1
+            if held > cap:
+                held = cap * 9 // 10
+            assert _survivors(added, cap) == held, (cap, added)
