@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 from blocker.active import ActiveBans, key_of_text
 from blocker.addresses import network_refusal
-from blocker.commands import Handler, RequestError, Streamed, iso_time
-from blocker.config import Config, ConfigError, Jail, duration
+from blocker.commands import BanRequest, Handler, RequestError, Streamed, iso_time
+from blocker.config import Config, ConfigError, Jail
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet.events import FleetEvent
 from blocker.journal import ban_events
@@ -758,21 +758,13 @@ class Service:
         return rows
 
     def cmd_ban(self, message: dict[str, Any], now: float) -> str:
-        target = _target(message.get("target"))
-        runner = self._jail_runner(message.get("jail"))
+        request = BanRequest.from_message(message)  # the CLI's own request type
+        target = _target(request.target)
+        runner = self._jail_runner(request.jail)
         problem = self.refusal(target)
         if problem:
             raise RequestError(f"refusing to ban {network_text(target)}: {problem}")
-        raw = message.get("duration")
-        if raw is None:
-            seconds = runner.jail.policy.ban_time
-        else:
-            try:
-                seconds = duration(raw, "ban", "duration", permanent_ok=True)
-            except ConfigError as exc:
-                raise RequestError(f"duration: {exc.reason}") from exc
-            if seconds <= 0:
-                raise RequestError("duration must be longer than 0 s")
+        seconds = runner.jail.policy.ban_time if request.duration is None else request.duration
         decision = Decision(
             target=target,
             jail=runner.jail.name,
