@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import pytest
-from test_service import ALLOWED, ATTACKER, CONFIG_OWN, HOST4, NOW, Harness, n, synacks
+from test_service import ALLOWED, ATTACKER, CONFIG, CONFIG_OWN, HOST4, NOW, Harness, n, synacks
 
 from blocker.control import RequestError
 from blocker.fleet.events import FleetEvent, from_payload
@@ -175,3 +175,27 @@ def test_a_remote_ban_spares_a_live_peer_of_this_host(tmp_path: Path) -> None:
         assert [t for t, _ in conntrack.asked] == [n(PEER), n("203.0.113.99")]
     finally:
         h.state.close()
+
+
+def test_a_fleet_without_redis_py_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without redis-py the link would retry an ImportError forever: say so at start."""
+    import importlib.util  # noqa: PLC0415
+
+    from blocker.fleet import daemon_side  # noqa: PLC0415
+
+    key_file = tmp_path / "fleet.key"
+    key_file.write_text("k" * 64 + "\n")
+    key_file.chmod(0o600)
+    config = f'{CONFIG}\n[fleet]\nurl = "redis://127.0.0.1:1"\nkey_file = "{key_file}"\n'
+    h = Harness(tmp_path, config)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "redis" else real(name, *rest),
+    )
+    with pytest.raises(OSError, match=r"redis-py is not installed \(Debian: python3-redis\)"):
+        daemon_side.FleetWiring.open(h.load(), h.state, h.service, lambda: None)
+    h.state.close()

@@ -5,6 +5,7 @@ Everything here runs in the daemon's one thread; the link's threads only move by
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import socket
 import time
@@ -54,6 +55,10 @@ class FleetWiring:
         """Raises OSError for an unreadable key or password file or an unusable hostname."""
         fleet = config.fleet
         assert fleet.url is not None and fleet.key_file is not None
+        if importlib.util.find_spec("redis") is None:  # else the link would retry forever
+            raise OSError(
+                "[fleet] url is set, but redis-py is not installed (Debian: python3-redis)"
+            )
         key = read_secret(fleet.key_file, "key_file", MIN_KEY_BYTES)
         password = (
             read_secret(fleet.password_file, "password_file").decode()
