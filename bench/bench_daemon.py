@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from netns_rerun import rerun_in_netns
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
@@ -216,15 +218,7 @@ def main() -> int:
         print("bench_daemon: needs root (network namespace, ipset)", file=sys.stderr)
         return 1
     if not args.inner:
-        netns = f"blkbench-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        try:
-            return subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
-                check=False,
-            ).returncode
-        finally:
-            subprocess.run(["ip", "netns", "delete", netns], check=False)
+        return rerun_in_netns("blkbench", __file__)
     tag = uuid.uuid4().hex[:6]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     report: dict[str, object] = {}

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_daemon import KernelSets, ctl, offenders_v4, synack_lines, wait_for  # noqa: E402
+from netns_rerun import rerun_in_netns  # noqa: E402
 
 
 def start_daemon(
@@ -152,15 +153,7 @@ def main() -> int:
         print("bench_list: needs root (network namespace, ipset)", file=sys.stderr)
         return 1
     if not args.inner:
-        netns = f"blkbench-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        try:
-            return subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
-                check=False,
-            ).returncode
-        finally:
-            subprocess.run(["ip", "netns", "delete", netns], check=False)
+        return rerun_in_netns("blkbench", __file__)
     blockerd = [args.blockerd]
     checkout = None
     if Path(args.blockerd).is_dir():  # a checkout: its package, this interpreter

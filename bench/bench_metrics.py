@@ -36,6 +36,7 @@ from bench_daemon import (  # noqa: E402 (after the path is set)
     synack_lines,
     wait_for,
 )
+from netns_rerun import rerun_in_netns  # noqa: E402
 
 SCRAPER = """
 import sys, time, urllib.request
@@ -123,15 +124,7 @@ def main() -> int:
         print("bench_metrics: needs root (network namespace, ipset)", file=sys.stderr)
         return 1
     if not args.inner:
-        netns = f"blkmetrics-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        try:
-            return subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
-                check=False,
-            ).returncode
-        finally:
-            subprocess.run(["ip", "netns", "delete", netns], check=False)
+        return rerun_in_netns("blkmetrics", __file__)
     tag = uuid.uuid4().hex[:6]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     with socket.socket() as probe:

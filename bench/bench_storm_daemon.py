@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from ipaddress import IPv6Address
 from pathlib import Path
 
+from netns_rerun import rerun_in_netns
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
@@ -112,15 +114,7 @@ def main() -> int:
         print("bench_storm_daemon: needs root (network namespace, ipset)", file=sys.stderr)
         return 1
     if not args.inner:
-        netns = f"blkbench-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", netns], check=True)
-        try:
-            return subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, __file__, "--inner", *sys.argv[1:]],
-                check=False,
-            ).returncode
-        finally:
-            subprocess.run(["ip", "netns", "delete", netns], check=False)
+        return rerun_in_netns("blkbench", __file__)
     from blocker.control import ControlError, request  # noqa: PLC0415 - after sys.path
     from blocker.firewall.ipset import IpsetBackend  # noqa: PLC0415
 
