@@ -30,6 +30,7 @@ from blocker.addresses import network_refusal
 from blocker.commands import BanRequest, Handler, RequestError, Streamed, iso_time
 from blocker.config import Config, ConfigError, Jail
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
+from blocker.fleet import remote_bans
 from blocker.fleet.events import FleetEvent
 from blocker.journal import ban_events
 from blocker.live_peers import ConntrackError, LiveConnection
@@ -348,62 +349,9 @@ class Service:
         )
 
     def apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
-        """Other hosts' bans and unbans, through this host's own gate (the refusals, then
-        spare_live_peers), into apply() with origin fleet:HOST; returns counts."""
-        counts = dict.fromkeys(("applied", "refused", "held", "expired", "unbans", "spared"), 0)
-        fleet = self.fleet
-        if fleet is None or not fleet.accept:
-            return counts
-        candidates: list[Decision] = []
-        origins: dict[Network, str] = {}
-        for event in events:
-            target = event.target
-            if event.kind == "unban":
-                counts["unbans"] += self._remote_unban(event, now)
-                continue
-            remaining = event.expires - now
-            if remaining <= 0 or not self.active.longer(target, event.expires):
-                counts["expired"] += 1  # over, or already banned at least as long
-                continue
-            if self.held.get(target, 0.0) > now:
-                counts["held"] += 1
-                continue
-            problem = self.refusal(target)
-            if problem:
-                counts["refused"] += 1
-                log.info(
-                    "fleet: not banning %s from %s: %s", network_text(target), event.origin, problem
-                )
-                continue
-            origins[target] = f"fleet:{event.origin}"
-            candidates.append(
-                Decision(
-                    target=target,
-                    jail=event.jail,
-                    at=now,
-                    duration=remaining,
-                    score=0.0,
-                    filters=(),
-                    reason=event.reason,
-                )
-            )
-        if candidates and self.live_peers is not None:
-            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
-            # a live connection of this host (the evidence is not ours to judge: spoofable).
-            kept = self._spare_live_peers(candidates, now)
-            counts["spared"] = len(candidates) - len(kept)
-            candidates = kept
-        by_origin: dict[str, list[Decision]] = {}
-        for decision in candidates:
-            by_origin.setdefault(origins[decision.target], []).append(decision)
-        for origin, decisions in by_origin.items():
-            self.apply(decisions, now, origin)
-        for decision in candidates:
-            expires = self.active.expires(decision.target)
-            if expires is not None and expires >= now + decision.duration:
-                counts["applied"] += 1
-                self._mark_everywhere(decision.target, expires)
-        return counts
+        """Other hosts' bans and unbans, through this host's own gate, in bulk (the fleet's
+        remote_bans.py); returns counts."""
+        return remote_bans.apply_remote(self, events, now)
 
     def _remote_unban(self, event: FleetEvent, now: float) -> int:
         """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""

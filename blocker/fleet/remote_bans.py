@@ -1,0 +1,195 @@
+"""Other hosts' bans applied in bulk: one gate pass, one kernel batch, one state write.
+
+A host catching up after downtime takes 100,000 remote bans in slices of 2,000 (inbox.py);
+each slice goes through here. Every ban still passes this host's whole gate, one by one:
+expired or already banned as long, held after a local unban, the refusals (special ranges,
+the allowlist, the host's own addresses) and spare_live_peers for jails that have it. What
+is done once per slice rather than once per ban: the kernel batch (the ipset backend's batch
+path), the log record, the state's INSERT (executemany per origin), the counters; and the
+checks that only depend on the slice (is anything held, which jails spare live peers).
+
+Order is kept: an unban splits the slice, so a ban before it is lifted and one after it
+stands. Within a run of bans, a target's longest ban wins and the others count as expired
+(what applying them one by one would leave).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from blocker.fleet.events import FleetEvent
+from blocker.journal import BanEvent
+from blocker.records import Decision, Network, network_text
+
+if TYPE_CHECKING:  # the service imports this module
+    from blocker.service import Service
+
+log = logging.getLogger("blocker")
+
+REMOTE_COUNTS = ("applied", "refused", "held", "expired", "unbans", "spared")
+
+
+def apply_remote(service: Service, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+    """Other hosts' bans and unbans, in order, through this host's gate, into the kernel,
+    ActiveBans, the scorers and the state (the caller's transaction); returns counts."""
+    counts = dict.fromkeys(REMOTE_COUNTS, 0)
+    fleet = service.fleet
+    if fleet is None or not fleet.accept:
+        return counts
+    run: list[FleetEvent] = []
+    for event in events:
+        if event.kind == "ban":
+            run.append(event)
+            continue
+        if run:
+            _bans(service, run, now, counts)
+            run = []
+        counts["unbans"] += service._remote_unban(event, now)
+    if run:
+        _bans(service, run, now, counts)
+    return counts
+
+
+def _bans(
+    service: Service, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
+) -> None:
+    chosen = _gate(service, events, now, counts)
+    if not chosen:
+        return
+    decisions = [
+        Decision(
+            target=event.target,
+            jail=event.jail,
+            at=now,
+            duration=event.expires - now,
+            score=0.0,
+            filters=(),
+            reason=event.reason,
+        )
+        for event in chosen.values()
+    ]
+    decisions = _spare(service, decisions, now, counts)
+    if not decisions:
+        return
+    refused = service._kernel_ban([(d.target, d.duration) for d in decisions])
+    if refused is None:
+        refused = {d.target: "the firewall failed" for d in decisions}
+    service.after_ban(now, len(decisions) - len(refused))
+    counts["applied"] += _record(service, decisions, chosen, refused, now)
+
+
+def _gate(
+    service: Service, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
+) -> dict[Network, FleetEvent]:
+    """The bans that pass this host's gate, one per target (its longest), in order."""
+    active = service.active
+    held = service.held
+    refusal = service.refusal
+    chosen: dict[Network, FleetEvent] = {}
+    for event in events:
+        target = event.target
+        expires = event.expires
+        if expires <= now:
+            counts["expired"] += 1
+            continue
+        earlier = chosen.get(target)
+        if earlier is not None:  # passed the gate already: the longer of the two stays
+            counts["expired"] += 1
+            if expires > earlier.expires:
+                chosen[target] = event
+            continue
+        current = active.expires(target)
+        if current is not None and expires <= current:
+            counts["expired"] += 1  # already banned at least as long
+            continue
+        if held and held.get(target, 0.0) > now:
+            counts["held"] += 1
+            continue
+        problem = refusal(target)
+        if problem:
+            counts["refused"] += 1
+            log.info(
+                "fleet: not banning %s from %s: %s", network_text(target), event.origin, problem
+            )
+            continue
+        chosen[target] = event
+    return chosen
+
+
+def _spare(
+    service: Service, decisions: list[Decision], now: float, counts: dict[str, int]
+) -> list[Decision]:
+    """The spoof-safety check of this host's jail of the same name: no remote ban cuts a live
+    connection of this host (the evidence is not ours to judge: spoofable). Only the bans of
+    jails that spare live peers are looked up."""
+    if service.live_peers is None:
+        return decisions
+    sparing = {
+        runner.jail.name for runner in service.pipeline.runners if runner.jail.spare_live_peers > 0
+    }
+    if not sparing:
+        return decisions
+    asked = [d for d in decisions if d.jail in sparing]
+    if not asked:
+        return decisions
+    kept = service._spare_live_peers(asked, now)
+    if len(kept) == len(asked):
+        return decisions
+    counts["spared"] += len(asked) - len(kept)
+    spared = {d.target for d in asked} - {d.target for d in kept}
+    return [d for d in decisions if d.target not in spared]
+
+
+def _record(
+    service: Service,
+    decisions: list[Decision],
+    chosen: dict[Network, FleetEvent],
+    refused: dict[Network, str],
+    now: float,
+) -> int:
+    """What the kernel took into ActiveBans, every scorer, the log and the state -> how
+    many bans that was."""
+    active = service.active
+    scorers = [runner.scorer for runner in service.pipeline.runners]
+    by_origin: dict[str, tuple[list[Decision], list[str]]] = {}
+    lines: list[str] = []
+    events: list[BanEvent] = []
+    per_jail: dict[str, int] = {}
+    for decision in decisions:
+        target = decision.target
+        if refused and target in refused:
+            continue
+        until = now + decision.duration
+        active.set(target, decision.jail, until)
+        for scorer in scorers:
+            scorer.mark_banned(target, until)
+        origin = f"fleet:{chosen[target].origin}"
+        text = network_text(target)
+        group = by_origin.get(origin)
+        if group is None:
+            group = by_origin[origin] = ([], [])
+        group[0].append(decision)
+        group[1].append(text)
+        per_jail[decision.jail] = per_jail.get(decision.jail, 0) + 1
+        span = "permanently" if math.isinf(decision.duration) else f"for {decision.duration:.0f}s"
+        lines.append(f"ban {text} ({decision.jail}) {span}: {decision.reason}")
+        events.append(("ban", target, decision.jail, decision.duration, decision.reason, origin))
+    activity = service.activity
+    for jail, count in per_jail.items():
+        activity.bans[jail, "fleet"] += count  # a fixed word as the label, not each peer
+        activity.last_ban[jail] = now
+    if lines:
+        # One record for the slice, one line per ban, as for local bans (service.apply).
+        log.warning("%s", "\n".join(lines), extra={"bans": events})
+        with service.state.transaction():  # joins the caller's, with the cursor
+            for origin, (recorded, texts) in by_origin.items():
+                service.state.record_bans(recorded, origin, texts)
+    if refused:
+        jails = {d.target: d.jail for d in decisions}
+        for target in refused:
+            service._drop_refused(target, now, jails[target])
+        service._note_refused(refused, now, jails=jails)
+    return len(lines)
