@@ -73,10 +73,19 @@ publish = ["probes"]
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.ipset = None
+        self.starts = 0
 
     def start(self) -> float:
         """Start blockerd; returns the perf_counter time of the start."""
         started = time.perf_counter()
+        self.starts += 1
+        # BENCH_FLEET_PROFILE=DIR: each blockerd's main thread under cProfile, DIR/<host>-<n>.prof
+        profile = os.environ.get("BENCH_FLEET_PROFILE")
+        profiler = (
+            [sys.executable, "-m", "cProfile", "-o", f"{profile}/{self.name}-{self.starts}.prof"]
+            if profile
+            else []
+        )
         with (self.home / "blockerd.err").open("ab") as err:
             self.process = subprocess.Popen(
                 [
@@ -84,6 +93,7 @@ publish = ["probes"]
                     "netns",
                     "exec",
                     self.netns,
+                    *profiler,
                     str(BIN / "blockerd"),
                     "--config",
                     str(self.home / "jails.toml"),
