@@ -199,3 +199,82 @@ def test_a_fleet_without_redis_py_stops_the_start(
     with pytest.raises(OSError, match=r"redis-py is not installed \(Debian: python3-redis\)"):
         daemon_side.FleetWiring.open(h.load(), h.state, h.service, lambda: None)
     h.state.close()
+
+
+class ListingConntrack:
+    """A conntrack that also lists its live addresses at once, as live_peers.LivePeers does."""
+
+    def __init__(self, live: dict[str, float], fail: str | None = None) -> None:
+        from test_spare_live_peers import FakeConntrack  # noqa: PLC0415
+
+        self.inner = FakeConntrack(live)
+        self.inner.fail = fail
+        self.listed: list[tuple[int, float]] = []
+
+    def find(self, target: Any, window: float) -> Any:
+        return self.inner.find(target, window)
+
+    def live_addresses(self, version: int, window: float) -> set[int]:
+        from blocker.live_peers import ConntrackError  # noqa: PLC0415
+
+        self.listed.append((version, window))
+        if self.inner.fail:
+            raise ConntrackError(self.inner.fail)
+        return {
+            int(a) for a, idle in self.inner.live.items() if a.version == version and idle <= window
+        }
+
+
+def test_a_slice_of_remote_bans_asks_conntrack_once_and_checks_only_live_ones(
+    tmp_path: Path,
+) -> None:
+    from test_spare_live_peers import harness  # noqa: PLC0415
+
+    conntrack = ListingConntrack({PEER: 30.0, "203.0.113.5": 30.0})
+    h = harness(tmp_path, cast(Any, conntrack))
+    try:
+        h.service.fleet = FleetRole("web-1", frozenset(), accept=True)
+        events = [remote(f"203.0.113.{i}", event_id=f"{i:032x}") for i in range(10, 60)] + [
+            remote(PEER, event_id="1" * 32),
+            remote("203.0.113.0/29", event_id="2" * 32),  # holds 203.0.113.5
+            remote("2001:db8::7", event_id="3" * 32),
+        ]
+        counts = h.service.apply_remote(events, NOW)
+        assert (counts["spared"], counts["applied"]) == (2, 51)
+        assert sorted(conntrack.listed) == [(4, 600.0), (6, 600.0)]
+        assert [t for t, _ in conntrack.inner.asked] == [n(PEER), n("203.0.113.0/29")]
+        assert n(PEER) not in h.backend.table and n("203.0.113.0/29") not in h.backend.table
+        assert n("203.0.113.10") in h.backend.table and n("2001:db8::7") in h.backend.table
+    finally:
+        h.state.close()
+
+
+def test_conntrack_failing_to_list_falls_back_to_the_per_ban_check(tmp_path: Path) -> None:
+    from test_spare_live_peers import harness  # noqa: PLC0415
+
+    conntrack = ListingConntrack({PEER: 30.0}, fail="no conntrack here")
+    h = harness(tmp_path, cast(Any, conntrack))
+    try:
+        h.service.fleet = FleetRole("web-1", frozenset(), accept=True)
+        counts = h.service.apply_remote([remote(PEER)], NOW)
+        assert counts["applied"] == 1, "unable to ask: banned as with the check off"
+        assert [t for t, _ in conntrack.inner.asked] == [n(PEER)]
+    finally:
+        h.state.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "held"),
+    [
+        ("203.0.113.5", True),
+        ("203.0.113.6", False),
+        ("203.0.113.0/29", True),
+        ("203.0.113.8/29", False),
+        ("2001:db8::5", False),  # another family's ints never match: the caller sorts them
+    ],
+)
+def test_holds_any(target: str, held: bool) -> None:
+    from blocker.fleet.remote_bans import holds_any  # noqa: PLC0415
+
+    live = {int(ip_network("203.0.113.5").network_address)}
+    assert holds_any(n(target), live if n(target).version == 4 else set()) is held

@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from blocker.fleet.events import FleetEvent
 from blocker.journal import BanEvent
+from blocker.live_peers import ConntrackError
 from blocker.records import Decision, Network, network_text
 
 if TYPE_CHECKING:  # the service imports this module
@@ -119,20 +120,40 @@ def _gate(
     return chosen
 
 
+@runtime_checkable
+class LiveAddresses(Protocol):
+    """A conntrack view that lists its live peers at once (live_peers.LivePeers does)."""
+
+    def live_addresses(self, version: int, window: float) -> set[int]: ...
+
+
 def _spare(
     service: Service, decisions: list[Decision], now: float, counts: dict[str, int]
 ) -> list[Decision]:
     """The spoof-safety check of this host's jail of the same name: no remote ban cuts a live
     connection of this host (the evidence is not ours to judge: spoofable). Only the bans of
-    jails that spare live peers are looked up."""
-    if service.live_peers is None:
+    jails that spare live peers are looked at, and of those only the ones holding a live
+    address (one pass over the conntrack table for the slice) go to the per-ban check."""
+    peers = service.live_peers
+    if peers is None:
         return decisions
-    sparing = {
-        runner.jail.name for runner in service.pipeline.runners if runner.jail.spare_live_peers > 0
+    windows = {
+        runner.jail.name: runner.jail.spare_live_peers
+        for runner in service.pipeline.runners
+        if runner.jail.spare_live_peers > 0
     }
-    if not sparing:
-        return decisions
-    asked = [d for d in decisions if d.jail in sparing]
+    asked = [d for d in decisions if d.jail in windows]
+    if asked and isinstance(peers, LiveAddresses):
+        window = max(windows[d.jail] for d in asked)
+        try:
+            live = {
+                version: peers.live_addresses(version, window)
+                for version in {d.target.version for d in asked}
+            }
+        except ConntrackError:
+            pass  # the per-ban check below meets the same error and says so
+        else:
+            asked = [d for d in asked if holds_any(d.target, live[d.target.version])]
     if not asked:
         return decisions
     kept = service._spare_live_peers(asked, now)
@@ -141,6 +162,15 @@ def _spare(
     counts["spared"] += len(asked) - len(kept)
     spared = {d.target for d in asked} - {d.target for d in kept}
     return [d for d in decisions if d.target not in spared]
+
+
+def holds_any(target: Network, addresses: set[int]) -> bool:
+    """Whether `target` (a host or a network) holds any of `addresses` (ints, its family)."""
+    low = int(target.network_address)
+    if target.prefixlen == target.max_prefixlen:
+        return low in addresses
+    high = low | ((1 << (target.max_prefixlen - target.prefixlen)) - 1)
+    return any(low <= address <= high for address in addresses)
 
 
 def _record(
