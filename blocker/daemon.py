@@ -165,9 +165,9 @@ class Daemon:
         metrics_config = self.service.config.metrics  # as at start: a reload keeps it
         if not self._start_metrics():
             return 1
-        if self.fleet is not None:  # its reader fetches and checks remote bans meanwhile
-            self.fleet.start()
         self.service.start(now)
+        if self.fleet is not None:
+            self.fleet.start()
         self._sync_sources()
         interval = self.service.config.firewall.rule_check_interval
         next_check = time.monotonic() + interval
