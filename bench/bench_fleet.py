@@ -15,6 +15,8 @@ the kernel's sets of B and C over netlink sockets opened inside their namespaces
            the process until all of them are in C's kernel set
 
 Also printed: each receiving blockerd's peak RSS (VmHWM, whole process) after the run.
+BENCH_FLEET_PROFILE=DIR runs each blockerd's main thread under cProfile (DIR/<host>-<n>.prof;
+the figures are then those of a profiled run, several times slower).
 """
 
 from __future__ import annotations
