@@ -4,6 +4,7 @@ and no escalation from other hosts' bans. A fake backend; time passed in."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -278,3 +279,53 @@ def test_holds_any(target: str, held: bool) -> None:
 
     live = {int(ip_network("203.0.113.5").network_address)}
     assert holds_any(n(target), live if n(target).version == 4 else set()) is held
+
+
+def test_a_slice_is_one_kernel_batch_one_record_per_ban_and_one_log_record(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="blocker")
+    events = [remote(f"2001:db8:5::{i:x}", event_id=f"{i:032x}") for i in range(1, 301)]
+    events.append(remote(ALLOWED, event_id="a" * 32))
+    counts = h.service.apply_remote(events, NOW)
+    assert (counts["applied"], counts["refused"]) == (300, 1)
+    assert len(h.backend.ban_batches) == 1 and len(h.backend.ban_batches[0]) == 300
+    assert len(h.state.active(NOW)) == 300
+    bans = [r for r in caplog.records if r.getMessage().startswith("ban ")]
+    assert len(bans) == 1 and bans[0].getMessage().count("\n") == 299
+    assert f"not banning {ALLOWED} from web-2" in caplog.text
+    assert h.service.activity.bans["probes", "fleet"] == 300
+
+
+def test_order_is_kept_across_an_unban_and_a_target_keeps_its_longest_ban(h: Harness) -> None:
+    events = [
+        remote(PEER, expires=NOW + 300, event_id="1" * 32),
+        remote(PEER, expires=NOW + 900, event_id="2" * 32),  # the longest of the run wins
+        remote(PEER, expires=NOW + 600, event_id="3" * 32),
+        remote("203.0.113.5", event_id="4" * 32),
+        remote("203.0.113.5", kind="unban", event_id="5" * 32),  # lifts the ban before it
+        remote("203.0.113.6", kind="unban", event_id="6" * 32),
+        remote("203.0.113.6", event_id="7" * 32),  # stands: after its unban
+    ]
+    counts = h.service.apply_remote(events, NOW)
+    assert (counts["applied"], counts["expired"], counts["unbans"]) == (3, 2, 1)
+    assert h.backend.table == {n(PEER): 900.0, n("203.0.113.6"): 600.0}
+    assert sorted((str(r.target), r.expires) for r in h.state.active(NOW)) == [
+        (f"{PEER}/32", NOW + 900),
+        ("203.0.113.6/32", NOW + 600),
+    ]
+
+
+def test_bans_the_kernel_refuses_are_not_recorded(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.backend.capacity = 2
+    harness.service.fleet = FleetRole("web-1", frozenset(), accept=True)
+    harness.service.start(NOW)
+    try:
+        events = [remote(f"203.0.113.{i}", event_id=f"{i:032x}") for i in range(1, 5)]
+        counts = harness.service.apply_remote(events, NOW)
+        assert counts["applied"] == 2
+        assert len(harness.service.active) == 2 and len(harness.state.active(NOW)) == 2
+        assert harness.service.refusals.total == 2
+    finally:
+        harness.state.close()

@@ -90,6 +90,7 @@ def _gate(
     held = service.held
     refusal = service.refusal
     chosen: dict[Network, FleetEvent] = {}
+    refused: list[str] = []
     for event in events:
         target = event.target
         expires = event.expires
@@ -112,11 +113,13 @@ def _gate(
         problem = refusal(target)
         if problem:
             counts["refused"] += 1
-            log.info(
-                "fleet: not banning %s from %s: %s", network_text(target), event.origin, problem
+            refused.append(
+                f"fleet: not banning {network_text(target)} from {event.origin}: {problem}"
             )
             continue
         chosen[target] = event
+    if refused:  # one record for the slice, one line per ban, as for the bans themselves
+        log.info("%s", "\n".join(refused))
     return chosen
 
 
