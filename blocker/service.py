@@ -353,6 +353,24 @@ class Service:
         remote_bans.py); returns counts."""
         return remote_bans.apply_remote(self, events, now)
 
+    # The steps of apply() that the fleet's bulk apply (remote_bans.py) takes one by one.
+    def kernel_ban(self, entries: list[tuple[Network, float]]) -> dict[Network, str] | None:
+        return self._kernel_ban(entries)
+
+    def spare_live_peers(self, decisions: Sequence[Decision], now: float) -> list[Decision]:
+        return self._spare_live_peers(decisions, now)
+
+    def remote_unban(self, event: FleetEvent, now: float) -> int:
+        return self._remote_unban(event, now)
+
+    def drop_refused(self, target: Network, now: float, jail: str) -> None:
+        self._drop_refused(target, now, jail)
+
+    def note_refused(
+        self, refused: dict[Network, str], now: float, jails: dict[Network, str]
+    ) -> None:
+        self._note_refused(refused, now, jails=jails)
+
     def _remote_unban(self, event: FleetEvent, now: float) -> int:
         """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
         if self.active.expires(event.target) is None:

@@ -48,7 +48,7 @@ def apply_remote(service: Service, events: Sequence[FleetEvent], now: float) -> 
         if run:
             _bans(service, run, now, counts)
             run = []
-        counts["unbans"] += service._remote_unban(event, now)
+        counts["unbans"] += service.remote_unban(event, now)
     if run:
         _bans(service, run, now, counts)
     return counts
@@ -75,7 +75,7 @@ def _bans(
     decisions = _spare(service, decisions, now, counts)
     if not decisions:
         return
-    refused = service._kernel_ban([(d.target, d.duration) for d in decisions])
+    refused = service.kernel_ban([(d.target, d.duration) for d in decisions])
     if refused is None:
         refused = {d.target: "the firewall failed" for d in decisions}
     service.after_ban(now, len(decisions) - len(refused))
@@ -159,7 +159,7 @@ def _spare(
             asked = [d for d in asked if holds_any(d.target, live[d.target.version])]
     if not asked:
         return decisions
-    kept = service._spare_live_peers(asked, now)
+    kept = service.spare_live_peers(asked, now)
     if len(kept) == len(asked):
         return decisions
     counts["spared"] += len(asked) - len(kept)
@@ -223,6 +223,6 @@ def _record(
     if refused:
         jails = {d.target: d.jail for d in decisions}
         for target in refused:
-            service._drop_refused(target, now, jails[target])
-        service._note_refused(refused, now, jails=jails)
+            service.drop_refused(target, now, jails[target])
+        service.note_refused(refused, now, jails=jails)
     return len(lines)
