@@ -1,6 +1,8 @@
 """The admin commands blockerctl sends: status, list, ban, unban, explain (reload is the
-service's own, as it touches every part). Each answers from the ban ledger, the kernel and
-the state; a refusal is a RequestError, whose message goes back to the client."""
+service's own, as it touches every part). Each takes its typed request (commands.py, parsed
+once at the edge by the service's dispatch table) and the time, and answers a typed reply
+from the ban ledger, the kernel and the state; a refusal is a RequestError, whose message
+goes back to the client."""
 
 from __future__ import annotations
 
@@ -9,11 +11,26 @@ import logging
 import math
 from collections.abc import Callable, Generator, Iterator, Sequence
 from ipaddress import ip_address, ip_network
-from typing import Any
 
 from blocker.activity import Activity
 from blocker.ban_ledger import BanLedger
-from blocker.commands import BanRequest, RequestError, Streamed, iso_time
+from blocker.commands import (
+    BanRequest,
+    CoveringBan,
+    ExplainReply,
+    ExplainRequest,
+    JailStatus,
+    ListedBan,
+    ListRequest,
+    RequestError,
+    SetStatus,
+    SparedBan,
+    StatusReply,
+    StatusRequest,
+    Streamed,
+    UnbanRequest,
+    iso_time,
+)
 from blocker.firewall.base import Backend, Bans, FirewallError, InvalidBan
 from blocker.fleet_role import FleetPublisher, RemoteBans
 from blocker.journal import ban_events
@@ -59,13 +76,13 @@ class AdminCommands:
     def backend(self) -> Backend:
         return self.ledger.backend
 
-    def cmd_status(self, _message: dict[str, Any], now: float) -> dict[str, object]:
+    def status(self, _request: StatusRequest, now: float) -> StatusReply:
         jails, ledger = self.jails, self.ledger
         stats = jails.pipeline.stats
         counts = jails.pipeline.hit_counts()
         ledger.expire(now)
         activity = self.activity
-        per_jail: dict[str, object] = {}
+        per_jail: dict[str, JailStatus] = {}
         for runner in jails.runners:
             name = runner.jail.name
             last_ban = activity.last_ban.get(name)
@@ -86,7 +103,15 @@ class AdminCommands:
         per_family = ledger.active.family_counts()
         firewall = jails.config.firewall
         maxelem = getattr(self.backend, "maxelem", None)
-        return {
+        sets: dict[str, SetStatus] = {
+            f"ipv{family}": {
+                "name": name,
+                "entries": per_family[family],
+                "capacity": maxelem if isinstance(maxelem, int) else None,
+            }
+            for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))
+        }
+        reply: StatusReply = {
             "version": version(),
             "uptime": round(now - self.started, 1),
             "lines": stats.lines,
@@ -100,54 +125,32 @@ class AdminCommands:
             "jails": per_jail,
             "sources": self.source_health(),
             "firewall": _describe(self.backend),
-            **({"fleet": self.fleet_health()} if self.fleet_health is not None else {}),
-            "sets": {
-                f"ipv{family}": {
-                    "name": name,
-                    "entries": per_family[family],
-                    "capacity": maxelem if isinstance(maxelem, int) else None,
-                }
-                for family, name in ((4, firewall.set_v4), (6, firewall.set_v6))
-            },
+            "sets": sets,
             "firewall_checks": {
                 "ok": activity.firewall_ok,
                 "failures": activity.firewall_failures,
                 "repairs": dict(activity.repairs),
             },
         }
+        if self.fleet_health is not None:
+            reply["fleet"] = self.fleet_health()
+        return reply
 
-    def cmd_list(self, message: dict[str, Any], now: float) -> list[dict[str, object]]:
-        """The kernel's sets are the truth; the state adds which jail and why. `jail`: only
-        that jail's bans; `sort`: "target" (the default) or "expiry" (soonest first)."""
-        jail, order = self._list_jail(message), message.get("sort", "target")
-        if order not in ("target", "expiry"):
-            raise RequestError("sort must be 'target' or 'expiry'")
-        try:
-            kernel = self.backend.list()
-        except FirewallError as exc:
-            raise RequestError(f"cannot read the kernel sets: {exc}") from exc
-        key = _by_expiry if order == "expiry" else (lambda e: (e[0].version, e[0]))
-        return _of_jail(self._list_rows(sorted(kernel, key=key), now), jail)
-
-    def _list_jail(self, message: dict[str, Any]) -> str | None:
-        jail = message.get("jail")
-        if jail is not None and (not isinstance(jail, str) or self.jails.runner(jail) is None):
+    def list_bans(self, request: ListRequest, now: float) -> Streamed:
+        """The kernel's sets are the truth; the state adds which jail and why. The rows of
+        one kernel dump message at a time, in the kernel's order (blockerctl sorts), so a
+        million bans never hold the loop. `jail`: only that jail's bans."""
+        jail = request.jail
+        if jail is not None and self.jails.runner(jail) is None:
             names = ", ".join(r.jail.name for r in self.jails.runners)
             raise RequestError(f"no jail {jail!r} (jails: {names})")
-        return jail
-
-    def cmd_list_streamed(self, message: dict[str, Any], now: float) -> Streamed:
-        """`list` for the control socket: the rows of one kernel dump message at a time, in
-        the kernel's order (blockerctl sorts), so a million bans never hold the loop.
-        `jail`: only that jail's bans."""
-        jail = self._list_jail(message)
         batches = kernel_batches(self.backend)
         try:
             first = next(batches, [])  # a failure now is still an error reply
         except FirewallError as exc:
             raise RequestError(f"cannot read the kernel sets: {exc}") from exc
 
-        def rows() -> Iterator[list[dict[str, object]]]:
+        def rows() -> Iterator[list[ListedBan]]:
             try:
                 for batch in itertools.chain([first], batches):
                     # A backend's batch may be its whole list: a few ms of rows per loop turn.
@@ -160,13 +163,11 @@ class AdminCommands:
 
         return Streamed(rows())
 
-    def _list_rows(
-        self, entries: Sequence[tuple[Network, float]], now: float
-    ) -> list[dict[str, object]]:
+    def _list_rows(self, entries: Sequence[tuple[Network, float]], now: float) -> list[ListedBan]:
         """Rows for kernel entries; jail and reason come from the state (one query)."""
         texts = [network_text(target) for target, _ in entries]
         known = self.ledger.state.reasons(texts, now)
-        rows: list[dict[str, object]] = []
+        rows: list[ListedBan] = []
         for (target, remaining), text in zip(entries, texts, strict=True):
             jail, reason, origin = known.get(text, ("(not blocker's)", "", ""))
             ban = self.ledger.active.get(target)
@@ -182,8 +183,7 @@ class AdminCommands:
             )
         return rows
 
-    def cmd_ban(self, message: dict[str, Any], now: float) -> str:
-        request = BanRequest.from_message(message)  # the CLI's own request type
+    def ban(self, request: BanRequest, now: float) -> str:
         target = _target(request.target)
         runner = self._jail_runner(request.jail)
         problem = self.jails.refusal(target)
@@ -229,9 +229,9 @@ class AdminCommands:
         self.jails.mark_everywhere(target, now + seconds)
         return f"banned {network_text(target)} {span} (jail {runner.jail.name})"
 
-    def cmd_unban(self, message: dict[str, Any], now: float) -> str:
-        target = _target(message.get("target"))
-        fleet_wide = message.get("fleet") is True
+    def unban(self, request: UnbanRequest, now: float) -> str:
+        target = _target(request.target)
+        fleet_wide = request.fleet
         if fleet_wide and self.publisher.role is None:
             raise RequestError("--fleet: this host is in no fleet ([fleet] url is not set)")
         try:
@@ -269,17 +269,15 @@ class AdminCommands:
             text += f"; still covered by the ban of {', '.join(covering)}"
         return text
 
-    def cmd_explain(self, message: dict[str, Any], now: float) -> dict[str, object]:
-        text = message.get("address")
-        if not isinstance(text, str):
-            raise RequestError("explain needs an address")
+    def explain(self, request: ExplainRequest, now: float) -> ExplainReply:
+        text = request.address
         try:
             address = ip_address(text.strip())
         except ValueError:
             raise RequestError(f"{text!r} is not an IP address") from None
         bans = [b for b in self.ledger.active.covering(address) if b.expires > now]
         reasons = self.ledger.state.reasons([network_text(b.target) for b in bans], now)
-        covering = [
+        covering: list[CoveringBan] = [
             {
                 "target": network_text(b.target),
                 "jail": b.jail,
@@ -289,7 +287,7 @@ class AdminCommands:
             }
             for b in bans
         ]
-        spared = [
+        spared: list[SparedBan] = [
             {
                 "target": network_text(s.target),
                 "jail": s.jail,
@@ -307,28 +305,22 @@ class AdminCommands:
             "jails": {r.jail.name: r.scorer.explain(address, now) for r in self.jails.runners},
         }
 
-    def _jail_runner(self, name: object) -> JailRunner:
+    def _jail_runner(self, name: str | None) -> JailRunner:
         if name is None:
             return self.jails.runners[0]
-        runner = self.jails.runner(name) if isinstance(name, str) else None
+        runner = self.jails.runner(name)
         if runner is None:
             names = ", ".join(r.jail.name for r in self.jails.runners)
             raise RequestError(f"no jail {name!r} (jails: {names})")
         return runner
 
 
-def _by_expiry(entry: tuple[Network, float]) -> tuple[float, int, Network]:
-    """Soonest expiry first, permanent (inf) last, then by address."""
-    return (entry[1], entry[0].version, entry[0])
-
-
-def _of_jail(rows: list[dict[str, object]], jail: str | None) -> list[dict[str, object]]:
+def _of_jail(rows: list[ListedBan], jail: str | None) -> list[ListedBan]:
     return rows if jail is None else [row for row in rows if row["jail"] == jail]
 
 
-def _target(value: object) -> Network:
-    if not isinstance(value, str) or not value.strip():
-        raise RequestError("give an address or a network, e.g. 203.0.113.7 or 203.0.113.0/24")
+def _target(value: str) -> Network:
+    """The request's target (a non-empty string, commands.py checked) as a network."""
     try:
         return ip_network(value.strip(), strict=True)
     except ValueError as exc:

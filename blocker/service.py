@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from blocker.active import ActiveBans
 from blocker.activity import Activity, SourceKey
 from blocker.admin_commands import AdminCommands, FleetHealth, SourceHealth
 from blocker.ban_ledger import AfterBan, BanLedger, Refusals
-from blocker.commands import Handler, RequestError
+from blocker.commands import (
+    BanRequest,
+    ExplainRequest,
+    Handler,
+    ListRequest,
+    ReloadRequest,
+    RequestError,
+    StatusRequest,
+    UnbanRequest,
+    route,
+)
 from blocker.config import Config, ConfigError
 from blocker.firewall.base import Backend
 from blocker.fleet.events import FleetEvent
@@ -180,16 +189,16 @@ class Service:
 
     # -- admin commands --------------------------------------------------------------------
     def handlers(self, clock: Callable[[], float]) -> dict[str, Handler]:
+        """The dispatch table: command name -> request type -> handler. A raw message is
+        parsed into its request type here, once; the handlers only see typed requests."""
         admin = self.admin
-
-        def bind(method: Callable[[dict[str, Any], float], object]) -> Handler:
-            return lambda message: method(message, clock())
-
-        return {
-            "status": bind(admin.cmd_status),
-            "list": bind(admin.cmd_list_streamed),
-            "ban": bind(admin.cmd_ban),
-            "unban": bind(admin.cmd_unban),
-            "reload": bind(lambda _message, now: self.reload(now)),
-            "explain": bind(admin.cmd_explain),
-        }
+        return dict(
+            (
+                route(StatusRequest, admin.status, clock),
+                route(ListRequest, admin.list_bans, clock),
+                route(BanRequest, admin.ban, clock),
+                route(UnbanRequest, admin.unban, clock),
+                route(ReloadRequest, lambda _request, now: self.reload(now), clock),
+                route(ExplainRequest, admin.explain, clock),
+            )
+        )

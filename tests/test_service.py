@@ -18,6 +18,15 @@ from fakes.backend import FakeBackend
 from loglines import BASE, syn, synack
 
 from blocker.admin_commands import LIST_SLICE
+from blocker.commands import (
+    CoveringBan,
+    ExplainReply,
+    FirewallChecks,
+    JailStatus,
+    ListedBan,
+    SetStatus,
+    StatusReply,
+)
 from blocker.config import Config, load_config
 from blocker.control import RequestError, Streamed
 from blocker.firewall.base import Repair
@@ -750,6 +759,24 @@ def test_status_shape(tmp_path: Path) -> None:
         "sources_per_minute": 1,
         "under_flood": False,
     }
+    h.state.close()
+
+
+def test_replies_have_the_shapes_commands_py_declares(tmp_path: Path) -> None:
+    """The TypedDicts in commands.py are what blockerd sends: no key missing, none extra."""
+    h = Harness(tmp_path, fleet_health=lambda: {"connected": True})
+    h.service.start(NOW)
+    h.feed(synacks(ATTACKER, NOW))
+    status = ask(h.service, "status", {}, NOW)
+    assert set(status) == set(StatusReply.__annotations__)
+    assert set(status["jails"]["probes"]) == set(JailStatus.__annotations__)
+    assert set(status["sets"]["ipv4"]) == set(SetStatus.__annotations__)
+    assert set(status["firewall_checks"]) == set(FirewallChecks.__annotations__)
+    [row] = listed(h.service, NOW)
+    assert set(row) == set(ListedBan.__annotations__)
+    explained = ask(h.service, "explain", {"address": ATTACKER}, NOW)
+    assert set(explained) == set(ExplainReply.__annotations__)
+    assert set(explained["banned_by"][0]) == set(CoveringBan.__annotations__)
     h.state.close()
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from test_service import ATTACKER, CONFIG, NOW, Harness, ask, n, synacks
 
 from blocker import conntrack_wire
+from blocker.commands import SparedBan
 from blocker.conntrack_wire import Entry
 from blocker.live_peers import ConntrackError, LiveConnection, live_connection
 from blocker.records import Network
@@ -73,6 +74,7 @@ def test_a_live_peer_is_not_banned_and_explain_says_why(
     assert explained["banned_by"] == []
     (spared,) = cast(list[dict[str, str]], explained["spared"])
     assert spared["target"] == PEER and spared["jail"] == "probes"
+    assert set(spared) == set(SparedBan.__annotations__)
     assert "live TCP connection" in spared["reason"] and "unsolicited_synack" in spared["reason"]
     assert ask(h.service, "status", {}, NOW)["spared_live_peers"] == 1
     assert sum("spare 203.0.113.7" in r.message for r in caplog.records) == 1
