@@ -119,7 +119,7 @@ class RemoteBans:
         for event in events:
             target = event.target
             if event.kind == "unban":
-                counts["unbans"] += self._remote_unban(event, now)
+                counts["unbans"] += self.unban(event, now)
                 continue
             remaining = event.expires - now
             if remaining <= 0 or not active.longer(target, event.expires):
@@ -165,7 +165,7 @@ class RemoteBans:
                 self.jails.mark_everywhere(decision.target, expires)
         return counts
 
-    def _remote_unban(self, event: FleetEvent, now: float) -> int:
+    def unban(self, event: FleetEvent, now: float) -> int:
         """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""
         ledger = self.ledger
         if ledger.active.expires(event.target) is None:
