@@ -121,3 +121,24 @@ def test_a_route_parses_the_message_before_its_handler_runs() -> None:
     assert seen == []
     assert handler({"cmd": "ban", "target": "203.0.113.7", "duration": "1h"}) == "banned"
     assert seen == [(BanRequest("203.0.113.7", 3600.0), 5.0)]
+
+
+def test_nothing_patches_the_service_after_construction() -> None:
+    """Its collaborators (fleet role and health, ban latency, source health) are constructor
+    arguments: no module assigns to `service.x` or `self.service.x`."""
+    patched = []
+    for path in sorted((REPO / "blocker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                if isinstance(target, ast.Attribute) and (
+                    (isinstance(target.value, ast.Name) and target.value.id == "service")
+                    or (isinstance(target.value, ast.Attribute) and target.value.attr == "service")
+                ):
+                    patched.append(f"{path.name}:{node.lineno}: {ast.unparse(target)}")
+    assert patched == []
