@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from blocker import nflog_wire
 from blocker.link_names import LinkNames
 from blocker.netfilter import Record
-from blocker.packet_decode import record
+from blocker.nflog_records import DatagramDecoder, Decoded
 from blocker.sources.base import SourceError, SourceLine
 
 # Enough for IPv4/IPv6 headers, a chain of extension headers and the transport header; a
@@ -87,6 +87,7 @@ class NflogSource:
         self._last_error: str | None = None
         self._names: dict[int, str] = {}
         self._names_at = 0.0
+        self._decoder = DatagramDecoder()
 
     def _configure(self, copy_range: int) -> None:
         seq = 0
@@ -133,8 +134,8 @@ class NflogSource:
     def read_records(self, now: float) -> list[Record]:
         """Every Record waiting (up to DATAGRAMS_PER_READ datagrams); never raises on bad data.
         `now` times packets the kernel sent without a timestamp (output hooks)."""
-        out: list[Record] = []
-        append = out.append
+        decoded = Decoded()
+        decode = self._decoder.decode
         recv = self._sock.recv
         interface = self._interface_namer(now)
         for _ in range(DATAGRAMS_PER_READ):
@@ -149,21 +150,17 @@ class NflogSource:
                     continue
                 self._last_error = f"recv: {exc}"
                 break
-            batch = nflog_wire.packets(data)
-            self.malformed += batch.malformed
-            self.packets += len(batch.packets)
-            for packet in batch.packets:
-                found = record(packet, interface, now)
-                if found is None:
-                    self.undecodable += 1
-                else:
-                    append(found)
-        self.records += len(out)
-        return out
+            decode(data, interface, now, decoded)
+        self.malformed += decoded.malformed
+        self.packets += decoded.packets
+        self.undecodable += decoded.undecodable
+        self.records += len(decoded.records)
+        return decoded.records
 
     def _interface_namer(self, now: float) -> _Namer:
         if not now - NAME_TTL < self._names_at <= now:
             self._names.clear()
+            self._decoder.forget_names()  # its heads hold interface names
             self._names_at = now
         return _Namer(self._names, self._links)
 
