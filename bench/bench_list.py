@@ -129,7 +129,10 @@ def summary(latencies: list[float]) -> str:
     ms = sorted(x * 1000 for x in latencies)
     if not ms:
         return "none measured"
-    return f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, max {ms[-1]:.1f} ms"
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return (
+        f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
+    )
 
 
 def peak_rss_mib(pid: int) -> float:
