@@ -180,6 +180,7 @@ def bench_nflog(
                 time.sleep(0.01)
             drained, drain_span = last - before, last_change - resumed
             drain_overruns = _overruns(sock) - o1
+            dropped = _source(sock).get("dropped_batches", -1)  # -1: a blockerd without it
         finally:
             client.stop_processes()
         rss = rss_kib(process.pid)
@@ -193,13 +194,18 @@ def bench_nflog(
         "drained": drained,
         "drain_rate": drained / max(drain_span, 1e-9),
         "drain_overruns": drain_overruns,
+        "dropped_batches": float(str(dropped)),
     }
 
 
-def _overruns(sock: Path) -> int:
+def _source(sock: Path) -> dict[str, object]:
     sources = status(sock).get("sources")
-    assert isinstance(sources, list) and sources
-    return int(sources[0]["overruns"])
+    assert isinstance(sources, list) and sources and isinstance(sources[0], dict)
+    return sources[0]
+
+
+def _overruns(sock: Path) -> int:
+    return int(str(_source(sock)["overruns"]))
 
 
 def kernlog_lines(count: int) -> str:
@@ -250,7 +256,8 @@ def main() -> int:
     print(
         f"nflog  : backlog after 1.5 s stopped under the flood: {nflog['drained']:,.0f} "
         f"records drained at {nflog['drain_rate']:,.0f} records/s "
-        f"({nflog['drain_overruns']:.0f} overruns while stopped)"
+        f"({nflog['drain_overruns']:.0f} overruns while stopped; datagrams the kernel dropped "
+        f"in the whole run: {nflog['dropped_batches']:.0f})"
     )
     print(
         f"kernlog: {args.lines:,} lines appended at once: blockerd processed "
