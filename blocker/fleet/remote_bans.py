@@ -25,20 +25,20 @@ from blocker.journal import BanEvent
 from blocker.live_peers import ConntrackError
 from blocker.records import Decision, Network, network_text
 
-if TYPE_CHECKING:  # the service imports this module
-    from blocker.service import Service
+if TYPE_CHECKING:  # fleet_role imports this module
+    from blocker.fleet_role import RemoteBans
 
 log = logging.getLogger("blocker")
 
 REMOTE_COUNTS = ("applied", "refused", "held", "expired", "unbans", "spared")
 
 
-def apply_remote(service: Service, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+def apply_remote(remote: RemoteBans, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
     """Other hosts' bans and unbans, in order, through this host's gate, into the kernel,
     ActiveBans, the scorers and the state (the caller's transaction); returns counts."""
     counts = dict.fromkeys(REMOTE_COUNTS, 0)
-    fleet = service.fleet
-    if fleet is None or not fleet.accept:
+    role = remote.publisher.role
+    if role is None or not role.accept:
         return counts
     run: list[FleetEvent] = []
     for event in events:
@@ -46,18 +46,18 @@ def apply_remote(service: Service, events: Sequence[FleetEvent], now: float) -> 
             run.append(event)
             continue
         if run:
-            _bans(service, run, now, counts)
+            _bans(remote, run, now, counts)
             run = []
-        counts["unbans"] += service.remote_unban(event, now)
+        counts["unbans"] += remote.unban(event, now)
     if run:
-        _bans(service, run, now, counts)
+        _bans(remote, run, now, counts)
     return counts
 
 
 def _bans(
-    service: Service, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
+    remote: RemoteBans, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
 ) -> None:
-    chosen = _gate(service, events, now, counts)
+    chosen = _gate(remote, events, now, counts)
     if not chosen:
         return
     decisions = [
@@ -72,23 +72,24 @@ def _bans(
         )
         for event in chosen.values()
     ]
-    decisions = _spare(service, decisions, now, counts)
+    decisions = _spare(remote, decisions, now, counts)
     if not decisions:
         return
-    refused = service.kernel_ban([(d.target, d.duration) for d in decisions])
+    ledger = remote.ledger
+    refused = ledger.kernel_ban([(d.target, d.duration) for d in decisions])
     if refused is None:
         refused = {d.target: "the firewall failed" for d in decisions}
-    service.after_ban(now, len(decisions) - len(refused))
-    counts["applied"] += _record(service, decisions, chosen, refused, now)
+    ledger.after_ban(now, len(decisions) - len(refused))
+    counts["applied"] += _record(remote, decisions, chosen, refused, now)
 
 
 def _gate(
-    service: Service, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
+    remote: RemoteBans, events: Sequence[FleetEvent], now: float, counts: dict[str, int]
 ) -> dict[Network, FleetEvent]:
     """The bans that pass this host's gate, one per target (its longest), in order."""
-    active = service.active
-    held = service.held
-    refusal = service.refusal
+    active = remote.ledger.active
+    held = remote.held
+    refusal = remote.jails.refusal
     chosen: dict[Network, FleetEvent] = {}
     refused: list[str] = []
     for event in events:
@@ -131,18 +132,18 @@ class LiveAddresses(Protocol):
 
 
 def _spare(
-    service: Service, decisions: list[Decision], now: float, counts: dict[str, int]
+    remote: RemoteBans, decisions: list[Decision], now: float, counts: dict[str, int]
 ) -> list[Decision]:
     """The spoof-safety check of this host's jail of the same name: no remote ban cuts a live
     connection of this host (the evidence is not ours to judge: spoofable). Only the bans of
     jails that spare live peers are looked at, and of those only the ones holding a live
     address (one pass over the conntrack table for the slice) go to the per-ban check."""
-    peers = service.live_peers
+    peers = remote.sparing.live_peers
     if peers is None:
         return decisions
     windows = {
         runner.jail.name: runner.jail.spare_live_peers
-        for runner in service.pipeline.runners
+        for runner in remote.jails.runners
         if runner.jail.spare_live_peers > 0
     }
     asked = [d for d in decisions if d.jail in windows]
@@ -159,7 +160,7 @@ def _spare(
             asked = [d for d in asked if holds_any(d.target, live[d.target.version])]
     if not asked:
         return decisions
-    kept = service.spare_live_peers(asked, now)
+    kept = remote.sparing.spare(asked, now)
     if len(kept) == len(asked):
         return decisions
     counts["spared"] += len(asked) - len(kept)
@@ -177,7 +178,7 @@ def holds_any(target: Network, addresses: set[int]) -> bool:
 
 
 def _record(
-    service: Service,
+    remote: RemoteBans,
     decisions: list[Decision],
     chosen: dict[Network, FleetEvent],
     refused: dict[Network, str],
@@ -185,8 +186,9 @@ def _record(
 ) -> int:
     """What the kernel took into ActiveBans, every scorer, the log and the state -> how
     many bans that was."""
-    active = service.active
-    scorers = [runner.scorer for runner in service.pipeline.runners]
+    ledger = remote.ledger
+    active = ledger.active
+    scorers = [runner.scorer for runner in remote.jails.runners]
     by_origin: dict[str, tuple[list[Decision], list[str]]] = {}
     lines: list[str] = []
     events: list[BanEvent] = []
@@ -210,19 +212,19 @@ def _record(
         span = "permanently" if math.isinf(decision.duration) else f"for {decision.duration:.0f}s"
         lines.append(f"ban {text} ({decision.jail}) {span}: {decision.reason}")
         events.append(("ban", target, decision.jail, decision.duration, decision.reason, origin))
-    activity = service.activity
+    activity = ledger.activity
     for jail, count in per_jail.items():
         activity.bans[jail, "fleet"] += count  # a fixed word as the label, not each peer
         activity.last_ban[jail] = now
     if lines:
-        # One record for the slice, one line per ban, as for local bans (service.apply).
+        # One record for the slice, one line per ban, as for local bans (BanLedger.apply).
         log.warning("%s", "\n".join(lines), extra={"bans": events})
-        with service.state.transaction():  # joins the caller's, with the cursor
+        with ledger.state.transaction():  # joins the caller's, with the cursor
             for origin, (recorded, texts) in by_origin.items():
-                service.state.record_bans(recorded, origin, texts)
+                ledger.state.record_bans(recorded, origin, texts)
     if refused:
         jails = {d.target: d.jail for d in decisions}
         for target in refused:
-            service.drop_refused(target, now, jails[target])
-        service.note_refused(refused, now, jails=jails)
+            ledger.drop_refused(target, now, jails[target])
+        ledger.note_refused(refused, now, jails=jails)
     return len(lines)
