@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         add = scorer.add
         bans = 0
         gc.collect()
+        gc.set_threshold(100_000, 50, 100)  # as replay runs (pipeline.tune_gc)
         with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
             began = time.process_time()
             if name == "spool":
