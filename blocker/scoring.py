@@ -285,7 +285,7 @@ class Scorer:
         now = self._now
         if isinstance(addr, IPv4Address):
             ip = int(addr)
-            target: Network = IPv4Network(ip)
+            target: Network = host_network_v4(ip)
             history_key = (ip << 8 | 32) << 1  # ban_history.host_key()
         else:
             ip = int(addr)
@@ -491,6 +491,25 @@ class Scorer:
     def now(self) -> float:
         """The newest event time seen so far (-inf before the first hit)."""
         return self._now
+
+
+_new = object.__new__
+_HOST_MASK_V4: Final = IPv4Address(0xFFFFFFFF)
+
+
+def host_network_v4(ip: int) -> IPv4Network:
+    """IPv4Network((ip, 32)), the target of a host ban, built as its __init__ builds it but
+    without parsing its argument: a storm makes one per reflector.  tests/test_scoring.py
+    holds it to the stdlib's, attribute for attribute."""
+    address = IPv4Address(ip)
+    net = _new(IPv4Network)
+    net.__dict__.update(
+        network_address=address,
+        netmask=_HOST_MASK_V4,
+        _prefixlen=32,
+        hosts=lambda: [IPv4Address(ip)],
+    )
+    return net
 
 
 # Ban keys (blocker.active.key_of: network int << 9 | 256 for IPv6 | prefix length), decoded
