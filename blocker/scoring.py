@@ -329,8 +329,8 @@ class Scorer:
         offenders = escalation.count(addr, at, self._now)
         if offenders < self._subnet_min_offenders:
             return None
-        subnet = escalation.subnet(addr)
-        until = self.book.subnet_until(subnet)
+        subnet = escalation.subnet_of_key(escalation.last_key, addr)
+        until = self.book.subnets.get(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):

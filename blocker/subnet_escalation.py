@@ -35,6 +35,7 @@ class SubnetOffenders:
         "_offenders",
         "_v4_shift",
         "_v6_shift",
+        "last_key",
         "min_offenders",
         "v4_prefix",
         "v6_prefix",
@@ -57,6 +58,7 @@ class SubnetOffenders:
         # properties, and a storm touches 100,000s.
         self._offenders: OrderedDict[int, dict[int, float]] = OrderedDict()
         self._networks: dict[int, Network] = {}  # subnet() per key with offenders
+        self.last_key = 0  # key() of the address count() counted last
 
     def key(self, addr: Address) -> int:
         """The key of the subnet `addr` escalates to."""
@@ -67,7 +69,10 @@ class SubnetOffenders:
     def subnet(self, addr: Address) -> Network:
         """The subnet `addr` escalates to, e.g. 203.0.113.0/24 (one object per subnet
         while it has offenders: a storm asks for the same /24 hundreds of times)."""
-        key = self.key(addr)
+        return self.subnet_of_key(self.key(addr), addr)
+
+    def subnet_of_key(self, key: int, addr: Address) -> Network:
+        """subnet() of `addr`, whose key() is `key` (e.g. last_key after count())."""
         network = self._networks.get(key)
         if network is None:
             network = subnet_of(addr, self.v4_prefix, self.v6_prefix)
@@ -89,6 +94,7 @@ class SubnetOffenders:
             key = (host >> self._v4_shift) << 1
         else:
             key = (host >> self._v6_shift) << 1 | 1
+        self.last_key = key
         table = self._offenders
         offenders = table.get(key)
         if offenders is None:
