@@ -195,6 +195,10 @@ class Scorer:
             policy.subnet_v6_prefix,
             policy.max_tracked,
         )
+        self._name = policy.name
+        self._subnet_min_offenders = policy.subnet_min_offenders
+        # (filter, hits, score) of a one-filter host ban -> its filters and reason
+        self._reasons: dict[tuple[str, int, float], tuple[tuple[str, ...], str]] = {}
         self._hits = 0
         self._ignored = 0
         self._while_banned = 0
@@ -273,41 +277,60 @@ class Scorer:
     def _ban_host(
         self, addr: Address, counts: Mapping[str, int], at: float, score: float
     ) -> list[Decision]:
-        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
-        policy = self.policy
-        target = host_network(addr)
-        duration = self.history.duration(target, self._now)
-        self.history.remember(target, at, self._now)
-        self.book.ban_host(addr, at + duration, self._now)
+        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter.
+
+        A storm makes one per reflector, so this is a hot path too: ints for the history
+        and escalation keys, one Network (the Decision's target), and the reason text and
+        filters shared by every ban with the same counts and score."""
+        now = self._now
+        if isinstance(addr, IPv4Address):
+            ip = int(addr)
+            target: Network = host_network_v4(ip)
+            history_key = (ip << 8 | 32) << 1  # ban_history.host_key()
+        else:
+            ip = int(addr)
+            target = IPv6Network(ip)
+            history_key = (ip << 8 | 128) << 1 | 1
+        duration = self.history.ban(history_key, at, now)
+        self.book.ban_host(addr, at + duration, now)
         self._bans += 1
-        filters = tuple(sorted(counts))
-        detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
-        decisions = [
-            Decision(
-                target=target,
-                jail=policy.name,
-                at=at,
-                duration=duration,
-                score=score,
-                filters=filters,
-                reason=(
-                    f"score {score:.1f} >= {policy.threshold:g} within {policy.window:g}s: {detail}"
-                ),
-            )
-        ]
-        if policy.subnet_min_offenders > 0:
+        if len(counts) == 1:
+            [(name, hits)] = counts.items()
+            shared = self._reasons.get((name, hits, score))
+            if shared is None:
+                shared = self._reason((name, hits, score), counts, score)
+        else:
+            shared = self._reason(None, counts, score)
+        filters, reason = shared
+        decision = Decision(target, self._name, at, duration, score, filters, reason)
+        if self._subnet_min_offenders:
             subnet_decision = self._escalate(addr, at, filters)
             if subnet_decision is not None:
-                decisions.append(subnet_decision)
-        return decisions
+                return [decision, subnet_decision]
+        return [decision]
+
+    def _reason(
+        self, key: tuple[str, int, float] | None, counts: Mapping[str, int], score: float
+    ) -> tuple[tuple[str, ...], str]:
+        """A host ban's filters and reason (cached under `key` unless it is None)."""
+        policy = self.policy
+        filters = tuple(sorted(counts))
+        detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
+        reason = f"score {score:.1f} >= {policy.threshold:g} within {policy.window:g}s: {detail}"
+        if key is not None:
+            if len(self._reasons) >= 1024:  # a handful of kinds of ban; bound it anyway
+                self._reasons.clear()
+            self._reasons[key] = filters, reason
+        return filters, reason
 
     def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
         policy = self.policy
-        offenders = self.escalation.count(addr, at, self._now)
-        if len(offenders) < policy.subnet_min_offenders:
+        escalation = self.escalation
+        offenders = escalation.count(addr, at, self._now)
+        if offenders < self._subnet_min_offenders:
             return None
-        subnet = self.escalation.subnet(addr)
-        until = self.book.subnet_until(subnet)
+        subnet = escalation.subnet_of_key(escalation.last_key, addr)
+        until = self.book.subnets.get(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):
@@ -316,16 +339,16 @@ class Scorer:
         self.history.remember(subnet, at, self._now)
         self.book.ban_subnet(subnet, at + duration, self._now)
         self._subnet_bans += 1
-        hosts = ", ".join(str(host) for host in sorted(offenders))
+        hosts = ", ".join(str(host) for host in escalation.offenders(addr))
         return Decision(
             target=subnet,
             jail=policy.name,
             at=at,
             duration=duration,
-            score=float(len(offenders)),
+            score=float(offenders),
             filters=filters,
             reason=(
-                f"{len(offenders)} hosts >= {policy.subnet_min_offenders} banned "
+                f"{offenders} hosts >= {policy.subnet_min_offenders} banned "
                 f"within {policy.subnet_window:g}s in {network_text(subnet)}: {hosts}"
             ),
         )
@@ -468,6 +491,25 @@ class Scorer:
     def now(self) -> float:
         """The newest event time seen so far (-inf before the first hit)."""
         return self._now
+
+
+_new = object.__new__
+_HOST_MASK_V4: Final = IPv4Address(0xFFFFFFFF)
+
+
+def host_network_v4(ip: int) -> IPv4Network:
+    """IPv4Network((ip, 32)), the target of a host ban, built as its __init__ builds it but
+    without parsing its argument: a storm makes one per reflector.  tests/test_scoring.py
+    holds it to the stdlib's, attribute for attribute."""
+    address = IPv4Address(ip)
+    net = _new(IPv4Network)
+    net.__dict__.update(
+        network_address=address,
+        netmask=_HOST_MASK_V4,
+        _prefixlen=32,
+        hosts=lambda: [IPv4Address(ip)],
+    )
+    return net
 
 
 # Ban keys (blocker.active.key_of: network int << 9 | 256 for IPv6 | prefix length), decoded

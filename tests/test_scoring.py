@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import sys
 from collections.abc import Iterable, Sequence
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import cast
 
 import pytest
 
 from blocker.ban_book import GATE_CACHE_SIZE
 from blocker.records import Address, Decision, Hit, Network
-from blocker.scoring import JailPolicy, Scorer
+from blocker.scoring import JailPolicy, Scorer, host_network_v4
 
 SYNACK = "unsolicited_synack"
 T0 = 1_700_000_000.0
@@ -705,3 +706,31 @@ def test_a_climbing_record_holds_its_times_as_one_small_int() -> None:
     assert s.tiers.counts()["tracked_climbing"] == 1
     [record] = s.tiers._climbing.values()
     assert isinstance(record, int) and sys.getsizeof(record) <= 48  # packed doubles: 73
+
+
+@pytest.mark.parametrize("value", [0, 1, 0x7F000001, 0xC6336407, 0xFFFFFFFE, 0xFFFFFFFF])
+def test_host_network_v4_is_the_stdlibs(value: int) -> None:
+    # Built around IPv4Network.__init__ for speed: it must hold what __init__ would (a Python
+    # upgrade that changes ipaddress internals fails here) and behave the same everywhere.
+    made = host_network_v4(value)
+    plain = IPv4Network((value, 32))
+    assert type(made) is IPv4Network
+    assert made.__dict__.keys() == plain.__dict__.keys()
+    assert type(made.network_address) is IPv4Address
+    assert made == plain
+    assert hash(made) == hash(plain)
+    assert {plain: 1}[made] == 1
+    assert str(made) == str(plain)
+    assert repr(made) == repr(plain)
+    assert list(made.hosts()) == list(plain.hosts()) == [IPv4Address(value)]
+    assert list(made) == list(plain)
+    assert made.num_addresses == 1
+    assert made.prefixlen == made.max_prefixlen == 32
+    assert made.broadcast_address == plain.broadcast_address
+    assert made.hostmask == plain.hostmask
+    assert made.with_prefixlen == plain.with_prefixlen
+    assert made.subnet_of(IPv4Network((value & 0xFFFFFF00, 24)))
+    assert made.overlaps(plain)
+    assert made.is_private == plain.is_private
+    assert made.supernet() == plain.supernet()
+    assert pickle.loads(pickle.dumps(made)) == plain
