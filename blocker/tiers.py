@@ -84,6 +84,7 @@ class Tiers:
         self.now = -math.inf  # the newest event time, set by the engine
         # Tier 1, admission: address key -> its one hit, oldest first (FIFO)
         self._once: OrderedDict[int, Entry] = OrderedDict()
+        self._once_wide = False  # has been full since it was last built
         # Addresses pushed out while live within the window; None until the first
         self._doorkeeper: Doorkeeper | None = None
         # Tier 2, climbing: IPv4 sources whose hits fit a slot of the packed table
@@ -132,6 +133,8 @@ class Tiers:
             first = self._once.pop(ip, None)
             if first is None:
                 return self._open(addr, ip, entry)
+            if self._once_wide and len(self._once) * 16 < self._max_tracked:
+                self._shrink_once()
             return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
         state.seen_again = True
         if now - state.hits[0][0] >= window:
@@ -467,8 +470,15 @@ class Tiers:
         once[ip] = entry
         return None
 
+    def _shrink_once(self) -> None:
+        """A dict keeps the table of its largest size: once a flood's one-hit sources have
+        moved on (climbing), build the admission tier anew at its present size."""
+        self._once = OrderedDict(self._once)
+        self._once_wide = False
+
     def _evict_once(self) -> None:
         """Make room in the admission tier: its oldest hit goes, into the doorkeeper."""
+        self._once_wide = True
         ip, (t, _, _, _) = self._once.popitem(last=False)
         now = self.now
         if now - t < self._window:

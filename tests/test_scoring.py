@@ -745,3 +745,15 @@ def test_a_full_climbing_tier_drops_the_least_recently_hit_first() -> None:
     for i in range(1, 21):  # hit at 2: kept, those last hit at 1 went first
         assert s.explain(a(f"198.51.100.{i}"), T0 + 4)["score"] == 3.0
     assert s.stats()["evicted"] == 12  # 1/16, though 172 were last hit at the same time
+
+
+def test_the_admission_tier_lets_go_of_its_flood_sized_table() -> None:
+    s = scorer(max_tracked=1000)
+    sources = [f"198.51.{i >> 8}.{i & 255}" for i in range(1, 2001)]  # fills it, pushes out
+    for src in sources:
+        s.feed(hit(src, 0))
+    flooded = sys.getsizeof(s.tiers._once)
+    for src in sources[1000:]:  # those still admitted climb: the tier empties
+        s.feed(hit(src, 1))
+    assert s.stats()["tracked_admission"] == 0
+    assert sys.getsizeof(s.tiers._once) * 10 < flooded
