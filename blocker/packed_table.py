@@ -15,7 +15,8 @@ Linear probing from a Fibonacci hash mapped onto any capacity (so it need not be
 of two: the table never grows past ``max_slots`` while it holds at most 3/4 of that);
 deletion shifts the following entries of the probe run back (no tombstones, so lookups
 never slow down after many deletions and no rehash is ever needed to clear them).  It
-grows by doubling, up to ``max_slots``, when more than 3/4 full.
+grows by doubling, up to ``max_slots``, when more than 3/4 full, and shrinks on request
+when less than 1/8 full (a flood's table is given back once it has passed).
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ class PackedTable:
             hole = j
         words[hole] = words[hole + 1] = words[hole + 2] = 0
         self._count -= 1
+
+    def shrink_if_sparse(self) -> None:
+        """Give back the room of a table that held many more than it holds now (under 1/8
+        full: to half full).  Never called from within remove_if()."""
+        if self._count * 8 < self._slots and self._slots > _MIN_SLOTS:
+            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
 
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, value) of every entry, in slot order (do not change the table meanwhile)."""

@@ -191,6 +191,7 @@ class Tiers:
                     score = count * weight
                     if score >= self._threshold_units:
                         table.remove_at(j)
+                        table.shrink_if_sparse()
                         return {name: count}, score
                     payload |= offset << shift
                     words[j] = w0 + (1 << 32)
@@ -199,6 +200,7 @@ class Tiers:
                     return None
         times = self._unpack(w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96)
         table.remove_at(j)
+        table.shrink_if_sparse()
         return self._climb_times(addr, ip, number, times, entry)
 
     def _climb_times(
@@ -517,6 +519,7 @@ class Tiers:
                 self._forgotten(ip)
             if need > from_dict:
                 self._evict_least_recent(need - from_dict)
+        table.shrink_if_sparse()
         if len(climbing) * 2 < self._max_climbing:  # shed the dict's dead slots too
             self._climbing = dict(climbing)
 
@@ -583,8 +586,8 @@ class Tiers:
         """Forget every hit of `addr` (banned or unbanned from outside)."""
         ip = key_of(addr)
         self._tracked.pop(ip, None)
-        if ip <= KEY_MASK:
-            self._table.pop(ip)
+        if ip <= KEY_MASK and self._table.pop(ip) is not None:
+            self._table.shrink_if_sparse()
         self._climbing.pop(ip, None)
         self._once.pop(ip, None)
 

@@ -132,3 +132,15 @@ def test_clear_empties_it() -> None:
         table.put(key, key)
     table.clear()
     assert (len(table), table.get(5), list(table.items())) == (0, None, [])
+
+
+def test_a_table_that_emptied_gives_its_room_back() -> None:
+    table = PackedTable(max_slots=1 << 16, slots=16)
+    for key in range(1, 20_001):
+        table.put(key, key)
+    grown = table.slots
+    for key in range(1, 19_901):
+        table.pop(key)
+        table.shrink_if_sparse()
+    assert table.slots * 8 < grown
+    same_as(table, {key: key for key in range(19_901, 20_001)})
