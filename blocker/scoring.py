@@ -79,21 +79,24 @@ sources can never push it out again: eviction takes from the admission FIFO, and
 climbing sources compete with climbing sources.
 
 Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
-exact for every source they hold.  While no tier has pushed out a live source, the engine
-decides exactly as the single-tier scorer before it (tests/reference_scorer.py, compared
-in tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under
-pressure it can only under-count: a pushed-out source loses the hits it had (at most one
-for a source pushed out of admission; the doorkeeper remembers *that* it was seen, never a
-hit, and its answer is never added to a score), so it needs that many more hits within the
-window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources
-a window) only lets a one-hit source skip admission: it costs a climbing slot, never a
-point of score.  Hence no address is ever banned on hits it did not send, and a ban's
-reason and ``explain`` list only hits the source sent.  What is lost, when: a source
-pushed out of admission before its second hit (over ``max_tracked`` new sources in between,
-and only once per window: after that it is climbing); a climbing source when more than
-``12 * max_tracked`` sources climb at once (least recently hit first, to the doorkeeper); a full
-window under the clock.  ``stats()`` reports tiers, evictions, readmissions, new sources
-per minute and ``under_flood`` (a live source was pushed out within the last window).
+exact for every source they hold: a packed slot or int takes a time only when it decodes to
+the very same float (whole microseconds, as log lines carry; others make a full window),
+and a slot is found only by its whole address, never by a hash alone.  While no tier has
+pushed out a live source, the engine decides exactly as the single-tier scorer before it
+(tests/reference_scorer.py, compared in tests/test_scoring_reference.py): same bans, times,
+durations and reasons.  Under pressure it can only under-count: a pushed-out source loses
+the hits it had (at most one for a source pushed out of admission; the doorkeeper remembers
+*that* it was seen, never a hit, and its answer is never added to a score), so it needs
+that many more hits within the window to be banned.  A doorkeeper false positive (about 0.4%
+of lookups with 1M sources a window) only lets a one-hit source skip admission: it costs a
+climbing slot, never a point of score.  Hence no address is ever banned on hits it did not
+send, and a ban's reason and ``explain`` list only hits the source sent.  What is lost,
+when: a source pushed out of admission before its second hit (over ``max_tracked`` new
+sources in between, and only once per window: after that it is climbing); a climbing source
+when more than ``12 * max_tracked`` sources climb at once (least recently hit first, to the
+doorkeeper); a full window under the clock.  ``stats()`` reports tiers, evictions,
+readmissions, new sources per minute and ``under_flood`` (a live source was pushed out
+within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
