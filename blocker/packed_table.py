@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Final
 
 __all__ = ["KEY_MASK", "SLOT_WORDS", "PackedTable"]
@@ -95,6 +96,27 @@ class PackedTable:
             j = self._free_slot(key)
             self._count += 1
         words = self.words
+        words[j] = key | (value & KEY_MASK) << 32
+        words[j + 1] = (value >> 32) & _M64
+        words[j + 2] = value >> 96
+
+    def put_new(self, key: int, value: int) -> None:
+        """put() for a key the caller knows is not held (0 < key < 2**32 and 0 <= value <
+        2**160, unchecked): one probe run, to the first free slot."""
+        count = self._count + 1
+        slots = self._slots
+        if count * 4 > slots * 3 and slots < self._max_slots:
+            self._resize(min(slots * 2, self._max_slots))
+        elif count >= slots:
+            self._resize(slots * 2)
+        words = self.words
+        end = len(words)
+        j = (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        while words[j]:
+            j += SLOT_WORDS
+            if j == end:
+                j = 0
+        self._count = count
         words[j] = key | (value & KEY_MASK) << 32
         words[j + 1] = (value >> 32) & _M64
         words[j + 2] = value >> 96
@@ -180,8 +202,10 @@ class PackedTable:
         self._slots = slots
         words = self.words = array("Q", bytes(8 * SLOT_WORDS * slots))
         end = len(words)
-        for i in range(0, len(old), SLOT_WORDS):
-            w0 = old[i]
+        # Word by word in C (islice copies nothing): the old array's words, slot by slot.
+        for w0, w1, w2 in zip(
+            islice(old, 0, None, 3), islice(old, 1, None, 3), islice(old, 2, None, 3), strict=True
+        ):
             if w0:
                 j = (((w0 & KEY_MASK) * _GOLDEN) & _M64) * slots >> 64
                 j *= SLOT_WORDS
@@ -190,8 +214,8 @@ class PackedTable:
                     if j == end:
                         j = 0
                 words[j] = w0
-                words[j + 1] = old[i + 1]
-                words[j + 2] = old[i + 2]
+                words[j + 1] = w1
+                words[j + 2] = w2
 
     def clear(self) -> None:
         self._count = 0

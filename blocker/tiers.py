@@ -242,7 +242,7 @@ class Tiers:
         if len(self._table) + len(self._climbing) >= self._max_climbing:
             self._evict_climbing()
         if value is not None:
-            self._table.put(ip, value)
+            self._table.put_new(ip, value)  # held nowhere, as the caller knows
         elif record is not None:
             self._climbing[ip] = record
         return True
