@@ -56,12 +56,17 @@ bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
 1. *Admission*: a source seen once, as that one hit; at most ``max_tracked`` of them, oldest
    pushed out first (FIFO), ~220 bytes each.  Most sources of a flood never leave it.
 2. *Climbing*: a source with two or more live hits that are all plain (no distinct key) and
-   of one filter and weight: its kind number and the exact times of its hits, packed in one
-   ``bytes`` of 8 * (hits + 1) bytes, ~150 bytes a source with 4 hits (measured: a dict of
-   1M such records grows RSS by 122 bytes each plus the 32-byte key).  Up to
-   ``12 * max_tracked`` sources, so 1.2M at the default: every reflector of a 1M-source
-   storm is climbing at once while it sends its 2nd..5th SYN/ACK.  Past 16 hits, or on a
-   keyed or different hit, a source moves, all hits kept, to tier 3.
+   of one filter and weight: its kind number and the exact times of its hits.  An IPv4
+   source whose hits fit (up to 1 + 80 // width of them, width = the bits of a window in
+   microseconds: 4 hits at 60 s) takes one 24-byte slot of an open-addressing table
+   (packed_table.py: key and meta in one word, the first hit as microseconds since an
+   epoch and the later ones as offsets from it in two more), no Python object per source:
+   ~32 bytes a source at the table's 3/4 load.  Others (IPv6, more hits) are one packed
+   int each in a dict (~120 bytes).  Up to ``12 * max_tracked`` sources, so 1.2M at the
+   default: every reflector of a 1M-source storm is climbing at once while it sends its
+   2nd..5th SYN/ACK.  Past 16 hits, or on a keyed or different hit, a source moves, all
+   hits kept, to tier 3.  When full, it drops what holds no live hit and at least 1/16:
+   table slots least recently hit first, ints oldest first.
 3. *Full windows*: per-hit entries, distinct keys for scans, running sums (Window), at most
    ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
    one hit again since it was last passed is spared once).
@@ -74,21 +79,24 @@ sources can never push it out again: eviction takes from the admission FIFO, and
 climbing sources compete with climbing sources.
 
 Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
-exact for every source they hold.  While no tier has pushed out a live source, the engine
-decides exactly as the single-tier scorer before it (tests/reference_scorer.py, compared
-in tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under
-pressure it can only under-count: a pushed-out source loses the hits it had (at most one
-for a source pushed out of admission; the doorkeeper remembers *that* it was seen, never a
-hit, and its answer is never added to a score), so it needs that many more hits within the
-window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources
-a window) only lets a one-hit source skip admission: it costs a climbing slot, never a
-point of score.  Hence no address is ever banned on hits it did not send, and a ban's
-reason and ``explain`` list only hits the source sent.  What is lost, when: a source
-pushed out of admission before its second hit (over ``max_tracked`` new sources in between,
-and only once per window: after that it is climbing); a climbing source when more than
-``12 * max_tracked`` sources climb at once (oldest first, to the doorkeeper); a full
-window under the clock.  ``stats()`` reports tiers, evictions, readmissions, new sources
-per minute and ``under_flood`` (a live source was pushed out within the last window).
+exact for every source they hold: a packed slot or int takes a time only when it decodes to
+the very same float (whole microseconds, as log lines carry; others make a full window),
+and a slot is found only by its whole address, never by a hash alone.  While no tier has
+pushed out a live source, the engine decides exactly as the single-tier scorer before it
+(tests/reference_scorer.py, compared in tests/test_scoring_reference.py): same bans, times,
+durations and reasons.  Under pressure it can only under-count: a pushed-out source loses
+the hits it had (at most one for a source pushed out of admission; the doorkeeper remembers
+*that* it was seen, never a hit, and its answer is never added to a score), so it needs
+that many more hits within the window to be banned.  A doorkeeper false positive (about 0.4%
+of lookups with 1M sources a window) only lets a one-hit source skip admission: it costs a
+climbing slot, never a point of score.  Hence no address is ever banned on hits it did not
+send, and a ban's reason and ``explain`` list only hits the source sent.  What is lost,
+when: a source pushed out of admission before its second hit (over ``max_tracked`` new
+sources in between, and only once per window: after that it is climbing); a climbing source
+when more than ``12 * max_tracked`` sources climb at once (least recently hit first, to the
+doorkeeper); a full window under the clock.  ``stats()`` reports tiers, evictions,
+readmissions, new sources per minute and ``under_flood`` (a live source was pushed out
+within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
