@@ -170,34 +170,38 @@ class Tiers:
         count = (w0 >> 32) & 15
         number = (w0 >> 36) & _KIND_MASK
         epoch = self._epoch or 0  # set: the table holds a record
-        if key is None and count < self._table_hits and self._kinds[number] == (name, weight):
+        if key is None and self._kinds[number] == (name, weight):
             # The common case, without unpacking: the oldest hit is surely still live (its
-            # whole second is), and this one is the newest and packs exactly: append it.
+            # whole second is), so every held hit is: this one either reaches the threshold
+            # (a ban, whatever its time) or, the newest and packing exactly, is appended.
             payload = words[j + 1] | words[j + 2] << 64
             first = payload & _T0_MASK
             base = epoch + first // _MICRO
             if self.now - base < self._window:
-                width = self._width
-                shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
-                second = int(t)
-                micros = round((t - second) * _MICRO)
-                offset = (second - epoch) * _MICRO + micros - first
-                if (
-                    second + micros * 1e-6 == t
-                    and not offset >> width
-                    and (count == 1 or offset >= (payload >> (shift - width)) & ((1 << width) - 1))
-                ):
-                    count += 1
-                    score = count * weight
-                    if score >= self._threshold_units:
-                        table.remove_at(j)
-                        table.shrink_if_sparse()
-                        return {name: count}, score
-                    payload |= offset << shift
-                    words[j] = w0 + (1 << 32)
-                    words[j + 1] = payload & _M64
-                    words[j + 2] = payload >> 64
-                    return None
+                score = (count + 1) * weight
+                if score >= self._threshold_units:
+                    table.remove_at(j)
+                    table.shrink_if_sparse()
+                    return {name: count + 1}, score
+                if count < self._table_hits:
+                    width = self._width
+                    shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
+                    second = int(t)
+                    micros = round((t - second) * _MICRO)
+                    offset = (second - epoch) * _MICRO + micros - first
+                    if (
+                        second + micros * 1e-6 == t
+                        and not offset >> width
+                        and (
+                            count == 1
+                            or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
+                        )
+                    ):
+                        payload |= offset << shift
+                        words[j] = w0 + (1 << 32)
+                        words[j + 1] = payload & _M64
+                        words[j + 2] = payload >> 64
+                        return None
         times = self._unpack(w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96)
         table.remove_at(j)
         table.shrink_if_sparse()
