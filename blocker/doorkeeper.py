@@ -57,8 +57,13 @@ class Doorkeeper:
         """True when `key` was added within the last window (and rarely when it was not)."""
         newest = int(now // self._quantum) % 255 + 1
         cells = self._cells
-        for index in self._probes(key):
-            stamp = cells[index]
+        # _probes(), spelled out: asked for every new source under a flood
+        x = (key ^ (key >> 64) ^ (key >> 128)) & _M64
+        h1 = ((x * 0x9E3779B97F4A7C15) & _M64) >> 7
+        h2 = ((x ^ 0x5BD1E9955BD1E995) * 0xC2B2AE3D27D4EB4F) & _M64 | 1
+        mask = self._mask
+        for i in range(PROBES):
+            stamp = cells[(h1 + i * h2) & mask]
             # Fresh: written in this quantum or one of the QUANTA before it (mod 255).
             if stamp == 0 or (newest - stamp) % 255 > QUANTA:
                 return False

@@ -116,16 +116,17 @@ class Tiers:
     def add(self, addr: Address, entry: Entry) -> Reached | None:
         """One hit, live at self.now, of a source neither banned nor refused yet."""
         now, window = self.now, self._window
+        tracked = self._tracked  # empty under a storm of plain hits: no lookup then
         if isinstance(addr, IPv4Address):
             ip = int(addr)
-            state = self._tracked.get(ip)
+            state = tracked.get(ip) if tracked else None
             if state is None:
                 j = self._table.find(ip)
                 if j >= 0:
                     return self._climb_slot(addr, ip, j, entry)
         else:
             ip = int(addr) | _V6_TAG
-            state = self._tracked.get(ip)
+            state = tracked.get(ip) if tracked else None
         if state is None:
             packed = self._climbing.get(ip)
             if packed is not None:
