@@ -26,32 +26,29 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Final
 
-__all__ = ["KEY_MASK", "SLOT_WORDS", "PackedTable"]
+__all__ = ["GOLDEN", "KEY_MASK", "SLOT_WORDS", "PackedTable"]
 
 SLOT_WORDS: Final = 3
 KEY_MASK: Final = (1 << 32) - 1
 _M64: Final = (1 << 64) - 1
-_GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring keys
+GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring keys
 _MIN_SLOTS: Final = 1024
 
 
 class PackedTable:
-    __slots__ = ("_count", "_max_slots", "_slots", "words")
+    __slots__ = ("_count", "_max_slots", "slots", "words")
 
     def __init__(self, max_slots: int, slots: int = _MIN_SLOTS) -> None:
         if max_slots < 2 or slots < 2:
             raise ValueError(f"a table needs at least 2 slots, got {slots}, max {max_slots}")
         self._max_slots = max_slots
-        self._slots = min(slots, max_slots)
+        # Both read (never written) by a caller's inlined find(): the slot count, the words
+        self.slots = min(slots, max_slots)
         self._count = 0
-        self.words = array("Q", bytes(8 * SLOT_WORDS * self._slots))
+        self.words = array("Q", bytes(8 * SLOT_WORDS * self.slots))
 
     def __len__(self) -> int:
         return self._count
-
-    @property
-    def slots(self) -> int:
-        return self._slots
 
     @property
     def nbytes(self) -> int:
@@ -59,13 +56,13 @@ class PackedTable:
 
     def home(self, key: int) -> int:
         """The word index of the first slot probed for `key`."""
-        return (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        return (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
 
     def find(self, key: int) -> int:
         """The word index of `key`'s slot, or -1 when it is not held."""
         words = self.words
         end = len(words)
-        j = (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        j = (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
         while True:
             w0 = words[j]
             if not w0:
@@ -89,10 +86,10 @@ class PackedTable:
             raise ValueError(f"key {key} or value out of range")
         j = self.find(key)
         if j < 0:
-            if (self._count + 1) * 4 > self._slots * 3 and self._slots < self._max_slots:
-                self._resize(min(self._slots * 2, self._max_slots))
-            elif self._count + 1 >= self._slots:  # past max_slots only when full: never lose one
-                self._resize(self._slots * 2)
+            if (self._count + 1) * 4 > self.slots * 3 and self.slots < self._max_slots:
+                self._resize(min(self.slots * 2, self._max_slots))
+            elif self._count + 1 >= self.slots:  # past max_slots only when full: never lose one
+                self._resize(self.slots * 2)
             j = self._free_slot(key)
             self._count += 1
         words = self.words
@@ -104,14 +101,14 @@ class PackedTable:
         """put() for a key the caller knows is not held (0 < key < 2**32 and 0 <= value <
         2**160, unchecked): one probe run, to the first free slot."""
         count = self._count + 1
-        slots = self._slots
+        slots = self.slots
         if count * 4 > slots * 3 and slots < self._max_slots:
             self._resize(min(slots * 2, self._max_slots))
         elif count >= slots:
             self._resize(slots * 2)
         words = self.words
         end = len(words)
-        j = (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        j = (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
         while words[j]:
             j += SLOT_WORDS
             if j == end:
@@ -145,7 +142,7 @@ class PackedTable:
         run move back, so that every key stays reachable from its home slot."""
         words = self.words
         end = len(words)
-        slots = self._slots
+        slots = self.slots
         hole = j
         while True:
             j += SLOT_WORDS
@@ -154,7 +151,7 @@ class PackedTable:
             w0 = words[j]
             if not w0:
                 break
-            home = (((w0 & KEY_MASK) * _GOLDEN) & _M64) * slots >> 64
+            home = (((w0 & KEY_MASK) * GOLDEN) & _M64) * slots >> 64
             home *= SLOT_WORDS
             # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (hole < j and hole < home <= j) or (j < hole and (home <= j or home > hole)):
@@ -169,7 +166,7 @@ class PackedTable:
     def shrink_if_sparse(self) -> None:
         """Give back the room of a table that held many more than it holds now (under 1/8
         full: to half full).  Never called from within remove_if()."""
-        if self._count * 8 < self._slots and self._slots > _MIN_SLOTS:
+        if self._count * 8 < self.slots and self.slots > _MIN_SLOTS:
             self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
 
     def items(self) -> Iterator[tuple[int, int]]:
@@ -199,7 +196,7 @@ class PackedTable:
 
     def _resize(self, slots: int) -> None:
         old = self.words
-        self._slots = slots
+        self.slots = slots
         words = self.words = array("Q", bytes(8 * SLOT_WORDS * slots))
         end = len(words)
         # Word by word in C (islice copies nothing): the old array's words, slot by slot.
@@ -207,7 +204,7 @@ class PackedTable:
             islice(old, 0, None, 3), islice(old, 1, None, 3), islice(old, 2, None, 3), strict=True
         ):
             if w0:
-                j = (((w0 & KEY_MASK) * _GOLDEN) & _M64) * slots >> 64
+                j = (((w0 & KEY_MASK) * GOLDEN) & _M64) * slots >> 64
                 j *= SLOT_WORDS
                 while words[j]:
                     j += SLOT_WORDS
@@ -219,5 +216,5 @@ class PackedTable:
 
     def clear(self) -> None:
         self._count = 0
-        self._slots = min(_MIN_SLOTS, self._max_slots)
-        self.words = array("Q", bytes(8 * SLOT_WORDS * self._slots))
+        self.slots = min(_MIN_SLOTS, self._max_slots)
+        self.words = array("Q", bytes(8 * SLOT_WORDS * self.slots))
