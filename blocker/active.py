@@ -233,26 +233,48 @@ class ActiveBans(Mapping[Network, ActiveBan]):
             self._v6 -= 1
 
     def _rebuild(self) -> None:
-        """Drop dead entries and index the live ones anew, at most half full: the table's one
-        O(n) step, after at least n/3 insertions since the last one. Two live entries of one
-        key (a bulk restore's rows) keep the one that ends later (the later row on a tie)."""
-        while True:
-            if len(self._tag) != self._live:
-                live = array("B", map(bool, self._tag))
-                self._hi = array("Q", compress(self._hi, live))
-                self._lo = array("Q", compress(self._lo, live))
-                self._tag = array("H", compress(self._tag, live))
-                self._jail = array("H", compress(self._jail, live))
-                self._exp = array("d", compress(self._exp, live))
-                del live
-            self._live = len(self._tag)
-            if not self._index_all(max(_MIN_BITS, (2 * self._live + 2).bit_length())):
-                break  # no duplicate keys: the index, counts and filing are done
-            self._live = sum(map(bool, self._tag))  # duplicates were killed: compact again
+        """A new index at most half full for the live entries (a growth, or a table full of
+        tombstones): the table's one O(n) step, after at least n/3 insertions since the last
+        one. Entries stay where they are (no copy of the table at its biggest) unless a
+        quarter of them are dead: then the live ones are packed first."""
+        if (len(self._tag) - self._live) * 4 > len(self._tag):
+            self._compact()
+        self._index_all()
 
-    def _index_all(self, bits: int) -> int:
-        """Index every entry in a new index of 2**bits slots, then count and file them ->
-        how many duplicate entries were killed (then nothing was counted or filed)."""
+    def _compact(self) -> None:
+        """Drop dead entries (positions change: expiries are filed anew)."""
+        live = array("B", map(bool, self._tag))
+        self._hi = array("Q", compress(self._hi, live))
+        self._lo = array("Q", compress(self._lo, live))
+        self._tag = array("H", compress(self._tag, live))
+        self._jail = array("H", compress(self._jail, live))
+        self._exp = array("d", compress(self._exp, live))
+        del live
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Count the entries (all live) and file their expiries anew."""
+        self._live = len(self._tag)
+        self._v6 = sum(map((_FAMILY_BIT).__lt__, self._tag))  # IPv6 tags are 257..385
+        self._counts = [0] * len(self._names)
+        for number, count in Counter(self._jail).items():
+            self._counts[number] = count
+        due: dict[int, array[int]] = {}
+        for pos, expires in enumerate(self._exp):
+            if expires < math.inf:
+                bucket = int(expires // BUCKET)
+                filed = due.get(bucket)
+                if filed is None:
+                    filed = due[bucket] = array("I")
+                filed.append(pos)
+        self._due = due
+        self._buckets = sorted(due)  # a sorted list is a heap
+
+    def _index_all(self) -> int:
+        """Index every live entry in a new index -> how many duplicate entries it killed:
+        two live entries of one key (a bulk restore's rows) keep the one that ends later
+        (the later row on a tie). Counts and filing are the caller's."""
+        bits = max(_MIN_BITS, (2 * self._live + 2).bit_length())
         his, los, tags, exps = self._hi, self._lo, self._tag, self._exp
         index = array("i", [-1]) * (1 << bits)
         self._index, self._bits = index, bits
@@ -261,6 +283,8 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         killed = 0
         for pos in range(len(tags)):
             tag = tags[pos]
+            if not tag:
+                continue
             hi = his[pos]
             lo = los[pos]
             key = (((hi << 64) | lo) << 9) | (tag - 1)
@@ -279,23 +303,7 @@ class ActiveBans(Mapping[Network, ActiveBan]):
                         tags[pos] = 0
                     break
                 slot = (slot + 1) & mask
-        if killed:
-            return killed
-        self._v6 = sum(map((_FAMILY_BIT).__lt__, tags))  # IPv6 tags are 257..385
-        self._counts = [0] * len(self._names)
-        for number, count in Counter(self._jail).items():
-            self._counts[number] = count
-        due: dict[int, array[int]] = {}
-        for pos, expires in enumerate(exps):
-            if expires < math.inf:
-                bucket = int(expires // BUCKET)
-                filed = due.get(bucket)
-                if filed is None:
-                    filed = due[bucket] = array("I")
-                filed.append(pos)
-        self._due = due
-        self._buckets = sorted(due)  # a sorted list is a heap
-        return 0
+        return killed
 
     # -- lookups ---------------------------------------------------------------------------
     def _find(self, key: int) -> tuple[str, float] | None:
@@ -394,7 +402,11 @@ class ActiveBans(Mapping[Network, ActiveBan]):
             jails.append(number)
             exps.append(expires)
         self._live = len(tags)
-        self._rebuild()
+        if self._index_all():  # duplicates were killed: pack and index again
+            self._compact()
+            self._index_all()
+        else:
+            self._refresh()
         return unreadable
 
     def remove(self, target: Network) -> bool:
