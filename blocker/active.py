@@ -7,8 +7,10 @@ no ban is a Python object (issue 9 (d): blockerd under a storm of a million bans
 - the table stores it in flat arrays, as CPython's compact dict does: dense entries (network
   high and low 64 bits, family and prefix, jail number, expiry: 27 bytes) in the order they
   were first banned, and an open-addressing index of 4-byte positions into them (linear
-  probing on a Fibonacci hash of the key, at most 2/3 full). About 40 bytes a ban with its
-  expiry filing, where a dict of int keys and float expiries costs ~126;
+  probing, at most 2/3 full). About 43 bytes a ban with its expiry filing, where a dict of
+  int keys and float expiries with lists of keys per bucket cost ~120;
+- slots come from a per-process keyed hash of the key's bytes, so spoofed sources cannot be
+  chosen to pile into one slot (they can in a dict of int keys: an int hashes to itself);
 - an unban or an expiry only marks its entry dead; a growth or a table of mostly dead entries
   rebuilds index and entries in one pass (amortized: every rebuild follows as many changes);
 - a jail's count and the per-family counts are kept as the table changes, so they are O(1),
@@ -86,7 +88,6 @@ def _supernet_keys(address: Address) -> Iterator[int]:
 
 _FAMILY_BIT = 256  # set in the key of an IPv6 target (key_of)
 _M64 = (1 << 64) - 1
-_FIB = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing spreads keys' low bits
 _MIN_BITS = 3  # the smallest index: 8 slots
 _MAX_JAILS = 1 << 16  # jail numbers are array('H') items
 
@@ -142,7 +143,6 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         self._tag = array("H")  # 1 + (family bit | prefix length): the key's low 9 bits, + 1
         self._jail = array("H")  # jail number
         self._exp = array("d")  # expiry, wall-clock epoch; math.inf = permanent
-        self._bits = bits
         self._index = array("i", [-1]) * (1 << bits)  # hash slot -> entry position, -1 empty
         self._live = 0
         self._v6 = 0
@@ -159,7 +159,9 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         tag = (key & 0x1FF) + 1
         index, los, his, tags = self._index, self._lo, self._hi, self._tag
         mask = len(index) - 1
-        slot = ((hash(key) * _FIB) & _M64) >> (64 - self._bits)
+        # Slots from the hash of the key's bytes: SipHash keyed per process, so no one can pick
+        # sources that pile into one slot (an int hashes to itself mod 2**61 - 1: that they could).
+        slot = hash(key.to_bytes(18, "little")) & mask
         while True:
             pos = index[slot]
             if pos < 0:
@@ -277,9 +279,8 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         bits = max(_MIN_BITS, (2 * self._live + 2).bit_length())
         his, los, tags, exps = self._hi, self._lo, self._tag, self._exp
         index = array("i", [-1]) * (1 << bits)
-        self._index, self._bits = index, bits
+        self._index = index
         mask = (1 << bits) - 1
-        shift = 64 - bits
         killed = 0
         for pos in range(len(tags)):
             tag = tags[pos]
@@ -288,7 +289,7 @@ class ActiveBans(Mapping[Network, ActiveBan]):
             hi = his[pos]
             lo = los[pos]
             key = (((hi << 64) | lo) << 9) | (tag - 1)
-            slot = ((hash(key) * _FIB) & _M64) >> shift
+            slot = hash(key.to_bytes(18, "little")) & mask  # as in _probe()
             while True:
                 other = index[slot]
                 if other < 0:

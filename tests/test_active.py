@@ -202,9 +202,9 @@ def test_the_table_behaves_as_a_dict_of_bans(steps: list[tuple[str, int, str, fl
             assert bans.remove(target) == (target in model)
             model.pop(target, None)
         elif verb == "expire":
-            when = min(when, 1e9)  # the daemon's clock: never infinite
-            gone = {t for t, (_, e) in model.items() if e <= when}
-            assert bans.expire(when) == len(gone)
+            clock = min(when, 1e9)  # the daemon's clock: never infinite
+            gone = {t for t, (_, e) in model.items() if e <= clock}
+            assert bans.expire(clock) == len(gone)
             model = {t: v for t, v in model.items() if t not in gone}
         else:
             bans.clear()
@@ -376,3 +376,18 @@ def test_an_admin_ban_into_a_full_set_is_refused_with_the_reason(tmp_path: Path)
     assert n(ATTACKER) not in h.service.active
     assert h.state.active(NOW) == []
     h.state.close()
+
+
+def test_sources_whose_ints_hash_alike_do_not_pile_into_one_slot() -> None:
+    """An attacker picks spoofed sources: 2,000 whose keys are equal mod 2**61 - 1 (so equal
+    as Python int hashes) still spread over the index instead of making one probe chain."""
+    step = (1 << 61) - 1
+    targets = [IPv6Network((0x20010DB8 << 96 | k * step, 128)) for k in range(2000)]
+    assert len({hash(key_of(t)) for t in targets}) == 1
+    bans = ActiveBans()
+    for target in targets:
+        bans.set(target, "probes", 1e9)
+    taken = "".join("x" if pos >= 0 else "." for pos in bans._index)
+    longest = max(len(run) for run in (taken + "." + taken).split("."))  # wraps around
+    assert longest < 200
+    assert all(bans.expires(t) == 1e9 for t in targets)
