@@ -27,7 +27,7 @@ import heapq
 import math
 from array import array
 from collections import Counter
-from collections.abc import ItemsView, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from itertools import compress
@@ -99,29 +99,31 @@ class _Keyed(Mapping[int, float]):
         self._bans = bans
 
     def __getitem__(self, key: int) -> float:
-        pos = self._bans._position(key)
-        if pos < 0:
+        expires = self._bans.key_expiry(key)
+        if expires is None:
             raise KeyError(key)
-        return self._bans._exp[pos]
+        return expires
 
     def __iter__(self) -> Iterator[int]:
-        for key, _expires in self._bans._keyed_items():
+        for key, _expires in self._bans.keyed_items():
             yield key
 
     def __len__(self) -> int:
         return len(self._bans)
 
     def items(self) -> ItemsView[int, float]:
-        return _KeyedItems(self)
+        return _KeyedItems(self, self._bans.keyed_items)
 
 
 class _KeyedItems(ItemsView[int, float]):
-    def __init__(self, keyed: _Keyed) -> None:
+    """items() straight from the table's arrays, not a lookup per key."""
+
+    def __init__(self, keyed: _Keyed, walk: Callable[[], Iterator[tuple[int, float]]]) -> None:
         super().__init__(keyed)
-        self._keyed = keyed
+        self._walk = walk
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
-        return self._keyed._bans._keyed_items()
+        return self._walk()
 
 
 class ActiveBans(Mapping[Network, ActiveBan]):
@@ -175,7 +177,8 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         pos = self._probe(key)
         return pos if pos >= 0 else -1
 
-    def _keyed_items(self) -> Iterator[tuple[int, float]]:
+    def keyed_items(self) -> Iterator[tuple[int, float]]:
+        """(key, expiry) of every ban, in the order targets were first banned."""
         for hi, lo, tag, expires in zip(self._hi, self._lo, self._tag, self._exp, strict=True):
             if tag:
                 yield (((hi << 64) | lo) << 9) | (tag - 1), expires
@@ -307,6 +310,11 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         return killed
 
     # -- lookups ---------------------------------------------------------------------------
+    def key_expiry(self, key: int) -> float | None:
+        """The expiry of the ban of `key` (key_of), None when there is none."""
+        pos = self._position(key)
+        return None if pos < 0 else self._exp[pos]
+
     def _find(self, key: int) -> tuple[str, float] | None:
         pos = self._position(key)
         if pos < 0:
@@ -320,7 +328,7 @@ class ActiveBans(Mapping[Network, ActiveBan]):
         return ActiveBan(target, found[0], found[1])
 
     def __iter__(self) -> Iterator[Network]:
-        for key, _expires in self._keyed_items():
+        for key, _expires in self.keyed_items():
             yield target_of(key)
 
     def __len__(self) -> int:
@@ -350,7 +358,7 @@ class ActiveBans(Mapping[Network, ActiveBan]):
 
     def entries(self, family: int | None = None) -> Iterator[tuple[Network, float]]:
         """(target, expiry) of every ban, or of one IP version's."""
-        for key, expires in self._keyed_items():
+        for key, expires in self.keyed_items():
             if family is None or (6 if key & _FAMILY_BIT else 4) == family:
                 yield target_of(key), expires
 
