@@ -1,6 +1,6 @@
 """`list` of a million bans against ban latency (issue 10, part 4). Root; prints figures only.
 
-    sudo .venv/bin/python bench/bench_list.py [--entries 1000000] [--blockerd PATH]
+    sudo .venv/bin/python bench/bench_list.py [--entries 1000000] [--blockerd PATH] [--baseline 50]
 
 In a fresh network namespace a real blockerd (real ipset backend) follows a scratch kern.log.
 Its IPv6 set is filled with --entries entries (2001:db8::/32 networks, `ipset restore`), then a
@@ -129,7 +129,10 @@ def summary(latencies: list[float]) -> str:
     ms = sorted(x * 1000 for x in latencies)
     if not ms:
         return "none measured"
-    return f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, max {ms[-1]:.1f} ms"
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return (
+        f"{len(ms)} bans: p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
+    )
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -146,6 +149,12 @@ def main() -> int:
         "--blockerd",
         default=str(Path(sys.executable).parent / "blockerd"),
         help="blockerd to run, or a checkout's directory (run with its code)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=int,
+        default=50,
+        help="bans measured before the list (of 508 addresses; the rest go during it)",
     )
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,7 +183,7 @@ def main() -> int:
                 f"filled   {args.entries:,} entries into bl6-{tag} in {filled:.1f} s "
                 "(ipset restore)"
             )
-            before = ban_latencies(work / "kern.log", tag, pool[:50])
+            before = ban_latencies(work / "kern.log", tag, pool[: args.baseline])
             print(f"before   ban latency, no list running: {summary(before)}")
             listed: dict[str, float] = {}
             done = threading.Event()
@@ -189,7 +198,7 @@ def main() -> int:
 
             thread = threading.Thread(target=lister)
             thread.start()
-            during = ban_latencies(work / "kern.log", tag, pool[50:], until=done)
+            during = ban_latencies(work / "kern.log", tag, pool[args.baseline :], until=done)
             thread.join()
             print(
                 f"list     {listed.get('rows', 0):,.0f} rows, {listed.get('bytes', 0) / 1e6:.0f}"

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, NotRequired, Protocol, Self, TypedDict, TypeVar
 
 from blocker.config import ConfigError, duration
 
@@ -170,23 +170,44 @@ def _duration(raw: object) -> float | None:
 
 class JailStatus(TypedDict):
     filters: list[str]
-    source: str  # 'kind:path', see service.source_label
+    source: str  # 'kind:path', see running_jails.source_label
     hits: dict[str, int]  # per filter, only those with hits
     tracked: int
     active_bans: int
-    scorer: dict[str, int]  # the scorer's counters
+    refused_bans: int  # bans the kernel refused since start
+    last_ban: str | None  # iso_time
+    scorer: dict[str, int | bool]  # the scorer's counters
+
+
+class SetStatus(TypedDict):
+    name: str
+    entries: int
+    capacity: int | None  # the kernel set's maxelem, when the backend has one
+
+
+class FirewallChecks(TypedDict):
+    ok: bool  # the last rule and set check succeeded
+    failures: int
+    repairs: dict[str, int]  # set, rule, duplicate_rule
 
 
 class StatusReply(TypedDict):
+    version: str
     uptime: float
     lines: int
     parsed: int
     unparsed: int
     malformed: int
     active_bans: int
+    refused_bans: int
+    spared_live_peers: int
+    conntrack: str  # "off", "ok", or why conntrack cannot be asked
     jails: dict[str, JailStatus]
     sources: list[dict[str, object]]  # one per source: its own health fields
     firewall: object  # the backend's own status, or {"error": why}
+    sets: dict[str, SetStatus]  # "ipv4", "ipv6"
+    firewall_checks: FirewallChecks
+    fleet: NotRequired[dict[str, object]]  # the fleet link's report, on a host in a fleet
 
 
 class ListedBan(TypedDict):
@@ -194,6 +215,7 @@ class ListedBan(TypedDict):
 
     target: str
     jail: str
+    origin: str  # auto, manual, fleet:HOST; "" when the state does not know the entry
     expires: str | None  # iso_time; None = permanent
     remaining: int | None  # seconds; None = permanent
     reason: str
@@ -203,12 +225,23 @@ class CoveringBan(TypedDict):
     target: str
     jail: str
     reason: str
+    origin: str
     expires: str | None
+
+
+class SparedBan(TypedDict):
+    """A ban spare_live_peers refused: the target held a live connection."""
+
+    target: str
+    jail: str
+    at: str  # iso_time
+    reason: str
 
 
 class ExplainReply(TypedDict):
     address: str
     banned_by: list[CoveringBan]
+    spared: list[SparedBan]
     refusal: str | None  # why it may never be banned, or None
     jails: dict[str, dict[str, object]]  # per jail: the scorer's account of the address
 
@@ -220,3 +253,27 @@ class Streamed:
 
     def __init__(self, batches: Iterator[Sequence[object]]) -> None:
         self.batches = batches
+
+
+# -- the dispatch table -----------------------------------------------------------------------
+
+
+class Parsed(Protocol):
+    """A request type: its command name, and how a raw message becomes one."""
+
+    command: ClassVar[str]
+
+    @classmethod
+    def from_message(cls, message: Message) -> Self: ...
+
+
+R = TypeVar("R", bound=Parsed)
+
+
+def route(
+    kind: type[R], run: Callable[[R, float], object], clock: Callable[[], float]
+) -> tuple[str, Handler]:
+    """One entry of a dispatch table: command name -> a handler that parses the raw message
+    into `kind` (a malformed one is a RequestError before any command runs), then calls
+    `run` with the request and the time of the call."""
+    return kind.command, lambda message: run(kind.from_message(message), clock())

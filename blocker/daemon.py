@@ -19,17 +19,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from blocker.activity import SourceKey
 from blocker.config import Config, ConfigError, load_config
 from blocker.control import DEFAULT_SOCKET, ControlServer
 from blocker.firewall.factory import make_backend
 from blocker.fleet.daemon_side import FleetWiring
+from blocker.fleet.events import FleetEvent
 from blocker.host import host_addresses
 from blocker.journal import journal_handler
 from blocker.live_peers import ConntrackError, LivePeers
 from blocker.metrics import Metrics, behind_bytes
 from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
-from blocker.service import Service, SourceKey, source_label
+from blocker.running_jails import source_label
+from blocker.service import Service
 from blocker.sources import NflogSource, Source, SourceError, open_source
 from blocker.sources.rsyslog_guard import unguarded_reason
 from blocker.state import State, StateError
@@ -126,6 +129,14 @@ class Daemon:
         self.source_errors: dict[SourceKey, str] = {}
         self._guard_warned: dict[str, str] = {}
         self._source_levels: dict[SourceKey, frozenset[int]] = {}
+        # The fleet first: its role and health go into the Service; its remote bans go to the
+        # Service's ledger, through apply_remote, once both exist.
+        self.fleet = (
+            FleetWiring.open(config, self.state, self._apply_remote, self._wake)
+            if config.fleet.url
+            else None
+        )
+        self.metrics: Metrics | None = None  # started in run(); observes bans from then on
         self.service = Service(
             config,
             self.state,
@@ -135,6 +146,9 @@ class Daemon:
             reload_config=lambda: load_config(Path(args.config)),
             live_peers=_open_live_peers(),
             source_health=self._source_health,
+            fleet=self.fleet.role if self.fleet is not None else None,
+            fleet_health=self.fleet.health if self.fleet is not None else None,
+            after_ban=self._observe_bans,
         )
         self.control = ControlServer(
             args.socket, self.selector, lambda: self.service.handlers(time.time)
@@ -143,15 +157,8 @@ class Daemon:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
-        self.fleet = (
-            FleetWiring.open(config, self.state, self.service, self._wake)
-            if config.fleet.url
-            else None
-        )
         self.stopping = False
         self.reload_requested = False
-        # Started in run(); its HTTP thread reads what this thread counts, takes no lock.
-        self.metrics: Metrics | None = None
         self._textfile_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -243,6 +250,15 @@ class Daemon:
         with self.state.transaction():
             self.fleet.turn()
         self.fleet.hand_outbox()
+
+    def _apply_remote(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
+        return self.service.apply_remote(events, now)
+
+    def _observe_bans(self, read_at: float, bans: int) -> None:
+        """The kernel took `bans` bans of lines read at `read_at`: the latency histogram.
+        The metrics' HTTP thread reads what this thread counts, and takes no lock."""
+        if self.metrics is not None:
+            self.metrics.observe_bans(read_at, bans)
 
     def _wake(self) -> None:
         """Called from the fleet's threads: make select() return."""

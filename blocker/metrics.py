@@ -37,9 +37,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from blocker.activity import SourceKey
 from blocker.config import MetricsConfig
 from blocker.firewall.base import Backend
-from blocker.service import Service, SourceKey, source_label
+from blocker.running_jails import source_label
+from blocker.service import Service
 from blocker.version import version
 
 # Ban latency (line read -> kernel ack) buckets: a healthy daemon answers in milliseconds.
@@ -257,7 +259,6 @@ class Metrics:
         self.registry.register(BlockerCollector(service, sources, clock))
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)  # RSS, CPU, fds; Python version; GC
-        service.after_ban = self.observe_bans
         service.state.on_commit = self.commit_time.observe
         self._server: ThreadingHTTPServer | None = None
         self._collect_lock = threading.Lock()  # HTTP threads only; the daemon never takes it

@@ -17,9 +17,9 @@ import pytest
 from fakes.backend import FakeBackend
 from hypothesis import given
 from hypothesis import strategies as st
-from test_service import ATTACKER, NOW, Harness, decision, n, synacks
+from test_service import ATTACKER, NOW, Harness, ask, decision, n, synacks
 
-from blocker import service as service_module
+from blocker import ban_ledger
 from blocker.active import BUCKET, ActiveBan, ActiveBans, key_of, key_of_text, target_of
 from blocker.control import RequestError
 from blocker.records import Network, network_text
@@ -242,7 +242,7 @@ def test_restart_with_many_bans_restores_them_in_few_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch = 1000  # RESTORE_BATCH at a size that runs in a second
-    monkeypatch.setattr(service_module, "RESTORE_BATCH", batch)
+    monkeypatch.setattr(ban_ledger, "RESTORE_BATCH", batch)
     count = 2 * batch + 123
     harness = Harness(tmp_path)
     targets = fill_state(harness, count, NOW + 3600)
@@ -274,13 +274,13 @@ def test_with_many_bans_nothing_else_walks_them_all(
     harness.feed(synacks(ATTACKER, NOW))  # a new ban
     assert service.active[n(ATTACKER)].jail == "probes"
     service.tick(NOW + 1)
-    status = service.cmd_status({}, NOW + 1)
+    status = ask(service, "status", {}, NOW + 1)
     assert status["active_bans"] == 5001
     victim = targets[7]
-    explained = service.cmd_explain({"address": str(victim.network_address)}, NOW + 1)
+    explained = ask(service, "explain", {"address": str(victim.network_address)}, NOW + 1)
     banned_by = cast(list[dict[str, str]], explained["banned_by"])
     assert [b["target"] for b in banned_by] == [network_text(victim)]
-    service.cmd_unban({"target": network_text(victim)}, NOW + 1)
+    ask(service, "unban", {"target": network_text(victim)}, NOW + 1)
     assert victim not in service.active
     service.prune(NOW + 1)
     harness.state.close()
@@ -324,18 +324,18 @@ def test_a_refused_ban_is_not_active_and_a_later_decision_bans_again(
     assert n(ATTACKER) not in h.service.active
     assert n(ATTACKER) not in h.backend.table
     assert [r.target for r in h.state.active(NOW)] == [n("198.51.100.7")]
-    explained = h.service.cmd_explain({"address": ATTACKER}, NOW)
+    explained = ask(h.service, "explain", {"address": ATTACKER}, NOW)
     assert explained["banned_by"] == []
-    assert explained["jails"]["probes"]["banned_until"] is None  # type: ignore[index]
+    assert explained["jails"]["probes"]["banned_until"] is None
     # its next lines count again (not "while banned") and ban it once there is room
     h.backend.capacity = 2
     again = h.feed(synacks(ATTACKER, NOW + 10), now=NOW + 10)
     assert [d.target for d in again] == [n(ATTACKER)]
     assert n(ATTACKER) in h.backend.table
     assert h.service.active[n(ATTACKER)].jail == "probes"
-    status = h.service.cmd_status({}, NOW + 10)
+    status = ask(h.service, "status", {}, NOW + 10)
     assert status["refused_bans"] == 1
-    assert status["jails"]["probes"]["refused_bans"] == 1  # type: ignore[index]
+    assert status["jails"]["probes"]["refused_bans"] == 1
     h.state.close()
 
 
@@ -359,7 +359,7 @@ def test_refusals_are_logged_once_per_interval_and_counted(
 
 def test_a_refused_refresh_keeps_the_ban_the_kernel_still_holds(tmp_path: Path) -> None:
     h = full_harness(tmp_path, capacity=10)
-    h.service.cmd_ban({"target": ATTACKER, "duration": 60}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": 60}, NOW)
     h.backend.fail = "netlink socket timed out"  # the whole batch fails
     h.service.apply([decision(ATTACKER, NOW, 3600)], NOW)
     h.backend.fail = None
@@ -372,7 +372,7 @@ def test_a_refused_refresh_keeps_the_ban_the_kernel_still_holds(tmp_path: Path) 
 def test_an_admin_ban_into_a_full_set_is_refused_with_the_reason(tmp_path: Path) -> None:
     h = full_harness(tmp_path, capacity=0)
     with pytest.raises(RequestError, match="set is full"):
-        h.service.cmd_ban({"target": ATTACKER}, NOW)
+        ask(h.service, "ban", {"target": ATTACKER}, NOW)
     assert n(ATTACKER) not in h.service.active
     assert h.state.active(NOW) == []
     h.state.close()

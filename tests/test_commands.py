@@ -19,6 +19,7 @@ from blocker.commands import (
     StatusRequest,
     UnbanRequest,
     iso_time,
+    route,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,8 +83,62 @@ def test_times_in_replies_are_utc_and_a_bad_one_says_so() -> None:
     assert iso_time(math.inf) == "invalid-time"
 
 
-def test_the_service_knows_neither_the_transport_nor_replay() -> None:
-    tree = ast.parse((REPO / "blocker" / "service.py").read_text())
+SERVICE_MODULES = (
+    "service.py",
+    "running_jails.py",
+    "ban_ledger.py",
+    "live_peer_sparing.py",
+    "fleet_role.py",
+    "admin_commands.py",
+    "activity.py",
+)
+
+
+@pytest.mark.parametrize("module", SERVICE_MODULES)
+def test_the_service_knows_neither_the_transport_nor_replay(module: str) -> None:
+    tree = ast.parse((REPO / "blocker" / module).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported.isdisjoint({"blocker.control", "blocker.replay"})
+
+
+def test_the_service_parses_requests_with_commands_py() -> None:
+    tree = ast.parse((REPO / "blocker" / "service.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "blocker.commands" in imported
+
+
+def test_a_route_parses_the_message_before_its_handler_runs() -> None:
+    seen: list[tuple[BanRequest, float]] = []
+
+    def ban(request: BanRequest, now: float) -> str:
+        seen.append((request, now))
+        return "banned"
+
+    name, handler = route(BanRequest, ban, lambda: 5.0)
+    assert name == "ban"
+    with pytest.raises(RequestError, match="give an address"):
+        handler({"cmd": "ban", "target": 7})
+    assert seen == []
+    assert handler({"cmd": "ban", "target": "203.0.113.7", "duration": "1h"}) == "banned"
+    assert seen == [(BanRequest("203.0.113.7", 3600.0), 5.0)]
+
+
+def test_nothing_patches_the_service_after_construction() -> None:
+    """Its collaborators (fleet role and health, ban latency, source health) are constructor
+    arguments: no module assigns to `service.x` or `self.service.x`."""
+    patched = []
+    for path in sorted((REPO / "blocker").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                if isinstance(target, ast.Attribute) and (
+                    (isinstance(target.value, ast.Name) and target.value.id == "service")
+                    or (isinstance(target.value, ast.Attribute) and target.value.attr == "service")
+                ):
+                    patched.append(f"{path.name}:{node.lineno}: {ast.unparse(target)}")
+    assert patched == []

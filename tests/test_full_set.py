@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from netns import Namespace, namespace
 from test_firewall_ipset import kernel_entries
-from test_service import CONFIG, HOST4, HOST6, NOW, synacks
+from test_service import CONFIG, HOST4, HOST6, NOW, ask, synacks
 
 from blocker.config import load_config
 from blocker.firewall.ipset import IpsetBackend
@@ -68,12 +68,12 @@ def test_a_full_set_refuses_new_bans_keeps_its_own_and_bans_again_with_room(
         assert set(kernel_entries(ns, set4)) == set(FIRST)  # ... refused, the others kept
         assert {str(b.network_address) for b in service.active} == set(FIRST)
         assert {str(r.target.network_address) for r in state.active(NOW)} == set(FIRST)
-        explained = service.cmd_explain({"address": LATE}, NOW)
+        explained = ask(service, "explain", {"address": LATE}, NOW)
         assert explained["banned_by"] == []
-        assert explained["jails"]["probes"]["banned_until"] is None  # type: ignore[index]
-        status = service.cmd_status({}, NOW)
+        assert explained["jails"]["probes"]["banned_until"] is None
+        status = ask(service, "status", {}, NOW)
         assert status["refused_bans"] == 1
-        assert status["firewall"]["sets"]["ipv4"] == {  # type: ignore[index]
+        assert status["firewall"]["sets"]["ipv4"] == {
             "name": set4,
             "present": True,
             "entries": 3,
@@ -85,11 +85,11 @@ def test_a_full_set_refuses_new_bans_keeps_its_own_and_bans_again_with_room(
         assert "set is full" in refusals[0]
 
         # A present entry is still refreshed in a full set.
-        assert "banned" in service.cmd_ban({"target": FIRST[0], "duration": 7200}, NOW)
+        assert "banned" in ask(service, "ban", {"target": FIRST[0], "duration": 7200}, NOW)
         assert kernel_entries(ns, set4)[FIRST[0]] > 3600
 
         # With room again, LATE's next offence bans it (its score started over).
-        service.cmd_unban({"target": FIRST[1]}, NOW + 1)
+        ask(service, "unban", {"target": FIRST[1]}, NOW + 1)
         assert service.handle_lines(KEY, synacks(LATE, NOW + 10, count=4), NOW + 10) == []
         again = service.handle_lines(KEY, synacks(LATE, NOW + 11, count=1), NOW + 11)
         assert [str(d.target.network_address) for d in again] == [LATE]

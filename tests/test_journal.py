@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from fakes.backend import FakeBackend
 from loglines import BASE, synack
+from test_service import ask
 
 from blocker.config import load_config
 from blocker.journal import JournalHandler, journal_fields
@@ -125,8 +126,8 @@ def test_a_batch_of_bans_is_one_entry_per_ban_with_its_fields(
 
 def test_admin_ban_and_unban_carry_their_fields(tmp_path: Path, journal: Sent) -> None:
     svc = service(tmp_path)
-    svc.cmd_ban({"target": "198.51.100.9", "duration": "1h"}, NOW)
-    svc.cmd_unban({"target": "198.51.100.9"}, NOW + 1)
+    ask(svc, "ban", {"target": "198.51.100.9", "duration": "1h"}, NOW)
+    ask(svc, "unban", {"target": "198.51.100.9"}, NOW + 1)
     actions = [
         (f.get("BLOCKER_ACTION"), f.get("BLOCKER_ORIGIN"), f.get("BLOCKER_DURATION"))
         for _, f in journal.entries

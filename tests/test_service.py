@@ -11,16 +11,27 @@ import math
 from collections.abc import Iterable, Iterator
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from fakes.backend import FakeBackend
 from loglines import BASE, syn, synack
 
+from blocker.admin_commands import LIST_SLICE
+from blocker.commands import (
+    CoveringBan,
+    ExplainReply,
+    FirewallChecks,
+    JailStatus,
+    ListedBan,
+    SetStatus,
+    StatusReply,
+)
 from blocker.config import Config, load_config
 from blocker.control import RequestError, Streamed
 from blocker.firewall.base import Repair
 from blocker.pipeline import MAX_LINE
-from blocker.records import Decision, Network
+from blocker.records import Decision, Network, network_text
 from blocker.service import Service
 from blocker.sources.base import SourceLine
 from blocker.state import State
@@ -67,12 +78,29 @@ def synacks(src: str, end: float, count: int = 5) -> list[SourceLine]:
     return [SourceLine(synack(src, at=end - count + 1 + i), None) for i in range(count)]
 
 
+def ask(service: Service, command: str, message: dict[str, object], now: float) -> Any:
+    """`command` as the control socket hands it over: a raw message through the service's
+    dispatch table (parsed into its request type there), at time `now`."""
+    return service.handlers(lambda: now)[command]({"cmd": command, **message})
+
+
+def listed(service: Service, now: float) -> list[dict[str, Any]]:
+    """Every row `list` streams, in blockerctl's order (by address)."""
+    streamed = ask(service, "list", {}, now)
+    assert isinstance(streamed, Streamed)
+    rows = [cast(dict[str, Any], row) for batch in streamed.batches for row in batch]
+    return sorted(rows, key=lambda row: (n(row["target"]).version, n(row["target"])))
+
+
 class Harness:
-    def __init__(self, tmp_path: Path, config_text: str = CONFIG) -> None:
+    def __init__(self, tmp_path: Path, config_text: str = CONFIG, **parts: Any) -> None:
+        """`parts`: the Service's collaborators (fleet, live_peers, source_health...), kept
+        for every restart."""
         self.config_path = write_config(tmp_path / "jails.toml", config_text)
         self.state_dir = tmp_path / "state"
         self.state = State(self.state_dir)
         self.backend = FakeBackend()
+        self.parts = parts
         self.service = self.make_service(self.state, self.backend)
 
     def make_service(self, state: State, backend: FakeBackend) -> Service:
@@ -82,6 +110,7 @@ class Harness:
             backend,
             own_addresses=(ip_address(HOST4), ip_address(HOST6)),
             reload_config=self.load,
+            **self.parts,
         )
 
     def load(self) -> Config:
@@ -235,7 +264,7 @@ def test_garbage_lines_do_not_disturb_scoring(h: Harness) -> None:
     ]
     h.feed(garbage + synacks(ATTACKER, NOW))
     assert h.backend.banned_targets == [n(ATTACKER)]
-    status = h.service.cmd_status({}, NOW)
+    status = ask(h.service, "status", {}, NOW)
     assert status["lines"] == 10
     assert status["parsed"] == 5
 
@@ -297,8 +326,8 @@ def test_restart_restores_a_ban_and_its_mark(h: Harness) -> None:
     h.restart(later)
     assert h.backend.ban_batches == [[(n(ATTACKER), 540.0)]]
     assert h.feed(synacks(ATTACKER, later), now=later) == []
-    listed = h.service.cmd_list({}, later)
-    assert [(r["target"], r["jail"]) for r in listed] == [(ATTACKER, "probes")]
+    rows = listed(h.service, later)
+    assert [(r["target"], r["jail"]) for r in rows] == [(ATTACKER, "probes")]
 
 
 def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
@@ -342,8 +371,8 @@ def test_restart_keeps_ban_time_growth(h: Harness) -> None:
 
 
 def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": "permanent"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER, "duration": 3600}, NOW + 1)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": "permanent"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": 3600}, NOW + 1)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
     h.restart(NOW + 2)
     assert h.service.active[n(ATTACKER)].expires == NOW + 3601
@@ -354,7 +383,7 @@ def test_restart_keeps_an_admins_shortened_ban(h: Harness) -> None:
 
 def test_tick_re_adds_active_bans_of_a_recreated_set(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW) + synacks(ATTACKER6, NOW))
-    h.service.cmd_ban({"target": "198.51.100.128/25", "duration": "permanent"}, NOW)
+    ask(h.service, "ban", {"target": "198.51.100.128/25", "duration": "permanent"}, NOW)
     h.backend.ban_batches.clear()
     h.backend.repairs = [Repair(sets_recreated=(4,))]
     h.service.tick(NOW + 100)
@@ -388,7 +417,7 @@ def test_tick_survives_a_failing_check(h: Harness, caplog: pytest.LogCaptureFixt
 
 
 def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": ATTACKER}, NOW)
+    text = ask(h.service, "ban", {"target": ATTACKER}, NOW)
     assert text == f"banned {ATTACKER} for 600s (jail probes)"
     assert h.backend.ban_batches == [[(n(ATTACKER), 600.0)]]
     row = h.state.active(NOW)[0]
@@ -396,7 +425,9 @@ def test_ban_an_address_with_the_first_jails_ban_time(h: Harness) -> None:
 
 
 def test_ban_a_network_in_another_jail_for_a_duration(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": "203.0.113.0/24", "jail": "scans", "duration": "2h"}, NOW)
+    text = ask(
+        h.service, "ban", {"target": "203.0.113.0/24", "jail": "scans", "duration": "2h"}, NOW
+    )
     assert text == "banned 203.0.113.0/24 for 7200s (jail scans)"
     assert h.backend.ban_batches == [[(n("203.0.113.0/24"), 7200.0)]]
     assert h.service.active[n("203.0.113.0/24")].jail == "scans"
@@ -407,30 +438,30 @@ def test_ban_a_network_in_another_jail_for_a_duration(h: Harness) -> None:
     [(90, 90.0), ("90s", 90.0), ("10m", 600.0), ("1h", 3600.0), ("7d", 604800.0), (1.5, 1.5)],
 )
 def test_ban_durations(h: Harness, given: object, seconds: float) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": given}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": given}, NOW)
     assert h.backend.ban_batches == [[(n(ATTACKER), seconds)]]
 
 
 def test_permanent_ban(h: Harness) -> None:
-    text = h.service.cmd_ban({"target": ATTACKER6, "duration": "permanent"}, NOW)
+    text = ask(h.service, "ban", {"target": ATTACKER6, "duration": "permanent"}, NOW)
     assert text == f"banned {ATTACKER6} permanently (jail probes)"
     assert h.backend.table == {n(ATTACKER6): math.inf}
     assert h.state.active(NOW + 1e9)[0].expires == math.inf
-    assert h.service.cmd_list({}, NOW)[0]["expires"] is None
+    assert listed(h.service, NOW)[0]["expires"] is None
 
 
 def test_a_manual_ban_marks_the_target_in_every_jail(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "jail": "scans"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "jail": "scans"}, NOW)
     assert h.feed(synacks(ATTACKER, NOW + 5), now=NOW + 5) == []
-    explained = h.service.cmd_explain({"address": ATTACKER}, NOW + 5)
+    explained = ask(h.service, "explain", {"address": ATTACKER}, NOW + 5)
     banned_by = explained["banned_by"]
     assert isinstance(banned_by, list)
     assert [b["jail"] for b in banned_by] == ["scans"]
 
 
 def test_a_manual_ban_replaces_a_longer_one(h: Harness) -> None:
-    h.service.cmd_ban({"target": ATTACKER, "duration": "1d"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER, "duration": "1m"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": "1d"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER, "duration": "1m"}, NOW)
     assert h.backend.table == {n(ATTACKER): 60.0}
     assert h.service.active[n(ATTACKER)].expires == NOW + 60
 
@@ -455,7 +486,7 @@ def test_a_manual_ban_replaces_a_longer_one(h: Harness) -> None:
 )
 def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_ban(message, NOW)
+        ask(h.service, "ban", message, NOW)
     assert error in str(info.value)
     assert h.backend.ban_batches == []
     assert h.state.active(NOW) == []
@@ -487,7 +518,7 @@ def test_ban_errors(h: Harness, message: dict[str, object], error: str) -> None:
 )
 def test_ban_refusals(h: Harness, target: str, why: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_ban({"target": target}, NOW)
+        ask(h.service, "ban", {"target": target}, NOW)
     assert str(info.value).startswith("refusing to ban ")
     assert why in str(info.value)
     assert h.backend.ban_batches == []
@@ -496,12 +527,12 @@ def test_ban_refusals(h: Harness, target: str, why: str) -> None:
 @pytest.mark.parametrize("target", ["169.0.0.0/8", "128.0.0.0/2"])
 def test_ban_refuses_networks_with_special_addresses_inside(h: Harness, target: str) -> None:
     with pytest.raises(RequestError, match="refusing to ban"):
-        h.service.cmd_ban({"target": target}, NOW)
+        ask(h.service, "ban", {"target": target}, NOW)
 
 
 def test_ban_with_a_huge_integer_duration_is_an_error(h: Harness) -> None:
     with pytest.raises(RequestError, match="duration"):
-        h.service.cmd_ban({"target": ATTACKER, "duration": 10**400}, NOW)
+        ask(h.service, "ban", {"target": ATTACKER, "duration": 10**400}, NOW)
 
 
 @pytest.mark.parametrize(
@@ -510,7 +541,7 @@ def test_ban_with_a_huge_integer_duration_is_an_error(h: Harness) -> None:
 def test_ban_reports_a_ban_the_firewall_refused(h: Harness, target: str, fail: str | None) -> None:
     h.backend.fail = fail
     with pytest.raises(RequestError):
-        h.service.cmd_ban({"target": target}, NOW)
+        ask(h.service, "ban", {"target": target}, NOW)
 
 
 # -- cmd_unban ----------------------------------------------------------------------------
@@ -520,7 +551,7 @@ def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     # Four more stray packets before the unban: they must not count afterwards.
     h.feed(synacks(ATTACKER, NOW + 10, count=4), now=NOW + 10)
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW + 20)
+    text = ask(h.service, "unban", {"target": ATTACKER}, NOW + 20)
     assert text == f"unbanned {ATTACKER}"
     assert h.backend.unban_batches == [[n(ATTACKER)]]
     assert h.backend.table == {}
@@ -534,7 +565,7 @@ def test_unban_lifts_kernel_entry_state_and_score(h: Harness) -> None:
 
 def test_unban_resets_the_score_so_a_stray_packet_does_not_ban(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW, count=4))
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW)
+    text = ask(h.service, "unban", {"target": ATTACKER}, NOW)
     assert text == f"unbanned {ATTACKER} (it was not banned)"
     assert h.feed([SourceLine(synack(ATTACKER, at=NOW + 1), None)], now=NOW + 1) == []
     assert h.backend.ban_batches == []
@@ -545,9 +576,9 @@ def test_unban_resets_the_score_so_a_stray_packet_does_not_ban(h: Harness) -> No
 
 
 def test_unban_tells_about_a_covering_subnet_ban(h: Harness) -> None:
-    h.service.cmd_ban({"target": "203.0.113.0/24"}, NOW)
-    h.service.cmd_ban({"target": ATTACKER}, NOW)
-    text = h.service.cmd_unban({"target": ATTACKER}, NOW + 1)
+    ask(h.service, "ban", {"target": "203.0.113.0/24"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER}, NOW)
+    text = ask(h.service, "unban", {"target": ATTACKER}, NOW + 1)
     assert text == f"unbanned {ATTACKER}; still covered by the ban of 203.0.113.0/24"
 
 
@@ -561,7 +592,7 @@ def test_unban_tells_about_a_covering_subnet_ban(h: Harness) -> None:
 )
 def test_unban_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_unban(message, NOW)
+        ask(h.service, "unban", message, NOW)
     assert error in str(info.value)
 
 
@@ -569,7 +600,7 @@ def test_unban_with_a_failing_firewall_keeps_the_ban(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
     h.backend.fail = "netlink says no"
     with pytest.raises(RequestError, match=r"cannot unban 203\.0\.113\.66: netlink says no"):
-        h.service.cmd_unban({"target": ATTACKER}, NOW)
+        ask(h.service, "unban", {"target": ATTACKER}, NOW)
     assert set(h.service.active) == {n(ATTACKER)}
     assert len(h.state.active(NOW)) == 1
 
@@ -579,10 +610,15 @@ def test_unban_with_a_failing_firewall_keeps_the_ban(h: Harness) -> None:
 
 def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.service.cmd_ban({"target": "2001:db8:77::/48", "duration": "permanent", "jail": "scans"}, NOW)
+    ask(
+        h.service,
+        "ban",
+        {"target": "2001:db8:77::/48", "duration": "permanent", "jail": "scans"},
+        NOW,
+    )
     h.backend.table[n("198.51.100.200")] = 30.0  # someone else's entry in our set
     del h.backend.table[n(ATTACKER)]  # an admin deleted it with `ipset del`
-    rows = h.service.cmd_list({}, NOW)
+    rows = listed(h.service, NOW)
     assert rows == [
         {
             "target": "198.51.100.200",
@@ -607,25 +643,32 @@ def test_list_comes_from_the_backend_with_the_jail_from_state(h: Harness) -> Non
 def test_list_with_a_failing_firewall_is_an_error(h: Harness) -> None:
     h.backend.fail = "no sets"
     with pytest.raises(RequestError, match="cannot read the kernel sets: no sets"):
-        h.service.cmd_list({}, NOW)
+        listed(h.service, NOW)
 
 
-def test_list_on_the_socket_is_streamed_with_the_same_rows(h: Harness) -> None:
+def test_list_on_the_socket_is_streamed_a_slice_at_a_time(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.backend.table[n("198.51.100.200")] = 30.0
-    streamed = h.service.handlers(lambda: NOW)["list"]({"cmd": "list"})
+    others = [n(f"198.51.100.{i}") for i in range(100, 250)] + [
+        n(f"2001:db8:99::{i:x}") for i in range(150)
+    ]
+    h.backend.table.update(dict.fromkeys(others, 30.0))
+    streamed = ask(h.service, "list", {}, NOW)
     assert isinstance(streamed, Streamed)
-    rows = [row for batch in streamed.batches for row in batch]
-    assert sorted(rows, key=str) == sorted(h.service.cmd_list({}, NOW), key=str)
+    batches: list[list[dict[str, Any]]] = list(streamed.batches)  # type: ignore[arg-type]
+    assert [len(batch) for batch in batches] == [LIST_SLICE, LIST_SLICE, 301 - 2 * LIST_SLICE]
+    rows = {row["target"]: row["jail"] for batch in batches for row in batch}
+    assert rows == {ATTACKER: "probes", **{network_text(t): "(not blocker's)" for t in others}}
+    of_probes = ask(h.service, "list", {"jail": "probes"}, NOW).batches
+    assert [row["target"] for batch in of_probes for row in batch] == [ATTACKER]
     h.backend.fail = "no sets"
     with pytest.raises(RequestError, match="cannot read the kernel sets: no sets"):
-        h.service.handlers(lambda: NOW)["list"]({"cmd": "list"})
+        ask(h.service, "list", {}, NOW)
 
 
 def test_explain(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW, count=3))
-    h.service.cmd_ban({"target": "203.0.113.0/24"}, NOW)
-    result = h.service.cmd_explain({"address": f" {ATTACKER} "}, NOW)
+    ask(h.service, "ban", {"target": "203.0.113.0/24"}, NOW)
+    result = ask(h.service, "explain", {"address": f" {ATTACKER} "}, NOW)
     json.dumps(result)
     assert result["address"] == ATTACKER
     assert result["refusal"] is None
@@ -649,9 +692,9 @@ def test_explain(h: Harness) -> None:
 
 
 def test_explain_an_allowlisted_address(h: Harness) -> None:
-    result = h.service.cmd_explain({"address": ALLOWED}, NOW)
+    result = ask(h.service, "explain", {"address": ALLOWED}, NOW)
     assert "allowlisted" in str(result["refusal"])
-    assert result["jails"]["probes"]["never_banned_because"] == "allowlisted"  # type: ignore[index]
+    assert result["jails"]["probes"]["never_banned_because"] == "allowlisted"
 
 
 @pytest.mark.parametrize(
@@ -665,11 +708,13 @@ def test_explain_an_allowlisted_address(h: Harness) -> None:
 )
 def test_explain_errors(h: Harness, message: dict[str, object], error: str) -> None:
     with pytest.raises(RequestError) as info:
-        h.service.cmd_explain(message, NOW)
+        ask(h.service, "explain", message, NOW)
     assert error in str(info.value)
 
 
-def test_status_shape(h: Harness) -> None:
+def test_status_shape(tmp_path: Path) -> None:
+    h = Harness(tmp_path, source_health=lambda: [{"source": f"kernlog:{LOG}", "state": "ok"}])
+    h.service.start(NOW)
     h.feed(
         [
             *synacks(ATTACKER, NOW),
@@ -677,8 +722,7 @@ def test_status_shape(h: Harness) -> None:
             SourceLine("noise", None),
         ]
     )
-    h.service.source_health = lambda: [{"source": f"kernlog:{LOG}", "state": "ok"}]
-    status = h.service.cmd_status({}, NOW + 12.34)
+    status = ask(h.service, "status", {}, NOW + 12.34)
     json.dumps(status)
     assert status["uptime"] == 12.3
     assert (status["lines"], status["parsed"], status["unparsed"]) == (7, 6, 1)
@@ -715,11 +759,30 @@ def test_status_shape(h: Harness) -> None:
         "sources_per_minute": 1,
         "under_flood": False,
     }
+    h.state.close()
+
+
+def test_replies_have_the_shapes_commands_py_declares(tmp_path: Path) -> None:
+    """The TypedDicts in commands.py are what blockerd sends: no key missing, none extra."""
+    h = Harness(tmp_path, fleet_health=lambda: {"connected": True})
+    h.service.start(NOW)
+    h.feed(synacks(ATTACKER, NOW))
+    status = ask(h.service, "status", {}, NOW)
+    assert set(status) == set(StatusReply.__annotations__)
+    assert set(status["jails"]["probes"]) == set(JailStatus.__annotations__)
+    assert set(status["sets"]["ipv4"]) == set(SetStatus.__annotations__)
+    assert set(status["firewall_checks"]) == set(FirewallChecks.__annotations__)
+    [row] = listed(h.service, NOW)
+    assert set(row) == set(ListedBan.__annotations__)
+    explained = ask(h.service, "explain", {"address": ATTACKER}, NOW)
+    assert set(explained) == set(ExplainReply.__annotations__)
+    assert set(explained["banned_by"][0]) == set(CoveringBan.__annotations__)
+    h.state.close()
 
 
 def test_status_uses_the_backends_own_report(h: Harness) -> None:
     h.backend.status = lambda: {"sets": 2}  # type: ignore[attr-defined]
-    assert h.service.cmd_status({}, NOW)["firewall"] == {"sets": 2}
+    assert ask(h.service, "status", {}, NOW)["firewall"] == {"sets": 2}
 
 
 def test_handlers_table_reads_the_clock_per_call(h: Harness) -> None:
@@ -735,14 +798,14 @@ def test_handlers_table_reads_the_clock_per_call(h: Harness) -> None:
 
 def test_reload_with_a_changed_config_keeps_bans_and_marks(h: Harness) -> None:
     h.feed(synacks(ATTACKER, NOW))
-    h.service.cmd_ban({"target": ATTACKER6, "duration": "1h"}, NOW)
+    ask(h.service, "ban", {"target": ATTACKER6, "duration": "1h"}, NOW)
     h.config_path.write_text(
         CONFIG.replace('ban_time = "1h"', 'ban_time = "2h"').replace(
             "[jails.scans]", '[jails.probes2]\nfilters = ["unsolicited_synack"]\n[jails.scans]'
         ),
         encoding="utf-8",
     )
-    text = h.service.cmd_reload({}, NOW + 1)
+    text = ask(h.service, "reload", {}, NOW + 1)
     assert text == f"reloaded {h.config_path}: probes, probes2, scans"
     assert [r.jail.name for r in h.service.pipeline.runners] == ["probes", "probes2", "scans"]
     assert h.service.pipeline.runner("scans").jail.policy.ban_time == 7200  # type: ignore[union-attr]
@@ -760,7 +823,7 @@ def test_reload_with_a_broken_config_keeps_the_running_one(h: Harness) -> None:
     running = h.service.config
     h.config_path.write_text(CONFIG + "\n[jails.probes3]\nfilters = ['nope']\n", encoding="utf-8")
     with pytest.raises(RequestError) as info:
-        h.service.cmd_reload({}, NOW)
+        ask(h.service, "reload", {}, NOW)
     message = str(info.value)
     assert message.startswith("reload refused, keeping the running configuration: ")
     assert f"{h.config_path}: jails.probes3.filters: unknown filter 'nope'" in message
@@ -776,7 +839,7 @@ def test_reload_without_a_config_file(tmp_path: Path) -> None:
     harness = Harness(tmp_path)
     service = Service(harness.load(), harness.state, harness.backend)
     with pytest.raises(RequestError, match="no configuration file to reload"):
-        service.cmd_reload({}, NOW)
+        ask(service, "reload", {}, NOW)
     harness.state.close()
 
 

@@ -7,18 +7,18 @@ import socket
 from collections.abc import Iterator
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_service import ATTACKER, CONFIG, NOW, Harness, n, synacks
+from test_service import ATTACKER, CONFIG, NOW, Harness, ask, n, synacks
 
 from blocker import conntrack_wire
+from blocker.commands import SparedBan
 from blocker.conntrack_wire import Entry
 from blocker.live_peers import ConntrackError, LiveConnection, live_connection
 from blocker.records import Network
-from blocker.state import State
 
 PEER = "203.0.113.7"
 TCP_EST = 432000.0
@@ -44,14 +44,9 @@ class FakeConntrack:
         return None
 
 
-def harness(tmp_path: Path, conntrack: FakeConntrack, extra: str = "") -> Harness:
-    class WithConntrack(Harness):
-        def make_service(self, state: State, backend: object) -> object:  # type: ignore[override]
-            service = super().make_service(state, backend)  # type: ignore[arg-type]
-            service.live_peers = conntrack
-            return service
-
-    h = WithConntrack(tmp_path, CONFIG.replace("[defaults]\n", "[defaults]\n" + extra))
+def harness(tmp_path: Path, conntrack: FakeConntrack, extra: str = "", **parts: Any) -> Harness:
+    config = CONFIG.replace("[defaults]\n", "[defaults]\n" + extra)
+    h = Harness(tmp_path, config, live_peers=conntrack, **parts)
     h.service.start(NOW)
     return h
 
@@ -75,12 +70,13 @@ def test_a_live_peer_is_not_banned_and_explain_says_why(
     assert h.backend.ban_batches == []
     assert h.state.active(NOW) == []
     assert ct.asked == [(n(PEER), 600.0)]
-    explained = h.service.cmd_explain({"address": PEER}, NOW)
+    explained = ask(h.service, "explain", {"address": PEER}, NOW)
     assert explained["banned_by"] == []
     (spared,) = cast(list[dict[str, str]], explained["spared"])
     assert spared["target"] == PEER and spared["jail"] == "probes"
+    assert set(spared) == set(SparedBan.__annotations__)
     assert "live TCP connection" in spared["reason"] and "unsolicited_synack" in spared["reason"]
-    assert h.service.cmd_status({}, NOW)["spared_live_peers"] == 1
+    assert ask(h.service, "status", {}, NOW)["spared_live_peers"] == 1
     assert sum("spare 203.0.113.7" in r.message for r in caplog.records) == 1
 
 
@@ -103,7 +99,7 @@ def test_logged_once_per_address_and_window(h: Harness, caplog: pytest.LogCaptur
     assert sum("spare 203.0.113.7" in r.message for r in caplog.records) == 1
     h.feed(synacks(PEER, NOW + 700), now=NOW + 700)
     assert sum("spare 203.0.113.7" in r.message for r in caplog.records) == 2
-    assert h.service.spared_count == 5
+    assert h.service.sparing.spared_count == 5
 
 
 def test_an_address_without_a_live_connection_is_banned(h: Harness) -> None:
@@ -142,7 +138,7 @@ def test_conntrack_failing_bans_as_before_and_says_so_once(
     assert [d.target for d in h.feed(synacks(PEER, NOW))] == [n(PEER)]
     assert [d.target for d in h.feed(synacks("203.0.113.8", NOW))] == [n("203.0.113.8")]
     assert sum("cannot check live connections" in r.message for r in caplog.records) == 1
-    assert h.service.cmd_status({}, NOW)["conntrack"] == "no netlink"
+    assert ask(h.service, "status", {}, NOW)["conntrack"] == "no netlink"
 
 
 def test_subnet_escalation_is_refused_when_it_would_cover_a_live_peer(tmp_path: Path) -> None:
@@ -163,7 +159,7 @@ def test_subnet_escalation_is_refused_when_it_would_cover_a_live_peer(tmp_path: 
 
 
 def test_manual_bans_are_never_checked(h: Harness, ct: FakeConntrack) -> None:
-    h.service.cmd_ban({"target": PEER}, NOW)
+    ask(h.service, "ban", {"target": PEER}, NOW)
     assert ct.asked == []
     assert n(PEER) in h.backend.table
 

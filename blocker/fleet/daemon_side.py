@@ -9,17 +9,19 @@ import importlib.util
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from blocker.config import Config
-from blocker.fleet.events import HOST_ID, MIN_KEY_BYTES, from_payload
+from blocker.fleet.events import HOST_ID, MIN_KEY_BYTES, FleetEvent, from_payload
 from blocker.fleet.inbox import Inbox
 from blocker.fleet.link import FleetLink, read_secret
 from blocker.fleet.transport import Transport
-from blocker.service import FleetRole, Service
+from blocker.fleet_role import FleetRole
 from blocker.state import State
 
 log = logging.getLogger("blocker.fleet")
+# Other hosts' events into this host's ban ledger (Service.apply_remote) -> counts by outcome
+ApplyRemote = Callable[[Sequence[FleetEvent], float], dict[str, int]]
 INBOX_ROOM = 5000  # remote events waiting in the daemon before it takes the next batch
 
 
@@ -36,21 +38,28 @@ def host_name() -> str:
 
 class FleetWiring:
     def __init__(
-        self, config: Config, state: State, service: Service, link: FleetLink, position: str
+        self,
+        config: Config,
+        state: State,
+        apply_remote: ApplyRemote,
+        link: FleetLink,
+        position: str,
+        *,
+        role: FleetRole,
     ) -> None:
         self.state = state
-        self.service = service
+        self.apply_remote = apply_remote
+        self.role = role  # handed to the Service, which applies and publishes bans
         self.link = link
         self.position = position
         self.url = config.fleet.url
         self.inbox = Inbox(config.fleet.max_remote_bans_per_second)
         self.applied: dict[str, int] = {}
         self.damaged = 0
-        service.fleet_health = self.health
 
     @classmethod
     def open(
-        cls, config: Config, state: State, service: Service, wake: Callable[[], None]
+        cls, config: Config, state: State, apply_remote: ApplyRemote, wake: Callable[[], None]
     ) -> FleetWiring:
         """Raises OSError for an unreadable key or password file or an unusable hostname."""
         fleet = config.fleet
@@ -91,7 +100,6 @@ class FleetWiring:
             cursor=cursor if isinstance(cursor, str) else None,
             wake=wake,
         )
-        service.fleet = FleetRole(host_id, frozenset(fleet.publish), fleet.accept)
         log.info(
             "fleet: host %s on %s, sharing jails: %s; %s other hosts' bans",
             host_id,
@@ -99,7 +107,8 @@ class FleetWiring:
             ", ".join(fleet.publish) or "none",
             "applying" if fleet.accept else "not applying",
         )
-        return cls(config, state, service, link, position)
+        role = FleetRole(host_id, frozenset(fleet.publish), fleet.accept)
+        return cls(config, state, apply_remote, link, position, role=role)
 
     def start(self) -> None:
         self.hand_outbox()
@@ -109,11 +118,9 @@ class FleetWiring:
         self.link.stop()
 
     def reconfigure(self, config: Config) -> None:
-        """A reload: the jails shared and `accept` change at once; the connection does not."""
+        """A reload (the Service takes the new jails shared and `accept` itself): the rate
+        changes at once; the connection does not."""
         fleet = config.fleet
-        role = self.service.fleet
-        assert role is not None
-        self.service.fleet = FleetRole(role.host_id, frozenset(fleet.publish), fleet.accept)
         self.inbox.rate = fleet.max_remote_bans_per_second
         if fleet.url != self.url:
             log.warning("fleet: url changed in the configuration; restart blockerd to use it")
@@ -142,7 +149,7 @@ class FleetWiring:
         taken = self.inbox.take(time.monotonic())
         if taken.cursor is None:
             return
-        counts = self.service.apply_remote(taken.events, time.time())
+        counts = self.apply_remote(taken.events, time.time())
         counts["duplicates"] = taken.duplicates
         for name, count in counts.items():
             self.applied[name] = self.applied.get(name, 0) + count

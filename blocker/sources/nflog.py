@@ -5,7 +5,9 @@ No text is in the path, so nothing a user process writes can reach it: only a ru
 only CAP_NET_ADMIN in the namespace can add one. The kernel batches packets (QTHRESH packets
 or TIMEOUT, whichever first) into one datagram; a flood that outruns us fills the socket
 buffer and the kernel drops packets: recv() then reports ENOBUFS once, which is counted
-(`overruns`) and reading goes on.
+(`overruns`) and reading goes on. ENOBUFS says only that something was lost since the last
+time: how many datagrams the kernel dropped (each up to QTHRESH packets) is the socket's drop
+counter, read from /proc/net/netlink (`dropped_batches`).
 
 Closing the socket releases the groups (the kernel destroys the instances of a closed port).
 """
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from blocker import nflog_wire
 from blocker.link_names import LinkNames
 from blocker.netfilter import Record
-from blocker.packet_decode import record
+from blocker.nflog_records import DatagramDecoder, Decoded
 from blocker.sources.base import SourceError, SourceLine
 
 # Enough for IPv4/IPv6 headers, a chain of extension headers and the transport header; a
@@ -75,6 +77,7 @@ class NflogSource:
             self.rcvbuf = _set_rcvbuf(self._sock, rcvbuf)
             self._configure(copy_range)
             self._links = LinkNames()  # in this namespace, as the NFLOG socket is
+            self._drops = _DropCounter(self._sock)
         except BaseException:
             self._sock.close()
             raise
@@ -84,9 +87,11 @@ class NflogSource:
         self.malformed = 0  # netlink messages cut short (never seen from a sane kernel)
         self.overruns = 0  # ENOBUFS: the kernel dropped packets we were too slow for
         self.last_overrun: float | None = None
+        self.dropped_batches = 0  # datagrams the kernel dropped (the socket's sk_drops)
         self._last_error: str | None = None
         self._names: dict[int, str] = {}
         self._names_at = 0.0
+        self._decoder = DatagramDecoder()
 
     def _configure(self, copy_range: int) -> None:
         seq = 0
@@ -133,8 +138,8 @@ class NflogSource:
     def read_records(self, now: float) -> list[Record]:
         """Every Record waiting (up to DATAGRAMS_PER_READ datagrams); never raises on bad data.
         `now` times packets the kernel sent without a timestamp (output hooks)."""
-        out: list[Record] = []
-        append = out.append
+        decoded = Decoded()
+        decode = self._decoder.decode
         recv = self._sock.recv
         interface = self._interface_namer(now)
         for _ in range(DATAGRAMS_PER_READ):
@@ -146,24 +151,21 @@ class NflogSource:
                 if exc.errno == errno.ENOBUFS:
                     self.overruns += 1
                     self.last_overrun = now
+                    self.dropped_batches = self._drops.read(self.dropped_batches)
                     continue
                 self._last_error = f"recv: {exc}"
                 break
-            batch = nflog_wire.packets(data)
-            self.malformed += batch.malformed
-            self.packets += len(batch.packets)
-            for packet in batch.packets:
-                found = record(packet, interface, now)
-                if found is None:
-                    self.undecodable += 1
-                else:
-                    append(found)
-        self.records += len(out)
-        return out
+            decode(data, interface, now, decoded)
+        self.malformed += decoded.malformed
+        self.packets += decoded.packets
+        self.undecodable += decoded.undecodable
+        self.records += len(decoded.records)
+        return decoded.records
 
     def _interface_namer(self, now: float) -> _Namer:
         if not now - NAME_TTL < self._names_at <= now:
             self._names.clear()
+            self._decoder.forget_names()  # its heads hold interface names
             self._names_at = now
         return _Namer(self._names, self._links)
 
@@ -171,6 +173,7 @@ class NflogSource:
         return None  # packets not read before a restart are gone: there is nothing to resume
 
     def health(self) -> dict[str, object]:
+        self.dropped_batches = self._drops.read(self.dropped_batches)
         return {
             "state": "error" if self._last_error else "ok",
             "kind": "nflog",
@@ -181,6 +184,7 @@ class NflogSource:
             "malformed": self.malformed,
             "overruns": self.overruns,
             "last_overrun": self.last_overrun,
+            "dropped_batches": self.dropped_batches,
             "rcvbuf": self.rcvbuf,
             "last_error": self._last_error,
         }
@@ -188,6 +192,42 @@ class NflogSource:
     def close(self) -> None:
         self._sock.close()
         self._links.close()
+        self._drops.close()
+
+
+class _DropCounter:
+    """A netlink socket's drop counter (sk_drops: one per datagram the kernel could not
+    queue), from the Drops column of /proc/self/net/netlink. The file is opened now, in the
+    socket's network namespace, and read again from its start each time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._inode = str(os.fstat(sock.fileno()).st_ino)
+        try:
+            self._fd: int | None = os.open("/proc/self/net/netlink", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None  # no /proc: the count stays at what ENOBUFS told
+
+    def read(self, last: int) -> int:
+        """The count now; `last` when it cannot be read."""
+        if self._fd is None:
+            return last
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(self._fd, 65536):
+                chunks.append(chunk)
+        except OSError:
+            return last
+        for line in b"".join(chunks).decode("ascii", "replace").splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 10 and fields[-1] == self._inode and fields[-2].isdigit():
+                return int(fields[-2])
+        return last
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class _Namer:
