@@ -15,6 +15,8 @@ the kernel's sets of B and C over netlink sockets opened inside their namespaces
            the process until all of them are in C's kernel set
 
 Also printed: each receiving blockerd's peak RSS (VmHWM, whole process) after the run.
+BENCH_FLEET_PROFILE=DIR runs each blockerd's main thread under cProfile (DIR/<host>-<n>.prof;
+the figures are then those of a profiled run, several times slower).
 """
 
 from __future__ import annotations
@@ -73,10 +75,19 @@ publish = ["probes"]
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.ipset = None
+        self.starts = 0
 
     def start(self) -> float:
         """Start blockerd; returns the perf_counter time of the start."""
         started = time.perf_counter()
+        self.starts += 1
+        # BENCH_FLEET_PROFILE=DIR: each blockerd's main thread under cProfile, DIR/<host>-<n>.prof
+        profile = os.environ.get("BENCH_FLEET_PROFILE")
+        profiler = (
+            [sys.executable, "-m", "cProfile", "-o", f"{profile}/{self.name}-{self.starts}.prof"]
+            if profile
+            else []
+        )
         with (self.home / "blockerd.err").open("ab") as err:
             self.process = subprocess.Popen(
                 [
@@ -84,6 +95,7 @@ publish = ["probes"]
                     "netns",
                     "exec",
                     self.netns,
+                    *profiler,
                     str(BIN / "blockerd"),
                     "--config",
                     str(self.home / "jails.toml"),

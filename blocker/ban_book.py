@@ -56,7 +56,13 @@ class BanBook:
 
     def ban_host(self, addr: Address, until: float, now: float) -> None:
         self.gate[addr] = until
-        for gone in self._mark(self.hosts, addr, until, now):
+        hosts = self.hosts
+        if addr in hosts:
+            del hosts[addr]  # to the end: most recently marked
+        elif len(hosts) < self._cap:  # the storm's case, a new mark with room: no sweep
+            hosts[addr] = until
+            return
+        for gone in self._mark(hosts, addr, until, now):
             if self.gate.get(gone) != math.inf:  # a refusal stays cached
                 self.gate.pop(gone, None)
 

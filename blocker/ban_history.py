@@ -5,6 +5,9 @@ Ban time grows with history: ``ban_time * ban_factor ** n``, where ``n`` is the 
 earlier bans of the same target within ``history_window`` before now, capped at
 ``max_ban_time``; ``ban_time = inf`` gives permanent bans.  At most ``cap`` targets are
 remembered (least recently banned forgotten first), each with its last 64 ban times.
+
+Targets are keyed by one int (target_key(), host_key()): the engine's hot path, a storm's million
+host bans, asks ban() once per ban, one dict lookup for a target never banned before.
 """
 
 from __future__ import annotations
@@ -13,17 +16,26 @@ import math
 from bisect import insort
 from collections import OrderedDict
 from collections.abc import Sequence
+from ipaddress import IPv4Address
 from typing import Final
 
-from blocker.records import Network
+from blocker.records import Address, Network
 
-__all__ = ["MAX_BANS_REMEMBERED_PER_TARGET", "BanHistory"]
+__all__ = ["MAX_BANS_REMEMBERED_PER_TARGET", "BanHistory", "host_key", "target_key"]
 
 MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
 
 
 class BanHistory:
-    __slots__ = ("_ban_factor", "_ban_time", "_cap", "_history_window", "_max_ban_time", "_times")
+    __slots__ = (
+        "_ban_factor",
+        "_ban_time",
+        "_cap",
+        "_first",
+        "_history_window",
+        "_max_ban_time",
+        "_times",
+    )
 
     def __init__(
         self,
@@ -38,6 +50,8 @@ class BanHistory:
         self._max_ban_time = max_ban_time
         self._history_window = history_window
         self._cap = cap
+        # duration() of a target with no earlier ban
+        self._first = math.inf if math.isinf(ban_time) else min(ban_time, max_ban_time)
         # target -> times of its bans, oldest first; least recently banned target first.
         # Keyed by one int (_key): a Network object with its cached properties weighs ~400
         # bytes, a (address, prefix, version) tuple 100 with its ints, and a storm bans a
@@ -46,7 +60,10 @@ class BanHistory:
         self._times: OrderedDict[int, float | list[float]] = OrderedDict()
 
     def earlier_bans(self, target: Network, now: float) -> int:
-        times = self._times.get(_key(target))
+        return self._earlier_bans(target_key(target), now)
+
+    def _earlier_bans(self, target: int, now: float) -> int:
+        times = self._times.get(target)
         if times is None:
             return 0
         horizon = now - self._history_window
@@ -56,10 +73,13 @@ class BanHistory:
 
     def duration(self, target: Network, now: float) -> float:
         """How long a ban of `target` made at `now` lasts."""
+        return self._duration(target_key(target), now)
+
+    def _duration(self, target: int, now: float) -> float:
         if math.isinf(self._ban_time):
             return math.inf
         duration = self._ban_time
-        for _ in range(self.earlier_bans(target, now)):
+        for _ in range(self._earlier_bans(target, now)):
             duration *= self._ban_factor
             if duration >= self._max_ban_time:
                 break
@@ -67,7 +87,22 @@ class BanHistory:
 
     def remember(self, target: Network, at: float, now: float) -> None:
         """Record a ban of `target` at `at` (`now`: the newest event time)."""
-        self._remember(_key(target), at, now)
+        self._remember(target_key(target), at, now)
+
+    def ban(self, target: int, at: float, now: float) -> float:
+        """duration() then remember() of the target with this key (target_key(), host_key()):
+        how long its ban at `at` lasts, `now` being the newest event time."""
+        history = self._times
+        if target in history:
+            duration = self._duration(target, now)
+            self._remember(target, at, now)
+            return duration
+        # Never banned (or forgotten): the first ban's length, and the time stored
+        if at > max(now, at) - self._history_window:
+            history[target] = float(at)
+            if len(history) > self._cap:
+                history.popitem(last=False)
+        return self._first
 
     def remember_many(
         self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float], now: float
@@ -118,17 +153,24 @@ class BanHistory:
 
     def forget_ban(self, target: Network, at: float) -> None:
         """Drop the ban of `target` at `at` (one that did not happen after all)."""
-        key = _key(target)
-        times = self._times.get(key)
+        ban_key = target_key(target)
+        times = self._times.get(ban_key)
         if isinstance(times, float):
             if times == at:
-                del self._times[key]
+                del self._times[ban_key]
         elif times and at in times:
             times.remove(at)
             if not times:
-                del self._times[key]
+                del self._times[ban_key]
 
 
-def _key(target: Network) -> int:
+def target_key(target: Network) -> int:
     """(first address, prefix length, version) of `target` as one int."""
     return (int(target.network_address) << 8 | target.prefixlen) << 1 | (target.version == 6)
+
+
+def host_key(addr: Address) -> int:
+    """target_key() of the /32 or /128 of `addr`, without the network."""
+    if isinstance(addr, IPv4Address):
+        return (int(addr) << 8 | 32) << 1
+    return (int(addr) << 8 | 128) << 1 | 1

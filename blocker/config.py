@@ -72,6 +72,7 @@ class FleetConfig:
     url: str | None = FLEET.default("url")
     username: str | None = FLEET.default("username")
     password_file: str | None = FLEET.default("password_file")
+    ca_file: str | None = FLEET.default("ca_file")
     host_id: str | None = FLEET.default("host_id")
     publish: tuple[str, ...] = FLEET.default("publish")
     accept: bool = FLEET.default("accept")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from blocker.ban_ledger import BanLedger
 from blocker.firewall.base import FirewallError, InvalidBan
+from blocker.fleet import remote_bans
 from blocker.fleet.events import FleetEvent
 from blocker.live_peer_sparing import LivePeerSparing
 from blocker.records import Decision, Network, network_text
@@ -22,8 +23,6 @@ from blocker.running_jails import RunningJails
 from blocker.state import State
 
 log = logging.getLogger("blocker")
-
-REMOTE_COUNTS = ("applied", "refused", "held", "expired", "unbans", "spared")
 
 
 @dataclass(frozen=True)
@@ -108,62 +107,9 @@ class RemoteBans:
 
     def apply(self, events: Sequence[FleetEvent], now: float) -> dict[str, int]:
         """Other hosts' bans and unbans, through this host's own gate (the refusals, then
-        spare_live_peers), into the ledger with origin fleet:HOST; returns counts."""
-        counts = dict.fromkeys(REMOTE_COUNTS, 0)
-        role = self.publisher.role
-        if role is None or not role.accept:
-            return counts
-        active = self.ledger.active
-        candidates: list[Decision] = []
-        origins: dict[Network, str] = {}
-        for event in events:
-            target = event.target
-            if event.kind == "unban":
-                counts["unbans"] += self.unban(event, now)
-                continue
-            remaining = event.expires - now
-            if remaining <= 0 or not active.longer(target, event.expires):
-                counts["expired"] += 1  # over, or already banned at least as long
-                continue
-            if self.held.get(target, 0.0) > now:
-                counts["held"] += 1
-                continue
-            problem = self.jails.refusal(target)
-            if problem:
-                counts["refused"] += 1
-                log.info(
-                    "fleet: not banning %s from %s: %s", network_text(target), event.origin, problem
-                )
-                continue
-            origins[target] = f"fleet:{event.origin}"
-            candidates.append(
-                Decision(
-                    target=target,
-                    jail=event.jail,
-                    at=now,
-                    duration=remaining,
-                    score=0.0,
-                    filters=(),
-                    reason=event.reason,
-                )
-            )
-        if candidates:
-            # The spoof-safety check of this host's jail of the same name: no remote ban cuts
-            # a live connection of this host (the evidence is not ours to judge: spoofable).
-            kept = self.sparing.spare(candidates, now)
-            counts["spared"] = len(candidates) - len(kept)
-            candidates = kept
-        by_origin: dict[str, list[Decision]] = {}
-        for decision in candidates:
-            by_origin.setdefault(origins[decision.target], []).append(decision)
-        for origin, decisions in by_origin.items():
-            self.ledger.apply(decisions, now, origin)
-        for decision in candidates:
-            expires = active.expires(decision.target)
-            if expires is not None and expires >= now + decision.duration:
-                counts["applied"] += 1
-                self.jails.mark_everywhere(decision.target, expires)
-        return counts
+        spare_live_peers), into the ledger with origin fleet:HOST, in bulk (the fleet's
+        remote_bans.py); returns counts."""
+        return remote_bans.apply_remote(self, events, now)
 
     def unban(self, event: FleetEvent, now: float) -> int:
         """An admin's `blockerctl unban --fleet` on another host: lift the target here too."""

@@ -116,7 +116,24 @@ class LivePeers:
 
     def find(self, target: Network, window: float) -> LiveConnection | None:
         """A live connection with an end in `target` (a host or a network)."""
-        family = socket.AF_INET6 if target.version == 6 else socket.AF_INET
+        entries = self._snapshot(target.version)
+        return live_connection(entries, target, window, self._tcp_established)
+
+    def live_addresses(self, version: int, window: float) -> set[int]:
+        """Every address (as an int) at either end of a live connection within `window`, in
+        one pass over the table: a batch of bans (a fleet catching up) is sorted by set
+        lookups instead of a pass per ban; find() then describes the few that hold one."""
+        entries = self._snapshot(version)
+        found: set[int] = set()
+        for entry in entries:
+            idle = idle_seconds(entry, self._tcp_established)
+            if idle is not None and idle <= window:
+                found.add(int.from_bytes(entry.src, "big"))
+                found.add(int.from_bytes(entry.dst, "big"))
+        return found
+
+    def _snapshot(self, version: int) -> list[Entry]:
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
         taken = time.monotonic()
         snapshot = self._snapshots.get(family)
         if snapshot is None or not taken - self._ttl < snapshot[0] <= taken:
@@ -128,7 +145,7 @@ class LivePeers:
             )
             snapshot = (taken, self._dump(family))
             self._snapshots[family] = snapshot
-        return live_connection(snapshot[1], target, window, self._tcp_established)
+        return snapshot[1]
 
     def _dump(self, family: int) -> list[Entry]:
         self._seq += 1

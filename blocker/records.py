@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from socket import AF_INET6, inet_ntop
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Literal, NamedTuple
 
 Address = IPv4Address | IPv6Address
@@ -108,10 +108,12 @@ class Decision:
 def network_text(net: Network) -> str:
     """Canonical compressed text: '198.51.100.7', '2001:db8::1', '203.0.113.0/24'."""
     address = net.network_address
-    if address.version == 6 and address.packed[0] & 0xE0 == 0x20:
-        # Global unicast (2000::/3): inet_ntop gives exactly str()'s RFC 5952 form in C,
-        # where ipaddress spends microseconds per address (a burst logs thousands of bans).
-        text = inet_ntop(AF_INET6, address.packed)
-    else:
-        text = str(address)  # elsewhere inet_ntop may print an embedded IPv4 form
+    if isinstance(net, IPv4Network):  # inet_ntop prints exactly str()'s dotted quad, in C
+        text = inet_ntop(AF_INET, address.packed)
+        return text if net.prefixlen == 32 else f"{text}/{net.prefixlen}"
+    packed = address.packed
+    # Global unicast (2000::/3): inet_ntop gives exactly str()'s RFC 5952 form in C, where
+    # ipaddress spends microseconds per address (a burst logs thousands of bans); elsewhere
+    # inet_ntop may print an embedded IPv4 form.
+    text = inet_ntop(AF_INET6, packed) if packed[0] & 0xE0 == 0x20 else str(address)
     return text if net.prefixlen == net.max_prefixlen else f"{text}/{net.prefixlen}"

@@ -51,6 +51,45 @@ def decision_json(decision: Decision) -> dict[str, object]:
     }
 
 
+_encode = json.encoder.encode_basestring_ascii  # json.dumps()'s own string encoder, in C
+_FALSE_TRUE = ("false", "true")
+_iso_seconds: dict[int, str] = {}  # whole second -> iso_time() of it (a storm's bans share a few)
+
+
+def decision_line(decision: Decision) -> str:
+    """json.dumps(decision_json(decision)), exactly, without the dict: `blockerctl test
+    --json` spools one per ban, and a storm makes a million.  Values json.dumps() would
+    write in some other way than this template (a non-finite float, an int or other type
+    where a float is expected) take the dict's way."""
+    duration, score, at = decision.duration, decision.score, decision.at
+    permanent = duration == math.inf
+    if (
+        type(score) is not float
+        or type(at) is not float
+        or not (permanent or (type(duration) is float and math.isfinite(duration)))
+        or not math.isfinite(score)
+        or not 0 <= at < 1e11  # where iso_time() may say "invalid-time"
+    ):
+        return json.dumps(decision_json(decision))
+    second = int(at)
+    # iso_time() rounds to microseconds, then cuts to the second: only a fraction within
+    # half a microsecond of the next second may round up into it.
+    stamp = _iso_seconds.get(second) if at - second < 0.999 else None
+    if stamp is None:
+        stamp = iso_time(at)
+        if at - second < 0.999:
+            if len(_iso_seconds) >= 4096:
+                _iso_seconds.clear()
+            _iso_seconds[second] = stamp
+    return (
+        f'{{"target": {_encode(decision.target_text)}, "jail": {_encode(decision.jail)}, '
+        f'"at": {_encode(stamp)}, "duration": {"null" if permanent else repr(duration)}, '
+        f'"permanent": {_FALSE_TRUE[permanent]}, "score": {round(score, 3)!r}, '
+        f'"filters": [{", ".join(map(_encode, decision.filters))}], '
+        f'"reason": {_encode(decision.reason)}}}'
+    )
+
+
 def replay_file(
     path: Path, config: Config, on_decisions: Callable[[list[Decision]], None] | None = None
 ) -> ReplayResult:

@@ -341,6 +341,13 @@ def _fleet_needs_key(values: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _fleet_ca_needs_tls(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    url = values["url"]
+    if values["ca_file"] is not None and not (url or "").startswith("rediss://"):
+        return ("ca_file", "is only used with a rediss:// (TLS) url")
+    return None
+
+
 FLEET: Final = Section(
     "fleet",
     ("hosts share their bans through one Redis (see README, Fleet); absent `url`: off"),
@@ -369,6 +376,13 @@ FLEET: Final = Section(
             OrNone(AbsolutePath()),
             None,
             "file holding the Redis ACL password (first line); none: no password",
+        ),
+        Key(
+            "ca_file",
+            OrNone(AbsolutePath()),
+            None,
+            "PEM file of the CA(s) that signed the Redis server's certificate, for a "
+            "`rediss://` url (its host name is checked too); none: the system's CA store",
         ),
         Key(
             "host_id",
@@ -416,7 +430,7 @@ FLEET: Final = Section(
             "starts from the snapshot",
         ),
     ),
-    checks=(_fleet_needs_key,),
+    checks=(_fleet_needs_key, _fleet_ca_needs_tls),
 )
 
 METRICS: Final = Section(

@@ -56,12 +56,17 @@ bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
 1. *Admission*: a source seen once, as that one hit; at most ``max_tracked`` of them, oldest
    pushed out first (FIFO), ~220 bytes each.  Most sources of a flood never leave it.
 2. *Climbing*: a source with two or more live hits that are all plain (no distinct key) and
-   of one filter and weight: its kind number and the exact times of its hits, packed in one
-   ``bytes`` of 8 * (hits + 1) bytes, ~150 bytes a source with 4 hits (measured: a dict of
-   1M such records grows RSS by 122 bytes each plus the 32-byte key).  Up to
-   ``12 * max_tracked`` sources, so 1.2M at the default: every reflector of a 1M-source
-   storm is climbing at once while it sends its 2nd..5th SYN/ACK.  Past 16 hits, or on a
-   keyed or different hit, a source moves, all hits kept, to tier 3.
+   of one filter and weight: its kind number and the exact times of its hits.  An IPv4
+   source whose hits fit (up to 1 + 80 // width of them, width = the bits of a window in
+   microseconds: 4 hits at 60 s) takes one 24-byte slot of an open-addressing table
+   (packed_table.py: key and meta in one word, the first hit as microseconds since an
+   epoch and the later ones as offsets from it in two more), no Python object per source:
+   ~32 bytes a source at the table's 3/4 load.  Others (IPv6, more hits) are one packed
+   int each in a dict (~120 bytes).  Up to ``12 * max_tracked`` sources, so 1.2M at the
+   default: every reflector of a 1M-source storm is climbing at once while it sends its
+   2nd..5th SYN/ACK.  Past 16 hits, or on a keyed or different hit, a source moves, all
+   hits kept, to tier 3.  When full, it drops what holds no live hit and at least 1/16:
+   table slots least recently hit first, ints oldest first.
 3. *Full windows*: per-hit entries, distinct keys for scans, running sums (Window), at most
    ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
    one hit again since it was last passed is spared once).
@@ -74,21 +79,24 @@ sources can never push it out again: eviction takes from the admission FIFO, and
 climbing sources compete with climbing sources.
 
 Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
-exact for every source they hold.  While no tier has pushed out a live source, the engine
-decides exactly as the single-tier scorer before it (tests/reference_scorer.py, compared
-in tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under
-pressure it can only under-count: a pushed-out source loses the hits it had (at most one
-for a source pushed out of admission; the doorkeeper remembers *that* it was seen, never a
-hit, and its answer is never added to a score), so it needs that many more hits within the
-window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources
-a window) only lets a one-hit source skip admission: it costs a climbing slot, never a
-point of score.  Hence no address is ever banned on hits it did not send, and a ban's
-reason and ``explain`` list only hits the source sent.  What is lost, when: a source
-pushed out of admission before its second hit (over ``max_tracked`` new sources in between,
-and only once per window: after that it is climbing); a climbing source when more than
-``12 * max_tracked`` sources climb at once (oldest first, to the doorkeeper); a full
-window under the clock.  ``stats()`` reports tiers, evictions, readmissions, new sources
-per minute and ``under_flood`` (a live source was pushed out within the last window).
+exact for every source they hold: a packed slot or int takes a time only when it decodes to
+the very same float (whole microseconds, as log lines carry; others make a full window),
+and a slot is found only by its whole address, never by a hash alone.  While no tier has
+pushed out a live source, the engine decides exactly as the single-tier scorer before it
+(tests/reference_scorer.py, compared in tests/test_scoring_reference.py): same bans, times,
+durations and reasons.  Under pressure it can only under-count: a pushed-out source loses
+the hits it had (at most one for a source pushed out of admission; the doorkeeper remembers
+*that* it was seen, never a hit, and its answer is never added to a score), so it needs
+that many more hits within the window to be banned.  A doorkeeper false positive (about 0.4%
+of lookups with 1M sources a window) only lets a one-hit source skip admission: it costs a
+climbing slot, never a point of score.  Hence no address is ever banned on hits it did not
+send, and a ban's reason and ``explain`` list only hits the source sent.  What is lost,
+when: a source pushed out of admission before its second hit (over ``max_tracked`` new
+sources in between, and only once per window: after that it is climbing); a climbing source
+when more than ``12 * max_tracked`` sources climb at once (least recently hit first, to the
+doorkeeper); a full window under the clock.  ``stats()`` reports tiers, evictions,
+readmissions, new sources per minute and ``under_flood`` (a live source was pushed out
+within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
@@ -195,6 +203,10 @@ class Scorer:
             policy.subnet_v6_prefix,
             policy.max_tracked,
         )
+        self._name = policy.name
+        self._subnet_min_offenders = policy.subnet_min_offenders
+        # (filter, hits, score) of a one-filter host ban -> its filters and reason
+        self._reasons: dict[tuple[str, int, float], tuple[tuple[str, ...], str]] = {}
         self._hits = 0
         self._ignored = 0
         self._while_banned = 0
@@ -273,41 +285,60 @@ class Scorer:
     def _ban_host(
         self, addr: Address, counts: Mapping[str, int], at: float, score: float
     ) -> list[Decision]:
-        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter."""
-        policy = self.policy
-        target = host_network(addr)
-        duration = self.history.duration(target, self._now)
-        self.history.remember(target, at, self._now)
-        self.book.ban_host(addr, at + duration, self._now)
+        """Ban `addr` (its live hits already dropped by the caller): `counts` per filter.
+
+        A storm makes one per reflector, so this is a hot path too: ints for the history
+        and escalation keys, one Network (the Decision's target), and the reason text and
+        filters shared by every ban with the same counts and score."""
+        now = self._now
+        if isinstance(addr, IPv4Address):
+            ip = int(addr)
+            target: Network = host_network_v4(ip)
+            history_key = (ip << 8 | 32) << 1  # ban_history.host_key()
+        else:
+            ip = int(addr)
+            target = IPv6Network(ip)
+            history_key = (ip << 8 | 128) << 1 | 1
+        duration = self.history.ban(history_key, at, now)
+        self.book.ban_host(addr, at + duration, now)
         self._bans += 1
-        filters = tuple(sorted(counts))
-        detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
-        decisions = [
-            Decision(
-                target=target,
-                jail=policy.name,
-                at=at,
-                duration=duration,
-                score=score,
-                filters=filters,
-                reason=(
-                    f"score {score:.1f} >= {policy.threshold:g} within {policy.window:g}s: {detail}"
-                ),
-            )
-        ]
-        if policy.subnet_min_offenders > 0:
+        if len(counts) == 1:
+            [(name, hits)] = counts.items()
+            shared = self._reasons.get((name, hits, score))
+            if shared is None:
+                shared = self._reason((name, hits, score), counts, score)
+        else:
+            shared = self._reason(None, counts, score)
+        filters, reason = shared
+        decision = Decision(target, self._name, at, duration, score, filters, reason)
+        if self._subnet_min_offenders:
             subnet_decision = self._escalate(addr, at, filters)
             if subnet_decision is not None:
-                decisions.append(subnet_decision)
-        return decisions
+                return [decision, subnet_decision]
+        return [decision]
+
+    def _reason(
+        self, key: tuple[str, int, float] | None, counts: Mapping[str, int], score: float
+    ) -> tuple[tuple[str, ...], str]:
+        """A host ban's filters and reason (cached under `key` unless it is None)."""
+        policy = self.policy
+        filters = tuple(sorted(counts))
+        detail = ", ".join(f"{name} x{counts[name]}" for name in filters)
+        reason = f"score {score:.1f} >= {policy.threshold:g} within {policy.window:g}s: {detail}"
+        if key is not None:
+            if len(self._reasons) >= 1024:  # a handful of kinds of ban; bound it anyway
+                self._reasons.clear()
+            self._reasons[key] = filters, reason
+        return filters, reason
 
     def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
         policy = self.policy
-        offenders = self.escalation.count(addr, at, self._now)
-        if len(offenders) < policy.subnet_min_offenders:
+        escalation = self.escalation
+        offenders = escalation.count(addr, at, self._now)
+        if offenders < self._subnet_min_offenders:
             return None
-        subnet = self.escalation.subnet(addr)
-        until = self.book.subnet_until(subnet)
+        subnet = escalation.subnet_of_key(escalation.last_key, addr)
+        until = self.book.subnets.get(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):
@@ -316,16 +347,16 @@ class Scorer:
         self.history.remember(subnet, at, self._now)
         self.book.ban_subnet(subnet, at + duration, self._now)
         self._subnet_bans += 1
-        hosts = ", ".join(str(host) for host in sorted(offenders))
+        hosts = ", ".join(str(host) for host in escalation.offenders(addr))
         return Decision(
             target=subnet,
             jail=policy.name,
             at=at,
             duration=duration,
-            score=float(len(offenders)),
+            score=float(offenders),
             filters=filters,
             reason=(
-                f"{len(offenders)} hosts >= {policy.subnet_min_offenders} banned "
+                f"{offenders} hosts >= {policy.subnet_min_offenders} banned "
                 f"within {policy.subnet_window:g}s in {network_text(subnet)}: {hosts}"
             ),
         )
@@ -468,6 +499,25 @@ class Scorer:
     def now(self) -> float:
         """The newest event time seen so far (-inf before the first hit)."""
         return self._now
+
+
+_new = object.__new__
+_HOST_MASK_V4: Final = IPv4Address(0xFFFFFFFF)
+
+
+def host_network_v4(ip: int) -> IPv4Network:
+    """IPv4Network((ip, 32)), the target of a host ban, built as its __init__ builds it but
+    without parsing its argument: a storm makes one per reflector.  tests/test_scoring.py
+    holds it to the stdlib's, attribute for attribute."""
+    address = IPv4Address(ip)
+    net = _new(IPv4Network)
+    net.__dict__.update(
+        network_address=address,
+        netmask=_HOST_MASK_V4,
+        _prefixlen=32,
+        hosts=lambda: [IPv4Address(ip)],
+    )
+    return net
 
 
 # Ban keys (blocker.active.key_of: network int << 9 | 256 for IPv6 | prefix length), decoded

@@ -3,9 +3,10 @@
 Three tiers, each source in at most one, keyed by the address as an int (key_of(): IPv6
 with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state).  The design and its
 error bounds are in scoring.py's docstring; in short: one-hit sources wait in a FIFO
-(admission), sources past their first hit climb as packed exact hit times (climbing) or
-as a full Window (keyed or mixed hits), and whatever is pushed out while live is noted in
-the doorkeeper, so its next hit starts it climbing.
+(admission), sources past their first hit climb as exact hit times packed in a 24-byte
+slot of a PackedTable (IPv4, up to 4 hits at a one-minute window) or in one int each
+(climbing), or as a full Window (keyed or mixed hits), and whatever is pushed out while
+live is noted in the doorkeeper, so its next hit starts it climbing.
 
 Tiers.add() returns (hits per filter, score in UNITS) when a source reaches the threshold,
 its hits dropped; the engine makes the ban.
@@ -22,6 +23,7 @@ from itertools import islice
 from typing import Final
 
 from blocker.doorkeeper import Doorkeeper
+from blocker.packed_table import KEY_MASK, PackedTable
 from blocker.records import Address
 from blocker.score_window import MAX_HITS_PER_ADDRESS, Entry, Window, entry_time
 
@@ -42,6 +44,14 @@ _KIND_MASK: Final = MAX_KINDS - 1
 _COUNT_SHIFT: Final = 12
 _TIMES_SHIFT: Final = 17
 _MICRO: Final = 1_000_000
+# In the packed table (IPv4 sources only: the key is the address), a record's meta holds
+# its hit count (4 bits) and kind number (12 bits) and its payload, 128 bits, the first
+# hit's time as whole microseconds since the epoch (48 bits: 8.9 years) and, above it,
+# each later hit's offset from the first in microseconds, `width` bits each.
+_T0_BITS: Final = 48
+_T0_MASK: Final = (1 << _T0_BITS) - 1
+_PAYLOAD_BITS: Final = 128
+_M64: Final = (1 << 64) - 1
 
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
@@ -74,14 +84,22 @@ class Tiers:
         self.now = -math.inf  # the newest event time, set by the engine
         # Tier 1, admission: address key -> its one hit, oldest first (FIFO)
         self._once: OrderedDict[int, Entry] = OrderedDict()
+        self._once_wide = False  # has been full since it was last built
         # Addresses pushed out while live within the window; None until the first
         self._doorkeeper: Doorkeeper | None = None
-        # Tier 2, climbing: address key -> packed kind and hit times (_encode)
-        self._climbing: dict[int, int] = {}
-        # Bits per hit time in a climbing record (0: the window is too long to pack), and
-        # the second its base seconds count from (set at the first record: one window
-        # before it, so every later live hit is after it).
+        # Tier 2, climbing: IPv4 sources whose hits fit a slot of the packed table
+        # (_put_packed: up to _table_hits), with no Python object per source; the others
+        # (IPv6, more hits) as one packed int each in a dict (_encode).
         self._width = (int((window + 2) * _MICRO)).bit_length() if window < 1e7 else 0
+        self._table_hits = (
+            min(15, MAX_CLIMBING_HITS, 1 + (_PAYLOAD_BITS - _T0_BITS) // self._width)
+            if self._width
+            else 0
+        )
+        self._table = PackedTable(max(2, self._max_climbing * 4 // 3 + 1))
+        self._climbing: dict[int, int] = {}
+        # The second climbing times count from (set at the first record: one window
+        # before it, so every later live hit is after it).
         self._epoch: int | None = None
         self._kinds: list[tuple[str, int]] = []  # kind number -> (filter, weight units)
         self._kind_numbers: dict[tuple[str, int], int] = {}
@@ -98,8 +116,16 @@ class Tiers:
     def add(self, addr: Address, entry: Entry) -> Reached | None:
         """One hit, live at self.now, of a source neither banned nor refused yet."""
         now, window = self.now, self._window
-        ip = int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG
-        state = self._tracked.get(ip)
+        if isinstance(addr, IPv4Address):
+            ip = int(addr)
+            state = self._tracked.get(ip)
+            if state is None:
+                j = self._table.find(ip)
+                if j >= 0:
+                    return self._climb_slot(addr, ip, j, entry)
+        else:
+            ip = int(addr) | _V6_TAG
+            state = self._tracked.get(ip)
         if state is None:
             packed = self._climbing.get(ip)
             if packed is not None:
@@ -107,6 +133,8 @@ class Tiers:
             first = self._once.pop(ip, None)
             if first is None:
                 return self._open(addr, ip, entry)
+            if self._once_wide and len(self._once) * 16 < self._max_tracked:
+                self._shrink_once()
             return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
         state.seen_again = True
         if now - state.hits[0][0] >= window:
@@ -132,6 +160,138 @@ class Tiers:
             return None
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
+
+    def _climb_slot(self, addr: Address, ip: int, j: int, entry: Entry) -> Reached | None:
+        """One more hit of a source held in the packed table, at word index `j`."""
+        t, name, key, weight = entry
+        table = self._table
+        words = table.words
+        w0 = words[j]
+        count = (w0 >> 32) & 15
+        number = (w0 >> 36) & _KIND_MASK
+        epoch = self._epoch or 0  # set: the table holds a record
+        if key is None and count < self._table_hits and self._kinds[number] == (name, weight):
+            # The common case, without unpacking: the oldest hit is surely still live (its
+            # whole second is), and this one is the newest and packs exactly: append it.
+            payload = words[j + 1] | words[j + 2] << 64
+            first = payload & _T0_MASK
+            base = epoch + first // _MICRO
+            if self.now - base < self._window:
+                width = self._width
+                shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
+                second = int(t)
+                micros = round((t - second) * _MICRO)
+                offset = (second - epoch) * _MICRO + micros - first
+                if (
+                    second + micros * 1e-6 == t
+                    and not offset >> width
+                    and (count == 1 or offset >= (payload >> (shift - width)) & ((1 << width) - 1))
+                ):
+                    count += 1
+                    score = count * weight
+                    if score >= self._threshold_units:
+                        table.remove_at(j)
+                        table.shrink_if_sparse()
+                        return {name: count}, score
+                    payload |= offset << shift
+                    words[j] = w0 + (1 << 32)
+                    words[j + 1] = payload & _M64
+                    words[j + 2] = payload >> 64
+                    return None
+        times = self._unpack(w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96)
+        table.remove_at(j)
+        table.shrink_if_sparse()
+        return self._climb_times(addr, ip, number, times, entry)
+
+    def _climb_times(
+        self, addr: Address, ip: int, number: int, times: list[float], entry: Entry
+    ) -> Reached | None:
+        """One more hit of a climbing source of kind `number` and hit `times`, taken out
+        of its store: it goes back climbing, or to a full window, or is banned."""
+        t, name, key, weight = entry
+        now, window = self.now, self._window
+        if now - times[0] >= window:
+            times = [when for when in times if now - when < window]
+        if (
+            key is not None
+            or self._kinds[number] != (name, weight)
+            or len(times) >= MAX_CLIMBING_HITS
+        ):
+            return self._hold(addr, ip, self._entries(number, times), entry)
+        if not times or t >= times[-1]:
+            times.append(t)
+        else:
+            insort(times, t)
+        score = len(times) * weight
+        if score >= self._threshold_units:
+            return {name: len(times)}, score
+        if self._store(ip, number, times):
+            return None
+        times.remove(t)  # a time that does not pack exactly: a full window
+        return self._hold(addr, ip, self._entries(number, times), entry)
+
+    def _store(self, ip: int, number: int, times: list[float]) -> bool:
+        """Hold a source not held anywhere as climbing: in the packed table when it fits,
+        else as a packed int.  False when a time would not come back out exactly."""
+        value = None
+        if 0 < ip <= KEY_MASK and len(times) <= self._table_hits:
+            value = self._pack(number, times)
+        record = None if value is not None else self._encode(number, times)
+        if value is None and record is None:
+            return False
+        if len(self._table) + len(self._climbing) >= self._max_climbing:
+            self._evict_climbing()
+        if value is not None:
+            self._table.put_new(ip, value)  # held nowhere, as the caller knows
+        elif record is not None:
+            self._climbing[ip] = record
+        return True
+
+    def _pack(self, number: int, times: list[float]) -> int | None:
+        """The packed table's value for kind `number` and hit `times` (oldest first), or
+        None when a time would not come back out exactly as the same float."""
+        width = self._width
+        first_time = times[0]
+        if not width or not 0 <= first_time < 2.0**52:
+            return None
+        epoch = self._epoch
+        if epoch is None:
+            epoch = self._epoch = int(first_time - self._window) - 1
+        payload = first = 0
+        shift = 0
+        for t in times:
+            second = int(t)
+            micros = round((t - second) * _MICRO)
+            at = (second - epoch) * _MICRO + micros
+            if second + micros * 1e-6 != t:
+                return None
+            if not shift:
+                if not 0 <= at <= _T0_MASK:
+                    return None
+                payload = first = at
+                shift = _T0_BITS
+                continue
+            offset = at - first
+            if offset < 0 or offset >> width:
+                return None
+            payload |= offset << shift
+            shift += width
+        return (len(times) | number << 4) | payload << 32
+
+    def _unpack(self, value: int) -> list[float]:
+        """The hit times, oldest first, of a packed table value."""
+        count = value & 15
+        payload = value >> 32
+        first = payload & _T0_MASK
+        width = self._width
+        mask = (1 << width) - 1
+        epoch = self._epoch or 0
+        times = []
+        for k in range(count):
+            at = first + ((payload >> (_T0_BITS + width * (k - 1))) & mask if k else 0)
+            seconds, micros = divmod(at, _MICRO)
+            times.append((epoch + seconds) + micros * 1e-6)
+        return times
 
     def _climb(self, addr: Address, ip: int, packed: int, entry: Entry) -> Reached | None:
         """One more hit of a source in the climbing tier."""
@@ -263,12 +423,7 @@ class Tiers:
                 insort(times, t)
             else:
                 times.append(t)
-            record = self._encode(number, times)
-            if record is not None:
-                climbing = self._climbing
-                if len(climbing) >= self._max_climbing:
-                    self._evict_climbing()
-                climbing[ip] = record
+            if self._store(ip, number, times):
                 return None
         tracked = self._tracked
         if len(tracked) >= self._max_tracked:
@@ -317,8 +472,15 @@ class Tiers:
         once[ip] = entry
         return None
 
+    def _shrink_once(self) -> None:
+        """A dict keeps the table of its largest size: once a flood's one-hit sources have
+        moved on (climbing), build the admission tier anew at its present size."""
+        self._once = OrderedDict(self._once)
+        self._once_wide = False
+
     def _evict_once(self) -> None:
         """Make room in the admission tier: its oldest hit goes, into the doorkeeper."""
+        self._once_wide = True
         ip, (t, _, _, _) = self._once.popitem(last=False)
         now = self.now
         if now - t < self._window:
@@ -334,9 +496,10 @@ class Tiers:
         self.last_eviction = self.now
 
     def _evict_climbing(self) -> None:
-        """The climbing tier is full: drop what holds no live hit, and at least 1/16 of it,
-        oldest first (they go to the doorkeeper, so their next hit climbs again)."""
-        climbing = self._climbing
+        """The climbing tier is full: drop what holds no live hit, and at least 1/16 of it:
+        in the packed table the least recently hit first, as packed ints the oldest first
+        (they go to the doorkeeper, so their next hit climbs again)."""
+        climbing, table = self._climbing, self._table
         now, window = self.now, self._window
         dead = [
             ip
@@ -345,13 +508,63 @@ class Tiers:
         ]
         for ip in dead:
             del climbing[ip]
-        need = self._max_climbing // 16 - len(dead)
-        if need > 0:
-            for ip in list(islice(climbing, need)):
+        newest = self._newest
+        gone = len(dead) + table.remove_if(lambda _, value: now - newest(value) >= window)
+        need = max(1, self._max_climbing // 16) - gone
+        held = len(climbing) + len(table)
+        if need > 0 and held:
+            from_dict = -(-need * len(climbing) // held)
+            for ip in list(islice(climbing, from_dict)):
                 del climbing[ip]
                 self._forgotten(ip)
+            if need > from_dict:
+                self._evict_least_recent(need - from_dict)
+        table.shrink_if_sparse()
         if len(climbing) * 2 < self._max_climbing:  # shed the dict's dead slots too
             self._climbing = dict(climbing)
+
+    def _evict_least_recent(self, need: int) -> None:
+        """Drop at least `need` packed table records (or all), least recently hit first."""
+        now, window, newest = self.now, self._window, self._newest
+        buckets = [0] * 65
+        scale = 64 / window
+
+        def age(value: int) -> int:
+            return min(64, int((now - newest(value)) * scale))
+
+        for _, value in self._table.items():
+            buckets[age(value)] += 1
+        cutoff = 64
+        total = buckets[64]
+        while total < need and cutoff > 0:
+            cutoff -= 1
+            total += buckets[cutoff]
+        # All older than the cutoff's bucket go, and of that bucket only what is missing.
+        of_cutoff = [need - (total - buckets[cutoff])]
+
+        def drop(ip: int, value: int) -> bool:
+            bucket = age(value)
+            if bucket < cutoff:
+                return False
+            if bucket == cutoff:
+                if of_cutoff[0] <= 0:
+                    return False
+                of_cutoff[0] -= 1
+            self._forgotten(ip)
+            return True
+
+        self._table.remove_if(drop)
+
+    def _newest(self, value: int) -> float:
+        """The time of the newest hit of a packed table value."""
+        count = value & 15
+        payload = value >> 32
+        at = payload & _T0_MASK
+        if count > 1:
+            width = self._width
+            at += (payload >> (_T0_BITS + width * (count - 2))) & ((1 << width) - 1)
+        seconds, micros = divmod(at, _MICRO)
+        return ((self._epoch or 0) + seconds) + micros * 1e-6
 
     def _evict_window(self) -> None:
         """Make room for one full window: drop the oldest that holds no score any more or was
@@ -373,6 +586,8 @@ class Tiers:
         """Forget every hit of `addr` (banned or unbanned from outside)."""
         ip = key_of(addr)
         self._tracked.pop(ip, None)
+        if ip <= KEY_MASK and self._table.pop(ip) is not None:
+            self._table.shrink_if_sparse()
         self._climbing.pop(ip, None)
         self._once.pop(ip, None)
 
@@ -384,6 +599,9 @@ class Tiers:
         state = self._tracked.get(ip)
         if state is not None:
             return "window", list(state.hits)
+        value = self._table.get(ip) if ip <= KEY_MASK else None
+        if value is not None:
+            return "climbing", self._entries((value >> 4) & _KIND_MASK, self._unpack(value))
         packed = self._climbing.get(ip)
         if packed is not None:
             number, times = self._decode(packed)
@@ -399,12 +617,12 @@ class Tiers:
         """Sources held now in each tier."""
         return {
             "tracked_admission": len(self._once),
-            "tracked_climbing": len(self._climbing),
+            "tracked_climbing": len(self._table) + len(self._climbing),
             "tracked_windows": len(self._tracked),
         }
 
     def __len__(self) -> int:
-        return len(self._once) + len(self._climbing) + len(self._tracked)
+        return len(self._once) + len(self._table) + len(self._climbing) + len(self._tracked)
 
     def sources_per_minute(self) -> int:
         """New sources (not held in any tier) in the current or last minute of log time."""

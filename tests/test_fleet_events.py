@@ -245,3 +245,21 @@ def test_any_reason_and_time_round_trip(reason: str, at: float, expires: float) 
     assert decoded == FleetEvent(
         "ban", "f" * 32, "web-1", ip_network("2001:db8::7"), "probes", at, expires, reason[:400]
     )
+
+
+@pytest.mark.parametrize("value", [None, 7, "text", ["list"], b"", b"no signature here"])
+def test_wrongly_typed_or_unsigned_snapshot_values_are_dropped(value: object) -> None:
+    expected = "unsigned" if isinstance(value, bytes) else "malformed"
+    assert decode_snapshot(KEY, value) == expected
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1]", b"7", b'{"v": 1}', b"[" * 2000])
+def test_signed_snapshot_garbage_is_malformed(payload: bytes) -> None:
+    assert decode_snapshot(KEY, sign(KEY, payload) + b" " + payload) == "malformed"
+
+
+@pytest.mark.parametrize("signature", [7, "a" * 64, None, [b"x"]])
+def test_a_wrongly_typed_signature_is_unsigned(signature: object) -> None:
+    fields: dict[bytes, object] = {PAYLOAD_FIELD: entry(KEY, [ban()])[PAYLOAD_FIELD]}
+    fields[SIGNATURE_FIELD] = signature
+    assert decode(KEY, fields) == "unsigned"

@@ -19,7 +19,7 @@ import redis
 from daemon_fixture import FILTERS, Blockerd, poll, short_directory
 from redis_server import RedisServer, redis_server
 
-from blocker.fleet.events import FleetEvent, decode, decode_snapshot, entry, sign
+from blocker.fleet.events import FleetEvent, decode, decode_snapshot, entry, sign, snapshot_value
 from blocker.fleet.redis_transport import RedisTransport
 from blocker.fleet.transport import START, TransportError
 
@@ -371,3 +371,34 @@ def test_a_missing_or_loose_key_file_stops_the_start(fleet: Fleet) -> None:
     a.start(wait=False)
     assert a.proc is not None and a.proc.wait(timeout=30) == 1
     assert "readable by every user" in a.stderr()
+
+
+def test_garbage_in_the_snapshot_is_dropped_and_counted(fleet: Fleet) -> None:
+    """A new host loads the snapshot hash: what a stranger put there is dropped and counted."""
+    good = event("203.0.113.80", 80, origin="host-a")
+    payload = good.payload()
+    big = b" " * 3000 + payload
+    client = redis.Redis.from_url(fleet.server.url)
+    client.hset(
+        "blocker:bans",
+        mapping={
+            "203.0.113.80": snapshot_value(KEY, good),
+            "203.0.113.81": payload.replace(b"203.0.113.80", b"203.0.113.81"),  # unsigned
+            "203.0.113.82": sign(b"another key, not the fleet's", payload) + b" " + payload,
+            "203.0.113.83": sign(KEY, big) + b" " + big,  # oversized
+            "203.0.113.84": sign(KEY, b"[1]") + b" [1]",  # signed, but no event
+        },
+    )
+    client.close()
+    b = fleet.add("host-b")
+    b.wait_ban("203.0.113.80")
+    counters = fleet_status(b)["counters"]
+    assert counters["snapshot_loads"] == 1
+    assert (
+        counters["unsigned"],
+        counters["bad_signature"],
+        counters["oversized"],
+        counters["malformed"],
+    ) == (1, 1, 1, 1)
+    assert {r["target"] for r in b.bans()} == {"203.0.113.80"}
+    assert b.alive

@@ -11,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loglines import BASE, HOST4, MAC4, MAC6, PROBER4, outgoing_rst, outgoing_syn, synack
 
-from blocker.netfilter import _PACKET, KernelLogParser, LogFields, looks_like_netfilter
+from blocker.netfilter import (
+    _PACKET,
+    AddressTable,
+    KernelLogParser,
+    LogFields,
+    looks_like_netfilter,
+)
 from blocker.records import Packet
 
 NOW = BASE + 3600.0
@@ -644,3 +650,31 @@ def test_ipv4_identification_is_kept_and_ipv6_has_none() -> None:
         "FLOWLBL=0 PROTO=TCP SPT=46395 DPT=80 WINDOW=5760 RES=0x00 SYN URGP=0 "
     )
     assert (v6.ip_id, v6.ttl) == (None, 64)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_address_table_makes_ipv4_addresses_the_stdlib_way(value: int) -> None:
+    # AddressTable builds IPv4 addresses around IPv4Address.__init__: whatever it makes must
+    # be indistinguishable from the stdlib's own (a Python upgrade that changes ipaddress
+    # internals fails here, not in a jail's dict).
+    text = str(IPv4Address(value))
+    made = AddressTable()[text]
+    plain = IPv4Address(text)
+    assert isinstance(made, IPv4Address)
+    assert made == plain
+    assert hash(made) == hash(plain)
+    assert {plain: 1}[made] == 1
+    assert int(made) == value
+    assert made.packed == plain.packed
+    assert str(made) == text
+    assert repr(made) == repr(plain)
+    assert made.is_private == plain.is_private
+    assert made.is_global == plain.is_global
+    assert made.version == 4
+    assert (made < IPv4Address(min(value + 1, 2**32 - 1))) == (value < 2**32 - 1)
+
+
+@pytest.mark.parametrize("text", ["1.2.3", "1.2.3.256", "01.2.3.4", "1.2.3.4 ", "", "::ffff:"])
+def test_address_table_refuses_what_is_no_address(text: str) -> None:
+    assert AddressTable()[text] is None

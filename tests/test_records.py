@@ -35,3 +35,11 @@ def test_ipv4_and_networks() -> None:
     assert network_text(IPv4Network("203.0.113.0/24")) == "203.0.113.0/24"
     assert network_text(IPv6Network("2001:db8:1::/64")) == "2001:db8:1::/64"
     assert network_text(IPv6Network("::ffff:c000:207/128")) == "::ffff:c000:207"
+
+
+@settings(max_examples=2000)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_ipv4_text_is_what_ipaddress_prints(value: int, prefix: int) -> None:
+    net = IPv4Network((value, prefix), strict=False)
+    expected = str(net.network_address) if prefix == 32 else str(net)
+    assert network_text(net) == expected

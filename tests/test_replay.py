@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,14 @@ from reference_pipeline import feed_packet
 
 from blocker.config import Config, load_config
 from blocker.pipeline import MAX_LINE, Pipeline
-from blocker.replay import ReplayResult, read_text_chunks, replay_file
+from blocker.records import Decision
+from blocker.replay import (
+    ReplayResult,
+    decision_json,
+    decision_line,
+    read_text_chunks,
+    replay_file,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = load_config(REPO / "jails.toml")
@@ -270,3 +279,66 @@ def test_every_sample_line_is_in_the_equivalence_test() -> None:
     compiled = Pipeline(CONFIG)
     assert compiled.feed_text("".join(f"{x}\n" for x in SAMPLE_LINES * 5), BASE) == expected
     assert len(expected) >= 5
+
+
+# -- the spool's JSON line per ban ------------------------------------------------------
+
+
+def _decision(target: str, at: float, duration: float, score: float, reason: str) -> Decision:
+    return Decision(
+        target=ip_network(target),
+        jail="probes",
+        at=at,
+        duration=duration,
+        score=score,
+        filters=("unsolicited_synack", "outgoing_rst"),
+        reason=reason,
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "duration", "score"),
+    [
+        (1_700_000_000.123456, 600.0, 5.0),
+        (1_700_000_000.9999996, 600.0, 5.0),  # iso_time() rounds up into the next second
+        (1_700_000_000.9994, 1200.0, 4.99999),
+        (1_700_000_000.0, math.inf, 12.3456),  # permanent
+        (1_700_000_000.0, -math.inf, 1.0),  # nonsense, but what decision_json() says
+        (1_700_000_000.0, math.nan, 1.0),
+        (1_700_000_000.0, 600.0, math.nan),
+        (1_700_000_000.0, 600, 5),  # ints where floats belong
+        (-5.5, 600.0, 5.0),
+        (1e300, 600.0, 5.0),  # iso_time(): invalid-time
+        (0.0, 1e-7, 1e22),
+    ],
+)
+def test_decision_line_is_json_dumps_of_decision_json(
+    at: float, duration: float, score: float
+) -> None:
+    for target in ("198.51.100.7/32", "203.0.113.0/24", "2001:db8::1/128", "fc00::/64"):
+        decision = _decision(target, at, duration, score, 'score 5.0 >= 5: "quoted" \u00e9')
+        assert decision_line(decision) == json.dumps(decision_json(decision))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    at=st.floats(allow_nan=True, allow_infinity=True),
+    duration=st.floats(allow_nan=True, allow_infinity=True),
+    score=st.floats(allow_nan=True, allow_infinity=True),
+    reason=st.text(),
+)
+def test_decision_line_matches_on_any_values(
+    at: float, duration: float, score: float, reason: str
+) -> None:
+    decision = _decision("198.51.100.7/32", at, duration, score, reason)
+    assert decision_line(decision) == json.dumps(decision_json(decision))
+
+
+def test_decision_line_uses_the_cached_second_only_within_it() -> None:
+    # The same whole second, first seen at .1, then at a fraction that rounds up: the
+    # cached text of the second must not be reused for it.
+    early = _decision("198.51.100.7/32", 1_700_000_100.1, 600.0, 5.0, "r")
+    late = _decision("198.51.100.7/32", 1_700_000_100.99999999, 600.0, 5.0, "r")
+    assert decision_line(early) == json.dumps(decision_json(early))
+    assert decision_line(late) == json.dumps(decision_json(late))
+    assert json.loads(decision_line(late))["at"] != json.loads(decision_line(early))["at"]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import sys
 from collections.abc import Iterable, Sequence
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from typing import cast
 
 import pytest
 
+from blocker import tiers
 from blocker.ban_book import GATE_CACHE_SIZE
 from blocker.records import Address, Decision, Hit, Network
-from blocker.scoring import JailPolicy, Scorer
+from blocker.scoring import JailPolicy, Scorer, host_network_v4
 
 SYNACK = "unsolicited_synack"
 T0 = 1_700_000_000.0
@@ -696,12 +698,91 @@ def test_climbing_hit_times_come_back_exactly_and_ban_at_the_fifth(times: list[f
     assert decision.reason == "score 5.0 >= 5 within 60s: unsolicited_synack x5"
 
 
-def test_a_climbing_record_holds_its_times_as_one_small_int() -> None:
+def test_an_ipv4_climbing_source_takes_one_table_slot_and_no_python_object() -> None:
     s = scorer()
     for t in (0.000001, 7.250003, 30.5):
         s.feed(hit("198.51.100.7", t))
     assert s.explain(a("198.51.100.7"), T0 + 31)["tier"] == "climbing"
-    s.feed(hit("198.51.100.7", 39.123457))  # the 4th: still one small record, not a window
+    s.feed(hit("198.51.100.7", 39.123457))  # the 4th: still one table slot, not a window
     assert s.tiers.counts()["tracked_climbing"] == 1
+    assert (len(s.tiers._table), s.tiers._climbing) == (1, {})
+    hits = cast(list[dict[str, float]], s.explain(a("198.51.100.7"), T0 + 40)["hits"])
+    assert [h["time"] for h in hits] == [T0 + t for t in (0.000001, 7.250003, 30.5, 39.123457)]
+
+
+def test_an_ipv6_climbing_source_is_one_small_int() -> None:
+    s = scorer()
+    for t in (0.000001, 7.250003, 30.5, 39.123457):
+        s.feed(hit("2001:db8::7", t))
+    assert s.explain(a("2001:db8::7"), T0 + 40)["tier"] == "climbing"
+    assert len(s.tiers._table) == 0
     [record] = s.tiers._climbing.values()
     assert isinstance(record, int) and sys.getsizeof(record) <= 48  # packed doubles: 73
+
+
+@pytest.mark.parametrize("value", [0, 1, 0x7F000001, 0xC6336407, 0xFFFFFFFE, 0xFFFFFFFF])
+def test_host_network_v4_is_the_stdlibs(value: int) -> None:
+    # Built around IPv4Network.__init__ for speed: it must hold what __init__ would (a Python
+    # upgrade that changes ipaddress internals fails here) and behave the same everywhere.
+    made = host_network_v4(value)
+    plain = IPv4Network((value, 32))
+    assert type(made) is IPv4Network
+    assert made.__dict__.keys() == plain.__dict__.keys()
+    assert type(made.network_address) is IPv4Address
+    assert made == plain
+    assert hash(made) == hash(plain)
+    assert {plain: 1}[made] == 1
+    assert str(made) == str(plain)
+    assert repr(made) == repr(plain)
+    assert list(made.hosts()) == list(plain.hosts()) == [IPv4Address(value)]
+    assert list(made) == list(plain)
+    assert made.num_addresses == 1
+    assert made.prefixlen == made.max_prefixlen == 32
+    assert made.broadcast_address == plain.broadcast_address
+    assert made.hostmask == plain.hostmask
+    assert made.with_prefixlen == plain.with_prefixlen
+    assert made.subnet_of(IPv4Network((value & 0xFFFFFF00, 24)))
+    assert made.overlaps(plain)
+    assert made.is_private == plain.is_private
+    assert made.supernet() == plain.supernet()
+    assert pickle.loads(pickle.dumps(made)) == plain
+
+
+def test_a_climbing_source_past_what_a_slot_holds_keeps_climbing_as_an_int() -> None:
+    s = scorer(threshold=10)
+    feed_all(s, burst("198.51.100.1", 0, count=4))
+    assert len(s.tiers._table) == 1
+    feed_all(s, burst("198.51.100.1", 4, count=4))  # 8 hits: more than a slot's 4
+    assert (len(s.tiers._table), len(s.tiers._climbing)) == (0, 1)
+    info = s.explain(a("198.51.100.1"), T0 + 8)
+    assert (info["tier"], info["score"]) == ("climbing", 8.0)
+    [decision] = feed_all(s, burst("198.51.100.1", 8, count=2))
+    assert decision.reason.endswith("unsolicited_synack x10")
+
+
+def test_a_full_climbing_tier_drops_the_least_recently_hit_first() -> None:
+    s = scorer(max_tracked=16)  # 192 climbing at most: 1/16 of it is 12
+    cap = 16 * tiers.CLIMBING_PER_TRACKED
+    for i in range(1, cap + 1):  # each climbs with 2 hits; the first 20 are hit again later
+        feed_all(s, [hit(f"198.51.100.{i}", 0), hit(f"198.51.100.{i}", 1)])
+    for i in range(1, 21):
+        s.feed(hit(f"198.51.100.{i}", 2))
+    assert s.stats()["tracked_climbing"] == cap
+    feed_all(s, [hit("203.0.113.1", 3), hit("203.0.113.1", 4)])  # one more: room is made
+    assert s.stats()["tracked_climbing"] == cap - 12 + 1
+    assert s.explain(a("203.0.113.1"), T0 + 4)["tier"] == "climbing"
+    for i in range(1, 21):  # hit at 2: kept, those last hit at 1 went first
+        assert s.explain(a(f"198.51.100.{i}"), T0 + 4)["score"] == 3.0
+    assert s.stats()["evicted"] == 12  # 1/16, though 172 were last hit at the same time
+
+
+def test_the_admission_tier_lets_go_of_its_flood_sized_table() -> None:
+    s = scorer(max_tracked=1000)
+    sources = [f"198.51.{i >> 8}.{i & 255}" for i in range(1, 2001)]  # fills it, pushes out
+    for src in sources:
+        s.feed(hit(src, 0))
+    flooded = sys.getsizeof(s.tiers._once)
+    for src in sources[1000:]:  # those still admitted climb: the tier empties
+        s.feed(hit(src, 1))
+    assert s.stats()["tracked_admission"] == 0
+    assert sys.getsizeof(s.tiers._once) * 10 < flooded

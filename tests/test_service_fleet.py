@@ -4,6 +4,7 @@ holds, the outbox, and no escalation from other hosts' bans. A fake backend; tim
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -210,3 +211,129 @@ def test_a_fleet_without_redis_py_stops_the_start(
     with pytest.raises(OSError, match=r"redis-py is not installed \(Debian: python3-redis\)"):
         daemon_side.FleetWiring.open(h.load(), h.state, h.service.apply_remote, lambda: None)
     h.state.close()
+
+
+class ListingConntrack:
+    """A conntrack that also lists its live addresses at once, as live_peers.LivePeers does."""
+
+    def __init__(self, live: dict[str, float], fail: str | None = None) -> None:
+        from test_spare_live_peers import FakeConntrack  # noqa: PLC0415
+
+        self.inner = FakeConntrack(live)
+        self.inner.fail = fail
+        self.listed: list[tuple[int, float]] = []
+
+    def find(self, target: Any, window: float) -> Any:
+        return self.inner.find(target, window)
+
+    def live_addresses(self, version: int, window: float) -> set[int]:
+        from blocker.live_peers import ConntrackError  # noqa: PLC0415
+
+        self.listed.append((version, window))
+        if self.inner.fail:
+            raise ConntrackError(self.inner.fail)
+        return {
+            int(a) for a, idle in self.inner.live.items() if a.version == version and idle <= window
+        }
+
+
+def test_a_slice_of_remote_bans_asks_conntrack_once_and_checks_only_live_ones(
+    tmp_path: Path,
+) -> None:
+    from test_spare_live_peers import harness  # noqa: PLC0415
+
+    conntrack = ListingConntrack({PEER: 30.0, "203.0.113.5": 30.0})
+    h = harness(tmp_path, cast(Any, conntrack), fleet=FleetRole("web-1", frozenset(), accept=True))
+    try:
+        events = [remote(f"203.0.113.{i}", event_id=f"{i:032x}") for i in range(10, 60)] + [
+            remote(PEER, event_id="1" * 32),
+            remote("203.0.113.0/29", event_id="2" * 32),  # holds 203.0.113.5
+            remote("2001:db8::7", event_id="3" * 32),
+        ]
+        counts = h.service.apply_remote(events, NOW)
+        assert (counts["spared"], counts["applied"]) == (2, 51)
+        assert sorted(conntrack.listed) == [(4, 600.0), (6, 600.0)]
+        assert [t for t, _ in conntrack.inner.asked] == [n(PEER), n("203.0.113.0/29")]
+        assert n(PEER) not in h.backend.table and n("203.0.113.0/29") not in h.backend.table
+        assert n("203.0.113.10") in h.backend.table and n("2001:db8::7") in h.backend.table
+    finally:
+        h.state.close()
+
+
+def test_conntrack_failing_to_list_falls_back_to_the_per_ban_check(tmp_path: Path) -> None:
+    from test_spare_live_peers import harness  # noqa: PLC0415
+
+    conntrack = ListingConntrack({PEER: 30.0}, fail="no conntrack here")
+    h = harness(tmp_path, cast(Any, conntrack), fleet=FleetRole("web-1", frozenset(), accept=True))
+    try:
+        counts = h.service.apply_remote([remote(PEER)], NOW)
+        assert counts["applied"] == 1, "unable to ask: banned as with the check off"
+        assert [t for t, _ in conntrack.inner.asked] == [n(PEER)]
+    finally:
+        h.state.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "held"),
+    [
+        ("203.0.113.5", True),
+        ("203.0.113.6", False),
+        ("203.0.113.0/29", True),
+        ("203.0.113.8/29", False),
+        ("2001:db8::5", False),  # another family's ints never match: the caller sorts them
+    ],
+)
+def test_holds_any(target: str, held: bool) -> None:
+    from blocker.fleet.remote_bans import holds_any  # noqa: PLC0415
+
+    live = {int(ip_network("203.0.113.5").network_address)}
+    assert holds_any(n(target), live if n(target).version == 4 else set()) is held
+
+
+def test_a_slice_is_one_kernel_batch_one_record_per_ban_and_one_log_record(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="blocker")
+    events = [remote(f"2001:db8:5::{i:x}", event_id=f"{i:032x}") for i in range(1, 301)]
+    events.append(remote(ALLOWED, event_id="a" * 32))
+    counts = h.service.apply_remote(events, NOW)
+    assert (counts["applied"], counts["refused"]) == (300, 1)
+    assert len(h.backend.ban_batches) == 1 and len(h.backend.ban_batches[0]) == 300
+    assert len(h.state.active(NOW)) == 300
+    bans = [r for r in caplog.records if r.getMessage().startswith("ban ")]
+    assert len(bans) == 1 and bans[0].getMessage().count("\n") == 299
+    assert f"not banning {ALLOWED} from web-2" in caplog.text
+    assert h.service.activity.bans["probes", "fleet"] == 300
+
+
+def test_order_is_kept_across_an_unban_and_a_target_keeps_its_longest_ban(h: Harness) -> None:
+    events = [
+        remote(PEER, expires=NOW + 300, event_id="1" * 32),
+        remote(PEER, expires=NOW + 900, event_id="2" * 32),  # the longest of the run wins
+        remote(PEER, expires=NOW + 600, event_id="3" * 32),
+        remote("203.0.113.5", event_id="4" * 32),
+        remote("203.0.113.5", kind="unban", event_id="5" * 32),  # lifts the ban before it
+        remote("203.0.113.6", kind="unban", event_id="6" * 32),
+        remote("203.0.113.6", event_id="7" * 32),  # stands: after its unban
+    ]
+    counts = h.service.apply_remote(events, NOW)
+    assert (counts["applied"], counts["expired"], counts["unbans"]) == (3, 2, 1)
+    assert h.backend.table == {n(PEER): 900.0, n("203.0.113.6"): 600.0}
+    assert sorted((str(r.target), r.expires) for r in h.state.active(NOW)) == [
+        (f"{PEER}/32", NOW + 900),
+        ("203.0.113.6/32", NOW + 600),
+    ]
+
+
+def test_bans_the_kernel_refuses_are_not_recorded(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, fleet=FleetRole("web-1", frozenset(), accept=True))
+    harness.backend.capacity = 2
+    harness.service.start(NOW)
+    try:
+        events = [remote(f"203.0.113.{i}", event_id=f"{i:032x}") for i in range(1, 5)]
+        counts = harness.service.apply_remote(events, NOW)
+        assert counts["applied"] == 2
+        assert len(harness.service.active) == 2 and len(harness.state.active(NOW)) == 2
+        assert harness.service.refusals.total == 2
+    finally:
+        harness.state.close()

@@ -76,6 +76,9 @@ class FleetWiring:
         )
         host_id = fleet.host_id or host_name()
         url = fleet.url
+        ca_file = fleet.ca_file
+        if ca_file is not None:
+            check_ca_file(ca_file)
 
         def transport() -> Transport:
             # Imported here: only a host in a fleet needs redis-py.
@@ -88,6 +91,7 @@ class FleetWiring:
                 password=password,
                 prefix=fleet.key_prefix,
                 retention=fleet.retention,
+                ca_file=ca_file,
             )
 
         position = f"fleet:{fleet.key_prefix}"
@@ -179,6 +183,18 @@ class FleetWiring:
             "remote": dict(self.applied),
             "damaged_outbox_rows": self.damaged,
         }
+
+
+def check_ca_file(path: str) -> None:
+    """Raises OSError when `path` holds no PEM certificate to verify the Redis server with
+    (else every connection would fail later, and only in the log)."""
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read(1 << 20)
+    except OSError as exc:
+        raise OSError(f"fleet ca_file {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise OSError(f"fleet ca_file {path}: no PEM certificate in it")
 
 
 def _redacted(url: str) -> str:

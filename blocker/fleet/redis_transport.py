@@ -49,6 +49,7 @@ class RedisTransport:
         prefix: str = "blocker",
         retention: float = 86400.0,
         read_timeout: float = 10.0,
+        ca_file: str | None = None,
     ) -> None:
         self.key = key
         self.retention = retention
@@ -62,6 +63,14 @@ class RedisTransport:
             options["username"] = username
         if password is not None:
             options["password"] = password
+        self.tls = url.startswith("rediss://")
+        if self.tls:
+            # The server's certificate chain and its name in the URL, both checked (redis-py
+            # 4.3 checks no host name by default); the system's CAs unless ca_file is given.
+            options["ssl_cert_reqs"] = "required"
+            options["ssl_check_hostname"] = True
+            if ca_file is not None:
+                options["ssl_ca_certs"] = ca_file
         try:
             # Any: redis-py 4.3 has no type hints and 6.x's differ; the calls are checked by
             # the tests against a real server with both.
@@ -95,7 +104,7 @@ class RedisTransport:
                 self._prune(now)
                 self._next_prune = now + PRUNE_EVERY
         except (RedisError, OSError) as exc:
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise _failure(exc, self.tls) from exc
 
     def _prune(self, now: float) -> None:
         """Expired bans out of the snapshot; WATCH makes a concurrent new ban win."""
@@ -120,7 +129,7 @@ class RedisTransport:
             pipe.xrevrange(self.stream, "+", "-", count=1)
             values, last = pipe.execute()
         except (RedisError, OSError) as exc:
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise _failure(exc, self.tls) from exc
         position = _text(last[0][0]) if last else START
         if cursor is not None:
             log.warning(
@@ -156,7 +165,7 @@ class RedisTransport:
                 {self.stream: cursor}, count=count, block=max(1, int(block * 1000))
             )
         except (RedisError, OSError) as exc:
-            raise TransportError(str(exc) or type(exc).__name__) from exc
+            raise _failure(exc, self.tls) from exc
         found: list[tuple[str, object]] = []
         for _name, entries in reply or ():
             for entry_id, fields in entries:
@@ -166,6 +175,17 @@ class RedisTransport:
     def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             self.client.close()
+
+
+def _failure(exc: Exception, tls: bool) -> TransportError:
+    """The error to retry on, said plainly when it is TLS refusing the server."""
+    text = str(exc) or type(exc).__name__
+    if tls and ("CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text):
+        return TransportError(
+            "TLS: the Redis server's certificate was refused (not signed by [fleet] "
+            f"ca_file, or by the system's CAs without it, or not for the url's host): {text}"
+        )
+    return TransportError(text)
 
 
 def _text(value: object) -> str:

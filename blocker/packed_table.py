@@ -1,0 +1,223 @@
+"""A hash table of 32-bit keys to fixed-width values with no Python object per entry.  PURE.
+
+One ``array('Q')`` holds every slot as three 64-bit words (24 bytes a slot, nothing else
+per entry; a dict of int -> int costs ~120 bytes an entry):
+
+* word 0: the key in its low 32 bits (0: an empty slot, so key 0 cannot be stored) and
+  the value's low 32 bits (``meta``) above it;
+* words 1 and 2: the value's next 128 bits (``payload``), low word first.
+
+A value is therefore an int below 2**160, ``meta | payload << 32``; the dict-like API
+(get, put, pop, items) takes and gives it that way, and the hot path of a caller may read
+and write the words of a slot found by find() directly (``words``; fields as above).
+
+Linear probing from a Fibonacci hash mapped onto any capacity (so it need not be a power
+of two: the table never grows past ``max_slots`` while it holds at most 3/4 of that);
+deletion shifts the following entries of the probe run back (no tombstones, so lookups
+never slow down after many deletions and no rehash is ever needed to clear them).  It
+grows by doubling, up to ``max_slots``, when more than 3/4 full, and shrinks on request
+when less than 1/8 full (a flood's table is given back once it has passed).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Final
+
+__all__ = ["KEY_MASK", "SLOT_WORDS", "PackedTable"]
+
+SLOT_WORDS: Final = 3
+KEY_MASK: Final = (1 << 32) - 1
+_M64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring keys
+_MIN_SLOTS: Final = 1024
+
+
+class PackedTable:
+    __slots__ = ("_count", "_max_slots", "_slots", "words")
+
+    def __init__(self, max_slots: int, slots: int = _MIN_SLOTS) -> None:
+        if max_slots < 2 or slots < 2:
+            raise ValueError(f"a table needs at least 2 slots, got {slots}, max {max_slots}")
+        self._max_slots = max_slots
+        self._slots = min(slots, max_slots)
+        self._count = 0
+        self.words = array("Q", bytes(8 * SLOT_WORDS * self._slots))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def nbytes(self) -> int:
+        return self.words.itemsize * len(self.words)
+
+    def home(self, key: int) -> int:
+        """The word index of the first slot probed for `key`."""
+        return (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+
+    def find(self, key: int) -> int:
+        """The word index of `key`'s slot, or -1 when it is not held."""
+        words = self.words
+        end = len(words)
+        j = (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        while True:
+            w0 = words[j]
+            if not w0:
+                return -1
+            if w0 & KEY_MASK == key:
+                return j
+            j += SLOT_WORDS
+            if j == end:
+                j = 0
+
+    def get(self, key: int) -> int | None:
+        j = self.find(key) if key else -1
+        if j < 0:
+            return None
+        words = self.words
+        return words[j] >> 32 | words[j + 1] << 32 | words[j + 2] << 96
+
+    def put(self, key: int, value: int) -> None:
+        """Hold `value` (0 <= value < 2**160) for `key` (0 < key < 2**32)."""
+        if not 0 < key <= KEY_MASK or not 0 <= value < 1 << 160:
+            raise ValueError(f"key {key} or value out of range")
+        j = self.find(key)
+        if j < 0:
+            if (self._count + 1) * 4 > self._slots * 3 and self._slots < self._max_slots:
+                self._resize(min(self._slots * 2, self._max_slots))
+            elif self._count + 1 >= self._slots:  # past max_slots only when full: never lose one
+                self._resize(self._slots * 2)
+            j = self._free_slot(key)
+            self._count += 1
+        words = self.words
+        words[j] = key | (value & KEY_MASK) << 32
+        words[j + 1] = (value >> 32) & _M64
+        words[j + 2] = value >> 96
+
+    def put_new(self, key: int, value: int) -> None:
+        """put() for a key the caller knows is not held (0 < key < 2**32 and 0 <= value <
+        2**160, unchecked): one probe run, to the first free slot."""
+        count = self._count + 1
+        slots = self._slots
+        if count * 4 > slots * 3 and slots < self._max_slots:
+            self._resize(min(slots * 2, self._max_slots))
+        elif count >= slots:
+            self._resize(slots * 2)
+        words = self.words
+        end = len(words)
+        j = (((key * _GOLDEN) & _M64) * self._slots >> 64) * SLOT_WORDS
+        while words[j]:
+            j += SLOT_WORDS
+            if j == end:
+                j = 0
+        self._count = count
+        words[j] = key | (value & KEY_MASK) << 32
+        words[j + 1] = (value >> 32) & _M64
+        words[j + 2] = value >> 96
+
+    def _free_slot(self, key: int) -> int:
+        words = self.words
+        end = len(words)
+        j = self.home(key)
+        while words[j]:
+            j += SLOT_WORDS
+            if j == end:
+                j = 0
+        return j
+
+    def pop(self, key: int) -> int | None:
+        j = self.find(key) if key else -1
+        if j < 0:
+            return None
+        words = self.words
+        value = words[j] >> 32 | words[j + 1] << 32 | words[j + 2] << 96
+        self.remove_at(j)
+        return value
+
+    def remove_at(self, j: int) -> None:
+        """Empty the slot at word index `j` (from find()): the entries after it in its probe
+        run move back, so that every key stays reachable from its home slot."""
+        words = self.words
+        end = len(words)
+        slots = self._slots
+        hole = j
+        while True:
+            j += SLOT_WORDS
+            if j == end:
+                j = 0
+            w0 = words[j]
+            if not w0:
+                break
+            home = (((w0 & KEY_MASK) * _GOLDEN) & _M64) * slots >> 64
+            home *= SLOT_WORDS
+            # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
+            if (hole < j and hole < home <= j) or (j < hole and (home <= j or home > hole)):
+                continue
+            words[hole] = w0
+            words[hole + 1] = words[j + 1]
+            words[hole + 2] = words[j + 2]
+            hole = j
+        words[hole] = words[hole + 1] = words[hole + 2] = 0
+        self._count -= 1
+
+    def shrink_if_sparse(self) -> None:
+        """Give back the room of a table that held many more than it holds now (under 1/8
+        full: to half full).  Never called from within remove_if()."""
+        if self._count * 8 < self._slots and self._slots > _MIN_SLOTS:
+            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
+        words = self.words
+        for j in range(0, len(words), SLOT_WORDS):
+            w0 = words[j]
+            if w0:
+                yield w0 & KEY_MASK, w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96
+
+    def remove_if(self, drop: Callable[[int, int], bool]) -> int:
+        """Remove every entry for which drop(key, value) is true; returns how many."""
+        words = self.words
+        end = len(words)
+        removed = 0
+        j = 0
+        while j < end:
+            w0 = words[j]
+            if w0 and drop(w0 & KEY_MASK, w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96):
+                # An entry from further on may move into j: look at j again.  Entries that
+                # wrap around from the front may be asked twice; the answer is the same.
+                self.remove_at(j)
+                removed += 1
+                continue
+            j += SLOT_WORDS
+        return removed
+
+    def _resize(self, slots: int) -> None:
+        old = self.words
+        self._slots = slots
+        words = self.words = array("Q", bytes(8 * SLOT_WORDS * slots))
+        end = len(words)
+        # Word by word in C (islice copies nothing): the old array's words, slot by slot.
+        for w0, w1, w2 in zip(
+            islice(old, 0, None, 3), islice(old, 1, None, 3), islice(old, 2, None, 3), strict=True
+        ):
+            if w0:
+                j = (((w0 & KEY_MASK) * _GOLDEN) & _M64) * slots >> 64
+                j *= SLOT_WORDS
+                while words[j]:
+                    j += SLOT_WORDS
+                    if j == end:
+                        j = 0
+                words[j] = w0
+                words[j + 1] = w1
+                words[j + 2] = w2
+
+    def clear(self) -> None:
+        self._count = 0
+        self._slots = min(_MIN_SLOTS, self._max_slots)
+        self.words = array("Q", bytes(8 * SLOT_WORDS * self._slots))

@@ -1,0 +1,146 @@
+"""packed_table.py: behaves as a dict of int -> int, through collisions, wraparound,
+deletions (backward shift), growth and bulk removal."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blocker.packed_table import SLOT_WORDS, PackedTable
+
+VALUE_MAX = (1 << 160) - 1
+
+
+def same_as(table: PackedTable, model: dict[int, int]) -> None:
+    assert len(table) == len(model)
+    assert dict(table.items()) == model
+    for key, value in model.items():
+        assert table.get(key) == value
+        assert table.find(key) >= 0
+
+
+def keys_homed_at_the_end(table: PackedTable, count: int) -> list[int]:
+    last = (table.slots - 1) * SLOT_WORDS
+    keys = [key for key in range(1, 200_000) if table.home(key) == last]
+    assert len(keys) >= count
+    return keys[:count]
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "pop", "get"]),
+        st.integers(1, 40),  # few keys, small tables: long probe runs
+        st.integers(0, VALUE_MAX),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops, start=st.integers(2, 8), spare=st.integers(0, 40))
+def test_it_answers_as_a_dict_does(ops: list[tuple[str, int, int]], start: int, spare: int) -> None:
+    table = PackedTable(max_slots=start + spare, slots=start)
+    model: dict[int, int] = {}
+    for op, key, value in ops:
+        if op == "put":
+            table.put(key, value)
+            model[key] = value
+        elif op == "pop":
+            assert table.pop(key) == model.pop(key, None)
+        else:
+            assert table.get(key) == model.get(key)
+        assert len(table) == len(model)
+    same_as(table, model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.integers(1, 60), unique=True, max_size=50),
+    dropped=st.sets(st.integers(1, 60)),
+)
+def test_remove_if_drops_exactly_what_it_is_asked(keys: list[int], dropped: set[int]) -> None:
+    table = PackedTable(max_slots=64, slots=4)
+    for key in keys:
+        table.put(key, key * 7)
+    asked: list[int] = []
+
+    def drop(key: int, value: int) -> bool:
+        assert value == key * 7
+        asked.append(key)
+        return key in dropped
+
+    removed = table.remove_if(drop)
+    assert removed == len(set(keys) & dropped)
+    assert set(asked) == set(keys)
+    same_as(table, {key: key * 7 for key in keys if key not in dropped})
+
+
+def test_a_probe_run_wraps_from_the_last_slot_to_the_first() -> None:
+    table = PackedTable(max_slots=16, slots=16)
+    keys = keys_homed_at_the_end(table, 4)
+    for i, key in enumerate(keys):
+        table.put(key, i)
+    # One at the end, the others wrapped to the front slots.
+    assert sorted(table.find(key) for key in keys) == [0, 3, 6, 15 * SLOT_WORDS]
+    assert table.pop(keys[0]) == 0  # the one at the end goes: a wrapped one moves back
+    assert table.find(keys[1]) == 15 * SLOT_WORDS
+    same_as(table, {key: i for i, key in enumerate(keys) if i})
+    table.remove_if(lambda key, _: key == keys[2])
+    same_as(table, {keys[1]: 1, keys[3]: 3})
+
+
+def test_deleting_never_leaves_a_key_unreachable_behind_a_hole() -> None:
+    table = PackedTable(max_slots=8, slots=8)
+    model = {key: key for key in range(1, 7)}  # 6 of 8 slots: long runs
+    for key in model:
+        table.put(key, key)
+    for key in list(model):
+        table.pop(key)
+        del model[key]
+        same_as(table, model)
+    assert table.words.tolist() == [0] * 8 * SLOT_WORDS
+
+
+def test_it_grows_by_doubling_but_not_past_max_slots_while_three_quarters_do() -> None:
+    table = PackedTable(max_slots=100, slots=4)
+    for key in range(1, 76):
+        table.put(key, key)
+    assert table.slots == 100  # 4, 8, ..., 64, then 100 (not 128)
+    assert table.nbytes == 100 * SLOT_WORDS * 8
+    for key in range(76, 101):  # full: it grows past max_slots rather than lose a key
+        table.put(key, key)
+    assert table.slots > 100
+    same_as(table, {key: key for key in range(1, 101)})
+
+
+def test_values_and_keys_out_of_range_are_refused() -> None:
+    table = PackedTable(max_slots=8)
+    for key, value in [(0, 1), (1 << 32, 1), (-1, 1), (1, -1), (1, VALUE_MAX + 1)]:
+        with pytest.raises(ValueError, match="out of range"):
+            table.put(key, value)
+    assert len(table) == 0
+    assert table.get(0) is None
+    assert table.pop(0) is None
+    table.put(1, VALUE_MAX)
+    assert table.get(1) == VALUE_MAX
+
+
+def test_clear_empties_it() -> None:
+    table = PackedTable(max_slots=4096, slots=16)
+    for key in range(1, 1001):
+        table.put(key, key)
+    table.clear()
+    assert (len(table), table.get(5), list(table.items())) == (0, None, [])
+
+
+def test_a_table_that_emptied_gives_its_room_back() -> None:
+    table = PackedTable(max_slots=1 << 16, slots=16)
+    for key in range(1, 20_001):
+        table.put(key, key)
+    grown = table.slots
+    for key in range(1, 19_901):
+        table.pop(key)
+        table.shrink_if_sparse()
+    assert table.slots * 8 < grown
+    same_as(table, {key: key for key in range(19_901, 20_001)})
