@@ -186,11 +186,17 @@ class ActiveBans(Mapping[Network, ActiveBan]):
     def _number(self, jail: str) -> int:
         number = self._numbers.get(jail)
         if number is None:
-            if len(self._names) >= _MAX_JAILS:
-                raise ValueError(f"more than {_MAX_JAILS} jail names hold bans")
-            number = self._numbers[jail] = len(self._names)
-            self._names.append(jail)
-            self._counts.append(0)
+            if len(self._names) < _MAX_JAILS:
+                number = len(self._names)
+                self._names.append(jail)
+                self._counts.append(0)
+            else:  # names come from other hosts too (fleet events): reuse one holding no ban
+                number = next((n for n, count in enumerate(self._counts) if not count), None)
+                if number is None:
+                    raise ValueError(f"{_MAX_JAILS} jail names hold bans already")
+                del self._numbers[self._names[number]]
+                self._names[number] = jail
+            self._numbers[jail] = number
         return number
 
     def _store(self, key: int, found: int, jail: str, expires: float) -> None:

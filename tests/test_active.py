@@ -391,3 +391,21 @@ def test_sources_whose_ints_hash_alike_do_not_pile_into_one_slot() -> None:
     longest = max(len(run) for run in (taken + "." + taken).split("."))  # wraps around
     assert longest < 200
     assert all(bans.expires(t) == 1e9 for t in targets)
+
+
+def test_jail_names_past_the_table_reuse_those_holding_no_ban(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blocker import active  # noqa: PLC0415
+
+    monkeypatch.setattr(active, "_MAX_JAILS", 2)
+    bans = ActiveBans()
+    bans.set(n("198.51.100.1"), "probes", 100.0)
+    bans.set(n("198.51.100.2"), "scans", 100.0)
+    bans.remove(n("198.51.100.2"))  # "scans" holds nothing now
+    bans.set(n("198.51.100.3"), "fleet-only", 100.0)
+    assert bans[n("198.51.100.3")].jail == "fleet-only"
+    assert bans[n("198.51.100.1")].jail == "probes"
+    assert (bans.count("probes"), bans.count("scans"), bans.count("fleet-only")) == (1, 0, 1)
+    with pytest.raises(ValueError, match="jail names hold bans"):
+        bans.set(n("198.51.100.4"), "another", 100.0)
