@@ -12,6 +12,10 @@ sent anywhere).
 Then: how long until blockerd has read every line and its bans stopped growing, how many
 reflectors the kernel set holds or covers with a subnet entry, and blockerd's whole-process
 RSS (peak VmHWM, and VmRSS sampled every second). Target: every reflector, RSS <= 300 MB.
+
+--tracemalloc N runs blockerd under tracemalloc (slower, and its RSS then includes
+tracemalloc's own books: read the breakdown, not the RSS) and prints the N biggest allocation
+sites alive once the storm settled (the peak: nothing is freed before the bans expire).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,10 +109,49 @@ def rss(pid: int) -> dict[str, float]:
     return found
 
 
+TRACED_BLOCKERD = """
+import os, signal, sys, tracemalloc
+path = sys.argv.pop(1)
+def dump(*_):
+    tracemalloc.take_snapshot().dump(path + ".part")
+    os.rename(path + ".part", path)
+signal.signal(signal.SIGUSR2, dump)
+from blocker.daemon import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def print_breakdown(pid: int, snapshot: Path, top: int) -> None:
+    """Ask the traced blockerd for a snapshot and print its biggest allocation sites."""
+    import tracemalloc  # noqa: PLC0415
+
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(600):  # a snapshot of millions of blocks takes a while
+        time.sleep(1.0)
+        try:
+            taken = tracemalloc.Snapshot.load(str(snapshot))
+            break
+        except OSError:
+            continue
+    else:
+        print("tracemalloc: no snapshot", file=sys.stderr)
+        return
+    stats = taken.statistics("lineno")
+    total = sum(stat.size for stat in stats)
+    print(f"traced   {total / 1e6:.0f} MB in Python allocations; the biggest sites:")
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        print(
+            f"  {stat.size / 1e6:7.1f} MB {stat.count:>10,} blocks  "
+            f"{frame.filename.replace(str(REPO) + '/', '')}:{frame.lineno}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reflectors", type=int, default=1_000_000)
     parser.add_argument("--trains", type=int, default=6)
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="N")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -140,6 +184,9 @@ def main() -> int:
             "--socket",
             sock,
         ]
+        snapshot = work / "blockerd.tracemalloc"
+        if args.tracemalloc:  # SIGUSR2 dumps a snapshot (the bench's blockerd only)
+            argv[:1] = [sys.executable, "-X", "tracemalloc=1", "-c", TRACED_BLOCKERD, str(snapshot)]
         with open(work / "blockerd.err", "w") as err:
             process = subprocess.Popen(argv, stderr=err)
         peak_sampled = [0.0]
@@ -196,6 +243,8 @@ def main() -> int:
                     break
             took = time.perf_counter() - began - 3.0
             mem = rss(process.pid)
+            if args.tracemalloc:
+                print_breakdown(process.pid, snapshot, args.tracemalloc)
             with IpsetBackend(set4=set4, set6=set6) as backend:
                 held = {(int(t.network_address), t.prefixlen) for t, _ in backend.list()}
             covered = 0

@@ -122,7 +122,8 @@ class Daemon:
     def __init__(self, config: Config, args: argparse.Namespace) -> None:
         self.args = args
         self.selector = selectors.DefaultSelector()
-        self.state = State(Path(args.state_dir))
+        self.metrics: Metrics | None = None  # started in run(); observes bans from then on
+        self.state = State(Path(args.state_dir), on_commit=self._observe_commit)
         backend_kind = "dry-run" if args.dry_run else config.firewall.backend
         self.backend = make_backend(backend_kind, config.firewall)
         self.sources: dict[SourceKey, Source | NflogSource] = {}
@@ -136,7 +137,6 @@ class Daemon:
             if config.fleet.url
             else None
         )
-        self.metrics: Metrics | None = None  # started in run(); observes bans from then on
         self.service = Service(
             config,
             self.state,
@@ -259,6 +259,11 @@ class Daemon:
         The metrics' HTTP thread reads what this thread counts, and takes no lock."""
         if self.metrics is not None:
             self.metrics.observe_bans(read_at, bans)
+
+    def _observe_commit(self, seconds: float) -> None:
+        """A COMMIT took `seconds`: the metrics' commit histogram, once they run."""
+        if self.metrics is not None:
+            self.metrics.observe_commit(seconds)
 
     def _wake(self) -> None:
         """Called from the fleet's threads: make select() return."""

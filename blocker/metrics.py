@@ -259,12 +259,14 @@ class Metrics:
         self.registry.register(BlockerCollector(service, sources, clock))
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)  # RSS, CPU, fds; Python version; GC
-        service.state.on_commit = self.commit_time.observe
         self._server: ThreadingHTTPServer | None = None
         self._collect_lock = threading.Lock()  # HTTP threads only; the daemon never takes it
         self._body: bytes | None = None
         self._collected = 0.0
         self._thread: threading.Thread | None = None
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commit_time.observe(seconds)
 
     def observe_bans(self, read_at: float, bans: int) -> None:
         latency = max(0.0, self.clock() - read_at)

@@ -42,9 +42,10 @@ class BanRow:
 
 
 class State:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, on_commit: Callable[[float], None] | None = None) -> None:
         """UnsafePathError (an OSError) when the state dir or a file sqlite would open in it
-        could be controlled by another user (see blocker.private_dir)."""
+        could be controlled by another user (see blocker.private_dir). `on_commit`, when
+        given, is told how long each COMMIT took (the metrics' sqlite commit histogram)."""
         self.path = state_dir / "state.sqlite"
         dir_fd = open_private_dir(state_dir, "state dir")
         try:
@@ -66,8 +67,7 @@ class State:
             self.db.close()
             raise
         self._in_tx = False
-        # Told how long each COMMIT took (the metrics' sqlite commit histogram), when set.
-        self.on_commit: Callable[[float], None] | None = None
+        self.on_commit = on_commit
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

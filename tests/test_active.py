@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from test_service import ATTACKER, NOW, Harness, ask, decision, n, synacks
 
 from blocker import ban_ledger
-from blocker.active import BUCKET, ActiveBans, key_of, key_of_text, target_of
+from blocker.active import BUCKET, ActiveBan, ActiveBans, key_of, key_of_text, target_of
 from blocker.control import RequestError
 from blocker.records import Network, network_text
 
@@ -120,23 +120,107 @@ def test_expire_drops_what_ended_and_keeps_extended_and_permanent_bans() -> None
     assert set(bans) == {n("198.51.100.4")}
 
 
-def test_expire_touches_only_the_buckets_due(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expire_touches_only_the_buckets_due() -> None:
     bans = ActiveBans()
     for i in range(20_000):
         bans.set(IPv6Network((0x20010DB8 << 96 | i, 128)), "probes", 1000.0 + i)
-    looked: list[int] = []
-    find = ActiveBans._find
-
-    def counted(self: ActiveBans, key: int) -> tuple[str, float] | None:
-        looked.append(key)
-        return find(self, key)
-
-    monkeypatch.setattr(ActiveBans, "_find", counted)
     assert bans.expire(1000.0 + 99) == 100  # those ending at 1000..1099
-    assert len(looked) <= 100 + BUCKET  # the due buckets, not 20,000 bans
-    looked.clear()
+    assert bans.expiry_checks <= 100 + BUCKET  # the due buckets, not 20,000 bans
+    before = bans.expiry_checks
     assert bans.expire(1000.0 + 99) == 0
-    assert len(looked) <= BUCKET
+    assert bans.expiry_checks - before <= BUCKET
+
+
+def test_a_ban_made_permanent_after_it_was_filed_does_not_break_expire() -> None:
+    bans = ActiveBans()
+    bans.set(n("198.51.100.1"), "probes", 105.0)
+    bans.set(n("198.51.100.1"), "probes", math.inf)  # filed in bucket 10, now permanent
+    assert bans.expire(200.0) == 0
+    assert bans.expires(n("198.51.100.1")) == math.inf
+
+
+def test_bulk_restore_keeps_each_targets_longest_ban_and_counts_right() -> None:
+    rows = [(f"2001:db8:{i:x}::1", "probes", 1000.0 + i) for i in range(3000)]
+    rows += [(f"2001:db8:{i:x}::1", "scans", 500.0) for i in range(0, 3000, 3)]  # shorter
+    rows += [(f"2001:db8:{i:x}::1", "scans", 9000.0) for i in range(1, 3000, 3)]  # longer
+    rows += [(f"198.51.100.{i}", "scans", math.inf) for i in range(100)]
+    bans = ActiveBans()
+    assert bans.restore(rows) == 0
+    assert len(bans) == 3100
+    assert bans.count("probes") == 2000
+    assert bans.count("scans") == 1100
+    assert bans.family_counts() == {4: 100, 6: 3000}
+    assert bans[n("2001:db8::1")] == ActiveBan(n("2001:db8::1"), "probes", 1000.0)
+    assert bans[n("2001:db8:1::1")] == ActiveBan(n("2001:db8:1::1"), "scans", 9000.0)
+    assert bans.expire(1000.0 + 2999) == 2000  # every probes ban; the scans ones stay
+    assert len(bans) == 1100
+
+
+def test_an_active_ban_costs_no_python_object() -> None:
+    """About 43 bytes a ban in flat arrays, expiry filing included (a dict of int keys and
+    float expiries with their filing cost 120 at 30k, 118 at 1M)."""
+    import tracemalloc  # noqa: PLC0415
+
+    count = 30_000
+    tracemalloc.start()
+    try:
+        bans = ActiveBans()
+        for i in range(count):
+            bans.set(IPv6Network((0x20010DB8 << 96 | i << 64 | 1, 128)), "probes", 1e9 + i % 600)
+        used, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(bans) == count
+    assert used / count < 60
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "remove", "expire", "restore"]),
+        st.integers(0, 40),  # which target
+        st.sampled_from(["probes", "scans", "ssh"]),
+        st.one_of(st.floats(0, 400), st.just(math.inf)),
+    ),
+    max_size=120,
+)
+POOL = [n(f"198.51.100.{i}") for i in range(20)] + [
+    n(f"2001:db8:{i:x}::/{48 + i}") for i in range(21)
+]
+
+
+@given(ops)
+def test_the_table_behaves_as_a_dict_of_bans(steps: list[tuple[str, int, str, float]]) -> None:
+    """Against a plain dict model, through growth, rebuilds, expiry and bulk restores."""
+    bans = ActiveBans()
+    model: dict[Network, tuple[str, float]] = {}
+    for verb, which, jail, when in steps:
+        target = POOL[which]
+        if verb == "set":
+            bans.set(target, jail, when)
+            model[target] = (jail, when)
+        elif verb == "remove":
+            assert bans.remove(target) == (target in model)
+            model.pop(target, None)
+        elif verb == "expire":
+            clock = min(when, 1e9)  # the daemon's clock: never infinite
+            gone = {t for t, (_, e) in model.items() if e <= clock}
+            assert bans.expire(clock) == len(gone)
+            model = {t: v for t, v in model.items() if t not in gone}
+        else:
+            bans.clear()
+            rows = [(str(t), j, e) for t, (j, e) in model.items()]
+            rows += [(str(target), jail, when)]
+            assert bans.restore(rows) == 0
+            if target not in model or when >= model[target][1]:
+                model[target] = (jail, when)
+        assert dict(bans.entries()) == {t: e for t, (_, e) in model.items()}
+        assert {t: bans[t].jail for t in bans} == {t: j for t, (j, _) in model.items()}
+        assert len(bans) == len(model)
+        for name in ("probes", "scans", "ssh"):
+            assert bans.count(name) == sum(1 for j, _ in model.values() if j == name)
+        fours = sum(1 for t in model if t.version == 4)
+        assert bans.family_counts() == {4: fours, 6: len(model) - fours}
+        assert dict(bans.keyed().items()) == {key_of(t): e for t, (_, e) in model.items()}
 
 
 # -- the Service at many bans -------------------------------------------------------------
@@ -292,3 +376,36 @@ def test_an_admin_ban_into_a_full_set_is_refused_with_the_reason(tmp_path: Path)
     assert n(ATTACKER) not in h.service.active
     assert h.state.active(NOW) == []
     h.state.close()
+
+
+def test_sources_whose_ints_hash_alike_do_not_pile_into_one_slot() -> None:
+    """An attacker picks spoofed sources: 2,000 whose keys are equal mod 2**61 - 1 (so equal
+    as Python int hashes) still spread over the index instead of making one probe chain."""
+    step = (1 << 61) - 1
+    targets = [IPv6Network((0x20010DB8 << 96 | k * step, 128)) for k in range(2000)]
+    assert len({hash(key_of(t)) for t in targets}) == 1
+    bans = ActiveBans()
+    for target in targets:
+        bans.set(target, "probes", 1e9)
+    taken = "".join("x" if pos >= 0 else "." for pos in bans._index)
+    longest = max(len(run) for run in (taken + "." + taken).split("."))  # wraps around
+    assert longest < 200
+    assert all(bans.expires(t) == 1e9 for t in targets)
+
+
+def test_jail_names_past_the_table_reuse_those_holding_no_ban(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from blocker import active  # noqa: PLC0415
+
+    monkeypatch.setattr(active, "_MAX_JAILS", 2)
+    bans = ActiveBans()
+    bans.set(n("198.51.100.1"), "probes", 100.0)
+    bans.set(n("198.51.100.2"), "scans", 100.0)
+    bans.remove(n("198.51.100.2"))  # "scans" holds nothing now
+    bans.set(n("198.51.100.3"), "fleet-only", 100.0)
+    assert bans[n("198.51.100.3")].jail == "fleet-only"
+    assert bans[n("198.51.100.1")].jail == "probes"
+    assert (bans.count("probes"), bans.count("scans"), bans.count("fleet-only")) == (1, 0, 1)
+    with pytest.raises(ValueError, match="jail names hold bans"):
+        bans.set(n("198.51.100.4"), "another", 100.0)

@@ -124,8 +124,9 @@ def test_a_route_parses_the_message_before_its_handler_runs() -> None:
 
 
 def test_nothing_patches_the_service_after_construction() -> None:
-    """Its collaborators (fleet role and health, ban latency, source health) are constructor
-    arguments: no module assigns to `service.x` or `self.service.x`."""
+    """Its collaborators (fleet role and health, ban latency, source health, the state's
+    commit hook) are constructor arguments: no module assigns to `service.x`,
+    `self.service.x` or `service.state.x`."""
     patched = []
     for path in sorted((REPO / "blocker").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -138,7 +139,10 @@ def test_nothing_patches_the_service_after_construction() -> None:
             for target in targets:
                 if isinstance(target, ast.Attribute) and (
                     (isinstance(target.value, ast.Name) and target.value.id == "service")
-                    or (isinstance(target.value, ast.Attribute) and target.value.attr == "service")
+                    or (
+                        isinstance(target.value, ast.Attribute)
+                        and target.value.attr in ("service", "state")
+                    )
                 ):
                     patched.append(f"{path.name}:{node.lineno}: {ast.unparse(target)}")
     assert patched == []

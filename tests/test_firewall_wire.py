@@ -77,6 +77,31 @@ def test_batch_matches_pyroute2(
     assert ours == pyroute2_encoding(command, "blk4-test", family, entries)
 
 
+@given(
+    st.one_of(
+        st.builds(
+            lambda a, p: ip_network((a, p), strict=False),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 32),
+        ),
+        st.builds(
+            lambda a, p: ip_network((a, p), strict=False),
+            st.integers(0, 2**128 - 1),
+            st.integers(0, 128),
+        ),
+    ),
+    st.one_of(st.none(), st.integers(0, 2_147_483)),
+)
+def test_every_entry_layout_matches_pyroute2(target: Network, timeout: int | None) -> None:
+    """entry()'s made-once heads, for each family, prefix and with or without a timeout."""
+    command = ipset_wire.IPSET_CMD_DEL if timeout is None else ipset_wire.IPSET_CMD_ADD
+    family = socket.AF_INET if target.version == 4 else socket.AF_INET6
+    ours = ipset_wire.message(
+        command, "blk-test", family, [ipset_wire.entry(target, timeout)], seq=41, protocol=7
+    )
+    assert ours == pyroute2_encoding(command, "blk-test", family, [(target, timeout)])
+
+
 def test_a_full_batch_fits_the_16_bit_attribute_length() -> None:
     widest = ipset_wire.entry(ip_network("2001:db8::/128"), 2_147_483)
     assert len(widest) * ipset_wire.ENTRIES_PER_MESSAGE + 4 < 2**16
