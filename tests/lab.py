@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from control_client import ControlClient
 from netns import Namespace, namespace, veth, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ class Rsyslog:
 
 
 @dataclass
-class Blockerd:
+class Blockerd(ControlClient):
     """One blockerd in the server namespace, with its own tag, sets, state and socket."""
 
     lab: Lab
@@ -298,23 +299,6 @@ class Blockerd:
             process.kill()
             process.wait(timeout=10)
             pytest.fail("blockerd ignored SIGTERM for 10 s")
-
-    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "blockerctl"), "--socket", str(self.socket_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=check,
-        )
-
-    def ctl_json(self, *args: str) -> object:
-        return json.loads(self.ctl(*args).stdout)
-
-    def status(self) -> dict[str, object]:
-        result = self.ctl_json("status", "--json")
-        assert isinstance(result, dict)
-        return result
 
     def hits(self, jail: str, filter_name: str) -> int:
         jails = self.status()["jails"]

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from control_client import ControlClient
 from lab import members
 from netns import Namespace, unique_name, wait_until
 
@@ -77,7 +78,7 @@ def nflog_rules(ns: Namespace, group: int) -> None:
 
 
 @dataclass
-class NflogDaemon:
+class NflogDaemon(ControlClient):
     ns: Namespace
     root: Path
     group: int
@@ -88,23 +89,6 @@ class NflogDaemon:
     @property
     def socket_path(self) -> Path:
         return self.root / "ctl.sock"
-
-    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "blockerctl"), "--socket", str(self.socket_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=check,
-        )
-
-    def ctl_json(self, *args: str) -> object:
-        return json.loads(self.ctl(*args).stdout)
-
-    def status(self) -> dict[str, object]:
-        result = self.ctl_json("status", "--json")
-        assert isinstance(result, dict)
-        return result
 
     def banned(self, address: str) -> bool:
         """In the kernel set (`ipset list`), not blockerd's word."""
