@@ -151,6 +151,37 @@ def must(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> Non
         pytest.fail(f"timed out after {timeout:g}s waiting for: {what}")
 
 
+def server_rules(
+    binary: str, log: Sequence[str], prefix: str, *, answer_synack: bool = False
+) -> list[list[str]]:
+    """The README's server rules for one family (`iptables` or `ip6tables`): each logging
+    rule ends in `log` (the target up to its prefix option: LOG or NFLOG) and `prefix` + the
+    record's kind. `answer_synack`: unsolicited SYN/ACKs get in and the kernel resets them."""
+    rules = [
+        ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+        ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+    ]
+    if binary == "ip6tables":  # neighbour discovery is never tracked: let it through
+        rules.append(["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"])
+    if answer_synack:
+        synack = ["-p", "tcp", "--tcp-flags", "ALL", "SYN,ACK"]
+        rules.append(
+            ["-A", "INPUT", *synack, "-m", "conntrack", "--ctstate", "INVALID", "-j", "ACCEPT"]
+        )
+    new_syn = ["-A", "INPUT", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW"]
+    invalid = ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID"]
+    outgoing_rst = ["-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "ALL", "RST"]
+    return [
+        *rules,
+        [*invalid, *log, f"{prefix}INVALID "],
+        [*invalid, "-j", "DROP"],
+        ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
+        [*new_syn, *log, f"{prefix}CLOSED "],
+        [*new_syn, "-j", "DROP"],
+        [*outgoing_rst, *log, f"{prefix}UNKNOWN_OUTGOING: "],
+    ]
+
+
 # -- rsyslogd --------------------------------------------------------------------------------
 
 
@@ -365,97 +396,8 @@ class Lab:
                 self.server.run(binary, "-F", chain)
         self.server.run("ipset", "destroy", check=False)
         for binary in ("iptables", "ip6tables"):
-            rules = [
-                ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-                [
-                    "-A",
-                    "INPUT",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "ESTABLISHED,RELATED",
-                    "-j",
-                    "ACCEPT",
-                ],
-            ]
-            if binary == "ip6tables":  # neighbour discovery is never tracked: let it through
-                rules.append(["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"])
-            if answer_synack:
-                # The mission's host: unsolicited SYN/ACKs get in and the kernel resets them.
-                rules.append(
-                    [
-                        "-A",
-                        "INPUT",
-                        "-p",
-                        "tcp",
-                        "--tcp-flags",
-                        "ALL",
-                        "SYN,ACK",
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "INVALID",
-                        "-j",
-                        "ACCEPT",
-                    ]
-                )
-            rules += [
-                [
-                    "-A",
-                    "INPUT",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "INVALID",
-                    "-j",
-                    "LOG",
-                    "--log-prefix",
-                    f"{tag} INVALID ",
-                ],
-                ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
-                ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
-                [
-                    "-A",
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW",
-                    "-j",
-                    "LOG",
-                    "--log-prefix",
-                    f"{tag} CLOSED ",
-                ],
-                [
-                    "-A",
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    "--syn",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "NEW",
-                    "-j",
-                    "DROP",
-                ],
-                [
-                    "-A",
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "--tcp-flags",
-                    "ALL",
-                    "RST",
-                    "-j",
-                    "LOG",
-                    "--log-prefix",
-                    f"{tag} UNKNOWN_OUTGOING: ",
-                ],
-            ]
+            log = ["-j", "LOG", "--log-prefix"]
+            rules = server_rules(binary, log, f"{tag} ", answer_synack=answer_synack)
             if binary == "iptables":
                 rules.append(
                     [

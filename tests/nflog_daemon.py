@@ -23,57 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control_client import ControlClient
-from lab import members
+from lab import members, server_rules
 from netns import Namespace, unique_name, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SERVICE_PORT = 8080
 
 
 def nflog_rules(ns: Namespace, group: int) -> None:
     """The recommended NFLOG setup (README), with the service port open."""
     for binary in ("iptables", "ip6tables"):
         log = ["-j", "NFLOG", "--nflog-group", str(group), "--nflog-prefix"]
-        rules = [
-            ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-        ]
-        if binary == "ip6tables":
-            rules.append(["-A", "INPUT", "-p", "ipv6-icmp", "-j", "ACCEPT"])
-        rules += [
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", *log, "INVALID "],
-            ["-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"],
-            ["-A", "INPUT", "-p", "tcp", "--dport", str(SERVICE_PORT), "-j", "ACCEPT"],
-            [
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--syn",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "NEW",
-                *log,
-                "CLOSED ",
-            ],
-            [
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--syn",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "NEW",
-                "-j",
-                "DROP",
-            ],
-            ["-A", "OUTPUT", "-p", "tcp", "--tcp-flags", "ALL", "RST", *log, "UNKNOWN_OUTGOING: "],
-        ]
-        for rule in rules:
+        for rule in server_rules(binary, log, ""):
             ns.run(binary, *rule)
 
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
-from lab import must
+from lab import SERVICE_PORT, must
 from netns import Namespace, namespace, veth
-from nflog_daemon import SERVICE_PORT, nflog_blockerd
+from nflog_daemon import nflog_blockerd
 from packets import RawSender, inside, ipv4, tcp_header, with_checksums
 
 pytestmark = pytest.mark.root
