@@ -72,12 +72,17 @@ def offenders_v6(count: int, tag: int) -> list[str]:
 
 
 @contextmanager
-def daemon(workdir: Path, dry_run: bool, tag: str) -> Iterator[Path]:
+def daemon(
+    workdir: Path, dry_run: bool, tag: str, *, sets: str = "bb", extra_config: str = ""
+) -> Iterator[Path]:
+    """A blockerd of the shipped jails.toml (sets `<sets>4-<tag>`/`<sets>6-<tag>`, plus
+    `extra_config`) following a fresh kern.log in `workdir`; yields the log once it answers."""
     config = (REPO / "jails.toml").read_text()
     config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
-    config = config.replace('"blocker4"', f'"bb4-{tag}"').replace('"blocker6"', f'"bb6-{tag}"')
+    config = config.replace('"blocker4"', f'"{sets}4-{tag}"')
+    config = config.replace('"blocker6"', f'"{sets}6-{tag}"')
     config = config.replace("subnet_min_offenders = 3", "subnet_min_offenders = 0")
-    (workdir / "jails.toml").write_text(config)
+    (workdir / "jails.toml").write_text(config + extra_config)
     log = workdir / "kern.log"
     log.write_text("")
     sock = workdir / "ctl.sock"

@@ -20,8 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +28,9 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_daemon import (  # noqa: E402 (after the path is set)
+import bench_daemon  # noqa: E402 (after the path is set)
+from bench_daemon import (  # noqa: E402
     KernelSets,
-    ctl,
     offenders_v6,
     synack_lines,
     wait_for,
@@ -54,40 +53,10 @@ print(len(took), took[len(took) // 2] if took else 0.0)
 """
 
 
-@contextmanager
-def daemon(workdir: Path, tag: str, port: int) -> Iterator[Path]:
-    config = (REPO / "jails.toml").read_text()
-    config = config.replace('filters_dir = "filters"', f'filters_dir = "{REPO / "filters"}"')
-    config = config.replace('"blocker4"', f'"bm4-{tag}"').replace('"blocker6"', f'"bm6-{tag}"')
-    config = config.replace("subnet_min_offenders = 3", "subnet_min_offenders = 0")
-    config += f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-    (workdir / "jails.toml").write_text(config)
-    log = workdir / "kern.log"
-    log.write_text("")
-    sock = workdir / "ctl.sock"
-    argv = [
-        str(BIN / "blockerd"),
-        "--config",
-        str(workdir / "jails.toml"),
-        "--log",
-        str(log),
-        "--state-dir",
-        str(workdir / "state"),
-        "--socket",
-        str(sock),
-    ]
-    with open(workdir / "blockerd.err", "w") as err:
-        process = subprocess.Popen(argv, stderr=err)
-        try:
-            deadline = time.monotonic() + 20
-            while not ctl(sock, "status"):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("blockerd did not start: see " + str(workdir))
-                time.sleep(0.05)
-            yield log
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+def daemon(workdir: Path, tag: str, port: int) -> AbstractContextManager[Path]:
+    """bench_daemon's blockerd (real ipsets), with /metrics served on `port`."""
+    metrics = f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    return bench_daemon.daemon(workdir, False, tag, sets="bm", extra_config=metrics)
 
 
 def latencies(log: Path, name: str, addresses: list[str]) -> list[float]:
