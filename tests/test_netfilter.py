@@ -678,3 +678,56 @@ def test_address_table_makes_ipv4_addresses_the_stdlib_way(value: int) -> None:
 @pytest.mark.parametrize("text", ["1.2.3", "1.2.3.256", "01.2.3.4", "1.2.3.4 ", "", "::ffff:"])
 def test_address_table_refuses_what_is_no_address(text: str) -> None:
     assert AddressTable()[text] is None
+
+
+# Headers of one second, two hosts, other zones and look-alikes: a text of them takes scan()'s
+# cached-header paths (the last host's header with another time first) in every order.
+_STAMP_HEADERS = st.builds(
+    "{}.{}{} {} kernel: {}".format,
+    st.sampled_from(["2026-11-22T02:04:54", "2026-11-22T02:04:55", "2026-11-22T02:04:5x"]),
+    st.sampled_from(["000000", "684948", "999999", "68494", "6849481", "²00000"]),
+    st.sampled_from(["+00:00", "Z", "-05:30", "+0100", "", "+00:00 kernel:"]),
+    st.sampled_from(["host", "edge1", "kernel:", "IN=x"]),
+    st.sampled_from(["", "[81795.100496] ", "[UFW BLOCK] ", "kernel: "]),
+)
+_STAMP_LINES = st.one_of(
+    st.tuples(_STAMP_HEADERS, st.sampled_from([V4_BODY, V6_BODY, UDP_BODY])).map("".join),
+    st.sampled_from(VALID_LINES),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_STAMP_LINES, max_size=40))
+def test_parse_text_with_cached_headers_equals_parse_per_line(lines: list[str]) -> None:
+    one_by_one = [(p, p.time) if (p := parse(line)) else None for line in lines]
+    parser = KernelLogParser()
+    in_one_text = []
+    for line in lines:  # one line per scan() and a few lines per scan(): the caches persist
+        packets = list(parser.parse_text(line + "\n", NOW))
+        in_one_text.append((packets[0], packets[0].time) if packets else None)
+    assert in_one_text == one_by_one
+    together = list(KernelLogParser().parse_text("\n".join(lines) + "\n", NOW))
+    assert together == [p for p, _ in filter(None, one_by_one)]
+
+
+def test_cached_header_of_another_host_or_second_keeps_its_own_time() -> None:
+    parser = KernelLogParser()
+    # (second, fraction, zone, host): each host's lines take the cached paths, then the other's
+    headers = [
+        *[(54, "100000", "+00:00", "a")] * 3,
+        *[(55, "250000", "+00:00", "a")] * 3,
+        *[(54, "500000", "-01:00", "b")] * 3,
+        (55, "750000", "-01:00", "b"),
+        (55, "000001", "+00:00", "a"),
+    ]
+    lines = [
+        f"2026-11-22T02:04:{second}.{fraction}{zone} {host} kernel: DROP {V4_BODY}"
+        for second, fraction, zone, host in headers
+    ]
+    times = [p.time for p in parser.parse_text("\n".join(lines) + "\n", NOW)]
+    midnight = 1795305600.0  # 2026-11-22T00:00:00Z
+    expected = [
+        midnight + 2 * 3600 + 4 * 60 + second + int(fraction) * 1e-6 + (zone == "-01:00") * 3600
+        for second, fraction, zone, _ in headers
+    ]
+    assert times == [pytest.approx(t, abs=1e-6) for t in expected]
