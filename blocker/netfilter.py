@@ -57,20 +57,23 @@ _SYSLOG_START = re.compile(
 # Each optional part is spelled `(?:X|)`, not `(?:X)?`: the same match (X first, then
 # nothing, backtracking alike), but the engine runs a BRANCH where `?` runs its general
 # repeat machinery, ~700 instructions per optional part per line, a fifth of this regex's
-# cost (tests/test_netfilter.py holds it to the `?` spelling on mutated lines).
+# cost. Digit runs and the TCP flags are possessive (`++`, `*+`): what follows each (a space,
+# 'URGP=') can never match inside what they took, so giving some back never finds a match,
+# and the engine skips keeping the means to. tests/test_netfilter.py holds this regex to the
+# plain spelling on mutated lines.
 _PACKET = re.compile(
     r"IN=(?P<iface_in>[^ ]*) OUT=(?P<iface_out>[^ ]*)(?: (?:PHYSIN=(?P<physin>[^ ]*) |)"
     r"(?:PHYSOUT=[^ ]* |)(?:MAC=[^ ]* |)"
-    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]+) "
-    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]+) ID=(?P<ip_id>[0-9]+)"
-    r"|C=[0-9]+ HOPLIMIT=(?P<hoplimit>[0-9]+) FLOWLBL=[0-9]+) |)"
+    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]++) "
+    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]++) ID=(?P<ip_id>[0-9]++)"
+    r"|C=[0-9]++ HOPLIMIT=(?P<hoplimit>[0-9]++) FLOWLBL=[0-9]++) |)"
     # IPv4 flags and options (CE DF MF FRAG:n OPT (..)) or IPv6 extension headers: no '='.
     r"[^=\n]*PROTO=(?P<proto>\w+)"
     # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
     # cut in the middle of a port number.
-    r"(?: SPT=(?P<spt>[0-9]+) DPT=(?P<dpt>[0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ |)"
-    r"(?:WINDOW=[0-9]+ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*)URGP=|)"
-    r"| TYPE=(?P<icmp_type>[0-9]+) CODE=(?P<icmp_code>[0-9]+)(?= |$)"
+    r"(?: SPT=(?P<spt>[0-9]++) DPT=(?P<dpt>[0-9]++) (?:SEQ=[0-9]++ ACK=[0-9]++ |)"
+    r"(?:WINDOW=[0-9]++ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*+)URGP=|)"
+    r"| TYPE=(?P<icmp_type>[0-9]++) CODE=(?P<icmp_code>[0-9]++)(?= |$)"
     r"| (?P<incomplete>INCOMPLETE) \[|)|)",
     re.MULTILINE,
 )
@@ -180,17 +183,18 @@ class AddressTable(dict[str, "Address | None"]):
         # expanded, which ip_address() parses slowly); the object is made as
         # IPv4Address(packed) would make it, without its type and length checks, and its
         # hash is the stdlib's own formula (_BaseAddress.__hash__, IPv6Address.__hash__).
+        # int.from_bytes() reads big-endian by default (3.11), cheaper than parsing "big".
         if len(self) >= _ADDRESS_CACHE_LIMIT:
             self.clear()
         address: Address | None
         try:
             if ":" in text:
-                ip = int.from_bytes(inet_pton(AF_INET6, text), "big")
+                ip = int.from_bytes(inet_pton(AF_INET6, text))
                 six = _new(_KernelIPv6Address)
                 six._ip, six._scope_id, six._hash = ip, None, hash((ip, None))
                 address = six
             else:
-                ip = int.from_bytes(inet_pton(AF_INET, text), "big")
+                ip = int.from_bytes(inet_pton(AF_INET, text))
                 four = _new(_KernelIPv4Address)
                 four._ip, four._hash = ip, hash(hex(ip))
                 address = four
