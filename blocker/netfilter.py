@@ -146,8 +146,8 @@ class _HashedOnce:
     """Mixin for ipaddress classes: hash once. Each packet's addresses are looked up in
     several dicts per jail, and ipaddress recomputes its hash in Python on every lookup. The
     value is the stdlib's, so these mix freely with plain address keys. Only AddressTable
-    makes them, filling the slots itself (tests hold the result to the stdlib's own objects
-    in every respect)."""
+    makes them, through from_int() (tests hold the result to the stdlib's own objects in
+    every respect)."""
 
     __slots__ = ()
     _hash: int
@@ -163,11 +163,25 @@ class _KernelIPv4Address(_HashedOnce, IPv4Address):
     __slots__ = ("_hash",)
     _ip: int  # IPv4Address's own slot
 
+    @classmethod
+    def from_int(cls, ip: int) -> _KernelIPv4Address:
+        """IPv4Address(ip) without its checks: `ip` is inet_pton's 4 bytes as an int."""
+        self = _new(cls)
+        self._ip, self._hash = ip, hash(hex(ip))  # _BaseAddress.__hash__'s formula
+        return self
+
 
 class _KernelIPv6Address(_HashedOnce, IPv6Address):
     __slots__ = ("_hash",)
     _ip: int  # IPv6Address's own slots
     _scope_id: str | None
+
+    @classmethod
+    def from_int(cls, ip: int) -> _KernelIPv6Address:
+        """IPv6Address(ip) without its checks: `ip` is inet_pton's 16 bytes as an int."""
+        self = _new(cls)
+        self._ip, self._scope_id, self._hash = ip, None, hash((ip, None))  # its __hash__'s
+        return self
 
 
 class AddressTable(dict[str, "Address | None"]):
@@ -179,26 +193,19 @@ class AddressTable(dict[str, "Address | None"]):
     __slots__ = ()
 
     def __missing__(self, text: str) -> Address | None:
-        # A flood of new sources lands here, once per line: no further Python call. inet_pton
-        # is as strict as ip_address() and 3-10x faster (the kernel prints IPv6 fully
-        # expanded, which ip_address() parses slowly); the object is made as
-        # IPv4Address(packed) would make it, without its type and length checks, and its
-        # hash is the stdlib's own formula (_BaseAddress.__hash__, IPv6Address.__hash__).
+        # A flood of new sources lands here, once per line: one further Python call (not
+        # the three of IPv4Address(packed) and its __hash__ and __int__). inet_pton is as
+        # strict as ip_address() and 3-10x faster (the kernel prints IPv6 fully expanded,
+        # which ip_address() parses slowly).
         # int.from_bytes() reads big-endian by default (3.11), cheaper than parsing "big".
         if len(self) >= _ADDRESS_CACHE_LIMIT:
             self.clear()
         address: Address | None
         try:
             if ":" in text:
-                ip = int.from_bytes(inet_pton(AF_INET6, text))
-                six = _new(_KernelIPv6Address)
-                six._ip, six._scope_id, six._hash = ip, None, hash((ip, None))
-                address = six
+                address = _KernelIPv6Address.from_int(int.from_bytes(inet_pton(AF_INET6, text)))
             else:
-                ip = int.from_bytes(inet_pton(AF_INET, text))
-                four = _new(_KernelIPv4Address)
-                four._ip, four._hash = ip, hash(hex(ip))
-                address = four
+                address = _KernelIPv4Address.from_int(int.from_bytes(inet_pton(AF_INET, text)))
         except (OSError, ValueError):
             address = None
         self[text] = address

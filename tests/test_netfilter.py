@@ -814,3 +814,21 @@ def test_packet_regex_is_the_one_as_written_with_branches_for_options() -> None:
     possessive = branches.replace("[0-9]+", "[0-9]++").replace("{3} )*)", "{3} )*+)")
     assert _PACKET.pattern == possessive
     assert _PACKET.groupindex == _PACKET_AS_WRITTEN.groupindex
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_address_table_makes_ipv6_addresses_the_stdlib_way(value: int) -> None:
+    text = IPv6Address(value).exploded  # as the kernel prints it
+    made = AddressTable()[text]
+    plain = IPv6Address(text)
+    assert isinstance(made, IPv6Address)
+    assert (made, hash(made), int(made), str(made), repr(made)) == (
+        plain,
+        hash(plain),
+        value,
+        str(plain),
+        repr(plain),
+    )
+    assert {plain: 1}[made] == 1
+    assert made.scope_id is None
