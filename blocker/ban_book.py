@@ -40,7 +40,7 @@ class _Marks(dict[_K, float]):
 
 
 class BanBook:
-    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "subnets")
+    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "marks_walked", "subnets")
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
@@ -53,6 +53,7 @@ class BanBook:
         self.gate: dict[Address, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
         self.gate_copies = 0
+        self.marks_walked = 0  # marks a sweep looked at for having ended (tests)
 
     def refuse(self, addr: Address) -> None:
         """Cache that `addr` may never be banned: its hits are dropped at the gate."""
@@ -133,7 +134,10 @@ class BanBook:
             marks.earliest = until
         if len(marks) <= self._cap:
             return []
-        gone = [k for k, u in marks.items() if u <= now] if marks.earliest <= now else []
+        gone: list[_K] = []
+        if marks.earliest <= now:  # some mark may have ended: find them
+            self.marks_walked += len(marks)
+            gone = [k for k, u in marks.items() if u <= now]
         for stale in gone:
             del marks[stale]
         oldest = list(islice(marks, max(0, len(marks) - self._cap * 9 // 10)))
