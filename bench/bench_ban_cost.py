@@ -39,6 +39,11 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blocker.records import Address, Decision
+    from blocker.scoring import JailPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -139,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ban_path(
-    policy: object, addresses: list[object], start: float, line: Callable[[object], str]
+    policy: JailPolicy, addresses: list[Address], start: float, line: Callable[[Decision], str]
 ) -> tuple[float, int]:
     """CPU of the ban step alone: _ban_host (history, book, escalation, the Decision) and
     the spool line, for every reflector at its 5th hit, one every 10 us of log time."""
     from blocker.scoring import Scorer  # noqa: PLC0415 - after the path is set
 
-    scorer = Scorer(policy)  # type: ignore[arg-type]
+    scorer = Scorer(policy)
     counts = {"unsolicited_synack": 5}
     ban = scorer._ban_host  # the step measured
     made = 0
@@ -174,7 +179,7 @@ def bytes_per_entry(tree: Path, cap: int = 100_000) -> int:
     from blocker.subnet_escalation import SubnetOffenders  # noqa: PLC0415
 
     print(f"tree {tree}; cap {cap:,}; bytes per entry held (tracemalloc)")
-    families = {
+    families: dict[str, list[Address]] = {
         "IPv4": [IPv4Address(0x0B000001 + (i << 8)) for i in range(2 * cap)],
         "IPv6": [IPv6Address((0x20010DB8 << 96) + (i << 64) + 1) for i in range(2 * cap)],
     }
@@ -188,19 +193,19 @@ def bytes_per_entry(tree: Path, cap: int = 100_000) -> int:
             if name == "history":
                 history = BanHistory(600.0, 2.0, 7 * 86400.0, 30 * 86400.0, cap)
                 for i, addr in enumerate(addresses):
-                    history.ban(host_key(addr), t0 + i, t0 + i)  # type: ignore[arg-type]
+                    history.ban(host_key(addr), t0 + i, t0 + i)
                 held = cap
                 keep: object = history
             elif name == "escalation":
                 escalation = SubnetOffenders(3, 3600.0, 24, 64, cap)
                 for i, addr in enumerate(addresses):
-                    escalation.count(addr, t0 + i * 1e-3, t0 + i * 1e-3)  # type: ignore[arg-type]
+                    escalation.count(addr, t0 + i * 1e-3, t0 + i * 1e-3)
                 held = cap
                 keep = escalation
             else:
                 book = BanBook(cap)
                 for i, addr in enumerate(addresses):
-                    book.ban_host(addr, t0 + i * 1e-3 + 600.0, t0 + i * 1e-3)  # type: ignore[arg-type]
+                    book.ban_host(addr, t0 + i * 1e-3 + 600.0, t0 + i * 1e-3)
                 held = len(book.hosts)
                 keep = book
             gc.collect()

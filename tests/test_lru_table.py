@@ -15,7 +15,9 @@ OPS = st.lists(
 )
 
 
-def apply(cap: int, ops: list[tuple[str, int]]) -> tuple[LruTable, OrderedDict[int, tuple]]:
+def apply(
+    cap: int, ops: list[tuple[str, int]]
+) -> tuple[LruTable, OrderedDict[int, tuple[float, int, bool]]]:
     table = LruTable(cap, 18, 3)
     model: OrderedDict[int, tuple[float, int, bool]] = OrderedDict()
     for step, (op, key) in enumerate(ops):
