@@ -512,8 +512,7 @@ def host_network_v4(ip: int) -> IPv4Network:
     """IPv4Network((ip, 32)), the target of a host ban, built as its __init__ builds it but
     without parsing its argument: a storm makes one per reflector.  tests/test_scoring.py
     holds it to the stdlib's, attribute for attribute."""
-    address = _new(IPv4Address)  # IPv4Address(ip) without checking an int it need not
-    address._ip = ip  # type: ignore[attr-defined]  # its one slot, as __init__ sets it
+    address = IPv4Address(ip)
     net = _new(IPv4Network)
     net.__dict__.update(
         network_address=address,
