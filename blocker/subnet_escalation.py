@@ -159,7 +159,11 @@ class SubnetOffenders:
                 return 1
             self._store(key, slot, {})  # out of the window already: the subnet, empty
             return 0
-        offenders = self._many[key] if table.spilled(slot) else self._hosts(key)
+        if table.spilled(slot):
+            offenders = self._many[key]
+        else:
+            shift = self._v6_shift if key & 1 else self._v4_shift
+            offenders = {(key >> 1) << shift | table.payload(slot): table.value(slot)}
         earlier = offenders.get(host)
         if earlier is None or at > earlier:
             offenders[host] = at
