@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Final
 
-__all__ = ["GOLDEN", "KEY_MASK", "SLOT_WORDS", "PackedTable"]
+__all__ = ["GOLDEN", "KEY_MASK", "SLOT6_WORDS", "SLOT_WORDS", "PackedTable", "PackedTable6"]
 
 SLOT_WORDS: Final = 3
 KEY_MASK: Final = (1 << 32) - 1
@@ -218,3 +218,187 @@ class PackedTable:
         self._count = 0
         self.slots = min(_MIN_SLOTS, self._max_slots)
         self.words = array("Q", bytes(8 * SLOT_WORDS * self.slots))
+
+
+SLOT6_WORDS: Final = 5
+_USED: Final = 1  # the low bit of word 2: the slot holds an entry (any key may be stored)
+_MIX6: Final = 0xC2B2AE3D27D4EB4F  # folds the high word of a 128-bit key into the low one
+
+
+class PackedTable6:
+    """PackedTable for 128-bit keys (IPv6 addresses): five words a slot (40 bytes).
+
+    * words 0 and 1: the key, low word first;
+    * word 2: ``_USED`` (1) in its low bit, the value's low 32 bits (``meta``) above bit 32,
+      so a caller reads and writes meta exactly as in a PackedTable's word 0;
+    * words 3 and 4: the value's next 128 bits (``payload``), low word first.
+
+    Same probing, deletion, growth and shrinking as PackedTable; the home slot comes from
+    both key words (IPv6 sources differ in the high word as often as in the low one).
+    """
+
+    __slots__ = ("_count", "_max_slots", "slots", "words")
+
+    def __init__(self, max_slots: int, slots: int = _MIN_SLOTS) -> None:
+        if max_slots < 2 or slots < 2:
+            raise ValueError(f"a table needs at least 2 slots, got {slots}, max {max_slots}")
+        self._max_slots = max_slots
+        self.slots = min(slots, max_slots)
+        self._count = 0
+        self.words = array("Q", bytes(8 * SLOT6_WORDS * self.slots))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self.words.itemsize * len(self.words)
+
+    def home(self, lo: int, hi: int) -> int:
+        """The word index of the first slot probed for the key of words `lo`, `hi`."""
+        x = lo ^ ((hi * _MIX6) & _M64)
+        return (((x * GOLDEN) & _M64) * self.slots >> 64) * SLOT6_WORDS
+
+    def find(self, key: int) -> int:
+        """The word index of `key`'s slot, or -1 when it is not held."""
+        words = self.words
+        end = len(words)
+        lo, hi = key & _M64, key >> 64
+        x = lo ^ ((hi * _MIX6) & _M64)
+        j = (((x * GOLDEN) & _M64) * self.slots >> 64) * SLOT6_WORDS
+        while words[j + 2]:
+            if words[j] == lo and words[j + 1] == hi:
+                return j
+            j += SLOT6_WORDS
+            if j == end:
+                j = 0
+        return -1
+
+    def get(self, key: int) -> int | None:
+        j = self.find(key)
+        if j < 0:
+            return None
+        words = self.words
+        return words[j + 2] >> 32 | words[j + 3] << 32 | words[j + 4] << 96
+
+    def put(self, key: int, value: int) -> None:
+        """Hold `value` (0 <= value < 2**160) for `key` (0 <= key < 2**128)."""
+        if not 0 <= key < 1 << 128 or not 0 <= value < 1 << 160:
+            raise ValueError(f"key {key} or value out of range")
+        j = self.find(key)
+        if j < 0:
+            self.put_new(key, value)
+            return
+        self._write(j, key, value)
+
+    def put_new(self, key: int, value: int) -> None:
+        """put() for a key the caller knows is not held (ranges unchecked)."""
+        count = self._count + 1
+        slots = self.slots
+        if count * 4 > slots * 3 and slots < self._max_slots:
+            self._resize(min(slots * 2, self._max_slots))
+        elif count >= slots:  # past max_slots only when full: never lose one
+            self._resize(slots * 2)
+        words = self.words
+        end = len(words)
+        j = self.home(key & _M64, key >> 64)
+        while words[j + 2]:
+            j += SLOT6_WORDS
+            if j == end:
+                j = 0
+        self._count = count
+        self._write(j, key, value)
+
+    def _write(self, j: int, key: int, value: int) -> None:
+        words = self.words
+        words[j] = key & _M64
+        words[j + 1] = key >> 64
+        words[j + 2] = _USED | (value & KEY_MASK) << 32
+        words[j + 3] = (value >> 32) & _M64
+        words[j + 4] = value >> 96
+
+    def pop(self, key: int) -> int | None:
+        j = self.find(key)
+        if j < 0:
+            return None
+        words = self.words
+        value = words[j + 2] >> 32 | words[j + 3] << 32 | words[j + 4] << 96
+        self.remove_at(j)
+        return value
+
+    def remove_at(self, j: int) -> None:
+        """Empty the slot at word index `j` (from find()), shifting its probe run back."""
+        words = self.words
+        end = len(words)
+        slots = self.slots
+        hole = j
+        while True:
+            j += SLOT6_WORDS
+            if j == end:
+                j = 0
+            if not words[j + 2]:
+                break
+            x = words[j] ^ ((words[j + 1] * _MIX6) & _M64)
+            home = (((x * GOLDEN) & _M64) * slots >> 64) * SLOT6_WORDS
+            if (hole < j and hole < home <= j) or (j < hole and (home <= j or home > hole)):
+                continue
+            words[hole : hole + SLOT6_WORDS] = words[j : j + SLOT6_WORDS]
+            hole = j
+        words[hole : hole + SLOT6_WORDS] = _EMPTY6
+        self._count -= 1
+
+    def shrink_if_sparse(self) -> None:
+        """As PackedTable.shrink_if_sparse()."""
+        if self._count * 8 < self.slots and self.slots > _MIN_SLOTS:
+            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
+        words = self.words
+        for j in range(0, len(words), SLOT6_WORDS):
+            w2 = words[j + 2]
+            if w2:
+                yield (
+                    words[j] | words[j + 1] << 64,
+                    w2 >> 32 | words[j + 3] << 32 | words[j + 4] << 96,
+                )
+
+    def remove_if(self, drop: Callable[[int, int], bool]) -> int:
+        """Remove every entry for which drop(key, value) is true; returns how many."""
+        words = self.words
+        end = len(words)
+        removed = 0
+        j = 0
+        while j < end:
+            w2 = words[j + 2]
+            if w2 and drop(
+                words[j] | words[j + 1] << 64,
+                w2 >> 32 | words[j + 3] << 32 | words[j + 4] << 96,
+            ):
+                self.remove_at(j)
+                removed += 1
+                continue
+            j += SLOT6_WORDS
+        return removed
+
+    def _resize(self, slots: int) -> None:
+        old = self.words
+        self.slots = slots
+        words = self.words = array("Q", bytes(8 * SLOT6_WORDS * slots))
+        end = len(words)
+        for i in range(0, len(old), SLOT6_WORDS):
+            if old[i + 2]:
+                j = self.home(old[i], old[i + 1])
+                while words[j + 2]:
+                    j += SLOT6_WORDS
+                    if j == end:
+                        j = 0
+                words[j : j + SLOT6_WORDS] = old[i : i + SLOT6_WORDS]
+
+    def clear(self) -> None:
+        self._count = 0
+        self.slots = min(_MIN_SLOTS, self._max_slots)
+        self.words = array("Q", bytes(8 * SLOT6_WORDS * self.slots))
+
+
+_EMPTY6: Final = array("Q", bytes(8 * SLOT6_WORDS))
