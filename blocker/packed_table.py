@@ -118,6 +118,21 @@ class PackedTable:
         words[j + 1] = (value >> 32) & _M64
         words[j + 2] = value >> 96
 
+    def put_at(self, j: int, key: int, value: int) -> None:
+        """put_new() into the slot at word index `j`, the empty slot that ended a probe
+        run for `key` that found no entry, with no change to the table since; j < 0, or
+        a table that has to grow first: put_new()."""
+        count = self._count + 1
+        slots = self.slots
+        if j < 0 or count * 4 > slots * 3 or count >= slots:
+            self.put_new(key, value)
+            return
+        self._count = count
+        words = self.words
+        words[j] = key | (value & KEY_MASK) << 32
+        words[j + 1] = (value >> 32) & _M64
+        words[j + 2] = value >> 96
+
     def _free_slot(self, key: int) -> int:
         words = self.words
         end = len(words)
@@ -306,6 +321,16 @@ class PackedTable6:
             j += SLOT6_WORDS
             if j == end:
                 j = 0
+        self._count = count
+        self._write(j, key, value)
+
+    def put_at(self, j: int, key: int, value: int) -> None:
+        """As PackedTable.put_at()."""
+        count = self._count + 1
+        slots = self.slots
+        if j < 0 or count * 4 > slots * 3 or count >= slots:
+            self.put_new(key, value)
+            return
         self._count = count
         self._write(j, key, value)
 

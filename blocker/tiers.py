@@ -131,6 +131,7 @@ class Tiers:
         self._ring4 = AdmissionRing(wide=False)
         self._ring6 = AdmissionRing(wide=True)
         self._admitted = 0  # one-hit records in the two tables
+        self._ring_entries = 0  # at least the rings' entries, live or dead
         self._seq = 0  # the next admission number (modulo 2**32)
         self._climbing: dict[int, int] = {}
         # The second climbing times count from (set at the first record: one window
@@ -153,7 +154,7 @@ class Tiers:
         now, window = self.now, self._window
         tracked = self._tracked  # empty under a storm of plain hits: no lookup then
         if isinstance(addr, IPv4Address):
-            ip = int(addr)
+            ip = addr._ip  # type: ignore[attr-defined]  # int(addr), without a Python call
             state = tracked.get(ip) if tracked else None
             if state is None:
                 # self._table.find(ip), spelled out: the storm's one lookup for every line
@@ -167,7 +168,7 @@ class Tiers:
                     if j == len(words):
                         j = 0
         else:
-            key = int(addr)
+            key = addr._ip  # type: ignore[attr-defined]
             ip = key | _V6_TAG
             state = tracked.get(ip) if tracked else None
             if state is None:
@@ -184,12 +185,13 @@ class Tiers:
                     if j == len(words):
                         j = 0
         if state is None:
-            packed = self._climbing.get(ip)
+            # Not in its family's table: j is the empty slot that ended the probe run.
+            packed = self._climbing.get(ip) if self._climbing else None
             if packed is not None:
                 return self._climb(addr, ip, packed, entry)
-            first = self._once.pop(ip, None)
+            first = self._once.pop(ip, None) if self._once else None
             if first is None:
-                return self._open(addr, ip, entry)
+                return self._open(addr, ip, entry, j)
             if self._once_wide and len(self._once) * 16 < self._max_tracked:
                 self._shrink_once()
             return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
@@ -293,6 +295,7 @@ class Tiers:
         if not self._admitted:  # every entry is dead: let the rings' arrays go
             self._ring4.clear()
             self._ring6.clear()
+            self._ring_entries = 0
 
     def _climb_times(
         self, addr: Address, ip: int, number: int, times: list[float], entry: Entry
@@ -304,7 +307,7 @@ class Tiers:
         if now - times[0] >= window:
             times = [when for when in times if now - when < window]
             if not times and weight < self._threshold_units:
-                return self._admit(addr, ip, entry)  # a first hit again
+                return self._admit(ip, entry)  # a first hit again
         if (
             key is not None
             or self._kinds[number] != (name, weight)
@@ -545,8 +548,9 @@ class Tiers:
             self._kinds.append(kind)
         return number
 
-    def _open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
-        """The first hit of an address not held in any tier."""
+    def _open(self, addr: Address, ip: int, entry: Entry, free: int) -> Reached | None:
+        """The first hit of an address not held in any tier; `free`: the empty slot where
+        a probe of its family's table for it ended."""
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self._refuse(addr):
@@ -565,12 +569,12 @@ class Tiers:
             # climbing, so another wave of one-hit sources cannot push it out again.
             self.readmitted += 1
             return self._hold(addr, ip, [], entry)
-        return self._admit(addr, ip, entry)
+        return self._admit(ip, entry, free)
 
-    def _admit(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
+    def _admit(self, ip: int, entry: Entry, free: int = -1) -> Reached | None:
         """Keep the first live hit of a source held nowhere: a plain hit whose time packs
         exactly as a one-hit record of a packed table (pushed out first in first out, by
-        the rings), else as an Entry in the admission FIFO."""
+        the rings), else as an Entry in the admission FIFO.  `free`: as in _open(), or -1."""
         t, name, key, weight = entry
         if key is None and self._width and 0 <= t < 2.0**52 and ip:
             number = self._kind_numbers.get((name, weight))
@@ -585,17 +589,20 @@ class Tiers:
             if number is not None and second + micros * 1e-6 == t and 0 <= at <= _T0_MASK:
                 if self._admitted >= self._max_admitted:
                     self._evict_admitted()
+                    free = -1  # entries moved: probe again
                 seq = self._seq
                 self._seq = (seq + 1) & _M32
                 value = 1 | number << 4 | _ADMITTED | (at | seq << _SEQ_SHIFT) << 32
                 if ip <= KEY_MASK:
-                    self._table.put_new(ip, value)
+                    self._table.put_at(free, ip, value)
                     self._ring4.push(ip, seq)
                 else:
-                    self._table6.put_new(ip ^ _V6_TAG, value)
+                    self._table6.put_at(free, ip ^ _V6_TAG, value)
                     self._ring6.push(ip ^ _V6_TAG, seq)
                 self._admitted += 1
-                if len(self._ring4) + len(self._ring6) > 2 * self._admitted + 4096:
+                self._ring_entries += 1
+                if self._ring_entries > 2 * self._admitted + 4096:
+                    self._ring_entries = self._admitted
                     self._ring4.compact(
                         lambda k, seq: self._admitted_at(self._table, 0, k, seq) >= 0
                     )
