@@ -2,11 +2,15 @@
 
 Three tiers, each source in at most one, keyed by the address as an int (key_of(): IPv6
 with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state).  The design and its
-error bounds are in scoring.py's docstring; in short: one-hit sources wait in a FIFO
-(admission), sources past their first hit climb as exact hit times packed in a 24-byte
-slot of a PackedTable (IPv4, up to 4 hits at a one-minute window) or in one int each
-(climbing), or as a full Window (keyed or mixed hits), and whatever is pushed out while
-live is noted in the doorkeeper, so its next hit starts it climbing.
+error bounds are in scoring.py's docstring; in short: a source of plain hits of one kind
+lives, from its first hit, as a record of a packed table keyed by its whole address
+(PackedTable for IPv4, 24-byte slots; PackedTable6 for IPv6, 40-byte slots): a one-hit
+record is the admission tier (pushed out first in first out, by an AdmissionRing per
+family), a record with more hits is climbing (pushed out least recently hit first, and
+only by other climbing ones); sources with more hits than a slot holds climb as one int
+each; keyed or mixed hits make a full Window; a first hit that is keyed or whose time does
+not pack exactly waits as an Entry in a FIFO.  Whatever is pushed out while live is noted
+in the doorkeeper, so its next hit starts it climbing.
 
 Tiers.add() returns (hits per filter, score in UNITS) when a source reaches the threshold,
 its hits dropped; the engine makes the ban.
@@ -62,10 +66,11 @@ _KIND_MASK: Final = MAX_KINDS - 1
 _COUNT_SHIFT: Final = 12
 _TIMES_SHIFT: Final = 17
 _MICRO: Final = 1_000_000
-# In the packed table (IPv4 sources only: the key is the address), a record's meta holds
-# its hit count (4 bits) and kind number (12 bits) and its payload, 128 bits, the first
-# hit's time as whole microseconds since the epoch (48 bits: 8.9 years) and, above it,
-# each later hit's offset from the first in microseconds, `width` bits each.
+# In the packed tables (the key is the whole address), a record's meta holds its hit count
+# (4 bits), kind number (12 bits) and admission flag (bit 16), and its payload, 128 bits,
+# the first hit's time as whole microseconds since the epoch (48 bits: 8.9 years) and,
+# above it, each later hit's offset from the first in microseconds, `width` bits each (a
+# one-hit record: its admission number there instead).
 _T0_BITS: Final = 48
 _T0_MASK: Final = (1 << _T0_BITS) - 1
 _PAYLOAD_BITS: Final = 128
@@ -108,14 +113,15 @@ class Tiers:
         self._max_climbing = max_tracked * CLIMBING_PER_TRACKED
         self._refuse = refuse
         self.now = -math.inf  # the newest event time, set by the engine
-        # Tier 1, admission: address key -> its one hit, oldest first (FIFO)
+        # Tier 1, admission, for first hits that are keyed or whose time does not pack:
+        # address key -> its one hit, oldest first (FIFO); plain ones are table records
         self._once: OrderedDict[int, Entry] = OrderedDict()
         self._once_wide = False  # has been full since it was last built
         # Addresses pushed out while live within the window; None until the first
         self._doorkeeper: Doorkeeper | None = None
-        # Tier 2, climbing: IPv4 sources whose hits fit a slot of the packed table
-        # (_put_packed: up to _table_hits), with no Python object per source; the others
-        # (IPv6, more hits) as one packed int each in a dict (_encode).
+        # Tier 2, climbing: sources whose hits fit a slot of a packed table (_pack: up to
+        # _table_hits), with no Python object per source; those with more hits as one
+        # packed int each in a dict (_encode).
         self._width = (int((window + 2) * _MICRO)).bit_length() if window < 1e7 else 0
         self._table_hits = (
             min(15, MAX_CLIMBING_HITS, 1 + (_PAYLOAD_BITS - _T0_BITS) // self._width)
@@ -433,31 +439,8 @@ class Tiers:
                     )
                     return None
         number, times = self._decode(packed)
-        now, window = self.now, self._window
-        if now - times[0] >= window:
-            times = [when for when in times if now - when < window]
-        if (
-            key is not None
-            or self._kinds[number] != (name, weight)
-            or len(times) >= MAX_CLIMBING_HITS
-        ):
-            del self._climbing[ip]  # not one kind of plain hit any more: a full window
-            return self._hold(addr, ip, self._entries(number, times), entry)
-        if not times or t >= times[-1]:
-            times.append(t)
-        else:
-            insort(times, t)
-        score = len(times) * weight
-        if score >= self._threshold_units:
-            del self._climbing[ip]
-            return {name: len(times)}, score
-        record = self._encode(number, times)
-        if record is None:  # a time that does not pack exactly: a full window
-            del self._climbing[ip]
-            times.remove(t)
-            return self._hold(addr, ip, self._entries(number, times), entry)
-        self._climbing[ip] = record
-        return None
+        del self._climbing[ip]  # taken out: _climb_times() puts it back where it fits now
+        return self._climb_times(addr, ip, number, times, entry)
 
     def _encode(self, number: int, times: list[float]) -> int | None:
         """The climbing record of kind `number` and hit `times` (oldest first), or None
