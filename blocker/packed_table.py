@@ -35,6 +35,12 @@ GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring
 _MIN_SLOTS: Final = 1024
 
 
+def _zeros(count: int) -> array[int]:
+    """`count` zero words, made in place (array("Q", bytes(n)) builds the bytes first:
+    twice a large table's size at once, for each growth step)."""
+    return array("Q", [0]) * count
+
+
 class PackedTable:
     __slots__ = ("_count", "_max_slots", "slots", "words")
 
@@ -45,7 +51,7 @@ class PackedTable:
         # Both read (never written) by a caller's inlined find(): the slot count, the words
         self.slots = min(slots, max_slots)
         self._count = 0
-        self.words = array("Q", bytes(8 * SLOT_WORDS * self.slots))
+        self.words = _zeros(SLOT_WORDS * self.slots)
 
     def __len__(self) -> int:
         return self._count
@@ -212,7 +218,7 @@ class PackedTable:
     def _resize(self, slots: int) -> None:
         old = self.words
         self.slots = slots
-        words = self.words = array("Q", bytes(8 * SLOT_WORDS * slots))
+        words = self.words = _zeros(SLOT_WORDS * slots)
         end = len(words)
         # Word by word in C (islice copies nothing): the old array's words, slot by slot.
         for w0, w1, w2 in zip(
@@ -232,7 +238,7 @@ class PackedTable:
     def clear(self) -> None:
         self._count = 0
         self.slots = min(_MIN_SLOTS, self._max_slots)
-        self.words = array("Q", bytes(8 * SLOT_WORDS * self.slots))
+        self.words = _zeros(SLOT_WORDS * self.slots)
 
 
 SLOT6_WORDS: Final = 5
@@ -260,7 +266,7 @@ class PackedTable6:
         self._max_slots = max_slots
         self.slots = min(slots, max_slots)
         self._count = 0
-        self.words = array("Q", bytes(8 * SLOT6_WORDS * self.slots))
+        self.words = _zeros(SLOT6_WORDS * self.slots)
 
     def __len__(self) -> int:
         return self._count
@@ -409,7 +415,7 @@ class PackedTable6:
     def _resize(self, slots: int) -> None:
         old = self.words
         self.slots = slots
-        words = self.words = array("Q", bytes(8 * SLOT6_WORDS * slots))
+        words = self.words = _zeros(SLOT6_WORDS * slots)
         end = len(words)
         for i in range(0, len(old), SLOT6_WORDS):
             if old[i + 2]:
@@ -423,7 +429,7 @@ class PackedTable6:
     def clear(self) -> None:
         self._count = 0
         self.slots = min(_MIN_SLOTS, self._max_slots)
-        self.words = array("Q", bytes(8 * SLOT6_WORDS * self.slots))
+        self.words = _zeros(SLOT6_WORDS * self.slots)
 
 
 _EMPTY6: Final = array("Q", bytes(8 * SLOT6_WORDS))
