@@ -15,8 +15,9 @@ Linear probing from a Fibonacci hash mapped onto any capacity (so it need not be
 of two: the table never grows past ``max_slots`` while it holds at most 3/4 of that);
 deletion shifts the following entries of the probe run back (no tombstones, so lookups
 never slow down after many deletions and no rehash is ever needed to clear them).  It
-grows by doubling, up to ``max_slots``, when more than 3/4 full, and shrinks on request
-when less than 1/8 full (a flood's table is given back once it has passed).
+grows by doubling (by half again past 1M slots), up to ``max_slots``, when more than 3/4
+full, and shrinks on request when less than 1/8 full (a flood's table is given back once
+it has passed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ KEY_MASK: Final = (1 << 32) - 1
 _M64: Final = (1 << 64) - 1
 GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring keys
 _MIN_SLOTS: Final = 1024
+
+
+def _grown(slots: int) -> int:
+    """The slot count after `slots`: doubled, and past 1M slots half again (a table of a
+    1M-source storm: 1.5M slots at 64% load instead of 2M at 48%, 12 MB less)."""
+    return slots * 2 if slots < 1 << 20 else slots * 3 // 2
 
 
 def _zeros(count: int) -> array[int]:
@@ -93,7 +100,7 @@ class PackedTable:
         j = self.find(key)
         if j < 0:
             if (self._count + 1) * 4 > self.slots * 3 and self.slots < self._max_slots:
-                self._resize(min(self.slots * 2, self._max_slots))
+                self._resize(min(_grown(self.slots), self._max_slots))
             elif self._count + 1 >= self.slots:  # past max_slots only when full: never lose one
                 self._resize(self.slots * 2)
             j = self._free_slot(key)
@@ -109,7 +116,7 @@ class PackedTable:
         count = self._count + 1
         slots = self.slots
         if count * 4 > slots * 3 and slots < self._max_slots:
-            self._resize(min(slots * 2, self._max_slots))
+            self._resize(min(_grown(slots), self._max_slots))
         elif count >= slots:
             self._resize(slots * 2)
         words = self.words
@@ -317,7 +324,7 @@ class PackedTable6:
         count = self._count + 1
         slots = self.slots
         if count * 4 > slots * 3 and slots < self._max_slots:
-            self._resize(min(slots * 2, self._max_slots))
+            self._resize(min(_grown(slots), self._max_slots))
         elif count >= slots:  # past max_slots only when full: never lose one
             self._resize(slots * 2)
         words = self.words
