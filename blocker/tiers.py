@@ -160,7 +160,7 @@ class Tiers:
         now, window = self.now, self._window
         tracked = self._tracked  # empty under a storm of plain hits: no lookup then
         if isinstance(addr, IPv4Address):
-            ip = addr._ip  # type: ignore[attr-defined]  # int(addr), without a Python call
+            ip = int(addr)
             state = tracked.get(ip) if tracked else None
             if state is None:
                 # self._table.find(ip), spelled out: the storm's one lookup for every line
@@ -174,7 +174,7 @@ class Tiers:
                     if j == len(words):
                         j = 0
         else:
-            key = addr._ip  # type: ignore[attr-defined]
+            key = int(addr)
             ip = key | _V6_TAG
             state = tracked.get(ip) if tracked else None
             if state is None:
