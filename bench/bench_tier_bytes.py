@@ -1,14 +1,16 @@
-"""Bytes per climbing source in the scorer, IPv4 against IPv6 (issue 9 (d)). Figures only.
+"""Bytes per source in the scorer's tiers, IPv4 against IPv6 (issue 9 (d)). Figures only.
 
     .venv/bin/python bench/bench_tier_bytes.py [--sources 200000]
 
-Feeds --sources distinct sources two SYN/ACK hits each (so each climbs) to one Scorer of
-the shipped defaults, once with IPv4 sources and once with IPv6 ones (one per /64, as
-bench_storm_daemon.py's reflectors), and prints the Python memory (tracemalloc) the scorer
-still holds afterwards, per climbing source: the climbing store plus what the other tiers
-kept from the first round (the same for both families). IPv4 sources live in the packed table
-(blocker/packed_table.py); IPv6 ones, whose key does not fit it, in the dict of packed ints:
-the gap between the two lines is what a 128-bit-key table would save per IPv6 reflector.
+Feeds --sources distinct sources one SYN/ACK hit each, then a second each (so each climbs),
+to one Scorer of the shipped defaults (max_tracked raised so nothing is pushed out), once
+with IPv4 sources and once with IPv6 ones (one per /64, as bench_storm_daemon.py's
+reflectors), and prints the Python memory (tracemalloc) the scorer holds after each round,
+per source: after the first, per one-hit source (admission), after the second, per
+climbing one. Both are records of a packed table (blocker/packed_table.py: 24-byte slots
+for IPv4, 40-byte ones for IPv6, at most 3/4 full, so the figure moves with where the
+count falls between two doublings) plus, after the first round, the admission ring's
+entry (8 or 24 bytes).
 """
 
 from __future__ import annotations
@@ -31,18 +33,21 @@ def sources(family: str, count: int) -> list[Address]:
     return [ip_address(base + (i << 64)) for i in range(count)]
 
 
-def bytes_per_source(family: str, count: int) -> tuple[int, float]:
-    scorer = Scorer(JailPolicy(name="probes", max_tracked=count * 2))
+def bytes_per_source(family: str, count: int) -> tuple[int, float, int, float]:
+    """(one-hit sources, bytes each, climbing sources, bytes each)."""
+    scorer = Scorer(JailPolicy(name="probes", max_tracked=count))
     addrs = sources(family, count)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for round_ in range(2):
+    figures: list[float] = []
+    for round_, tier in enumerate(("tracked_admission", "tracked_climbing")):
         for addr in addrs:
             scorer.feed(Hit(T0 + round_, "probes", "unsolicited_synack", addr, 1.0, None))
-    held = tracemalloc.get_traced_memory()[0] - before
+        held = tracemalloc.get_traced_memory()[0] - before
+        sources_there = int(scorer.stats()[tier])
+        figures += [sources_there, held / max(1, sources_there)]
     tracemalloc.stop()
-    climbing = int(scorer.stats()["tracked_climbing"])
-    return climbing, held / max(1, climbing)
+    return int(figures[0]), figures[1], int(figures[2]), figures[3]
 
 
 def main() -> None:
@@ -50,8 +55,11 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=200_000)
     args = parser.parse_args()
     for family in ("ipv4", "ipv6"):
-        climbing, per = bytes_per_source(family, args.sources)
-        print(f"{family}  {climbing:,} climbing sources, {per:.1f} bytes each (tracemalloc)")
+        once, once_each, climbing, climbing_each = bytes_per_source(family, args.sources)
+        print(
+            f"{family}  {once:,} one-hit sources, {once_each:.1f} bytes each; "
+            f"{climbing:,} climbing, {climbing_each:.1f} bytes each (tracemalloc)"
+        )
 
 
 if __name__ == "__main__":

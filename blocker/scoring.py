@@ -50,23 +50,34 @@ Never banned: special addresses, allowlisted addresses, the host's own addresses
 
 Where a source's hits live (issue 9: floods of millions of sources)
 -------------------------------------------------------------------
-Each source is in at most one of three tiers, keyed by the address as an int (IPv6 with
-bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
+Each source is in at most one of three tiers, keyed by its whole address (as an int; IPv6
+with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state).  A source of plain
+hits (no distinct key) of one filter and weight is, from its first hit, one record of an
+open-addressing table keyed by the whole address, with no Python object per source
+(packed_table.py: IPv4 in 24-byte slots, IPv6 in 40-byte ones; at most 3/4 full): its
+count, kind number and the exact times of its hits (the first as microseconds since an
+epoch, later ones as offsets from it: 1 + 80 // width hits fit, width = the bits of a
+window in microseconds, 4 at 60 s).  One lookup per line finds it, whichever tier it is in.
 
-1. *Admission*: a source seen once, as that one hit; at most ``max_tracked`` of them, oldest
-   pushed out first (FIFO), ~220 bytes each.  Most sources of a flood never leave it.
-2. *Climbing*: a source with two or more live hits that are all plain (no distinct key) and
-   of one filter and weight: its kind number and the exact times of its hits.  An IPv4
-   source whose hits fit (up to 1 + 80 // width of them, width = the bits of a window in
-   microseconds: 4 hits at 60 s) takes one 24-byte slot of an open-addressing table
-   (packed_table.py: key and meta in one word, the first hit as microseconds since an
-   epoch and the later ones as offsets from it in two more), no Python object per source:
-   ~32 bytes a source at the table's 3/4 load.  Others (IPv6, more hits) are one packed
-   int each in a dict (~120 bytes).  Up to ``12 * max_tracked`` sources, so 1.2M at the
-   default: every reflector of a 1M-source storm is climbing at once while it sends its
-   2nd..5th SYN/ACK.  Past 16 hits, or on a keyed or different hit, a source moves, all
-   hits kept, to tier 3.  When full, it drops what holds no live hit and at least 1/16:
-   table slots least recently hit first, ints oldest first.
+1. *Admission*: a one-hit record (flagged as such, with its admission number), at most
+   ``12 * max_tracked`` of them (1.2M at the default, so each of a 1M-reflector storm's
+   reflectors keeps its first hit until its second: storm (b)), pushed out first in first
+   out: each family's AdmissionRing (admission_ring.py) holds the keys in arrival order,
+   8 bytes an IPv4 entry, 24 an IPv6 one, and entries of records that left (climbed,
+   banned, dropped) are skipped when they reach the head or compacted away once they are
+   more than half.  An IPv4 source takes 32-64 bytes of table (3/4 to 3/8 full) and,
+   while one-hit, 8 of ring; an IPv6 one 53-107 and 24 (bench_tier_bytes.py).  A first
+   hit that is keyed (a scan) or whose time is not whole microseconds waits as an Entry
+   in a separate FIFO of at most ``max_tracked`` (~220 bytes each).  Most sources of a
+   flood never leave admission.
+2. *Climbing*: the same records past their first hit (the second hit clears the flag and
+   appends its time in place: a source's record never moves between tiers).  Up to
+   ``12 * max_tracked`` climbing sources, so 1.2M at the default: every reflector of a
+   1M-source storm climbs at once while it sends its 2nd..5th SYN/ACK.  A source with more
+   hits than a slot holds climbs as one packed int in a dict (~120 bytes).  Past 16 hits,
+   or on a keyed or different hit, a source moves, all hits kept, to tier 3.  When full,
+   it drops what holds no live hit and at least 1/16: table records least recently hit
+   first, ints oldest first; never an admission record.
 3. *Full windows*: per-hit entries, distinct keys for scans, running sums (Window), at most
    ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
    one hit again since it was last passed is spared once).
@@ -74,29 +85,33 @@ bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state):
 A source pushed out of tier 1 (or 2 or 3) while it still had live hits is written into the
 *doorkeeper* (doorkeeper.py): a fixed 16 MB table of time stamps, allocated at the first such
 eviction, that answers "seen within the window?" with no false negatives.  When such a
-source comes back, its new hit starts it in tier 2 or 3 directly, so a wave of one-hit
-sources can never push it out again: eviction takes from the admission FIFO, and only
+source comes back, its new hit starts it climbing directly, so a wave of one-hit sources
+can never push it out again: admission pushes out only admission records, and only
 climbing sources compete with climbing sources.
 
-Exactness and error bounds.  Tiers 2 and 3 hold exact hit times and weights, so scores are
-exact for every source they hold: a packed slot or int takes a time only when it decodes to
-the very same float (whole microseconds, as log lines carry; others make a full window),
-and a slot is found only by its whole address, never by a hash alone.  While no tier has
-pushed out a live source, the engine decides exactly as the single-tier scorer before it
-(tests/reference_scorer.py, compared in tests/test_scoring_reference.py): same bans, times,
-durations and reasons.  Under pressure it can only under-count: a pushed-out source loses
-the hits it had (at most one for a source pushed out of admission; the doorkeeper remembers
-*that* it was seen, never a hit, and its answer is never added to a score), so it needs
-that many more hits within the window to be banned.  A doorkeeper false positive (about 0.4%
-of lookups with 1M sources a window) only lets a one-hit source skip admission: it costs a
-climbing slot, never a point of score.  Hence no address is ever banned on hits it did not
-send, and a ban's reason and ``explain`` list only hits the source sent.  What is lost,
-when: a source pushed out of admission before its second hit (over ``max_tracked`` new
-sources in between, and only once per window: after that it is climbing); a climbing source
-when more than ``12 * max_tracked`` sources climb at once (least recently hit first, to the
-doorkeeper); a full window under the clock.  ``stats()`` reports tiers, evictions,
-readmissions, new sources per minute and ``under_flood`` (a live source was pushed out
-within the last window).
+Exactness and error bounds.  Every tier holds exact hit times and weights, so scores are
+exact for every source it holds: a record or int takes a time only when it decodes to the
+very same float (whole microseconds, as log lines carry; others make a full window or an
+Entry), and a record is found only by its whole address (both words of an IPv6 one), never
+by a hash alone.  While no tier has pushed out a live source, the engine decides exactly as
+the single-tier scorer before it (tests/reference_scorer.py, compared in
+tests/test_scoring_reference.py): same bans, times, durations and reasons.  Under pressure
+it can only under-count: a pushed-out source loses the hits it had (at most one for a
+source pushed out of admission; the doorkeeper remembers *that* it was seen, never a hit,
+and its answer is never added to a score), so it needs that many more hits within the
+window to be banned.  A doorkeeper false positive (about 0.4% of lookups with 1M sources a
+window) only lets a one-hit source skip admission: it costs a climbing slot, never a point
+of score.  Admission numbers count modulo 2**32: after 2**32 admissions a dead ring entry
+could name a live record of the same address and push it out early, and the order between
+the two families' oldest entries could invert; both only choose which first hit is
+pushed out, never add to a score.  Hence no address is ever banned on hits it did not send,
+and a ban's reason and ``explain`` list only hits the source sent.  What is lost, when: a
+source pushed out of admission before its second hit (over ``12 * max_tracked`` new plain
+sources in between, or ``max_tracked`` keyed ones, and only once per window: after that it
+is climbing); a climbing source when more than ``12 * max_tracked`` sources climb at once
+(least recently hit first, to the doorkeeper); a full window under the clock.  ``stats()``
+reports tiers, evictions, readmissions, new sources per minute and ``under_flood`` (a live
+source was pushed out within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
@@ -494,8 +509,9 @@ class Scorer:
         }
 
     def tracked_count(self) -> int:
-        """Addresses with live score state, in all tiers: at most max_tracked one-hit
-        sources, 12 * max_tracked climbing ones and max_tracked full windows."""
+        """Addresses with live score state, in all tiers: at most 12 * max_tracked packed
+        one-hit sources and max_tracked keyed ones, 12 * max_tracked climbing ones and
+        max_tracked full windows."""
         return len(self.tiers)
 
     @property

@@ -2,11 +2,15 @@
 
 Three tiers, each source in at most one, keyed by the address as an int (key_of(): IPv6
 with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state).  The design and its
-error bounds are in scoring.py's docstring; in short: one-hit sources wait in a FIFO
-(admission), sources past their first hit climb as exact hit times packed in a 24-byte
-slot of a PackedTable (IPv4, up to 4 hits at a one-minute window) or in one int each
-(climbing), or as a full Window (keyed or mixed hits), and whatever is pushed out while
-live is noted in the doorkeeper, so its next hit starts it climbing.
+error bounds are in scoring.py's docstring; in short: a source of plain hits of one kind
+lives, from its first hit, as a record of a packed table keyed by its whole address
+(PackedTable for IPv4, 24-byte slots; PackedTable6 for IPv6, 40-byte slots): a one-hit
+record is the admission tier (pushed out first in first out, by an AdmissionRing per
+family), a record with more hits is climbing (pushed out least recently hit first, and
+only by other climbing ones); sources with more hits than a slot holds climb as one int
+each; keyed or mixed hits make a full Window; a first hit that is keyed or whose time does
+not pack exactly waits as an Entry in a FIFO.  Whatever is pushed out while live is noted
+in the doorkeeper, so its next hit starts it climbing.
 
 Tiers.add() returns (hits per filter, score in UNITS) when a source reaches the threshold,
 its hits dropped; the engine makes the ban.
@@ -22,14 +26,32 @@ from ipaddress import IPv4Address
 from itertools import islice
 from typing import Final
 
+from blocker.admission_ring import AdmissionRing
 from blocker.doorkeeper import Doorkeeper
-from blocker.packed_table import GOLDEN, KEY_MASK, SLOT_WORDS, PackedTable
+from blocker.packed_table import (
+    GOLDEN,
+    KEY_MASK,
+    SLOT6_WORDS,
+    SLOT_WORDS,
+    PackedTable,
+    PackedTable6,
+)
 from blocker.records import Address
 from blocker.score_window import MAX_HITS_PER_ADDRESS, Entry, Window, entry_time
 
-__all__ = ["CLIMBING_PER_TRACKED", "MAX_CLIMBING_HITS", "Reached", "Tiers", "key_of"]
+__all__ = [
+    "ADMISSION_PER_TRACKED",
+    "CLIMBING_PER_TRACKED",
+    "MAX_CLIMBING_HITS",
+    "Reached",
+    "Tiers",
+    "key_of",
+]
 
 CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_tracked sources
+# Packed first hits (admission) held at most: 12 * max_tracked, 1.2M at the default, so a
+# storm of 1M reflectors keeps every reflector's first hit until its second comes.
+ADMISSION_PER_TRACKED: Final = 12
 MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
 MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
 _V6_TAG: Final = 1 << 128
@@ -44,14 +66,23 @@ _KIND_MASK: Final = MAX_KINDS - 1
 _COUNT_SHIFT: Final = 12
 _TIMES_SHIFT: Final = 17
 _MICRO: Final = 1_000_000
-# In the packed table (IPv4 sources only: the key is the address), a record's meta holds
-# its hit count (4 bits) and kind number (12 bits) and its payload, 128 bits, the first
-# hit's time as whole microseconds since the epoch (48 bits: 8.9 years) and, above it,
-# each later hit's offset from the first in microseconds, `width` bits each.
+# In the packed tables (the key is the whole address), a record's meta holds its hit count
+# (4 bits), kind number (12 bits) and admission flag (bit 16), and its payload, 128 bits,
+# the first hit's time as whole microseconds since the epoch (48 bits: 8.9 years) and,
+# above it, each later hit's offset from the first in microseconds, `width` bits each (a
+# one-hit record: its admission number there instead).
 _T0_BITS: Final = 48
 _T0_MASK: Final = (1 << _T0_BITS) - 1
 _PAYLOAD_BITS: Final = 128
 _M64: Final = (1 << 64) - 1
+_M32: Final = (1 << 32) - 1
+_MIX6: Final = 0xC2B2AE3D27D4EB4F  # PackedTable6's home(), inlined in add()
+# A one-hit record of the admission tier (IPv4 in the table, IPv6 in table6): count 1, meta
+# bit 16 set, and above its first hit's time in the payload (48 bits) its admission number
+# (32 bits), which its entry in the admission ring carries too.
+_ADMITTED: Final = 1 << 16  # in meta (and a value's low bits)
+_ADMITTED_WORD: Final = _ADMITTED << 32  # in the word that holds meta above bit 32
+_SEQ_SHIFT: Final = _T0_BITS
 
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
@@ -82,21 +113,32 @@ class Tiers:
         self._max_climbing = max_tracked * CLIMBING_PER_TRACKED
         self._refuse = refuse
         self.now = -math.inf  # the newest event time, set by the engine
-        # Tier 1, admission: address key -> its one hit, oldest first (FIFO)
+        # Tier 1, admission, for first hits that are keyed or whose time does not pack:
+        # address key -> its one hit, oldest first (FIFO); plain ones are table records
         self._once: OrderedDict[int, Entry] = OrderedDict()
         self._once_wide = False  # has been full since it was last built
         # Addresses pushed out while live within the window; None until the first
         self._doorkeeper: Doorkeeper | None = None
-        # Tier 2, climbing: IPv4 sources whose hits fit a slot of the packed table
-        # (_put_packed: up to _table_hits), with no Python object per source; the others
-        # (IPv6, more hits) as one packed int each in a dict (_encode).
+        # Tier 2, climbing: sources whose hits fit a slot of a packed table (_pack: up to
+        # _table_hits), with no Python object per source; those with more hits as one
+        # packed int each in a dict (_encode).
         self._width = (int((window + 2) * _MICRO)).bit_length() if window < 1e7 else 0
         self._table_hits = (
             min(15, MAX_CLIMBING_HITS, 1 + (_PAYLOAD_BITS - _T0_BITS) // self._width)
             if self._width
             else 0
         )
-        self._table = PackedTable(max(2, self._max_climbing * 4 // 3 + 1))
+        # Both tables also hold the admission tier's packed first hits (one-hit records,
+        # _ADMITTED), up to _max_admitted of them, FIFO by the admission rings.
+        self._max_admitted = max_tracked * ADMISSION_PER_TRACKED
+        slots = max(2, (self._max_climbing + self._max_admitted) * 4 // 3 + 1)
+        self._table = PackedTable(slots)
+        self._table6 = PackedTable6(slots)
+        self._ring4 = AdmissionRing(wide=False)
+        self._ring6 = AdmissionRing(wide=True)
+        self._admitted = 0  # one-hit records in the two tables
+        self._ring_entries = 0  # at least the rings' entries, live or dead
+        self._seq = 0  # the next admission number (modulo 2**32)
         self._climbing: dict[int, int] = {}
         # The second climbing times count from (set at the first record: one window
         # before it, so every later live hit is after it).
@@ -127,20 +169,35 @@ class Tiers:
                 j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
                 while w0 := words[j]:
                     if w0 & KEY_MASK == ip:
-                        return self._climb_slot(addr, ip, j, entry)
+                        return self._climb_slot(addr, ip, table, j, entry, m=j)
                     j += SLOT_WORDS
                     if j == len(words):
                         j = 0
         else:
-            ip = int(addr) | _V6_TAG
+            key = int(addr)
+            ip = key | _V6_TAG
             state = tracked.get(ip) if tracked else None
+            if state is None:
+                # self._table6.find(key), spelled out likewise
+                table6 = self._table6
+                words = table6.words
+                lo, hi = key & _M64, key >> 64
+                x = lo ^ ((hi * _MIX6) & _M64)
+                j = (((x * GOLDEN) & _M64) * table6.slots >> 64) * SLOT6_WORDS
+                while words[j + 2]:
+                    if words[j] == lo and words[j + 1] == hi:
+                        return self._climb_slot(addr, ip, table6, j, entry, m=j + 2)
+                    j += SLOT6_WORDS
+                    if j == len(words):
+                        j = 0
         if state is None:
-            packed = self._climbing.get(ip)
+            # Not in its family's table: j is the empty slot that ended the probe run.
+            packed = self._climbing.get(ip) if self._climbing else None
             if packed is not None:
                 return self._climb(addr, ip, packed, entry)
-            first = self._once.pop(ip, None)
+            first = self._once.pop(ip, None) if self._once else None
             if first is None:
-                return self._open(addr, ip, entry)
+                return self._open(addr, ip, entry, j)
             if self._once_wide and len(self._once) * 16 < self._max_tracked:
                 self._shrink_once()
             return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
@@ -169,29 +226,42 @@ class Tiers:
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
 
-    def _climb_slot(self, addr: Address, ip: int, j: int, entry: Entry) -> Reached | None:
-        """One more hit of a source held in the packed table, at word index `j`."""
+    def _climb_slot(
+        self,
+        addr: Address,
+        ip: int,
+        table: PackedTable | PackedTable6,
+        j: int,
+        entry: Entry,
+        *,
+        m: int,
+    ) -> Reached | None:
+        """One more hit of a source held in `table` (either), in the slot at word index
+        `j`, whose meta is above bit 32 of word `m` and payload in the two words after."""
         t, name, key, weight = entry
-        table = self._table
         words = table.words
-        w0 = words[j]
-        count = (w0 >> 32) & 15
-        number = (w0 >> 36) & _KIND_MASK
+        w = words[m]
+        count = (w >> 32) & 15
+        number = (w >> 36) & _KIND_MASK
         epoch = self._epoch or 0  # set: the table holds a record
         if key is None and self._kinds[number] == (name, weight):
             # The common case, without unpacking: the oldest hit is surely still live (its
             # whole second is), so every held hit is: this one either reaches the threshold
             # (a ban, whatever its time) or, the newest and packing exactly, is appended.
-            payload = words[j + 1] | words[j + 2] << 64
+            payload = words[m + 1] | words[m + 2] << 64
             first = payload & _T0_MASK
             base = epoch + first // _MICRO
             if self.now - base < self._window:
                 score = (count + 1) * weight
                 if score >= self._threshold_units:
+                    if w & _ADMITTED_WORD:
+                        self._left_admission()
                     table.remove_at(j)
                     table.shrink_if_sparse()
                     return {name: count + 1}, score
-                if count < self._table_hits:
+                if count < self._table_hits and (
+                    not w & _ADMITTED_WORD or self._climbers() < self._max_climbing
+                ):
                     width = self._width
                     shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
                     second = int(t)
@@ -205,15 +275,33 @@ class Tiers:
                             or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
                         )
                     ):
+                        if w & _ADMITTED_WORD:  # its second hit: from admission to climbing
+                            payload = first  # (its admission number goes)
+                            w ^= _ADMITTED_WORD
+                            self._left_admission()
                         payload |= offset << shift
-                        words[j] = w0 + (1 << 32)
-                        words[j + 1] = payload & _M64
-                        words[j + 2] = payload >> 64
+                        words[m] = w + (1 << 32)
+                        words[m + 1] = payload & _M64
+                        words[m + 2] = payload >> 64
                         return None
-        times = self._unpack(w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96)
+        times = self._unpack(w >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
+        if w & _ADMITTED_WORD:
+            self._left_admission()
         table.remove_at(j)
         table.shrink_if_sparse()
         return self._climb_times(addr, ip, number, times, entry)
+
+    def _climbers(self) -> int:
+        """Sources climbing now (table records that are not first hits, and packed ints)."""
+        return len(self._table) + len(self._table6) + len(self._climbing) - self._admitted
+
+    def _left_admission(self) -> None:
+        """A one-hit record leaves the admission tier (its ring entry is skipped later)."""
+        self._admitted -= 1
+        if not self._admitted:  # every entry is dead: let the rings' arrays go
+            self._ring4.clear()
+            self._ring6.clear()
+            self._ring_entries = 0
 
     def _climb_times(
         self, addr: Address, ip: int, number: int, times: list[float], entry: Entry
@@ -224,6 +312,8 @@ class Tiers:
         now, window = self.now, self._window
         if now - times[0] >= window:
             times = [when for when in times if now - when < window]
+            if not times and weight < self._threshold_units:
+                return self._admit(ip, entry)  # a first hit again
         if (
             key is not None
             or self._kinds[number] != (name, weight)
@@ -243,18 +333,24 @@ class Tiers:
         return self._hold(addr, ip, self._entries(number, times), entry)
 
     def _store(self, ip: int, number: int, times: list[float]) -> bool:
-        """Hold a source not held anywhere as climbing: in the packed table when it fits,
+        """Hold a source not held anywhere as climbing: in a packed table when it fits,
         else as a packed int.  False when a time would not come back out exactly."""
         value = None
-        if 0 < ip <= KEY_MASK and len(times) <= self._table_hits:
-            value = self._pack(number, times)
+        table: PackedTable | PackedTable6 | None = None
+        if len(times) <= self._table_hits:
+            if 0 < ip <= KEY_MASK:
+                table = self._table
+            elif ip >> 128:
+                table = self._table6
+            if table is not None:
+                value = self._pack(number, times)
         record = None if value is not None else self._encode(number, times)
         if value is None and record is None:
             return False
-        if len(self._table) + len(self._climbing) >= self._max_climbing:
+        if self._climbers() >= self._max_climbing:
             self._evict_climbing()
-        if value is not None:
-            self._table.put_new(ip, value)  # held nowhere, as the caller knows
+        if table is not None and value is not None:
+            table.put_new(ip & ~_V6_TAG, value)  # held nowhere, as the caller knows
         elif record is not None:
             self._climbing[ip] = record
         return True
@@ -343,31 +439,8 @@ class Tiers:
                     )
                     return None
         number, times = self._decode(packed)
-        now, window = self.now, self._window
-        if now - times[0] >= window:
-            times = [when for when in times if now - when < window]
-        if (
-            key is not None
-            or self._kinds[number] != (name, weight)
-            or len(times) >= MAX_CLIMBING_HITS
-        ):
-            del self._climbing[ip]  # not one kind of plain hit any more: a full window
-            return self._hold(addr, ip, self._entries(number, times), entry)
-        if not times or t >= times[-1]:
-            times.append(t)
-        else:
-            insort(times, t)
-        score = len(times) * weight
-        if score >= self._threshold_units:
-            del self._climbing[ip]
-            return {name: len(times)}, score
-        record = self._encode(number, times)
-        if record is None:  # a time that does not pack exactly: a full window
-            del self._climbing[ip]
-            times.remove(t)
-            return self._hold(addr, ip, self._entries(number, times), entry)
-        self._climbing[ip] = record
-        return None
+        del self._climbing[ip]  # taken out: _climb_times() puts it back where it fits now
+        return self._climb_times(addr, ip, number, times, entry)
 
     def _encode(self, number: int, times: list[float]) -> int | None:
         """The climbing record of kind `number` and hit `times` (oldest first), or None
@@ -458,8 +531,9 @@ class Tiers:
             self._kinds.append(kind)
         return number
 
-    def _open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
-        """The first hit of an address not held in any tier."""
+    def _open(self, addr: Address, ip: int, entry: Entry, free: int) -> Reached | None:
+        """The first hit of an address not held in any tier; `free`: the empty slot where
+        a probe of its family's table for it ended."""
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self._refuse(addr):
@@ -478,11 +552,91 @@ class Tiers:
             # climbing, so another wave of one-hit sources cannot push it out again.
             self.readmitted += 1
             return self._hold(addr, ip, [], entry)
+        return self._admit(ip, entry, free)
+
+    def _admit(self, ip: int, entry: Entry, free: int = -1) -> Reached | None:
+        """Keep the first live hit of a source held nowhere: a plain hit whose time packs
+        exactly as a one-hit record of a packed table (pushed out first in first out, by
+        the rings), else as an Entry in the admission FIFO.  `free`: as in _open(), or -1."""
+        t, name, key, weight = entry
+        if key is None and self._width and 0 <= t < 2.0**52 and ip:
+            number = self._kind_numbers.get((name, weight))
+            if number is None:
+                number = self._kind_number(name, weight)
+            epoch = self._epoch
+            if epoch is None:
+                epoch = self._epoch = int(t - self._window) - 1
+            second = int(t)
+            micros = round((t - second) * _MICRO)
+            at = (second - epoch) * _MICRO + micros
+            if number is not None and second + micros * 1e-6 == t and 0 <= at <= _T0_MASK:
+                if self._admitted >= self._max_admitted:
+                    self._evict_admitted()
+                    free = -1  # entries moved: probe again
+                seq = self._seq
+                self._seq = (seq + 1) & _M32
+                value = 1 | number << 4 | _ADMITTED | (at | seq << _SEQ_SHIFT) << 32
+                if ip <= KEY_MASK:
+                    self._table.put_at(free, ip, value)
+                    self._ring4.push(ip, seq)
+                else:
+                    self._table6.put_at(free, ip ^ _V6_TAG, value)
+                    self._ring6.push(ip ^ _V6_TAG, seq)
+                self._admitted += 1
+                self._ring_entries += 1
+                if self._ring_entries > 2 * self._admitted + 4096:
+                    self._ring_entries = self._admitted
+                    self._ring4.compact(
+                        lambda k, seq: self._admitted_at(self._table, 0, k, seq) >= 0
+                    )
+                    self._ring6.compact(
+                        lambda k, seq: self._admitted_at(self._table6, 2, k, seq) >= 0
+                    )
+                return None
         once = self._once
         if len(once) >= self._max_tracked:
             self._evict_once()
         once[ip] = entry
         return None
+
+    @staticmethod
+    def _admitted_at(table: PackedTable | PackedTable6, meta_at: int, key: int, seq: int) -> int:
+        """The word index of `key`'s slot in `table` when it holds the key as the one-hit
+        record of admission number `seq`, else -1 (the ring entry is dead)."""
+        j = table.find(key)
+        if j >= 0:
+            words, m = table.words, j + meta_at
+            if (
+                words[m] & _ADMITTED_WORD
+                and ((words[m + 1] | words[m + 2] << 64) >> _SEQ_SHIFT) & _M32 == seq
+            ):
+                return j
+        return -1
+
+    def _evict_admitted(self) -> None:
+        """Make room in the admission tier: the oldest packed first hit goes (of the two
+        rings' live heads, the lower admission number), into the doorkeeper if live."""
+        heads = []
+        for ring, table, meta_at, tag in (
+            (self._ring4, self._table, 0, 0),
+            (self._ring6, self._table6, 2, _V6_TAG),
+        ):
+            while (head := ring.head()) is not None:
+                j = self._admitted_at(table, meta_at, *head)
+                if j >= 0:
+                    heads.append((head[1], ring, table, meta_at, j, head[0] | tag))
+                    break
+                ring.pop()
+        if len(heads) == 2 and (heads[1][0] - heads[0][0]) & _M32 >= 1 << 31:
+            heads.reverse()  # IPv6's head was admitted first (numbers modulo 2**32)
+        _, ring, table, meta_at, j, ip = heads[0]
+        words, m = table.words, j + meta_at
+        [first] = self._unpack(words[m] >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
+        ring.pop()
+        table.remove_at(j)
+        self._left_admission()
+        if self.now - first < self._window:
+            self._forgotten(ip)
 
     def _shrink_once(self) -> None:
         """A dict keeps the table of its largest size: once a flood's one-hit sources have
@@ -509,9 +663,10 @@ class Tiers:
 
     def _evict_climbing(self) -> None:
         """The climbing tier is full: drop what holds no live hit, and at least 1/16 of it:
-        in the packed table the least recently hit first, as packed ints the oldest first
-        (they go to the doorkeeper, so their next hit climbs again)."""
-        climbing, table = self._climbing, self._table
+        in the packed tables the least recently hit first, as packed ints the oldest first
+        (they go to the doorkeeper, so their next hit climbs again).  Admission's one-hit
+        records are never taken for room here."""
+        climbing = self._climbing
         now, window = self.now, self._window
         dead = [
             ip
@@ -521,9 +676,13 @@ class Tiers:
         for ip in dead:
             del climbing[ip]
         newest = self._newest
-        gone = len(dead) + table.remove_if(lambda _, value: now - newest(value) >= window)
+        gone = len(dead)
+        for table in (self._table, self._table6):
+            gone += table.remove_if(
+                lambda _, value: not value & _ADMITTED and now - newest(value) >= window
+            )
         need = max(1, self._max_climbing // 16) - gone
-        held = len(climbing) + len(table)
+        held = self._climbers()
         if need > 0 and held:
             from_dict = -(-need * len(climbing) // held)
             for ip in list(islice(climbing, from_dict)):
@@ -531,12 +690,13 @@ class Tiers:
                 self._forgotten(ip)
             if need > from_dict:
                 self._evict_least_recent(need - from_dict)
-        table.shrink_if_sparse()
+        self._table.shrink_if_sparse()
+        self._table6.shrink_if_sparse()
         if len(climbing) * 2 < self._max_climbing:  # shed the dict's dead slots too
             self._climbing = dict(climbing)
 
     def _evict_least_recent(self, need: int) -> None:
-        """Drop at least `need` packed table records (or all), least recently hit first."""
+        """Drop at least `need` climbing table records (or all), least recently hit first."""
         now, window, newest = self.now, self._window, self._newest
         buckets = [0] * 65
         scale = 64 / window
@@ -544,8 +704,10 @@ class Tiers:
         def age(value: int) -> int:
             return min(64, int((now - newest(value)) * scale))
 
-        for _, value in self._table.items():
-            buckets[age(value)] += 1
+        for table in (self._table, self._table6):
+            for _, value in table.items():
+                if not value & _ADMITTED:
+                    buckets[age(value)] += 1
         cutoff = 64
         total = buckets[64]
         while total < need and cutoff > 0:
@@ -554,18 +716,24 @@ class Tiers:
         # All older than the cutoff's bucket go, and of that bucket only what is missing.
         of_cutoff = [need - (total - buckets[cutoff])]
 
-        def drop(ip: int, value: int) -> bool:
-            bucket = age(value)
-            if bucket < cutoff:
-                return False
-            if bucket == cutoff:
-                if of_cutoff[0] <= 0:
+        def dropper(tag: int) -> Callable[[int, int], bool]:
+            def drop(key: int, value: int) -> bool:
+                if value & _ADMITTED:
                     return False
-                of_cutoff[0] -= 1
-            self._forgotten(ip)
-            return True
+                bucket = age(value)
+                if bucket < cutoff:
+                    return False
+                if bucket == cutoff:
+                    if of_cutoff[0] <= 0:
+                        return False
+                    of_cutoff[0] -= 1
+                self._forgotten(key | tag)
+                return True
 
-        self._table.remove_if(drop)
+            return drop
+
+        self._table.remove_if(dropper(0))
+        self._table6.remove_if(dropper(_V6_TAG))
 
     def _newest(self, value: int) -> float:
         """The time of the newest hit of a packed table value."""
@@ -598,8 +766,12 @@ class Tiers:
         """Forget every hit of `addr` (banned or unbanned from outside)."""
         ip = key_of(addr)
         self._tracked.pop(ip, None)
-        if ip <= KEY_MASK and self._table.pop(ip) is not None:
-            self._table.shrink_if_sparse()
+        table = self._table if ip <= KEY_MASK else self._table6
+        value = table.pop(ip & ~_V6_TAG) if ip else None
+        if value is not None:
+            if value & _ADMITTED:
+                self._left_admission()
+            table.shrink_if_sparse()
         self._climbing.pop(ip, None)
         self._once.pop(ip, None)
 
@@ -611,9 +783,13 @@ class Tiers:
         state = self._tracked.get(ip)
         if state is not None:
             return "window", list(state.hits)
-        value = self._table.get(ip) if ip <= KEY_MASK else None
+        table = self._table if ip <= KEY_MASK else self._table6
+        value = table.get(ip & ~_V6_TAG) if ip else None
         if value is not None:
-            return "climbing", self._entries((value >> 4) & _KIND_MASK, self._unpack(value))
+            return (
+                "admission" if value & _ADMITTED else "climbing",
+                self._entries((value >> 4) & _KIND_MASK, self._unpack(value)),
+            )
         packed = self._climbing.get(ip)
         if packed is not None:
             number, times = self._decode(packed)
@@ -628,13 +804,19 @@ class Tiers:
     def counts(self) -> dict[str, int]:
         """Sources held now in each tier."""
         return {
-            "tracked_admission": len(self._once),
-            "tracked_climbing": len(self._table) + len(self._climbing),
+            "tracked_admission": len(self._once) + self._admitted,
+            "tracked_climbing": self._climbers(),
             "tracked_windows": len(self._tracked),
         }
 
     def __len__(self) -> int:
-        return len(self._once) + len(self._table) + len(self._climbing) + len(self._tracked)
+        return (
+            len(self._once)
+            + len(self._table)
+            + len(self._table6)
+            + len(self._climbing)
+            + len(self._tracked)
+        )
 
     def sources_per_minute(self) -> int:
         """New sources (not held in any tier) in the current or last minute of log time."""

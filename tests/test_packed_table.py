@@ -1,5 +1,5 @@
-"""packed_table.py: behaves as a dict of int -> int, through collisions, wraparound,
-deletions (backward shift), growth and bulk removal."""
+"""packed_table.py: both tables (32-bit and 128-bit keys) behave as a dict of int -> int,
+through collisions, wraparound, deletions (backward shift), growth and bulk removal."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blocker.packed_table import SLOT_WORDS, PackedTable
+from blocker.packed_table import SLOT6_WORDS, SLOT_WORDS, PackedTable, PackedTable6
 
 VALUE_MAX = (1 << 160) - 1
 
 
-def same_as(table: PackedTable, model: dict[int, int]) -> None:
+def same_as(table: PackedTable | PackedTable6, model: dict[int, int]) -> None:
     assert len(table) == len(model)
     assert dict(table.items()) == model
     for key, value in model.items():
@@ -144,3 +144,82 @@ def test_a_table_that_emptied_gives_its_room_back() -> None:
         table.shrink_if_sparse()
     assert table.slots * 8 < grown
     same_as(table, {key: key for key in range(19_901, 20_001)})
+
+
+# -- PackedTable6: 128-bit keys ------------------------------------------------------------
+
+# Keys that differ in one word only, in the other only, in both, and the extremes: the
+# home slot mixes both words, and a match must compare both.
+keys6 = st.builds(
+    lambda hi, lo: hi << 64 | lo,
+    st.sampled_from([0, 1, 0x20010DB8 << 32, (1 << 64) - 1]),
+    st.sampled_from([0, 1, 2, 0xFFFF, (1 << 64) - 1]),
+)
+ops6 = st.lists(
+    st.tuples(st.sampled_from(["put", "put", "pop", "get"]), keys6, st.integers(0, VALUE_MAX)),
+    max_size=300,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops6, start=st.integers(2, 8), spare=st.integers(0, 30))
+def test_the_ipv6_table_answers_as_a_dict_does(
+    ops: list[tuple[str, int, int]], start: int, spare: int
+) -> None:
+    table = PackedTable6(max_slots=start + spare, slots=start)
+    model: dict[int, int] = {}
+    for op, key, value in ops:
+        if op == "put":
+            table.put(key, value)
+            model[key] = value
+        elif op == "pop":
+            assert table.pop(key) == model.pop(key, None)
+        else:
+            assert table.get(key) == model.get(key)
+        assert len(table) == len(model)
+        table.shrink_if_sparse()
+    same_as(table, model)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(keys6, unique=True, max_size=20), dropped=st.sets(keys6))
+def test_the_ipv6_table_removes_exactly_what_it_is_asked(
+    keys: list[int], dropped: set[int]
+) -> None:
+    table = PackedTable6(max_slots=32, slots=2)
+    for key in keys:
+        table.put(key, key % 1000)
+    removed = table.remove_if(lambda key, value: key in dropped and value == key % 1000)
+    assert removed == len(set(keys) & dropped)
+    same_as(table, {key: key % 1000 for key in keys if key not in dropped})
+
+
+def test_the_ipv6_table_wraps_and_empties_to_zero_words() -> None:
+    table = PackedTable6(max_slots=8, slots=8)
+    last = 7 * SLOT6_WORDS
+    keys = [key for key in range(1, 1 << 16) if table.home(key, 0) == last][:4]
+    for i, key in enumerate(keys):
+        table.put(key, i)  # value 0 too: an entry is told from an empty slot by its flag
+    assert sorted(table.find(key) for key in keys) == [0, 5, 10, last]
+    for key in keys:
+        table.pop(key)
+    assert table.words.tolist() == [0] * 8 * SLOT6_WORDS
+    for key, value in [(-1, 1), (1 << 128, 1), (1, -1), (1, VALUE_MAX + 1)]:
+        with pytest.raises(ValueError, match="out of range"):
+            table.put(key, value)
+
+
+def test_the_ipv6_table_grows_and_gives_its_room_back() -> None:
+    table = PackedTable6(max_slots=1 << 16, slots=16)
+    keys = [(0x20010DB8 << 96) | i << 64 | 1 for i in range(20_000)]  # one per /64
+    for key in keys:
+        table.put(key, key & 0xFFFF)
+    grown = table.slots
+    assert table.nbytes == grown * SLOT6_WORDS * 8
+    for key in keys[:-100]:
+        table.pop(key)
+        table.shrink_if_sparse()
+    assert table.slots * 8 < grown
+    same_as(table, {key: key & 0xFFFF for key in keys[-100:]})
+    table.clear()
+    assert (len(table), list(table.items())) == (0, [])

@@ -53,6 +53,14 @@ def burst(addr: str, start: float, count: int = 5, step: float = 1.0) -> list[Hi
     return [hit(addr, start + i * step) for i in range(count)]
 
 
+ADMIT = tiers.ADMISSION_PER_TRACKED  # packed first hits held per max_tracked
+
+
+def noise(count: int, t: float) -> list[Hit]:
+    """One hit at `t` from each of `count` IPv6 sources never seen elsewhere in a test."""
+    return [hit(f"2001:db8:ffff::{i:x}", t) for i in range(1, count + 1)]
+
+
 def neighbours(prefix: str, count: int) -> list[Hit]:
     """Bursts from prefix+"1" .. prefix+str(count), 10 s apart."""
     return [h for i in range(1, count + 1) for h in burst(f"{prefix}{i}", i * 10)]
@@ -463,26 +471,53 @@ def test_mark_banned_subnet_is_not_escalated_again() -> None:
 
 def test_tracked_addresses_are_capped() -> None:
     s = scorer(max_tracked=3)
-    for i in range(1, 11):
-        s.feed(hit(f"198.51.100.{i}", i))
-        assert s.tracked_count() <= 3
-    assert s.stats()["evicted"] == 7
+    cap = 3 * ADMIT
+    for i in range(1, cap + 11):  # IPv4 and IPv6 first hits share the cap
+        s.feed(hit(f"198.51.100.{i}" if i % 2 else f"2001:db8::{i:x}", i / 10))
+        assert s.tracked_count() <= cap
+    assert s.stats()["evicted"] == 10
+    assert s.stats()["tracked_admission"] == cap
+
+
+def test_admission_pushes_out_the_oldest_first_hit_whatever_its_family() -> None:
+    s = scorer(max_tracked=1)
+    firsts = [f"198.51.100.{i}" if i % 3 else f"2001:db8::{i:x}" for i in range(1, ADMIT + 1)]
+    feed_all(s, [hit(src, i / 10) for i, src in enumerate(firsts)])
+    s.feed(hit(firsts[1], 2))  # climbs: it leaves admission, its place in the FIFO is skipped
+    for k, newcomer in enumerate(["203.0.113.1", "2001:db8:1::1", "203.0.113.2", "203.0.113.3"]):
+        s.feed(hit(newcomer, 3 + k))
+    # room for 12, one of them left by the 2nd: the 1st, 3rd and 4th are pushed out
+    tiers_now = [s.explain(a(src), T0 + 6)["tier"] for src in firsts]
+    assert tiers_now == ["doorkeeper", "climbing", "doorkeeper", "doorkeeper", *["admission"] * 8]
+    assert s.stats()["tracked_admission"] == ADMIT
+
+
+def test_a_storm_larger_than_max_tracked_keeps_every_first_hit() -> None:
+    # 10 x ADMIT reflectors, 5 rounds of one hit each: every first hit is still held when the
+    # second comes, so each is banned at its 5th (a first hit lost would take a 6th).
+    s = scorer(max_tracked=10, subnet_min_offenders=1000)
+    sources = [f"198.51.{i >> 8}.{i & 255}" for i in range(10 * ADMIT // 2)]
+    sources += [str(a(f"2001:db8:{i:x}::1")) for i in range(10 * ADMIT // 2)]
+    decisions = []
+    for r in range(5):
+        decisions += feed_all(s, [hit(src, r * 10 + i / 1000) for i, src in enumerate(sources)])
+    assert sorted(targets(decisions)) == sorted(sources)
+    assert s.stats()["evicted"] == 0
 
 
 def test_a_source_that_came_back_climbs_out_of_reach_of_one_hit_noise() -> None:
     s = scorer(max_tracked=3)
     feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.1", 1)])
     assert s.explain(a("198.51.100.1"), T0 + 1)["tier"] == "climbing"
-    for i in range(1000):  # 1000 one-hit sources through an admission tier of 3
-        s.feed(hit(f"2001:db8::{i:x}", 2))
+    feed_all(s, noise(1000, 2))  # 1000 one-hit sources through an admission tier of 36
     assert s.explain(a("198.51.100.1"), T0 + 2)["score"] == 2.0
-    assert s.stats()["evicted"] == 997
-    assert s.stats()["tracked_admission"] == 3
+    assert s.stats()["evicted"] == 1000 - 3 * ADMIT
+    assert s.stats()["tracked_admission"] == 3 * ADMIT
 
 
 def test_an_evicted_source_climbs_again_without_its_forgotten_hit() -> None:
     s = scorer(max_tracked=2)
-    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1), hit("198.51.100.3", 2)])
+    feed_all(s, [hit("198.51.100.1", 0), *noise(2 * ADMIT, 1)])
     assert s.explain(a("198.51.100.1"), T0 + 2)["tier"] == "doorkeeper"
     assert s.explain(a("198.51.100.1"), T0 + 2)["score"] == 0.0
     s.feed(hit("198.51.100.1", 3))  # readmitted: its first hit is not counted again
@@ -496,7 +531,7 @@ def test_an_evicted_source_climbs_again_without_its_forgotten_hit() -> None:
 
 def test_the_doorkeeper_forgets_after_the_window() -> None:
     s = scorer(max_tracked=1)
-    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1)])
+    feed_all(s, [hit("198.51.100.1", 0), *noise(ADMIT, 1)])
     assert s.explain(a("198.51.100.1"), T0 + 1)["tier"] == "doorkeeper"
     s.feed(hit("198.51.100.3", 100))
     assert s.explain(a("198.51.100.1"), T0 + 100)["tier"] is None
@@ -507,7 +542,7 @@ def test_the_doorkeeper_forgets_after_the_window() -> None:
 
 def test_under_flood_shows_in_stats_for_one_window() -> None:
     s = scorer(max_tracked=1)
-    feed_all(s, [hit("198.51.100.1", 0), hit("198.51.100.2", 1)])
+    feed_all(s, [hit("198.51.100.1", 0), *noise(ADMIT, 1)])
     assert s.stats()["under_flood"] is True
     s.feed(hit("198.51.100.1", 62))
     assert s.stats()["under_flood"] is False
@@ -570,14 +605,14 @@ def test_a_flood_of_one_off_sources_does_not_evict_a_returning_attacker() -> Non
     # windows go first, and each return earns the attacker another pass.
     s = scorer(max_tracked=100)
     decisions = []
-    for i in range(400):
-        if i % 80 == 0:
-            decisions += s.feed(hit("203.0.113.7", i / 100))
-        s.feed(hit(f"2001:db8::{i:x}", i / 100))
-        assert s.stats()["tracked_admission"] <= 100
+    for i in range(400 * ADMIT):
+        if i % (80 * ADMIT) == 0:
+            decisions += s.feed(hit("203.0.113.7", i // ADMIT / 100))
+        s.feed(hit(f"2001:db8::{i:x}", i // ADMIT / 100))
+        assert s.stats()["tracked_admission"] <= 100 * ADMIT
     decisions += s.feed(hit("203.0.113.7", 4))
     assert targets(decisions) == ["203.0.113.7"]
-    assert s.stats()["evicted"] >= 300
+    assert s.stats()["evicted"] >= 300 * ADMIT
 
 
 def test_a_source_seen_once_scores_like_any_window() -> None:
@@ -710,14 +745,18 @@ def test_an_ipv4_climbing_source_takes_one_table_slot_and_no_python_object() -> 
     assert [h["time"] for h in hits] == [T0 + t for t in (0.000001, 7.250003, 30.5, 39.123457)]
 
 
-def test_an_ipv6_climbing_source_is_one_small_int() -> None:
+def test_an_ipv6_source_takes_one_slot_of_the_ipv6_table_from_its_first_hit() -> None:
     s = scorer()
-    for t in (0.000001, 7.250003, 30.5, 39.123457):
+    s.feed(hit("2001:db8::7", 0.000001))
+    assert s.explain(a("2001:db8::7"), T0 + 1)["tier"] == "admission"
+    assert (len(s.tiers._table6), s.tiers._once) == (1, {})
+    for t in (7.250003, 30.5, 39.123457):
         s.feed(hit("2001:db8::7", t))
     assert s.explain(a("2001:db8::7"), T0 + 40)["tier"] == "climbing"
-    assert len(s.tiers._table) == 0
-    [record] = s.tiers._climbing.values()
-    assert isinstance(record, int) and sys.getsizeof(record) <= 48  # packed doubles: 73
+    assert (len(s.tiers._table), len(s.tiers._table6), s.tiers._climbing) == (0, 1, {})
+    hits = cast(list[dict[str, float]], s.explain(a("2001:db8::7"), T0 + 40)["hits"])
+    assert [h["time"] for h in hits] == [T0 + t for t in (0.000001, 7.250003, 30.5, 39.123457)]
+    assert s.explain(a("2001:db8::7:0:0:0"), T0 + 40)["tier"] is None  # other words, no match
 
 
 @pytest.mark.parametrize("value", [0, 1, 0x7F000001, 0xC6336407, 0xFFFFFFFE, 0xFFFFFFFF])
@@ -776,13 +815,39 @@ def test_a_full_climbing_tier_drops_the_least_recently_hit_first() -> None:
     assert s.stats()["evicted"] == 12  # 1/16, though 172 were last hit at the same time
 
 
-def test_the_admission_tier_lets_go_of_its_flood_sized_table() -> None:
+def test_the_admission_fifo_of_keyed_first_hits_lets_go_of_its_flood_sized_table() -> None:
     s = scorer(max_tracked=1000)
     sources = [f"198.51.{i >> 8}.{i & 255}" for i in range(1, 2001)]  # fills it, pushes out
+    scan = (a("192.0.2.1"), 22)
     for src in sources:
-        s.feed(hit(src, 0))
+        s.feed(hit(src, 0, filter_="port_scan", key=scan))
     flooded = sys.getsizeof(s.tiers._once)
-    for src in sources[1000:]:  # those still admitted climb: the tier empties
+    for src in sources[1000:]:  # those still admitted go on: the tier empties
         s.feed(hit(src, 1))
     assert s.stats()["tracked_admission"] == 0
     assert sys.getsizeof(s.tiers._once) * 10 < flooded
+
+
+def test_the_admission_rings_let_go_once_every_first_hit_has_moved_on() -> None:
+    s = scorer(max_tracked=1000)
+    v4 = [f"198.51.{i >> 8}.{i & 255}" for i in range(1, 5001)]
+    v6 = [f"2001:db8:{i:x}::1" for i in range(1, 5001)]
+    feed_all(s, [hit(src, 0) for src in v4 + v6])
+    assert len(s.tiers._ring4.words) >= 5000
+    feed_all(s, [hit(src, 1) for src in v4 + v6])  # all climb
+    assert s.stats()["tracked_admission"] == 0
+    assert (len(s.tiers._ring4.words), len(s.tiers._ring6.words)) == (0, 0)
+
+
+def test_the_admission_ring_is_compacted_when_most_of_it_is_dead() -> None:
+    s = scorer(max_tracked=1000)
+    live = "203.0.113.9"
+    s.feed(hit(live, 0))
+    for i in range(1, 20_001):  # each admitted, then climbing: one dead ring entry each
+        src = f"198.51.{i >> 8}.{i & 255}"
+        feed_all(s, [hit(src, 1 + i // 1000), hit(src, 1 + i // 1000)])
+    assert s.stats()["tracked_admission"] == 1
+    assert 1 <= len(s.tiers._ring4) <= 2 + 4096
+    assert s.explain(a(live), T0 + 30)["tier"] == "admission"
+    feed_all(s, noise(ADMIT * 1000, 31))  # the live one is still the oldest: it goes first
+    assert s.explain(a(live), T0 + 31)["tier"] == "doorkeeper"
