@@ -8,6 +8,8 @@ mallinfo2 (heap bytes in use and free, mmapped bytes), pymalloc's arenas (sys._d
 arenas held, bytes in live blocks, bytes free inside them) and, under tracemalloc, the traced
 total and the TOP allocation sites alive at that moment. Where RSS runs above what is alive,
 these say which allocator holds the difference. SIGUSR2 appends one sample at once.
+STORM_PROBE_TRIM=1 calls malloc_trim(0) before each sample (an experiment: how much of RSS is
+free heap that glibc could give back).
 """
 
 from __future__ import annotations
@@ -147,9 +149,13 @@ def main() -> int:
             with open(out, "a") as file:
                 file.write(json.dumps(row) + "\n")
 
+    trim = ctypes.CDLL(None).malloc_trim if os.environ.get("STORM_PROBE_TRIM") else None
+
     def every() -> None:
         while True:
             time.sleep(seconds)
+            if trim is not None:  # an experiment: would giving back free heap pages help?
+                trim(0)
             sample()
 
     threading.Thread(target=every, daemon=True).start()
