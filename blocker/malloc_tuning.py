@@ -6,9 +6,10 @@ mapping of its own, given back to the kernel whole on free; but each time such a
 freed it raises the threshold to that block's size (up to 32 MiB), and from then on the next
 big tables come from the brk heap, where a freed one is a hole the heap keeps while anything
 above it lives. bench/bench_storm_daemon.py --timeline measured that at the end of a
-1M-reflector storm: 148 MB of heap of which ~40 MB free, 60 MB mapped. With the threshold
+1M-reflector storm: 148 MB of heap of which 37-43 MB free, 60 MB mapped. With the threshold
 fixed at MMAP_THRESHOLD (mallopt(M_MMAP_THRESHOLD), which also stops its growth), every block
-of 256 KiB or more is a mapping of its own: 14 MB of heap, ~40 MB less RSS at the peak.
+of 256 KiB or more is a mapping of its own: 14 MB of heap (2-3 MB free), and blockerd's peak
+RSS in that storm 355 MB instead of 389 (bench/README.md).
 
 Blocks below the threshold (Python's own small objects come from pymalloc's 1 MiB arenas,
 mapped anyway) are unchanged. Not glibc (musl), or MALLOC_MMAP_THRESHOLD_ set by the admin:
