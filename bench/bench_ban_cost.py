@@ -13,7 +13,15 @@ to Scorer.add() in this process, four ways, and prints process CPU seconds for e
   + spool      full, and every Decision written as `blockerctl test --json` spools it
 
 Differences give CPU per ban by step: (no subnets - no bans) / bans is a host ban,
-(full - no subnets) / bans the escalation, (+ spool - full) / bans the JSON spool.
+(full - no subnets) / bans the escalation, (+ spool - full) / bans the JSON spool.  The
+tiers do less work when sources are banned (a banned source's window is dropped), so that
+difference understates a ban; `ban path` measures it alone: the engine's ban step
+(Scorer._ban_host, with escalation) and its spool line, called for each reflector in turn.
+
+`--bytes` prints instead what the ban state holds per entry at its cap (max_tracked =
+100,000), IPv4 and IPv6 hosts each in its own /24 or /64 as a storm's reflectors are:
+tracemalloc's traced memory after 2 * cap bans minus before, over the entries held.  The
+addresses are made beforehand (the parser's), so the book's figure leaves them out.
 Figures only, never fails; this VM varies 20-30% between runs (other work loads it):
 compare trees back to back (`--tree DIR` runs another checkout's scorer on the same hits).
 """
@@ -28,7 +36,14 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from blocker.records import Address, Decision
+    from blocker.scoring import JailPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -39,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", choices=("clustered", "random"), default="clustered")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
-    parser.add_argument("--only", choices=("nobans", "nosubnets", "full", "spool"))
+    parser.add_argument("--only", choices=("nobans", "nosubnets", "full", "spool", "banpath"))
+    parser.add_argument("--bytes", action="store_true", help="bytes per entry of the ban state")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.tree.resolve()))
+    if args.bytes:
+        return bytes_per_entry(args.tree)
     from bench_flood import reflectors_of  # noqa: PLC0415 - after the path is set
 
     from blocker import netfilter, replay  # noqa: PLC0415
@@ -108,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         figures[name] = cpu, bans
         print(f"  {name:10} cpu {cpu:6.2f} s  decisions {bans:,}")
         del scorer, add
-    if len(figures) == len(variants):
+    if not args.only or args.only == "banpath":
+        figures["banpath"] = ban_path(policy, addresses, start, line)
+    if len(figures) == len(variants) + 1:
         bans = figures["nosubnets"][1]
         per = {
             "host ban": figures["nosubnets"][0] - figures["nobans"][0],
@@ -120,6 +140,80 @@ def main(argv: list[str] | None = None) -> int:
             f"  per line without bans {figures['nobans'][0] / lines * 1e6:.2f} us; per ban: "
             + ", ".join(f"{k} {v / bans * 1e6:.1f} us" for k, v in per.items())
         )
+    return 0
+
+
+def ban_path(
+    policy: JailPolicy, addresses: list[Address], start: float, line: Callable[[Decision], str]
+) -> tuple[float, int]:
+    """CPU of the ban step alone: _ban_host (history, book, escalation, the Decision) and
+    the spool line, for every reflector at its 5th hit, one every 10 us of log time."""
+    from blocker.scoring import Scorer  # noqa: PLC0415 - after the path is set
+
+    scorer = Scorer(policy)
+    counts = {"unsolicited_synack": 5}
+    ban = scorer._ban_host  # the step measured
+    made = 0
+    gc.collect()
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        write = spool.writelines
+        began = time.process_time()
+        for i, addr in enumerate(addresses):
+            at = start + i * 1e-5
+            scorer._now = at  # as add() sets it before a ban
+            found = ban(addr, counts, at, 5.0)
+            made += len(found)
+            write(line(d) + "\n" for d in found)
+        cpu = time.process_time() - began
+    per = cpu / len(addresses) * 1e6
+    print(f"  {'ban path':10} cpu {cpu:6.2f} s  decisions {made:,}  {per:.2f} us a ban")
+    return cpu, made
+
+
+def bytes_per_entry(tree: Path, cap: int = 100_000) -> int:
+    """Traced bytes per entry held of ban history, subnet escalation and ban book at `cap`."""
+    from ipaddress import IPv4Address, IPv6Address  # noqa: PLC0415
+
+    from blocker.ban_book import BanBook  # noqa: PLC0415 - after the path is set
+    from blocker.ban_history import BanHistory, host_key  # noqa: PLC0415
+    from blocker.subnet_escalation import SubnetOffenders  # noqa: PLC0415
+
+    print(f"tree {tree}; cap {cap:,}; bytes per entry held (tracemalloc)")
+    families: dict[str, list[Address]] = {
+        "IPv4": [IPv4Address(0x0B000001 + (i << 8)) for i in range(2 * cap)],
+        "IPv6": [IPv6Address((0x20010DB8 << 96) + (i << 64) + 1) for i in range(2 * cap)],
+    }
+    for family, addresses in families.items():
+        t0 = 1_700_000_000.0
+        figures = []
+        for name in ("history", "escalation", "book"):
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            if name == "history":
+                history = BanHistory(600.0, 2.0, 7 * 86400.0, 30 * 86400.0, cap)
+                for i, addr in enumerate(addresses):
+                    history.ban(host_key(addr), t0 + i, t0 + i)
+                held = cap
+                keep: object = history
+            elif name == "escalation":
+                escalation = SubnetOffenders(3, 3600.0, 24, 64, cap)
+                for i, addr in enumerate(addresses):
+                    escalation.count(addr, t0 + i * 1e-3, t0 + i * 1e-3)
+                held = cap
+                keep = escalation
+            else:
+                book = BanBook(cap)
+                for i, addr in enumerate(addresses):
+                    book.ban_host(addr, t0 + i * 1e-3 + 600.0, t0 + i * 1e-3)
+                held = len(book.hosts)
+                keep = book
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            del keep
+            figures.append(f"{name} {used / held:.0f} B ({held:,} held)")
+        print(f"  {family}: " + ", ".join(figures))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Host marks and subnet marks, each capped at ``cap`` (past it, expired marks are swept and
 the oldest dropped down to 90%, so the sweep is amortized over many bans), and the gate
-with them.  A forgotten mark only means a later hit of that host is scored again and may
-ban it again.
+with them.  Each mark table keeps a lower bound of its marks' ends, so a sweep skips the
+walk over every mark when none can have ended (a storm's bans, all of them still running).
+A forgotten mark only means a later hit of that host is scored again and may ban it again.
 
 ``gate`` is the one lookup the engine's hot path makes per hit: host -> drop its hits
 while now < this, holding every host mark and a cache of refusals (``inf`` for addresses
@@ -27,20 +28,32 @@ GATE_CACHE_SIZE: Final = 65536
 _K = TypeVar("_K", bound=Hashable)
 
 
+class _Marks(dict[_K, float]):
+    """Marks (key -> banned until, least recently marked first) and `earliest`, a lower
+    bound of their ends: no mark has ended while now < earliest."""
+
+    __slots__ = ("earliest",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.earliest = math.inf
+
+
 class BanBook:
-    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "subnets")
+    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "marks_walked", "subnets")
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
         # host -> banned until, least recently marked first.  Plain dicts (insertion order,
         # re-marking re-inserts): an OrderedDict's links cost ~80 B more a mark, and a
         # storm makes a million.
-        self.hosts: dict[Address, float] = {}
-        self.subnets: dict[Network, float] = {}
+        self.hosts: _Marks[Address] = _Marks()
+        self.subnets: _Marks[Network] = _Marks()
         # Read by the engine's hot path; written only here.
         self.gate: dict[Address, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
         self.gate_copies = 0
+        self.marks_walked = 0  # marks a sweep looked at for having ended (tests)
 
     def refuse(self, addr: Address) -> None:
         """Cache that `addr` may never be banned: its hits are dropped at the gate."""
@@ -61,6 +74,8 @@ class BanBook:
             del hosts[addr]  # to the end: most recently marked
         elif len(hosts) < self._cap:  # the storm's case, a new mark with room: no sweep
             hosts[addr] = until
+            if until < hosts.earliest:  # noqa: PLR1730 - cheaper than min() per ban
+                hosts.earliest = until
             return
         for gone in self._mark(hosts, addr, until, now):
             if self.gate.get(gone) != math.inf:  # a refusal stays cached
@@ -92,6 +107,7 @@ class BanBook:
         for index in range(start, len(hosts)):
             addr = address(hosts[index])
             marks[addr] = gate[addr] = untils[index]
+        marks.earliest = -math.inf  # unknown: the next sweep walks them and finds it
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
         self._mark(self.subnets, subnet, until, now)
@@ -109,20 +125,27 @@ class BanBook:
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
 
-    def _mark(self, marks: dict[_K, float], key: _K, until: float, now: float) -> list[_K]:
+    def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[_K]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
         sweep is amortized over many bans).  Returns the keys dropped."""
         marks.pop(key, None)  # to the end: most recently marked
         marks[key] = until
+        if until < marks.earliest:  # noqa: PLR1730 - cheaper than min() per ban
+            marks.earliest = until
         if len(marks) <= self._cap:
             return []
-        gone = [k for k, u in marks.items() if u <= now]
+        gone: list[_K] = []
+        if marks.earliest <= now:  # some mark may have ended: find them
+            self.marks_walked += len(marks)
+            gone = [k for k, u in marks.items() if u <= now]
         for stale in gone:
             del marks[stale]
         oldest = list(islice(marks, max(0, len(marks) - self._cap * 9 // 10)))
         for old in oldest:
             del marks[old]
         gone.extend(oldest)
+        if gone and marks.earliest <= now:  # every mark left ends after now
+            marks.earliest = min(marks.values(), default=math.inf)
         return gone
 
 

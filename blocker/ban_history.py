@@ -6,24 +6,27 @@ earlier bans of the same target within ``history_window`` before now, capped at
 ``max_ban_time``; ``ban_time = inf`` gives permanent bans.  At most ``cap`` targets are
 remembered (least recently banned forgotten first), each with its last 64 ban times.
 
-Targets are keyed by one int (target_key(), host_key()): the engine's hot path, a storm's million
-host bans, asks ban() once per ban, one dict lookup for a target never banned before.
+Targets are keyed by one int (target_key(), host_key()): the engine's hot path, a storm's
+million host bans, asks ban() once per ban, one table lookup for a target never banned
+before.  The table (lru_table.py) holds a target banned once as its key's bytes and one
+float in flat arrays, no Python object; only targets banned again have a list of times.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import insort
-from collections import OrderedDict
 from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import Final
 
+from blocker.lru_table import LruTable
 from blocker.records import Address, Network
 
 __all__ = ["MAX_BANS_REMEMBERED_PER_TARGET", "BanHistory", "host_key", "target_key"]
 
 MAX_BANS_REMEMBERED_PER_TARGET: Final = 64  # so n in ban_factor ** n counts up to 64
+_KEY_BYTES: Final = 18  # a key: up to 128 address bits, 8 of prefix length, 1 of version
 
 
 class BanHistory:
@@ -34,6 +37,7 @@ class BanHistory:
         "_first",
         "_history_window",
         "_max_ban_time",
+        "_table",
         "_times",
     )
 
@@ -52,24 +56,37 @@ class BanHistory:
         self._cap = cap
         # duration() of a target with no earlier ban
         self._first = math.inf if math.isinf(ban_time) else min(ban_time, max_ban_time)
-        # target -> times of its bans, oldest first; least recently banned target first.
-        # Keyed by one int (_key): a Network object with its cached properties weighs ~400
-        # bytes, a (address, prefix, version) tuple 100 with its ints, and a storm bans a
-        # million.  Most targets are banned once: their value is that time as a float
-        # (24 bytes), not a list of one (100).
-        self._times: OrderedDict[int, float | list[float]] = OrderedDict()
+        # target key -> the time of its one ban, least recently banned target first, in
+        # flat arrays (lru_table.py: ~40 bytes a target, where an OrderedDict of int keys
+        # and float times took ~190, and a storm bans a million).  A target remembered
+        # again is spilled: its times, oldest first, are in _times (a list, even when its
+        # old bans have left the window since).
+        self._table = LruTable(cap, _KEY_BYTES)
+        self._times: dict[int, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def items(self) -> list[tuple[int, float | list[float]]]:
+        """(target key, its ban time, or its times once banned again) of every target
+        remembered, least recently banned first."""
+        return [
+            (key, self._times[key] if spilled else value)
+            for key, value, _, spilled in self._table.items()
+        ]
 
     def earlier_bans(self, target: Network, now: float) -> int:
         return self._earlier_bans(target_key(target), now)
 
     def _earlier_bans(self, target: int, now: float) -> int:
-        times = self._times.get(target)
-        if times is None:
+        table = self._table
+        slot = table.slot_of(target)
+        if slot < 0:
             return 0
         horizon = now - self._history_window
-        if isinstance(times, float):
-            return 1 if horizon < times <= now else 0
-        return sum(1 for when in times if horizon < when <= now)
+        if not table.spilled(slot):
+            return 1 if horizon < table.value(slot) <= now else 0
+        return sum(1 for when in self._times[target] if horizon < when <= now)
 
     def duration(self, target: Network, now: float) -> float:
         """How long a ban of `target` made at `now` lasts."""
@@ -92,16 +109,17 @@ class BanHistory:
     def ban(self, target: int, at: float, now: float) -> float:
         """duration() then remember() of the target with this key (target_key(), host_key()):
         how long its ban at `at` lasts, `now` being the newest event time."""
-        history = self._times
-        if target in history:
+        table = self._table
+        slot = table.slot_of(target)
+        if slot >= 0:
             duration = self._duration(target, now)
             self._remember(target, at, now)
             return duration
         # Never banned (or forgotten): the first ban's length, and the time stored
         if at > max(now, at) - self._history_window:
-            history[target] = float(at)
-            if len(history) > self._cap:
-                history.popitem(last=False)
+            gone = table.put(target, slot, at)
+            if gone is not None:
+                del self._times[gone]
         return self._first
 
     def remember_many(
@@ -114,8 +132,10 @@ class BanHistory:
         flood banned once), only the newest `cap` that one-by-one would store can stay, so
         only those are stored."""
         ints = [(address << 8 | prefix) << 1 | (version == 6) for address, prefix, version in keys]
-        history = self._times
-        if len(set(ints)) == len(ints) and history.keys().isdisjoint(ints):
+        table = self._table
+        if len(set(ints)) == len(ints) and (
+            not table or all(table.slot_of(key) < 0 for key in ints)
+        ):
             window = self._history_window
             kept: list[int] = []
             for index in range(len(ints) - 1, -1, -1):
@@ -125,42 +145,52 @@ class BanHistory:
                 if at > max(now, at) - window:  # what _remember() stores of a new target
                     kept.append(index)
             for index in reversed(kept):
-                history[ints[index]] = float(ats[index])
-            while len(history) > self._cap:
-                history.popitem(last=False)
+                key = ints[index]
+                gone = table.put(key, table.slot_of(key), float(ats[index]))
+                if gone is not None:
+                    del self._times[gone]
             return
         for key, at in zip(ints, ats, strict=True):
             self._remember(key, at, now)
 
     def _remember(self, key: int, at: float, now: float) -> None:
-        history = self._times
-        times = history.get(key)
+        table = self._table
+        slot = table.slot_of(key)
         horizon = max(now, at) - self._history_window
-        if times is None:
+        if slot < 0:
             if at > horizon:
-                history[key] = float(at)
-            while len(history) > self._cap:
-                history.popitem(last=False)
+                gone = table.put(key, slot, float(at))
+                if gone is not None:
+                    del self._times[gone]
             return
-        history.move_to_end(key)
-        if isinstance(times, float):
-            times = history[key] = [times]
+        if table.spilled(slot):
+            times = self._times[key]
+        else:
+            times = self._times[key] = [table.value(slot)]
         insort(times, at)
         drop = sum(1 for when in times if when <= horizon)
         drop = max(drop, len(times) - MAX_BANS_REMEMBERED_PER_TARGET)
         if drop > 0:
             del times[:drop]
+        # to the end: most recently banned (a move, so it evicts nothing)
+        table.put(key, slot, times[-1] if times else math.nan, spilled=True)
 
     def forget_ban(self, target: Network, at: float) -> None:
         """Drop the ban of `target` at `at` (one that did not happen after all)."""
         ban_key = target_key(target)
-        times = self._times.get(ban_key)
-        if isinstance(times, float):
-            if times == at:
-                del self._times[ban_key]
-        elif times and at in times:
+        table = self._table
+        slot = table.slot_of(ban_key)
+        if slot < 0:
+            return
+        if not table.spilled(slot):
+            if table.value(slot) == at:
+                table.delete(slot)
+            return
+        times = self._times[ban_key]
+        if times and at in times:
             times.remove(at)
             if not times:
+                table.delete(slot)
                 del self._times[ban_key]
 
 

@@ -26,7 +26,7 @@ from blocker.commands import (
 from blocker.config import ConfigError, duration, load_config
 from blocker.control import DEFAULT_SOCKET, ControlError, request
 from blocker.records import Decision
-from blocker.replay import ReplayResult, decision_line, replay_file, write_json
+from blocker.replay import ReplayResult, decision_lines, replay_file, write_json
 from blocker.verdicts import SHOW_CHOICES, SHOWN, replay_file_verdicts
 
 DEFAULT_CONFIG = "/etc/blocker/jails.toml"
@@ -147,7 +147,7 @@ def _test(args: argparse.Namespace) -> int:
     with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
 
         def spill(decisions: list[Decision]) -> None:
-            spool.writelines(decision_line(d) + "\n" for d in decisions)
+            spool.write(decision_lines(decisions))
 
         try:
             result = replay_file(Path(args.log), config, spill)

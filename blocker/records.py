@@ -5,7 +5,6 @@ line -> Packet (netfilter.py) -> Hit (filters.py) -> Decision (scoring.py) -> fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Literal, NamedTuple
@@ -88,16 +87,18 @@ class Hit(NamedTuple):
     distinct_key: tuple[object, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Ban `target` (an address or a whole subnet) for `duration` seconds from `at`."""
+class Decision(NamedTuple):
+    """Ban `target` (an address or a whole subnet) for `duration` seconds from `at`.
+
+    A NamedTuple, as Packet and Hit: a storm makes one per reflector, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) costs three times as much."""
 
     target: Network  # a host is a /32 or /128
     jail: str
     at: float
     duration: float  # seconds; math.inf only when a jail is configured with ban_time = "permanent"
     score: float
-    filters: tuple[str, ...] = field(default=())
+    filters: tuple[str, ...] = ()
     reason: str = ""
 
     @property

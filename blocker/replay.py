@@ -13,7 +13,7 @@ from typing import IO, BinaryIO
 from blocker.commands import iso_time
 from blocker.config import Config
 from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
-from blocker.records import Decision
+from blocker.records import Decision, network_text
 from blocker.sources.base import LineSplitter
 
 CHUNK = 1 << 20
@@ -54,6 +54,9 @@ def decision_json(decision: Decision) -> dict[str, object]:
 _encode = json.encoder.encode_basestring_ascii  # json.dumps()'s own string encoder, in C
 _FALSE_TRUE = ("false", "true")
 _iso_seconds: dict[int, str] = {}  # whole second -> iso_time() of it (a storm's bans share a few)
+# (jail, duration, score, filters, reason) -> the line's "jail" and its tail from "duration"
+# on: a storm's bans share a handful (the engine shares one reason text among them)
+_parts: dict[tuple[str, float, float, tuple[str, ...], str], tuple[str, str]] = {}
 
 
 def decision_line(decision: Decision) -> str:
@@ -61,7 +64,7 @@ def decision_line(decision: Decision) -> str:
     --json` spools one per ban, and a storm makes a million.  Values json.dumps() would
     write in some other way than this template (a non-finite float, an int or other type
     where a float is expected) take the dict's way."""
-    duration, score, at = decision.duration, decision.score, decision.at
+    target, jail, at, duration, score, filters, reason = decision
     permanent = duration == math.inf
     if (
         type(score) is not float
@@ -76,18 +79,36 @@ def decision_line(decision: Decision) -> str:
     # half a microsecond of the next second may round up into it.
     stamp = _iso_seconds.get(second) if at - second < 0.999 else None
     if stamp is None:
-        stamp = iso_time(at)
+        stamp = _encode(iso_time(at))
         if at - second < 0.999:
             if len(_iso_seconds) >= 4096:
                 _iso_seconds.clear()
             _iso_seconds[second] = stamp
-    return (
-        f'{{"target": {_encode(decision.target_text)}, "jail": {_encode(decision.jail)}, '
-        f'"at": {_encode(stamp)}, "duration": {"null" if permanent else repr(duration)}, '
-        f'"permanent": {_FALSE_TRUE[permanent]}, "score": {round(score, 3)!r}, '
-        f'"filters": [{", ".join(map(_encode, decision.filters))}], '
-        f'"reason": {_encode(decision.reason)}}}'
-    )
+    # Only positive values are shared: 0.0 == -0.0, and their reprs differ.
+    shared = (jail, duration, score, filters, reason)
+    parts = _parts.get(shared) if duration > 0 and score > 0 else None
+    if parts is None:
+        parts = (
+            _encode(jail),
+            (
+                f'"duration": {"null" if permanent else repr(duration)}, '
+                f'"permanent": {_FALSE_TRUE[permanent]}, "score": {round(score, 3)!r}, '
+                f'"filters": [{", ".join(map(_encode, filters))}], "reason": {_encode(reason)}}}'
+            ),
+        )
+        if duration > 0 and score > 0:
+            if len(_parts) >= 4096:
+                _parts.clear()
+            _parts[shared] = parts
+    # A target's text is digits, hex, dots, colons and a slash: nothing JSON escapes.
+    return f'{{"target": "{network_text(target)}", "jail": {parts[0]}, "at": {stamp}, {parts[1]}'
+
+
+def decision_lines(decisions: list[Decision]) -> str:
+    """decision_line() of each, one a line (the spool's text for one batch)."""
+    if len(decisions) == 1:
+        return decision_line(decisions[0]) + "\n"
+    return "".join([decision_line(decision) + "\n" for decision in decisions])
 
 
 def replay_file(

@@ -312,9 +312,11 @@ class Scorer:
         filters, reason = shared
         decision = Decision(target, self._name, at, duration, score, filters, reason)
         if self._subnet_min_offenders:
-            subnet_decision = self._escalate(addr, at, filters)
-            if subnet_decision is not None:
-                return [decision, subnet_decision]
+            offenders = self.escalation.count(addr, at, now)
+            if offenders >= self._subnet_min_offenders:
+                subnet_decision = self._escalate(addr, at, filters, offenders)
+                if subnet_decision is not None:
+                    return [decision, subnet_decision]
         return [decision]
 
     def _reason(
@@ -331,12 +333,13 @@ class Scorer:
             self._reasons[key] = filters, reason
         return filters, reason
 
-    def _escalate(self, addr: Address, at: float, filters: tuple[str, ...]) -> Decision | None:
+    def _escalate(
+        self, addr: Address, at: float, filters: tuple[str, ...], offenders: int
+    ) -> Decision | None:
+        """The subnet ban after `addr`'s ban at `at`, which left `offenders` (enough) banned
+        hosts in its subnet, unless the subnet is banned already or may not be."""
         policy = self.policy
         escalation = self.escalation
-        offenders = escalation.count(addr, at, self._now)
-        if offenders < self._subnet_min_offenders:
-            return None
         subnet = escalation.subnet_of_key(escalation.last_key, addr)
         until = self.book.subnets.get(subnet)
         if until is not None and self._now < until:

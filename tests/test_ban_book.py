@@ -48,3 +48,20 @@ def test_marks_past_the_cap_sweep_expired_ones_first() -> None:
     book.forget_host(ip_address("198.51.100.9"))
     assert book.host_until(ip_address("198.51.100.9")) is None
     assert ip_address("198.51.100.9") not in book.gate
+
+
+def test_past_the_cap_a_sweep_walks_the_marks_only_when_one_may_have_ended() -> None:
+    # A storm's bans at the cap: none has ended, so dropping the oldest 10% needs no walk
+    # over every mark.  Once the first ends, the next sweep walks them and drops it.
+    book = BanBook(cap=1000)
+    for i in range(5000):
+        book.ban_host(i, T0 + 600 + i, T0 + i * 1e-3)  # type: ignore[arg-type]
+    assert book.marks_walked == 0
+    assert len(book.hosts) <= 1000
+    assert list(book.hosts)[-1] == 4999
+    book.ban_host(-1, T0 + 10, T0 + 5)  # type: ignore[arg-type]  # ends first
+    for i in range(5000, 5200):
+        book.ban_host(i, T0 + 600 + i, T0 + 20)  # type: ignore[arg-type]
+    assert book.marks_walked > 0
+    assert -1 not in book.hosts
+    assert -1 not in book.gate

@@ -342,3 +342,24 @@ def test_decision_line_uses_the_cached_second_only_within_it() -> None:
     assert decision_line(early) == json.dumps(decision_json(early))
     assert decision_line(late) == json.dumps(decision_json(late))
     assert json.loads(decision_line(late))["at"] != json.loads(decision_line(early))["at"]
+
+
+def test_decision_line_shares_a_tail_only_between_the_same_values() -> None:
+    # Equal is not the same: 0.0 == -0.0 but json.dumps() writes them apart, and a
+    # decision with other filters or another reason must not get the first one's tail.
+    made = [
+        _decision("198.51.100.7/32", 1_700_000_100.5, duration, score, reason)
+        for duration, score, reason in [
+            (600.0, 5.0, "r"),
+            (600.0, 5.0, "other"),
+            (1200.0, 5.0, "r"),
+            (600.0, 5.25, "r"),
+            (0.0, 0.0, "r"),
+            (-0.0, -0.0, "r"),
+            (600.0, 5.0, "r"),
+        ]
+    ]
+    made.append(made[0]._replace(filters=("outgoing_rst",)))
+    made.append(made[0]._replace(jail="scans"))
+    for decision in made:
+        assert decision_line(decision) == json.dumps(decision_json(decision))

@@ -64,8 +64,8 @@ def internals(scorer: Scorer) -> object:
         list(scorer.book.hosts.items()),
         dict(scorer.book.gate),
         list(scorer.book.subnets.items()),
-        list(scorer.history._times.items()),
-        [(k, dict(v)) for k, v in scorer.escalation._offenders.items()],
+        scorer.history.items(),
+        [(k, dict(v)) for k, v in scorer.escalation.items()],
     )
 
 

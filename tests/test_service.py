@@ -356,8 +356,8 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
         assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
         assert mine.book.gate == alone.book.gate
         assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
-        assert list(mine.history._times.items()) == list(alone.history._times.items())
-        assert list(mine.escalation._offenders.items()) == list(alone.escalation._offenders.items())
+        assert mine.history.items() == alone.history.items()
+        assert mine.escalation.items() == alone.escalation.items()
     assert len(service.pipeline.runners[0].scorer.book.hosts) < 300  # the cap did bite
     harness.state.close()
 

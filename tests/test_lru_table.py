@@ -1,0 +1,76 @@
+"""LruTable against an OrderedDict doing the same (move_to_end, popitem(last=False))."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blocker.lru_table import LruTable
+
+# (operation, key): put, put spilled, delete, spill in place
+OPS = st.lists(
+    st.tuples(st.sampled_from("pPds"), st.integers(0, 40) | st.integers(0, 2**136)), max_size=400
+)
+
+
+def apply(
+    cap: int, ops: list[tuple[str, int]]
+) -> tuple[LruTable, OrderedDict[int, tuple[float, int, bool]]]:
+    table = LruTable(cap, 18, 3)
+    model: OrderedDict[int, tuple[float, int, bool]] = OrderedDict()
+    for step, (op, key) in enumerate(ops):
+        slot = table.slot_of(key)
+        assert (slot >= 0) == (key in model)
+        if op in "pP":
+            value, payload, spilled = float(step), (key * 7 + step) & 0xFFFFFF, op == "P"
+            gone = table.put(key, slot, value, payload, spilled)
+            model.pop(key, None)
+            model[key] = (value, payload, spilled)
+            expected = None
+            if len(model) > cap:
+                old, (_, _, old_spilled) = model.popitem(last=False)
+                expected = old if old_spilled else None
+            assert gone == expected
+        elif op == "d" and slot >= 0:
+            table.delete(slot)
+            del model[key]
+        elif op == "s" and slot >= 0:
+            table.spill(slot)
+            value, payload, _ = model[key]
+            model[key] = (value, payload, True)
+        assert len(table) == len(model)
+    return table, model
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 12), OPS)
+def test_the_table_is_an_ordered_dict_with_a_cap(cap: int, ops: list[tuple[str, int]]) -> None:
+    table, model = apply(cap, ops)
+    assert table.items() == [(k, *v) for k, v in model.items()]
+    for key, (value, payload, spilled) in model.items():
+        slot = table.slot_of(key)
+        assert slot >= 0
+        assert (table.value(slot), table.payload(slot), table.spilled(slot)) == (
+            value,
+            payload,
+            spilled,
+        )
+
+
+def test_a_long_churn_cuts_packs_and_grows_without_losing_an_entry() -> None:
+    # Past the slack of dead entries: the front is cut, dead-heavy tables packed, the index grown.
+    ops = [("p", i) for i in range(5000)] + [("p", i % 300) for i in range(20000)]
+    ops += [("d", i) for i in range(0, 300, 3)] + [("P", 10**30 + i) for i in range(3000)]
+    table, model = apply(2000, ops)
+    assert table.items() == [(k, *v) for k, v in model.items()]
+
+
+def test_keys_too_wide_are_refused() -> None:
+    table = LruTable(4, 2)
+    try:
+        table.put(1 << 16, table.slot_of(1), 0.0)
+    except OverflowError:
+        return
+    raise AssertionError("a 17-bit key went into 2 bytes")
