@@ -54,20 +54,27 @@ _SYSLOG_START = re.compile(
 # those lines one by one.
 # Everything after OUT= is optional as a whole: a record cut (or mangled) before PROTO=
 # still matches, with PROTO None, so it is counted as malformed instead of passing unseen.
+# Each optional part is spelled `(?:X|)`, not `(?:X)?`: the same match (X first, then
+# nothing, backtracking alike), but the engine runs a BRANCH where `?` runs its general
+# repeat machinery, ~700 instructions per optional part per line, a fifth of this regex's
+# cost. Digit runs and the TCP flags are possessive (`++`, `*+`): what follows each (a space,
+# 'URGP=') can never match inside what they took, so giving some back never finds a match,
+# and the engine skips keeping the means to. tests/test_netfilter.py holds this regex to the
+# plain spelling on mutated lines.
 _PACKET = re.compile(
-    r"IN=(?P<iface_in>[^ ]*) OUT=(?P<iface_out>[^ ]*)(?: (?:PHYSIN=(?P<physin>[^ ]*) )?"
-    r"(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
-    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]+) "
-    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]+) ID=(?P<ip_id>[0-9]+)"
-    r"|C=[0-9]+ HOPLIMIT=(?P<hoplimit>[0-9]+) FLOWLBL=[0-9]+) )?"
+    r"IN=(?P<iface_in>[^ ]*) OUT=(?P<iface_out>[^ ]*)(?: (?:PHYSIN=(?P<physin>[^ ]*) |)"
+    r"(?:PHYSOUT=[^ ]* |)(?:MAC=[^ ]* |)"
+    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]++) "
+    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]++) ID=(?P<ip_id>[0-9]++)"
+    r"|C=[0-9]++ HOPLIMIT=(?P<hoplimit>[0-9]++) FLOWLBL=[0-9]++) |)"
     # IPv4 flags and options (CE DF MF FRAG:n OPT (..)) or IPv6 extension headers: no '='.
     r"[^=\n]*PROTO=(?P<proto>\w+)"
     # The kernel always prints a field after DPT/CODE: requiring the space refuses a line
     # cut in the middle of a port number.
-    r"(?: SPT=(?P<spt>[0-9]+) DPT=(?P<dpt>[0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
-    r"(?:WINDOW=[0-9]+ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*)URGP=)?"
-    r"| TYPE=(?P<icmp_type>[0-9]+) CODE=(?P<icmp_code>[0-9]+)(?= |$)"
-    r"| (?P<incomplete>INCOMPLETE) \[)?)?",
+    r"(?: SPT=(?P<spt>[0-9]++) DPT=(?P<dpt>[0-9]++) (?:SEQ=[0-9]++ ACK=[0-9]++ |)"
+    r"(?:WINDOW=[0-9]++ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*+)URGP=|)"
+    r"| TYPE=(?P<icmp_type>[0-9]++) CODE=(?P<icmp_code>[0-9]++)(?= |$)"
+    r"| (?P<incomplete>INCOMPLETE) \[|)|)",
     re.MULTILINE,
 )
 
@@ -121,30 +128,29 @@ _IN, _OUT, _PROTO, _FLAGS, _TYPE, _CODE, _INCOMPLETE = (
     for name in ("iface_in", "iface_out", "proto", "flags", "icmp_type", "icmp_code", "incomplete")
 )
 Record = tuple[float, str, Fields]
-# Text -> address cache. A flood of new sources only misses it, and at 262,144 entries it
-# held ~42 MB of a 1M-source flood's 147 MiB peak; 65,536 measured no slower on the mixed
-# 1M-line log (issue 9, bench_flood.py).
-_ADDRESS_CACHE_LIMIT = 65536
+# Text -> address cache. A flood of new sources only misses it, and full it holds ~16 MiB
+# of IPv6 addresses and their texts (13.5 MiB IPv4) at 65,536 entries, ~4 MiB at 16,384. On
+# the mixed 1M-line log 16,384 entries hit 79.1% of SRC=/DST= lookups, 65,536 hit 81.1%: 23k
+# more misses of ~0.5 us in ~1.15M lookups (issue 9).
+_ADDRESS_CACHE_LIMIT = 16384
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
+# No line's text at offset 26 starts with a newline before its 'IN=': matches no header.
+_NO_TAIL = "\n"
 
 
 _new = object.__new__
-_V4_HASH = IPv4Address.__hash__
 
 
 class _HashedOnce:
     """Mixin for ipaddress classes: hash once. Each packet's addresses are looked up in
     several dicts per jail, and ipaddress recomputes its hash in Python on every lookup. The
-    value is the stdlib's, so these mix freely with plain address keys."""
+    value is the stdlib's, so these mix freely with plain address keys. Only AddressTable
+    makes them, through from_int() (tests hold the result to the stdlib's own objects in
+    every respect)."""
 
     __slots__ = ()
     _hash: int
-
-    def __init__(self, packed: bytes) -> None:
-        super().__init__(packed)  # type: ignore[call-arg]
-        # The slot lives in the concrete classes (two slotted bases cannot share a layout).
-        self._hash = super().__hash__()  # type: ignore[misc]
 
     def __hash__(self) -> int:
         return self._hash
@@ -158,18 +164,24 @@ class _KernelIPv4Address(_HashedOnce, IPv4Address):
     _ip: int  # IPv4Address's own slot
 
     @classmethod
-    def from_packed(cls, packed: bytes) -> _KernelIPv4Address:
-        """cls(packed) without IPv4Address.__init__'s type and length checks, a third
-        cheaper: `packed` is inet_pton's 4 bytes.  Its hash is the stdlib's (tests hold the
-        result to IPv4Address's in every respect)."""
+    def from_int(cls, ip: int) -> _KernelIPv4Address:
+        """IPv4Address(ip) without its checks: `ip` is inet_pton's 4 bytes as an int."""
         self = _new(cls)
-        self._ip = int.from_bytes(packed, "big")
-        self._hash = _V4_HASH(self)
+        self._ip, self._hash = ip, hash(hex(ip))  # _BaseAddress.__hash__'s formula
         return self
 
 
 class _KernelIPv6Address(_HashedOnce, IPv6Address):
     __slots__ = ("_hash",)
+    _ip: int  # IPv6Address's own slots
+    _scope_id: str | None
+
+    @classmethod
+    def from_int(cls, ip: int) -> _KernelIPv6Address:
+        """IPv6Address(ip) without its checks: `ip` is inet_pton's 16 bytes as an int."""
+        self = _new(cls)
+        self._ip, self._scope_id, self._hash = ip, None, hash((ip, None))  # its __hash__'s
+        return self
 
 
 class AddressTable(dict[str, "Address | None"]):
@@ -181,17 +193,19 @@ class AddressTable(dict[str, "Address | None"]):
     __slots__ = ()
 
     def __missing__(self, text: str) -> Address | None:
-        # A flood of new sources lands here: inet_pton is as strict as ip_address() and 3-10x
-        # faster (the kernel prints IPv6 fully expanded, which ip_address() parses slowly).
+        # A flood of new sources lands here, once per line: one further Python call (not
+        # the three of IPv4Address(packed) and its __hash__ and __int__). inet_pton is as
+        # strict as ip_address() and 3-10x faster (the kernel prints IPv6 fully expanded,
+        # which ip_address() parses slowly).
+        # int.from_bytes() reads big-endian by default (3.11), cheaper than parsing "big".
         if len(self) >= _ADDRESS_CACHE_LIMIT:
             self.clear()
         address: Address | None
         try:
             if ":" in text:
-                address = _KernelIPv6Address(inet_pton(AF_INET6, text))
+                address = _KernelIPv6Address.from_int(int.from_bytes(inet_pton(AF_INET6, text)))
             else:
-                # In a storm of 1M reflectors every line lands here: see from_packed().
-                address = _KernelIPv4Address.from_packed(inet_pton(AF_INET, text))
+                address = _KernelIPv4Address.from_int(int.from_bytes(inet_pton(AF_INET, text)))
         except (OSError, ValueError):
             address = None
         self[text] = address
@@ -203,6 +217,11 @@ class KernelLogParser:
 
     def __init__(self) -> None:
         self._header_times: dict[str, float | None] = {}
+        # The commonest header, RFC 3339 with microseconds, from one host: the text after the
+        # fraction up to the kernel tag ("+00:00 host kernel: ") of the last such line, and
+        # its times by whole second ("2026-11-22T02:00:00"); see scan().
+        self._stamp_tail = _NO_TAIL
+        self._stamp_times: dict[str, float] = {}
         # Year inference depends on `now`: cached header times are valid for one day of it.
         self._cache_from = self._cache_until = 0.0
         self._addresses = AddressTable()
@@ -273,7 +292,7 @@ class KernelLogParser:
 
     # -- scanning: the bulk path ---------------------------------------------------------
 
-    def scan(
+    def scan(  # noqa: PLR0915 - one flat loop is the hot path
         self, text: str, now: float, source_time: float | None = None, headerless: bool = True
     ) -> list[Record]:
         """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
@@ -289,36 +308,44 @@ class KernelLogParser:
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
         header_times = self._header_times
+        stamp_times, tail = self._stamp_times, self._stamp_tail
+        tail_end = 26 + len(tail)
         records: list[Record] = []
         append = records.append
         done = 0  # text before this offset is handled
         for m in _PACKET.finditer(text):
-            start = m.start()
+            start, end = m.span()
             if start < done:
                 continue  # a second 'IN=' on a line already handled
             line_start = text.rfind("\n", 0, start) + 1
             done = text.find("\n", start)
             if done < 0:
                 done = len(text)
-            if m.end() > done:
+            if end > done:
                 # The match ran across a newline (a cut line): read the lines it spans alone.
-                done = text.find("\n", m.end())
+                done = text.find("\n", end)
                 if done < 0:
                     done = len(text)
-                for line in text[line_start:done].split("\n"):
-                    one = _PACKET.search(line)
-                    if one is not None:
-                        found = self._time_and_prefix(
-                            line[: one.start()], now, source_time, headerless
-                        )
-                        if found is None:
-                            self._rejected += 1
-                        else:
-                            append((found[0], found[1], one.groups()))
+                records += self._scan_lines(text[line_start:done], now, source_time, headerless)
                 continue
+            # The commonest line of all: the header of the line before with another time
+            # ('<second>.<microseconds><tail>'), that second seen before. No slice but the
+            # second and the prefix: the tail's kernel tag is the first one on the line, as
+            # it was on the line it was taken from (the second and the fraction hold none).
+            prefix_start = line_start + tail_end
+            if prefix_start <= start and text.startswith(tail, line_start + 26):
+                fraction = text[line_start + 20 : line_start + 26]
+                if text[line_start + 19] == "." and fraction.isdigit() and fraction.isascii():
+                    base = stamp_times.get(text[line_start : line_start + 19])
+                    if base is not None:
+                        prefix = text[prefix_start:start]
+                        if prefix[:1] == "[" and prefix[1:2] in _UPTIME_START:
+                            prefix = _without_uptime(prefix)[1]
+                        append((base + int(fraction) * 1e-6, prefix, m.groups()))
+                        continue
             head = text[line_start:start]
-            # The common case, a cached syslog header, inlined (the keys are the ones
-            # _time_and_prefix stores); anything else takes the full path.
+            # A cached syslog header, inlined (the keys are the ones _time_and_prefix
+            # stores); anything else takes the full path.
             k = head.find(_KERNEL_TAG)
             if k > 0:
                 fraction = head[20:26]
@@ -329,7 +356,17 @@ class KernelLogParser:
                     and fraction.isascii()
                 ):  # _digits() inlined
                     base = header_times.get(head[:19] + head[26:k])
-                    event_time = None if base is None else base + int(fraction) * 1e-6
+                    if base is None:
+                        event_time = None
+                    else:
+                        event_time = base + int(fraction) * 1e-6
+                        if head[26 : k + 9] != tail:  # another host (or zone): its tail now
+                            tail = self._stamp_tail = head[26 : k + 9]
+                            tail_end = 26 + len(tail)
+                            stamp_times.clear()
+                        elif len(stamp_times) >= _CACHE_LIMIT:
+                            stamp_times.clear()
+                        stamp_times[head[:19]] = base
                 else:
                     event_time = header_times.get(head[:k])
                 if event_time is not None:
@@ -345,8 +382,24 @@ class KernelLogParser:
                 append((found[0], found[1], m.groups()))
         return records
 
+    def _scan_lines(
+        self, text: str, now: float, source_time: float | None, headerless: bool
+    ) -> list[Record]:
+        """scan() line by line, uncached: for the rare text a match ran across."""
+        records: list[Record] = []
+        for line in text.split("\n"):
+            one = _PACKET.search(line)
+            if one is not None:
+                found = self._time_and_prefix(line[: one.start()], now, source_time, headerless)
+                if found is None:
+                    self._rejected += 1
+                else:
+                    records.append((found[0], found[1], one.groups()))
+        return records
+
     def _reset_header_cache(self, now: float) -> None:
         self._header_times.clear()
+        self._stamp_times.clear()
         day = now // 86400 * 86400
         self._cache_from, self._cache_until = day, day + 86400
 

@@ -678,3 +678,157 @@ def test_address_table_makes_ipv4_addresses_the_stdlib_way(value: int) -> None:
 @pytest.mark.parametrize("text", ["1.2.3", "1.2.3.256", "01.2.3.4", "1.2.3.4 ", "", "::ffff:"])
 def test_address_table_refuses_what_is_no_address(text: str) -> None:
     assert AddressTable()[text] is None
+
+
+# Headers of one second, two hosts, other zones and look-alikes: a text of them takes scan()'s
+# cached-header paths (the last host's header with another time first) in every order.
+_STAMP_HEADERS = st.builds(
+    "{}.{}{} {} kernel: {}".format,
+    st.sampled_from(["2026-11-22T02:04:54", "2026-11-22T02:04:55", "2026-11-22T02:04:5x"]),
+    st.sampled_from(["000000", "684948", "999999", "68494", "6849481", "²00000"]),
+    st.sampled_from(["+00:00", "Z", "-05:30", "+0100", "", "+00:00 kernel:"]),
+    st.sampled_from(["host", "edge1", "kernel:", "IN=x"]),
+    st.sampled_from(["", "[81795.100496] ", "[UFW BLOCK] ", "kernel: "]),
+)
+_STAMP_LINES = st.one_of(
+    st.tuples(_STAMP_HEADERS, st.sampled_from([V4_BODY, V6_BODY, UDP_BODY])).map("".join),
+    st.sampled_from(VALID_LINES),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_STAMP_LINES, max_size=40))
+def test_parse_text_with_cached_headers_equals_parse_per_line(lines: list[str]) -> None:
+    one_by_one = [(p, p.time) if (p := parse(line)) else None for line in lines]
+    parser = KernelLogParser()
+    in_one_text = []
+    for line in lines:  # one line per scan() and a few lines per scan(): the caches persist
+        packets = list(parser.parse_text(line + "\n", NOW))
+        in_one_text.append((packets[0], packets[0].time) if packets else None)
+    assert in_one_text == one_by_one
+    together = list(KernelLogParser().parse_text("\n".join(lines) + "\n", NOW))
+    assert together == [p for p, _ in filter(None, one_by_one)]
+
+
+def test_cached_header_of_another_host_or_second_keeps_its_own_time() -> None:
+    parser = KernelLogParser()
+    # (second, fraction, zone, host): each host's lines take the cached paths, then the other's
+    headers = [
+        *[(54, "100000", "+00:00", "a")] * 3,
+        *[(55, "250000", "+00:00", "a")] * 3,
+        *[(54, "500000", "-01:00", "b")] * 3,
+        (55, "750000", "-01:00", "b"),
+        (55, "000001", "+00:00", "a"),
+    ]
+    lines = [
+        f"2026-11-22T02:04:{second}.{fraction}{zone} {host} kernel: DROP {V4_BODY}"
+        for second, fraction, zone, host in headers
+    ]
+    times = [p.time for p in parser.parse_text("\n".join(lines) + "\n", NOW)]
+    midnight = 1795305600.0  # 2026-11-22T00:00:00Z
+    expected = [
+        midnight + 2 * 3600 + 4 * 60 + second + int(fraction) * 1e-6 + (zone == "-01:00") * 3600
+        for second, fraction, zone, _ in headers
+    ]
+    assert times == [pytest.approx(t, abs=1e-6) for t in expected]
+
+
+# _PACKET as first written, with `(?:X)?` for every optional part and no possessive
+# repeats: the oracle for the spelling the parser runs (the same matches, cheaper).
+_PACKET_AS_WRITTEN = re.compile(
+    r"IN=(?P<iface_in>[^ ]*) OUT=(?P<iface_out>[^ ]*)(?: (?:PHYSIN=(?P<physin>[^ ]*) )?"
+    r"(?:PHYSOUT=[^ ]* )?(?:MAC=[^ ]* )?"
+    r"SRC=(?P<src>[^ ]+) DST=(?P<dst>[^ ]+) LEN=(?P<length>[0-9]+) "
+    r"(?:T(?:OS=[^ ]* PREC=[^ ]* TTL=(?P<ttl>[0-9]+) ID=(?P<ip_id>[0-9]+)"
+    r"|C=[0-9]+ HOPLIMIT=(?P<hoplimit>[0-9]+) FLOWLBL=[0-9]+) )?"
+    r"[^=\n]*PROTO=(?P<proto>\w+)"
+    r"(?: SPT=(?P<spt>[0-9]+) DPT=(?P<dpt>[0-9]+) (?:SEQ=[0-9]+ ACK=[0-9]+ )?"
+    r"(?:WINDOW=[0-9]+ RES=[^ ]* (?P<flags>(?:[A-Z]{3} )*)URGP=)?"
+    r"| TYPE=(?P<icmp_type>[0-9]+) CODE=(?P<icmp_code>[0-9]+)(?= |$)"
+    r"| (?P<incomplete>INCOMPLETE) \[)?)?",
+    re.MULTILINE,
+)
+# Pieces the optional parts start and end with, to splice into valid lines.
+_FIELD_PIECES = st.sampled_from(
+    [
+        " ",
+        "PHYSIN=br0 ",
+        "PHYSOUT=eth1 ",
+        f"{MAC4} ",
+        "TOS=0x00 PREC=0x00 TTL=64 ID=1 ",
+        "TC=0 HOPLIMIT=64 FLOWLBL=0 ",
+        "SEQ=1 ACK=2 ",
+        "WINDOW=512 RES=0x00 ACK SYN URGP=0 ",
+        "TYPE=8 CODE=0 ",
+        "INCOMPLETE [",
+        "URGP=",
+        "PROTO=TCP",
+        "PROTO=UDP SPT=1 DPT=2",
+        "\n",
+        "=",
+    ]
+)
+
+
+def _spliced(line: str) -> st.SearchStrategy[str]:
+    """`line` with a piece put in at a field boundary, or in place of some fields."""
+
+    def splice(args: tuple[int, int, str]) -> str:
+        index, dropped, piece = args
+        words = line.split(" ")
+        index %= len(words) + 1
+        return " ".join([*words[:index], piece, *words[index + dropped :]])
+
+    return st.tuples(st.integers(0, 60), st.integers(0, 3), _FIELD_PIECES).map(splice)
+
+
+# Every optional part present somewhere: bridged, with sequence numbers, IPv6, cut.
+_FULL_RECORDS = [
+    *VALID_LINES,
+    f"DROP IN=br0 OUT=br0 PHYSIN=eth0 PHYSOUT=eth1 {V4_BODY[len('IN=eth0 OUT= ') :]}",
+    V4_BODY.replace("DPT=0 ", "DPT=0 SEQ=4134 ACK=0 "),
+    V6_BODY.replace("DPT=80 ", "DPT=80 SEQ=1 ACK=2 "),
+    ICMP_BODY.replace("PROTO=ICMP ", "MF FRAG:8 PROTO=ICMP "),
+    V4_BODY.replace("SPT=2372 DPT=0 WINDOW=512 RES=0x00 ACK SYN URGP=0 ", "INCOMPLETE [8 bytes] "),
+]
+_REGEX_LINES = st.one_of(
+    _lines,
+    st.sampled_from(_FULL_RECORDS),
+    st.sampled_from(_FULL_RECORDS).flatmap(_spliced),
+    st.sampled_from(_FULL_RECORDS).flatmap(_spliced).flatmap(_spliced),
+    st.sampled_from(_FULL_RECORDS).flatmap(_mutated),
+)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_REGEX_LINES, max_size=8))
+def test_packet_regex_matches_as_written(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert [(m.span(), m.groups()) for m in _PACKET.finditer(text)] == [
+        (m.span(), m.groups()) for m in _PACKET_AS_WRITTEN.finditer(text)
+    ]
+
+
+def test_packet_regex_is_the_one_as_written_with_branches_for_options() -> None:
+    branches = _PACKET_AS_WRITTEN.pattern.replace(")?", "|)")
+    possessive = branches.replace("[0-9]+", "[0-9]++").replace("{3} )*)", "{3} )*+)")
+    assert _PACKET.pattern == possessive
+    assert _PACKET.groupindex == _PACKET_AS_WRITTEN.groupindex
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_address_table_makes_ipv6_addresses_the_stdlib_way(value: int) -> None:
+    text = IPv6Address(value).exploded  # as the kernel prints it
+    made = AddressTable()[text]
+    plain = IPv6Address(text)
+    assert isinstance(made, IPv6Address)
+    assert (made, hash(made), int(made), str(made), repr(made)) == (
+        plain,
+        hash(plain),
+        value,
+        str(plain),
+        repr(plain),
+    )
+    assert {plain: 1}[made] == 1
+    assert made.scope_id is None
