@@ -13,9 +13,11 @@ Then: how long until blockerd has read every line and its bans stopped growing, 
 reflectors the kernel set holds or covers with a subnet entry, and blockerd's whole-process
 RSS (peak VmHWM, and VmRSS sampled every second). Target: every reflector, RSS <= 300 MB.
 
---tracemalloc N runs blockerd under tracemalloc (slower, and its RSS then includes
-tracemalloc's own books: read the breakdown, not the RSS) and prints the N biggest allocation
-sites alive once the storm settled (the peak: nothing is freed before the bans expire).
+--timeline S runs blockerd through storm_probe.py, which samples its memory every S seconds
+(RSS against glibc's heap and pymalloc's arenas) and prints the timeline: where RSS runs above
+what is alive, it says which allocator holds the difference. --tracemalloc N adds tracemalloc
+(slower, and its RSS then includes tracemalloc's own books: read the breakdown, not the RSS)
+and prints the N biggest allocation sites alive at the sample that traced the most.
 """
 
 from __future__ import annotations
@@ -109,42 +111,40 @@ def rss(pid: int) -> dict[str, float]:
     return found
 
 
-TRACED_BLOCKERD = """
-import os, signal, sys, tracemalloc
-path = sys.argv.pop(1)
-def dump(*_):
-    tracemalloc.take_snapshot().dump(path + ".part")
-    os.rename(path + ".part", path)
-signal.signal(signal.SIGUSR2, dump)
-from blocker.daemon import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def print_breakdown(pid: int, snapshot: Path, top: int) -> None:
-    """Ask the traced blockerd for a snapshot and print its biggest allocation sites."""
-    import tracemalloc  # noqa: PLC0415
-
+def print_timeline(pid: int, path: Path, top: int) -> None:
+    """Ask the probe for a last sample, then print the timeline storm_probe.py wrote: RSS
+    against what each allocator holds, and under tracemalloc the sites alive at the sample
+    where the most was traced (the peak of what is alive)."""
+    lines = len(path.read_text().splitlines()) if path.exists() else 0
     os.kill(pid, signal.SIGUSR2)
     for _ in range(600):  # a snapshot of millions of blocks takes a while
         time.sleep(1.0)
-        try:
-            taken = tracemalloc.Snapshot.load(str(snapshot))
+        if path.exists() and len(path.read_text().splitlines()) > lines:
             break
-        except OSError:
-            continue
-    else:
-        print("tracemalloc: no snapshot", file=sys.stderr)
-        return
-    stats = taken.statistics("lineno")
-    total = sum(stat.size for stat in stats)
-    print(f"traced   {total / 1e6:.0f} MB in Python allocations; the biggest sites:")
-    for stat in stats[:top]:
-        frame = stat.traceback[0]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    print(
+        "timeline (MB; heap = glibc brk heap held, of it free; mmap = big blocks; "
+        "py = pymalloc: arenas held, bytes alive in them, free in used pools, empty pools)"
+    )
+    print(
+        f"  {'t':>5} {'RSS':>5} {'HWM':>5} {'heap':>5} {'free':>5} {'mmap':>5} "
+        f"{'arenas':>6} {'pyused':>6} {'pyfree':>6} {'pools':>6} {'traced':>6}"
+    )
+    for row in rows:
         print(
-            f"  {stat.size / 1e6:7.1f} MB {stat.count:>10,} blocks  "
-            f"{frame.filename.replace(str(REPO) + '/', '')}:{frame.lineno}"
+            f"  {row['t']:5.0f} {row.get('VmRSS', 0):5.0f} {row.get('VmHWM', 0):5.0f} "
+            f"{row.get('heap_mb', 0):5.0f} {row.get('heap_free_mb', 0):5.0f} "
+            f"{row.get('mmap_mb', 0):5.0f} {row.get('arenas', 0):6.0f} "
+            f"{row.get('py_used_mb', 0):6.0f} {row.get('py_free_mb', 0):6.0f} "
+            f"{row.get('py_pools_free_mb', 0):6.0f} "
+            f"{row.get('traced_mb', 0):6.0f}"
         )
+    traced = [row for row in rows if "top" in row]
+    if traced:
+        peak = max(traced, key=lambda row: row["traced_mb"])
+        print(f"alive at t={peak['t']:.0f} s ({peak['traced_mb']:.0f} MB traced), biggest sites:")
+        for size, count, where in peak["top"][:top]:
+            print(f"  {size:7.1f} MB {count:>10,} blocks  {where.replace(str(REPO) + '/', '')}")
 
 
 def main() -> int:
@@ -152,6 +152,13 @@ def main() -> int:
     parser.add_argument("--reflectors", type=int, default=1_000_000)
     parser.add_argument("--trains", type=int, default=6)
     parser.add_argument("--tracemalloc", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--timeline",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="sample blockerd's memory every S seconds (storm_probe.py) and print it",
+    )
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -184,20 +191,27 @@ def main() -> int:
             "--socket",
             sock,
         ]
-        snapshot = work / "blockerd.tracemalloc"
-        if args.tracemalloc:  # SIGUSR2 dumps a snapshot (the bench's blockerd only)
-            argv[:1] = [sys.executable, "-X", "tracemalloc=1", "-c", TRACED_BLOCKERD, str(snapshot)]
+        timeline = work / "blockerd.timeline"
+        if args.tracemalloc or args.timeline:  # the bench's blockerd only: storm_probe.py
+            every = str(args.timeline or 3600.0)
+            probe = [sys.executable, str(Path(__file__).with_name("storm_probe.py"))]
+            traced = ["--tracemalloc", str(args.tracemalloc)] if args.tracemalloc else []
+            argv[:1] = [*probe, str(timeline), every, *traced, "--"]
         with open(work / "blockerd.err", "w") as err:
             process = subprocess.Popen(argv, stderr=err)
         peak_sampled = [0.0]
+        series: list[tuple[float, float, float]] = []  # (s since the first append, RSS, HWM)
         stop = threading.Event()
 
         def sample() -> None:
+            began = time.perf_counter()
             while not stop.wait(1.0):
                 try:
-                    peak_sampled[0] = max(peak_sampled[0], rss(process.pid)["VmRSS"])
+                    now = rss(process.pid)
                 except (OSError, KeyError):
                     return
+                peak_sampled[0] = max(peak_sampled[0], now["VmRSS"])
+                series.append((time.perf_counter() - began, now["VmRSS"], now["VmHWM"]))
 
         def status() -> dict[str, object]:
             try:
@@ -243,8 +257,8 @@ def main() -> int:
                     break
             took = time.perf_counter() - began - 3.0
             mem = rss(process.pid)
-            if args.tracemalloc:
-                print_breakdown(process.pid, snapshot, args.tracemalloc)
+            if args.tracemalloc or args.timeline:
+                print_timeline(process.pid, timeline, args.tracemalloc)
             with IpsetBackend(set4=set4, set6=set6) as backend:
                 held = {(int(t.network_address), t.prefixlen) for t, _ in backend.list()}
             covered = 0
@@ -266,6 +280,12 @@ def main() -> int:
             print(
                 f"memory   blockerd RSS peak {mem['VmHWM']:.0f} MB, end {mem['VmRSS']:.0f} MB,"
                 f" sampled max {peak_sampled[0]:.0f} MB (target <= 300 MB)"
+            )
+            stride = max(1, len(series) // 30)
+            print(
+                "rss/s    "
+                + " ".join(f"{t:.0f}:{r:.0f}/{h:.0f}" for t, r, h in series[::stride])
+                + "  (s after the first append: VmRSS/VmHWM MB)"
             )
             print(
                 json.dumps(

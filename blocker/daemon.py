@@ -28,6 +28,7 @@ from blocker.fleet.events import FleetEvent
 from blocker.host import host_addresses
 from blocker.journal import journal_handler
 from blocker.live_peers import ConntrackError, LivePeers
+from blocker.malloc_tuning import tune_malloc
 from blocker.metrics import Metrics, behind_bytes
 from blocker.metrics import start as start_metrics
 from blocker.pipeline import tune_gc
@@ -97,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     tune_gc()
+    tune_malloc()  # before the tables grow: big blocks are mappings given back when freed
     try:
         daemon = Daemon(config, args)
     except (OSError, SourceError, StateError) as exc:

@@ -21,6 +21,10 @@ from blocker.sources.base import SourceLine
 from blocker.state import State
 
 HISTORY_BATCH = 50_000  # earlier bans handed to the scorers at a time (a flood leaves millions)
+# Active bans handed to the scorers at a time on a restart or reload: restore_bans builds lists
+# of what it is given, which for a million bans at once was ~85 MB on top of everything (the
+# restart's peak). In slices, the scorers end as after one call (they mark in order either way).
+MARK_BATCH = 50_000
 
 
 def source_label(key: SourceKey) -> str:
@@ -99,9 +103,18 @@ class RunningJails:
 
     # -- what every scorer is told ---------------------------------------------------------
     def mark_active(self, keyed: Mapping[int, float]) -> None:
-        """Every active ban into every scorer, in bulk (Scorer.restore_bans)."""
-        for runner in self.runners:
-            runner.scorer.restore_bans(keyed)
+        """Every active ban into every scorer, in order, MARK_BATCH at a time
+        (Scorer.restore_bans)."""
+        batch: dict[int, float] = {}
+        for key, until in keyed.items():
+            batch[key] = until
+            if len(batch) >= MARK_BATCH:
+                for runner in self.runners:
+                    runner.scorer.restore_bans(batch)
+                batch = {}
+        if batch:
+            for runner in self.runners:
+                runner.scorer.restore_bans(batch)
 
     def mark_everywhere(self, target: Network, until: float) -> None:
         for runner in self.runners:

@@ -8,7 +8,7 @@ while they run). A ban the backend refuses (a full set) is never recorded as act
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import cast
@@ -17,12 +17,13 @@ import pytest
 from fakes.backend import FakeBackend
 from hypothesis import given
 from hypothesis import strategies as st
-from test_service import ATTACKER, NOW, Harness, ask, decision, n, synacks
+from test_service import ATTACKER, CONFIG, NOW, Harness, ask, decision, n, synacks
 
-from blocker import ban_ledger
+from blocker import ban_ledger, running_jails
 from blocker.active import BUCKET, ActiveBan, ActiveBans, key_of, key_of_text, target_of
 from blocker.control import RequestError
 from blocker.records import Network, network_text
+from blocker.scoring import Scorer
 
 # -- ActiveBans -----------------------------------------------------------------------------
 
@@ -255,6 +256,44 @@ def test_restart_with_many_bans_restores_them_in_few_batches(
     # every scorer knows them: their lines make no decision
     scorer = harness.service.pipeline.runners[0].scorer
     assert scorer.explain(targets[-1].network_address, NOW)["banned_until"] == NOW + 3600
+    harness.state.close()
+
+
+def test_restart_hands_the_scorers_their_bans_in_slices_as_marking_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A million bans reach the scorers MARK_BATCH at a time (no list of a million), and the
+    scorers end as marking each ban one by one: the same marks, gate and order, the book's
+    cap (max_tracked 25 here) dropping the same oldest ones, permanent ones in the gate."""
+    monkeypatch.setattr(running_jails, "MARK_BATCH", 7)
+    slices: list[int] = []
+    bulk = Scorer.restore_bans
+
+    def counted(scorer: Scorer, bans: Mapping[int, float]) -> None:
+        slices.append(len(bans))
+        bulk(scorer, bans)
+
+    monkeypatch.setattr(Scorer, "restore_bans", counted)
+    config = CONFIG.replace("[jails.probes]", "max_tracked = 25\n[jails.probes]")
+    harness = Harness(tmp_path, config)
+    texts = [f"2001:db8:{i:x}::1" for i in range(60)] + ["198.51.100.0/24"]
+    with harness.state.transaction():
+        harness.state.db.executemany(
+            "INSERT INTO bans (target, jail, at, expires, reason) VALUES (?, 'probes', ?, ?, 'r')",
+            [(t, NOW - 60, None if i % 9 == 3 else NOW + 600 + i % 7) for i, t in enumerate(texts)],
+        )
+    service = harness.restart(NOW)
+    jails = len(service.pipeline.runners)
+    assert slices == [7] * 8 * jails + [5] * jails  # 61 bans, each slice into every jail
+    for runner in service.pipeline.runners:
+        alone = Scorer(runner.jail.policy)
+        for key, until in service.active.keyed().items():
+            alone.mark_banned(target_of(key), until)
+        mine = runner.scorer
+        assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
+        assert mine.book.gate == alone.book.gate
+        assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
+    assert len(service.pipeline.runners[0].scorer.book.hosts) < 60  # the cap did bite
     harness.state.close()
 
 
