@@ -48,8 +48,12 @@ def _zeros(count: int) -> array[int]:
     return array("Q", [0]) * count
 
 
-class PackedTable:
+class _SlotArray:
+    """What both tables share: `_slot_words` words a slot in one array, the count, and the
+    growth bounds; each subclass lays out its slots and probes them its own way."""
+
     __slots__ = ("_count", "_max_slots", "slots", "words")
+    _slot_words: int
 
     def __init__(self, max_slots: int, slots: int = _MIN_SLOTS) -> None:
         if max_slots < 2 or slots < 2:
@@ -58,7 +62,7 @@ class PackedTable:
         # Both read (never written) by a caller's inlined find(): the slot count, the words
         self.slots = min(slots, max_slots)
         self._count = 0
-        self.words = _zeros(SLOT_WORDS * self.slots)
+        self.words = _zeros(self._slot_words * self.slots)
 
     def __len__(self) -> int:
         return self._count
@@ -66,6 +70,25 @@ class PackedTable:
     @property
     def nbytes(self) -> int:
         return self.words.itemsize * len(self.words)
+
+    def shrink_if_sparse(self) -> None:
+        """Give back the room of a table that held many more than it holds now (under 1/8
+        full: to half full).  Never called from within remove_if()."""
+        if self._count * 8 < self.slots and self.slots > _MIN_SLOTS:
+            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
+
+    def clear(self) -> None:
+        self._count = 0
+        self.slots = min(_MIN_SLOTS, self._max_slots)
+        self.words = _zeros(self._slot_words * self.slots)
+
+    def _resize(self, slots: int) -> None:
+        raise NotImplementedError
+
+
+class PackedTable(_SlotArray):
+    __slots__ = ()
+    _slot_words = SLOT_WORDS
 
     def home(self, key: int) -> int:
         """The word index of the first slot probed for `key`."""
@@ -191,12 +214,6 @@ class PackedTable:
         words[hole] = words[hole + 1] = words[hole + 2] = 0
         self._count -= 1
 
-    def shrink_if_sparse(self) -> None:
-        """Give back the room of a table that held many more than it holds now (under 1/8
-        full: to half full).  Never called from within remove_if()."""
-        if self._count * 8 < self.slots and self.slots > _MIN_SLOTS:
-            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
-
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
         words = self.words
@@ -242,18 +259,13 @@ class PackedTable:
                 words[j + 1] = w1
                 words[j + 2] = w2
 
-    def clear(self) -> None:
-        self._count = 0
-        self.slots = min(_MIN_SLOTS, self._max_slots)
-        self.words = _zeros(SLOT_WORDS * self.slots)
-
 
 SLOT6_WORDS: Final = 5
 _USED: Final = 1  # the low bit of word 2: the slot holds an entry (any key may be stored)
 _MIX6: Final = 0xC2B2AE3D27D4EB4F  # folds the high word of a 128-bit key into the low one
 
 
-class PackedTable6:
+class PackedTable6(_SlotArray):
     """PackedTable for 128-bit keys (IPv6 addresses): five words a slot (40 bytes).
 
     * words 0 and 1: the key, low word first;
@@ -265,22 +277,8 @@ class PackedTable6:
     both key words (IPv6 sources differ in the high word as often as in the low one).
     """
 
-    __slots__ = ("_count", "_max_slots", "slots", "words")
-
-    def __init__(self, max_slots: int, slots: int = _MIN_SLOTS) -> None:
-        if max_slots < 2 or slots < 2:
-            raise ValueError(f"a table needs at least 2 slots, got {slots}, max {max_slots}")
-        self._max_slots = max_slots
-        self.slots = min(slots, max_slots)
-        self._count = 0
-        self.words = _zeros(SLOT6_WORDS * self.slots)
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def nbytes(self) -> int:
-        return self.words.itemsize * len(self.words)
+    __slots__ = ()
+    _slot_words = SLOT6_WORDS
 
     def home(self, lo: int, hi: int) -> int:
         """The word index of the first slot probed for the key of words `lo`, `hi`."""
@@ -385,11 +383,6 @@ class PackedTable6:
         words[hole : hole + SLOT6_WORDS] = _EMPTY6
         self._count -= 1
 
-    def shrink_if_sparse(self) -> None:
-        """As PackedTable.shrink_if_sparse()."""
-        if self._count * 8 < self.slots and self.slots > _MIN_SLOTS:
-            self._resize(max(min(_MIN_SLOTS, self._max_slots), self._count * 2))
-
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
         words = self.words
@@ -432,11 +425,6 @@ class PackedTable6:
                     if j == end:
                         j = 0
                 words[j : j + SLOT6_WORDS] = old[i : i + SLOT6_WORDS]
-
-    def clear(self) -> None:
-        self._count = 0
-        self.slots = min(_MIN_SLOTS, self._max_slots)
-        self.words = _zeros(SLOT6_WORDS * self.slots)
 
 
 _EMPTY6: Final = array("Q", bytes(8 * SLOT6_WORDS))
