@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -102,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _test(args) if args.command == "test" else _remote(args)
+        if args.command != "test":
+            return _remote(args)
+        code = _test(args)
+        if argv is None:  # the command line's own process, which ends next
+            # The replay's engine is garbage now, in reference cycles (a scorer and its
+            # tiers' callback): freeing it object by object at exit took 0.7 s of a 5 s
+            # replay of the mixed 1M-line log; the kernel takes the memory back at once.
+            gc.freeze()
+        return code
     except BrokenPipeError:
         # `blockerctl test LOG | head`: the reader left; say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
