@@ -82,6 +82,28 @@ class _SlotArray:
         self.slots = min(_MIN_SLOTS, self._max_slots)
         self.words = _zeros(self._slot_words * self.slots)
 
+    def remove_if(self, drop: Callable[[int, int], bool]) -> int:
+        """Remove every entry for which drop(key, value) is true; returns how many."""
+        removed = 0
+        j = 0
+        while j < len(self.words):
+            entry = self._entry(j)
+            if entry is not None and drop(*entry):
+                # An entry from further on may move into j: look at j again.  Entries that
+                # wrap around from the front may be asked twice; the answer is the same.
+                self.remove_at(j)
+                removed += 1
+                continue
+            j += self._slot_words
+        return removed
+
+    def _entry(self, j: int) -> tuple[int, int] | None:
+        """(key, value) of the slot at word index `j`, or None when it is empty."""
+        raise NotImplementedError
+
+    def remove_at(self, j: int) -> None:
+        raise NotImplementedError
+
     def _resize(self, slots: int) -> None:
         raise NotImplementedError
 
@@ -214,6 +236,13 @@ class PackedTable(_SlotArray):
         words[hole] = words[hole + 1] = words[hole + 2] = 0
         self._count -= 1
 
+    def _entry(self, j: int) -> tuple[int, int] | None:
+        words = self.words
+        w0 = words[j]
+        if not w0:
+            return None
+        return w0 & KEY_MASK, w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96
+
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
         words = self.words
@@ -221,23 +250,6 @@ class PackedTable(_SlotArray):
             w0 = words[j]
             if w0:
                 yield w0 & KEY_MASK, w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96
-
-    def remove_if(self, drop: Callable[[int, int], bool]) -> int:
-        """Remove every entry for which drop(key, value) is true; returns how many."""
-        words = self.words
-        end = len(words)
-        removed = 0
-        j = 0
-        while j < end:
-            w0 = words[j]
-            if w0 and drop(w0 & KEY_MASK, w0 >> 32 | words[j + 1] << 32 | words[j + 2] << 96):
-                # An entry from further on may move into j: look at j again.  Entries that
-                # wrap around from the front may be asked twice; the answer is the same.
-                self.remove_at(j)
-                removed += 1
-                continue
-            j += SLOT_WORDS
-        return removed
 
     def _resize(self, slots: int) -> None:
         old = self.words
@@ -383,6 +395,13 @@ class PackedTable6(_SlotArray):
         words[hole : hole + SLOT6_WORDS] = _EMPTY6
         self._count -= 1
 
+    def _entry(self, j: int) -> tuple[int, int] | None:
+        words = self.words
+        w2 = words[j + 2]
+        if not w2:
+            return None
+        return words[j] | words[j + 1] << 64, w2 >> 32 | words[j + 3] << 32 | words[j + 4] << 96
+
     def items(self) -> Iterator[tuple[int, int]]:
         """(key, value) of every entry, in slot order (do not change the table meanwhile)."""
         words = self.words
@@ -393,24 +412,6 @@ class PackedTable6(_SlotArray):
                     words[j] | words[j + 1] << 64,
                     w2 >> 32 | words[j + 3] << 32 | words[j + 4] << 96,
                 )
-
-    def remove_if(self, drop: Callable[[int, int], bool]) -> int:
-        """Remove every entry for which drop(key, value) is true; returns how many."""
-        words = self.words
-        end = len(words)
-        removed = 0
-        j = 0
-        while j < end:
-            w2 = words[j + 2]
-            if w2 and drop(
-                words[j] | words[j + 1] << 64,
-                w2 >> 32 | words[j + 3] << 32 | words[j + 4] << 96,
-            ):
-                self.remove_at(j)
-                removed += 1
-                continue
-            j += SLOT6_WORDS
-        return removed
 
     def _resize(self, slots: int) -> None:
         old = self.words
