@@ -133,16 +133,24 @@ def replay_file(
     return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
 
 
-def write_json(result: ReplayResult, bans: IO[str], out: IO[str]) -> None:
+def write_json(result: ReplayResult, bans: IO[str], out: IO[str], chunk_size: int = CHUNK) -> None:
     """result.to_json() as json.dumps() prints it, its bans read from `bans` (one JSON
     object a line, as spooled by replay_file's caller) instead of held in memory."""
     head = json.dumps(result.to_json())
     assert head.endswith(', "bans": []}')
     out.write(head[: -len("[]}")] + "[")
-    first = True
-    for line in bans:
-        out.write(line.rstrip("\n") if first else ", " + line.rstrip("\n"))
-        first = False
+    # In blocks, not line by line: each line's newline becomes json.dumps()'s ", " between
+    # items (a JSON line holds no raw newline), but the last one, held back until the end.
+    held = ""
+    while block := bans.read(chunk_size):
+        out.write(held)
+        text = block.replace("\n", ", ")
+        if block.endswith("\n"):
+            out.write(text[:-2])
+            held = ", "
+        else:  # a line goes on in the next block (or has no newline at the end)
+            out.write(text)
+            held = ""
     out.write("]}\n")
 
 
