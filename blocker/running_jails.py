@@ -21,8 +21,9 @@ from blocker.sources.base import SourceLine
 from blocker.state import State
 
 HISTORY_BATCH = 50_000  # earlier bans handed to the scorers at a time (a flood leaves millions)
-# A restart reads only the newest 2 * max_tracked earlier bans when that is all the scorers'
-# caps keep (Scorer.restore_history_tail), up to this many (their ints are held at once).
+# A restart reads only the newest 2 * max_tracked earlier host bans when they decide what
+# the scorers' caps keep (Scorer.restore_history_tail), and a quarter more for subnet bans
+# among them (escalation counts only hosts); at most this many (their ints are held at once).
 HISTORY_TAIL_MAX = 500_000
 
 
@@ -121,12 +122,12 @@ class RunningJails:
 
     def load_history(self, state: State, now: float) -> None:
         """Earlier bans into every scorer: when there are more than the scorers' caps keep,
-        only the newest 2 * max_tracked, which decide them unless a target was banned again
-        lately (Scorer.restore_history_tail); else, or for a scorer they do not decide, all
-        of them, HISTORY_BATCH at a time."""
+        only the newest 2.25 * max_tracked, which decide them unless a target was banned
+        again lately (Scorer.restore_history_tail); else, or for a scorer they do not
+        decide, all of them, HISTORY_BATCH at a time."""
         since = self.history_horizon(now)
         runners = self.runners
-        tail = 2 * max((r.jail.policy.max_tracked for r in runners), default=0)
+        tail = 9 * max((r.jail.policy.max_tracked for r in runners), default=0) // 4
         total = state.history_count(since) if runners and tail <= HISTORY_TAIL_MAX else 0
         if total > tail:
             keys, ats = _keyed_rows(state.history_rows(since, skip=total - tail))
