@@ -110,7 +110,9 @@ class BanBook:
             addr = address(value)
             marks[addr] = gate[addr] = until
         if len(marks) != kept:
-            raise ValueError(f"ban_hosts: told {count} hosts, given {count - kept + len(marks)}")
+            raise ValueError(
+                f"ban_hosts: told of {count} hosts, {len(marks)} of the {kept} kept came"
+            )
         marks.earliest = earliest  # a lower bound of every mark's end, as _mark() keeps
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:

@@ -7,13 +7,14 @@ import math
 from dataclasses import asdict
 from ipaddress import ip_address, ip_network
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blocker.active import key_of, target_of
 from blocker.ban_book import _survivors
 from blocker.records import Hit, Network
-from blocker.scoring import JailPolicy, Scorer
+from blocker.scoring import JailPolicy, Scorer, _address
 
 T0 = 1_700_000_000.0
 
@@ -240,3 +241,9 @@ def test_subnet_escalation_decides_the_tail_by_subnet_not_by_host() -> None:
     assert not scorer.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
     alone = JailPolicy(**{**asdict(policy(cap)), "subnet_min_offenders": 0})
     assert Scorer(alone).restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+
+
+def test_the_book_is_told_the_count_it_is_given() -> None:
+    book = Scorer(policy(3)).book
+    with pytest.raises(ValueError, match="told of 5 hosts"):
+        book.ban_hosts(((key_of(t), T0) for t in STORM[:4]), 5, T0, _address, T0 - 1)
