@@ -122,18 +122,23 @@ class RunningJails:
 
     def load_history(self, state: State, now: float) -> None:
         """Earlier bans into every scorer: when there are more than the scorers' caps keep,
-        only the newest 2.25 * max_tracked, which decide them unless a target was banned
-        again lately (Scorer.restore_history_tail); else, or for a scorer they do not
-        decide, all of them, HISTORY_BATCH at a time."""
+        only the newest 2.25 * max_tracked, which decide ban history and subnet escalation
+        unless a target was banned again lately (Scorer.restore_history_tail); else, or for
+        what they do not decide, all of them, HISTORY_BATCH at a time."""
         since = self.history_horizon(now)
-        runners = self.runners
-        tail = 9 * max((r.jail.policy.max_tracked for r in runners), default=0) // 4
-        total = state.history_count(since) if runners and tail <= HISTORY_TAIL_MAX else 0
+        left = [(runner, True, True) for runner in self.runners]  # history, escalation
+        tail = 9 * max((r.jail.policy.max_tracked for r in self.runners), default=0) // 4
+        total = state.history_count(since) if left and tail <= HISTORY_TAIL_MAX else 0
         if total > tail:
             keys, ats = _keyed_rows(state.history_rows(since, skip=total - tail))
-            runners = [r for r in runners if not r.scorer.restore_history_tail(keys, ats)]
+            left = [(r, *r.scorer.restore_history_tail(keys, ats)) for r, _, _ in left]
             del keys, ats
-        if not runners:
+        left = [
+            (runner, history, escalation)
+            for runner, history, escalation in left
+            if history or escalation
+        ]
+        if not left:
             return
         keys, ats = [], []
         for text, at in state.history_rows(since):
@@ -142,11 +147,13 @@ class RunningJails:
                 keys.append(key)
                 ats.append(at)
             if len(keys) >= HISTORY_BATCH:
-                for runner in runners:
-                    runner.scorer.restore_history_keys(keys, ats)
+                for runner, history, escalation in left:
+                    runner.scorer.restore_history_keys(
+                        keys, ats, history=history, escalation=escalation
+                    )
                 keys, ats = [], []
-        for runner in runners:
-            runner.scorer.restore_history_keys(keys, ats)
+        for runner, history, escalation in left:
+            runner.scorer.restore_history_keys(keys, ats, history=history, escalation=escalation)
 
     # -- the one gate ----------------------------------------------------------------------
     def refusal(self, target: Network) -> str | None:

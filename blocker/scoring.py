@@ -394,12 +394,22 @@ class Scorer:
                 addr = target.network_address
                 self.escalation.count(addr, at, self._now)
 
-    def restore_history_keys(self, keys: Sequence[int], ats: Sequence[float]) -> None:
+    def restore_history_keys(
+        self,
+        keys: Sequence[int],
+        ats: Sequence[float],
+        *,
+        history: bool = True,
+        escalation: bool = True,
+    ) -> None:
         """restore_history() for targets given as ban keys (blocker.active.key_of: network
         int << 9 | 256 for IPv6 | prefix length), oldest first, with no Network per ban:
-        the engine then decides exactly as after restore_history() of the same bans."""
-        self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
-        if self.policy.subnet_min_offenders:
+        the engine then decides exactly as after restore_history() of the same bans.
+        `history`, `escalation`: which of the two to restore (they are independent: the
+        rest was restored from the newest bans, restore_history_tail())."""
+        if history:
+            self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
+        if escalation and self.policy.subnet_min_offenders:
             hosts = [index for index, key in enumerate(keys) if _is_host(key)]
             self.escalation.count_many(
                 [_address(keys[index]) for index in hosts],
@@ -407,19 +417,17 @@ class Scorer:
                 self._now,
             )
 
-    def restore_history_tail(self, keys: Sequence[int], ats: Sequence[float]) -> bool:
+    def restore_history_tail(self, keys: Sequence[int], ats: Sequence[float]) -> tuple[bool, bool]:
         """restore_history_keys() of a whole history of which these are only the newest bans
         (a restart after a flood: the newest 2 * max_tracked of a million), into an engine
-        with none restored yet.  True, having stored only what the caps keep, when that is
-        exactly what restoring all of them one by one would leave (lru_tail.py); False,
-        having changed nothing, when it may not be (a target banned again lately): then the
-        caller restores the whole history."""
+        with none restored yet.  Ban history and subnet escalation each take them when they
+        leave it exactly as restoring every ban one by one would (lru_tail.py), storing
+        only what its cap keeps, and are left untouched when they may not (a target banned
+        again lately; for escalation, two hosts of one subnet).  Returns (history,
+        escalation): which the caller must still restore from every ban."""
         cap = self.policy.max_tracked
-        escalating = bool(self.policy.subnet_min_offenders)
-        hosts: list[int] = []
-        if escalating:  # every host ban counts in its subnet, a touch of escalation's table
-            if len(self.escalation):
-                return False
+        escalation = False  # nothing to restore when it is off
+        if self.policy.subnet_min_offenders:  # every host ban touches its subnet's entry
             hosts = [index for index, key in enumerate(keys) if _is_host(key)]
             v4_shift = 9 + 32 - self.policy.subnet_v4_prefix
             v6_shift = 9 + 128 - self.policy.subnet_v6_prefix
@@ -427,18 +435,18 @@ class Scorer:
                 (key >> v6_shift) << 1 | 1 if key & 256 else (key >> v4_shift) << 1
                 for key in (keys[index] for index in hosts)
             ]
-            if not tail_decides(subnets, cap):
-                return False
-        if not self.history.remember_tail([_history_key(key) for key in keys], ats, self._now):
-            return False
-        if escalating:
-            newest = hosts[-cap:]
-            self.escalation.count_many(
-                [_address(keys[index]) for index in newest],
-                [ats[index] for index in newest],
-                self._now,
-            )
-        return True
+            if len(self.escalation) or not tail_decides(subnets, cap):
+                escalation = True
+            else:
+                newest = hosts[-cap:]
+                self.escalation.count_many(
+                    [_address(keys[index]) for index in newest],
+                    [ats[index] for index in newest],
+                    self._now,
+                )
+        history_keys = [_history_key(key) for key in keys]
+        history = not self.history.remember_tail(history_keys, ats, self._now)
+        return history, escalation
 
     def restore_bans(self, bans: Mapping[int, float]) -> None:
         """mark_banned() for every ban at once (a restart: a million), as ban key -> until:

@@ -71,10 +71,12 @@ def internals(scorer: Scorer) -> object:
     )
 
 
-def flood(count: int, again: int | None = None) -> Iterator[tuple[str, float, float | None]]:
+def flood(
+    count: int, again: int | None = None, v4: bool = False
+) -> Iterator[tuple[str, float, float | None]]:
     """`count` host bans, one per /64, oldest first, ending over the next hour (every
     99,991st permanent), two subnets among them; `again`: the host of that ban banned a
-    second time as the newest."""
+    second time as the newest; `v4`: then three hosts of one /24."""
     for i in range(count):
         text = f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1"
         yield text, NOW - 3000 + i / 1000, None if i % 99_991 == 7 else NOW + 3600 + i % 3600
@@ -82,36 +84,51 @@ def flood(count: int, again: int | None = None) -> Iterator[tuple[str, float, fl
             yield f"2001:db8:ffff:{i % 3:x}::/64", NOW - 3000 + i / 1000, NOW + 600
     if again is not None:
         yield f"2001:db8:{again >> 16:x}:{again & 0xFFFF:x}::1", NOW - 1, NOW + 7200
+    if v4:
+        for k in range(1, 4):
+            yield f"203.0.113.{k}", NOW - 1 + k / 10, NOW + 7200
 
 
 @pytest.mark.parametrize(
-    ("again", "read_all"), [(None, False), (-3, True), (-70, True), (-150, False)]
+    ("again", "v4", "read"),
+    [
+        (None, False, []),
+        (-3, False, [(303, True, True)]),
+        (-70, False, [(303, True, True)]),
+        (-150, False, []),
+        (None, True, [(305, False, True)]),
+    ],
 )
 def test_a_restart_restores_each_engine_as_one_ban_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, again: int | None, read_all: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    again: int | None,
+    v4: bool,
+    read: list[tuple[int, bool, bool]],
 ) -> None:
-    """300 bans into caps of 50 (max_tracked in every jail): the newest 100 decide the
+    """300 bans into caps of 50 (max_tracked in every jail): the newest 112 decide the
     history and escalation tables, unless a host among them was banned before too (then the
-    whole history is read), and either way they end as one by one."""
+    whole history is read for both), or two of them share a subnet (then for escalation);
+    either way they end as one by one."""
     config = CONFIG.replace("[jails.probes]", "max_tracked = 50\n[jails.probes]").replace(
         "[jails.scans]", "[jails.scans]\nmax_tracked = 50"
     )
-    harness = harness_with(tmp_path, config, flood(300, None if again is None else 300 + again))
-    whole: list[int] = []
+    rows = flood(300, None if again is None else 300 + again, v4)
+    harness = harness_with(tmp_path, config, rows)
+    whole: list[tuple[int, bool, bool]] = []
     restore = Scorer.restore_history_keys
 
-    def counted(scorer: Scorer, keys: Sequence[int], ats: Sequence[float]) -> None:
-        whole.append(len(keys))
-        restore(scorer, keys, ats)
+    def counted(scorer: Scorer, keys: Sequence[int], ats: Sequence[float], **parts: bool) -> None:
+        whole.append((len(keys), parts["history"], parts["escalation"]))
+        restore(scorer, keys, ats, **parts)
 
     monkeypatch.setattr(Scorer, "restore_history_keys", counted)
     service = harness.restart(NOW)
     monkeypatch.undo()
-    jails = len(service.pipeline.runners)
     # Banned again as the newest ban, the host of the 297th is among the newest 50 too, the
-    # 230th among the 50 before them: the whole history (303 rows) is read. The 150th came
-    # before the newest 100, and more than 50 others since have pushed it out: decided.
-    assert whole == ([303] * jails if read_all else [])
+    # 230th among the 62 before them: the whole history is read. The 150th came before the
+    # newest 112, and more than 50 others since have pushed it out: decided.
+    assert whole == read * len(service.pipeline.runners)
     for runner in service.pipeline.runners:
         assert internals(runner.scorer) == internals(one_by_one(harness, runner.scorer))
     harness.state.close()

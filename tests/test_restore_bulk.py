@@ -158,8 +158,9 @@ def test_the_newest_bans_restore_history_as_all_of_them_or_change_nothing(
     cap: int,
     escalating: bool,
 ) -> None:
-    """restore_history_tail() of the newest `given_back` bans of a history: when it takes
-    them, the engine is as after restoring every ban one by one; when it does not, as new."""
+    """restore_history_tail() of the newest `given_back` bans of a history: what it takes
+    (ban history, subnet escalation, each on its own) is as after restoring every ban one by
+    one; what it does not is untouched, and restoring it from every ban ends as one by one."""
     history = [*before, *((t, T0 - 100 + i) for i, t in enumerate(storm)), *after]
     tail = history[max(0, len(history) - given_back) :]
     rules = policy(cap)
@@ -167,11 +168,16 @@ def test_the_newest_bans_restore_history_as_all_of_them_or_change_nothing(
         rules = JailPolicy(**{**asdict(rules), "subnet_min_offenders": 0})
     old, new = Scorer(rules), Scorer(rules)
     old.restore_history(history)
-    if new.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail]):
-        assert internals(new) == internals(old)
-        assert decisions(new, T0) == decisions(old, T0)
-    else:
-        assert internals(new) == internals(Scorer(rules))
+    left = new.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    history_left, escalation_left = left
+    fresh = Scorer(rules)
+    assert new.history.items() == (fresh if history_left else old).history.items()
+    assert new.escalation.items() == (fresh if escalation_left else old).escalation.items()
+    keys = [key_of(t) for t, _ in history]
+    ats = [at for _, at in history]
+    new.restore_history_keys(keys, ats, history=history_left, escalation=escalation_left)
+    assert internals(new) == internals(old)
+    assert decisions(new, T0) == decisions(old, T0)
 
 
 def test_a_storms_newest_bans_restore_its_history() -> None:
@@ -182,13 +188,15 @@ def test_a_storms_newest_bans_restore_its_history() -> None:
     old, new = Scorer(policy(cap)), Scorer(policy(cap))
     old.restore_history(history)
     tail = history[-2 * cap :]
-    assert new.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    left = new.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    assert left == (False, False)  # both decided: nothing left to restore
     assert internals(new) == internals(old)
     assert len(new.history) == len(new.escalation) == cap
     # A host banned again among them: its earlier ban may count, so the tail does not decide.
     again = Scorer(policy(cap))
     tail[-1] = tail[0]
-    assert not again.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    left = again.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    assert left == (True, True)
     assert len(again.history) == len(again.escalation) == 0
 
 
@@ -232,15 +240,19 @@ def test_marks_already_ended_are_swept_as_one_by_one() -> None:
 
 
 def test_subnet_escalation_decides_the_tail_by_subnet_not_by_host() -> None:
-    """Hosts of one /24 among the newest bans: each is a new host, but not a new subnet."""
+    """Hosts of one /24 among the newest bans: each is a new host, but not a new subnet:
+    the history is decided, escalation is left to the caller."""
     cap = 3
     history = [(t, T0 - 100 + i) for i, t in enumerate(STORM[: 2 * cap])]
     history += [(ip_network(f"203.0.113.{i}/32"), T0 - 50 + i) for i in range(1, 3)]
     tail = history[-2 * cap :]
+    keys, ats = [key_of(t) for t, _ in tail], [at for _, at in tail]
     scorer = Scorer(policy(cap))
-    assert not scorer.restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    assert scorer.restore_history_tail(keys, ats) == (False, True)  # history decided only
+    assert len(scorer.history) == cap
+    assert len(scorer.escalation) == 0
     alone = JailPolicy(**{**asdict(policy(cap)), "subnet_min_offenders": 0})
-    assert Scorer(alone).restore_history_tail([key_of(t) for t, _ in tail], [at for _, at in tail])
+    assert Scorer(alone).restore_history_tail(keys, ats) == (False, False)
 
 
 def test_the_book_is_told_the_count_it_is_given() -> None:
