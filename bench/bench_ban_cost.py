@@ -16,7 +16,8 @@ Differences give CPU per ban by step: (no subnets - no bans) / bans is a host ba
 (full - no subnets) / bans the escalation, (+ spool - full) / bans the JSON spool.  The
 tiers do less work when sources are banned (a banned source's window is dropped), so that
 difference understates a ban; `ban path` measures it alone: the engine's ban step
-(Scorer._ban_host, with escalation) and its spool line, called for each reflector in turn.
+(Scorer._ban_host, with escalation), its spool line and the spool read back into the
+output (replay.write_json), called for each reflector in turn.
 
 `--bytes` prints instead what the ban state holds per entry at its cap (max_tracked =
 100,000), IPv4 and IPv6 hosts each in its own /24 or /64 as a storm's reflectors are:
@@ -148,6 +149,8 @@ def ban_path(
 ) -> tuple[float, int]:
     """CPU of the ban step alone: _ban_host (history, book, escalation, the Decision) and
     the spool line, for every reflector at its 5th hit, one every 10 us of log time."""
+    from blocker import replay  # noqa: PLC0415
+    from blocker.pipeline import LineStats  # noqa: PLC0415
     from blocker.scoring import Scorer  # noqa: PLC0415 - after the path is set
 
     scorer = Scorer(policy)
@@ -155,18 +158,39 @@ def ban_path(
     ban = scorer._ban_host  # the step measured
     made = 0
     gc.collect()
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
-        write = spool.writelines
+    gc.freeze()  # as replay runs (pipeline.tune_gc): the hits made beforehand out of its sight
+    gc.set_threshold(100_000, 50, 100)
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
+        open(os.devnull, "w", encoding="utf-8") as out,
+    ):
+        # Spooled in batches, as `blockerctl test --json` spools a chunk's bans at once
+        # (older trees: line by line)
+        lines = getattr(replay, "decision_lines", None) or (
+            lambda found: "".join(line(d) + "\n" for d in found)
+        )
+        batch: list[Decision] = []
         began = time.process_time()
         for i, addr in enumerate(addresses):
             at = start + i * 1e-5
             scorer._now = at  # as add() sets it before a ban
-            found = ban(addr, counts, at, 5.0)
-            made += len(found)
-            write(line(d) + "\n" for d in found)
+            batch += ban(addr, counts, at, 5.0)
+            if len(batch) >= 1000:
+                made += len(batch)
+                spool.write(lines(batch))
+                batch = []
+        made += len(batch)
+        spool.write(lines(batch))
+        spooled = time.process_time()
+        spool.seek(0)  # read back into the output, as `blockerctl test --json` ends
+        replay.write_json(replay.ReplayResult(LineStats(), [], {}), spool, out)
         cpu = time.process_time() - began
     per = cpu / len(addresses) * 1e6
-    print(f"  {'ban path':10} cpu {cpu:6.2f} s  decisions {made:,}  {per:.2f} us a ban")
+    back = (cpu - (spooled - began)) / len(addresses) * 1e6
+    print(
+        f"  {'ban path':10} cpu {cpu:6.2f} s  decisions {made:,}  {per:.2f} us a ban "
+        f"(of which {back:.2f} us the spool read back into the output)"
+    )
     return cpu, made
 
 

@@ -70,16 +70,22 @@ class BanBook:
     def ban_host(self, addr: Address, until: float, now: float) -> None:
         self.gate[addr] = until
         hosts = self.hosts
-        if addr in hosts:
-            del hosts[addr]  # to the end: most recently marked
-        elif len(hosts) < self._cap:  # the storm's case, a new mark with room: no sweep
-            hosts[addr] = until
+        held = len(hosts)
+        # A new mark (a storm's) costs one hash of `addr`, a Python __hash__, here: not an
+        # `in` before the store, nor a pop.
+        hosts[addr] = until
+        if len(hosts) > held:  # new: its place is the end
             if until < hosts.earliest:  # noqa: PLR1730 - cheaper than min() per ban
                 hosts.earliest = until
-            return
-        for gone in self._mark(hosts, addr, until, now):
-            if self.gate.get(gone) != math.inf:  # a refusal stays cached
-                self.gate.pop(gone, None)
+            if held < self._cap:  # with room: no sweep
+                return
+            gone = self._trim(hosts, now)
+        else:
+            gone = self._mark(hosts, addr, until, now)  # to the end, most recently marked
+        gate = self.gate
+        for key in gone:
+            if gate.pop(key, None) == math.inf:  # a refusal stays cached
+                gate[key] = math.inf
 
     def ban_hosts(
         self,
@@ -138,6 +144,11 @@ class BanBook:
         marks[key] = until
         if until < marks.earliest:  # noqa: PLR1730 - cheaper than min() per ban
             marks.earliest = until
+        return self._trim(marks, now)
+
+    def _trim(self, marks: _Marks[_K], now: float) -> list[_K]:
+        """Past the cap, sweep expired marks, then drop the oldest to 90%.  Returns the keys
+        dropped."""
         if len(marks) <= self._cap:
             return []
         gone: list[_K] = []

@@ -111,6 +111,10 @@ class BanHistory:
         """duration() then remember() of the target with this key (target_key(), host_key()):
         how long its ban at `at` lasts, `now` being the newest event time."""
         table = self._table
+        # A ban _remember() would store, of a target never banned (or forgotten): stored.
+        latest = at if at > now else now  # max(now, at), without the call
+        if at > latest - self._history_window and table.add(target, at) == -1:
+            return self._first
         slot = table.slot_of(target)
         if slot >= 0:
             duration = self._duration(target, now)

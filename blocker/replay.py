@@ -65,6 +65,30 @@ def decision_line(decision: Decision) -> str:
     write in some other way than this template (a non-finite float, an int or other type
     where a float is expected) take the dict's way."""
     target, jail, at, duration, score, filters, reason = decision
+    # A storm's bans share a handful of tails: found, its duration and score were floats
+    # json.dumps() writes as repr() does (only such are kept), and these are equal floats.
+    parts = _parts.get((jail, duration, score, filters, reason))
+    if (
+        parts is None
+        or type(score) is not float
+        or type(duration) is not float
+        or type(at) is not float
+        or not 0 <= at < 1e11
+    ):
+        return _decision_line(decision)
+    second = int(at)
+    # iso_time() rounds to microseconds, then cuts to the second: only a fraction within
+    # half a microsecond of the next second may round up into it.
+    stamp = _iso_seconds.get(second) if at - second < 0.999 else None
+    if stamp is None:
+        stamp = _stamp(at, second)
+    # A target's text is digits, hex, dots, colons and a slash: nothing JSON escapes.
+    return f'{{"target": "{network_text(target)}", "jail": {parts[0]}, "at": {stamp}, {parts[1]}'
+
+
+def _decision_line(decision: Decision) -> str:
+    """decision_line() of a decision whose tail is not shared yet (or not the template's)."""
+    target, jail, at, duration, score, filters, reason = decision
     permanent = duration == math.inf
     if (
         type(score) is not float
@@ -74,34 +98,35 @@ def decision_line(decision: Decision) -> str:
         or not 0 <= at < 1e11  # where iso_time() may say "invalid-time"
     ):
         return json.dumps(decision_json(decision))
+    parts = (
+        _encode(jail),
+        (
+            f'"duration": {"null" if permanent else repr(duration)}, '
+            f'"permanent": {_FALSE_TRUE[permanent]}, "score": {round(score, 3)!r}, '
+            f'"filters": [{", ".join(map(_encode, filters))}], "reason": {_encode(reason)}}}'
+        ),
+    )
+    # Only positive values are shared: 0.0 == -0.0, and their reprs differ.
+    if duration > 0 and score > 0:
+        if len(_parts) >= 4096:
+            _parts.clear()
+        _parts[(jail, duration, score, filters, reason)] = parts
     second = int(at)
-    # iso_time() rounds to microseconds, then cuts to the second: only a fraction within
-    # half a microsecond of the next second may round up into it.
     stamp = _iso_seconds.get(second) if at - second < 0.999 else None
     if stamp is None:
-        stamp = _encode(iso_time(at))
-        if at - second < 0.999:
-            if len(_iso_seconds) >= 4096:
-                _iso_seconds.clear()
-            _iso_seconds[second] = stamp
-    # Only positive values are shared: 0.0 == -0.0, and their reprs differ.
-    shared = (jail, duration, score, filters, reason)
-    parts = _parts.get(shared) if duration > 0 and score > 0 else None
-    if parts is None:
-        parts = (
-            _encode(jail),
-            (
-                f'"duration": {"null" if permanent else repr(duration)}, '
-                f'"permanent": {_FALSE_TRUE[permanent]}, "score": {round(score, 3)!r}, '
-                f'"filters": [{", ".join(map(_encode, filters))}], "reason": {_encode(reason)}}}'
-            ),
-        )
-        if duration > 0 and score > 0:
-            if len(_parts) >= 4096:
-                _parts.clear()
-            _parts[shared] = parts
-    # A target's text is digits, hex, dots, colons and a slash: nothing JSON escapes.
+        stamp = _stamp(at, second)
     return f'{{"target": "{network_text(target)}", "jail": {parts[0]}, "at": {stamp}, {parts[1]}'
+
+
+def _stamp(at: float, second: int) -> str:
+    """The JSON text of iso_time(at), kept for its whole `second` unless `at` may round up
+    into the next one."""
+    stamp = _encode(iso_time(at))
+    if at - second < 0.999:
+        if len(_iso_seconds) >= 4096:
+            _iso_seconds.clear()
+        _iso_seconds[second] = stamp
+    return stamp
 
 
 def decision_lines(decisions: list[Decision]) -> str:
@@ -133,16 +158,24 @@ def replay_file(
     return ReplayResult(pipeline.stats, decisions, pipeline.hit_counts())
 
 
-def write_json(result: ReplayResult, bans: IO[str], out: IO[str]) -> None:
+def write_json(result: ReplayResult, bans: IO[str], out: IO[str], chunk_size: int = CHUNK) -> None:
     """result.to_json() as json.dumps() prints it, its bans read from `bans` (one JSON
     object a line, as spooled by replay_file's caller) instead of held in memory."""
     head = json.dumps(result.to_json())
     assert head.endswith(', "bans": []}')
     out.write(head[: -len("[]}")] + "[")
-    first = True
-    for line in bans:
-        out.write(line.rstrip("\n") if first else ", " + line.rstrip("\n"))
-        first = False
+    # In blocks, not line by line: each line's newline becomes json.dumps()'s ", " between
+    # items (a JSON line holds no raw newline), but the last one, held back until the end.
+    held = ""
+    while block := bans.read(chunk_size):
+        out.write(held)
+        text = block.replace("\n", ", ")
+        if block.endswith("\n"):
+            out.write(text[:-2])
+            held = ", "
+        else:  # a line goes on in the next block (or has no newline at the end)
+            out.write(text)
+            held = ""
     out.write("]}\n")
 
 

@@ -307,12 +307,13 @@ class Scorer:
         and escalation keys, one Network (the Decision's target), and the reason text and
         filters shared by every ban with the same counts and score."""
         now = self._now
+        ip = int(addr)
         if isinstance(addr, IPv4Address):
-            ip = int(addr)
-            target: Network = host_network_v4(ip)
+            v6 = False
+            target: Network = host_network_v4(addr)
             history_key = (ip << 8 | 32) << 1  # ban_history.host_key()
         else:
-            ip = int(addr)
+            v6 = True
             target = IPv6Network(ip)
             history_key = (ip << 8 | 128) << 1 | 1
         duration = self.history.ban(history_key, at, now)
@@ -326,9 +327,9 @@ class Scorer:
         else:
             shared = self._reason(None, counts, score)
         filters, reason = shared
-        decision = Decision(target, self._name, at, duration, score, filters, reason)
+        decision = _decision(Decision, (target, self._name, at, duration, score, filters, reason))
         if self._subnet_min_offenders:
-            offenders = self.escalation.count(addr, at, now)
+            offenders = self.escalation.count_int(ip, v6, at, now)
             if offenders >= self._subnet_min_offenders:
                 subnet_decision = self._escalate(addr, at, filters, offenders)
                 if subnet_decision is not None:
@@ -574,21 +575,22 @@ class Scorer:
 
 
 _new = object.__new__
+_decision = tuple.__new__  # Decision's own __new__ without its Python frame: one per ban
 _HOST_MASK_V4: Final = IPv4Address(0xFFFFFFFF)
 
 
-def host_network_v4(ip: int) -> IPv4Network:
-    """IPv4Network((ip, 32)), the target of a host ban, built as its __init__ builds it but
-    without parsing its argument: a storm makes one per reflector.  tests/test_scoring.py
-    holds it to the stdlib's, attribute for attribute."""
-    address = IPv4Address(ip)
+def host_network_v4(address: IPv4Address) -> IPv4Network:
+    """IPv4Network((address, 32)), the target of a host ban, built as its __init__ builds it
+    but without parsing its argument: a storm makes one per reflector.  Its network address
+    is `address` itself (immutable, so as good as the equal copy __init__ makes).
+    tests/test_scoring.py holds it to the stdlib's, attribute for attribute."""
     net = _new(IPv4Network)
-    net.__dict__.update(
-        network_address=address,
-        netmask=_HOST_MASK_V4,
-        _prefixlen=32,
-        hosts=lambda: [IPv4Address(ip)],
-    )
+    net.__dict__ = {
+        "network_address": address,
+        "netmask": _HOST_MASK_V4,
+        "_prefixlen": 32,
+        "hosts": lambda: [address],
+    }
     return net
 
 

@@ -140,19 +140,28 @@ class SubnetOffenders:
     def count(self, addr: Address, at: float, now: float) -> int:
         """Record `addr` as banned at `at` in its subnet; return how many live offenders
         the subnet holds (offenders() lists them)."""
-        host = int(addr)
-        if isinstance(addr, IPv4Address):
+        return self.count_int(int(addr), not isinstance(addr, IPv4Address), at, now)
+
+    def count_int(self, host: int, v6: bool, at: float, now: float) -> int:
+        """count() of the address `host` as an int (`v6`: an IPv6 one)."""
+        if not v6:
             key = (host >> self._v4_shift) << 1
+            below = host & self._v4_mask
         else:
             key = (host >> self._v6_shift) << 1 | 1
+            below = host & self._v6_mask
         self.last_key = key
         table = self._table
-        slot = table.slot_of(key)
-        if slot < 0:  # the storm's case: a subnet with no offender yet gets its first
+        slot = -2
+        if at > now - self.window:
+            slot = table.add(key, at, below)
+            if slot == -1:  # the storm's case: a subnet with no offender yet, now its first
+                return 1
+        if slot < 0:
+            slot = table.slot_of(key)
+        if slot < 0:
             if at > now - self.window:
-                gone = table.put(
-                    key, slot, at, host & (self._v6_mask if key & 1 else self._v4_mask)
-                )
+                gone = table.put(key, slot, at, below)
                 if gone is not None:
                     del self._many[gone]
                     self._networks.pop(gone, None)

@@ -65,3 +65,45 @@ def test_past_the_cap_a_sweep_walks_the_marks_only_when_one_may_have_ended() -> 
     assert book.marks_walked > 0
     assert -1 not in book.hosts
     assert -1 not in book.gate
+
+
+class _Counted:
+    """A key that counts its __hash__ calls (an address's is a Python call)."""
+
+    calls = 0
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        _Counted.calls += 1
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Counted) and other.value == self.value
+
+
+def test_a_new_mark_hashes_its_address_once_for_the_gate_and_once_for_the_marks() -> None:
+    book = BanBook(cap=100)
+    keys = [_Counted(i) for i in range(150)]
+    _Counted.calls = 0
+    for key in keys[:100]:  # with room
+        book.ban_host(key, T0 + 600, T0)  # type: ignore[arg-type]
+    assert _Counted.calls == 2 * 100
+    _Counted.calls = 0
+    for key in keys[100:]:  # at the cap: each drop costs one more for the marks, one for the gate
+        book.ban_host(key, T0 + 600, T0)  # type: ignore[arg-type]
+    assert len(book.hosts) <= 100
+    dropped = 150 - len(book.hosts)
+    assert _Counted.calls == 2 * 50 + 2 * dropped
+
+
+def test_a_permanent_mark_the_cap_drops_stays_in_the_gate() -> None:
+    book = BanBook(cap=3)
+    forever = ip_address("198.51.100.1")
+    book.ban_host(forever, math.inf, T0)
+    for i in range(2, 6):
+        book.ban_host(ip_address(f"198.51.100.{i}"), T0 + 600, T0)
+    assert forever not in book.hosts
+    assert book.gate[forever] == math.inf
+    assert ip_address("198.51.100.2") not in book.gate  # dropped with it, and not permanent

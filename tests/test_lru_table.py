@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from blocker.lru_table import LruTable
 
-# (operation, key): put, put spilled, delete, spill in place
+# (operation, key): put, put spilled, add (put unless held), delete, spill in place
 OPS = st.lists(
-    st.tuples(st.sampled_from("pPds"), st.integers(0, 40) | st.integers(0, 2**136)), max_size=400
+    st.tuples(st.sampled_from("pPads"), st.integers(0, 40) | st.integers(0, 2**136)), max_size=400
 )
 
 
@@ -33,6 +33,18 @@ def apply(
                 old, (_, _, old_spilled) = model.popitem(last=False)
                 expected = old if old_spilled else None
             assert gone == expected
+        elif op == "a":
+            value, payload = float(step), (key * 7 + step) & 0xFFFFFF
+            added = table.add(key, value, payload)
+            if key in model:  # held: its slot, nothing changed
+                assert added == slot
+            elif len(model) == cap and next(iter(model.values()))[2]:
+                assert added == -2  # it would push out a spilled entry: left to put()
+            else:
+                assert added == -1
+                model[key] = (value, payload, False)
+                if len(model) > cap:
+                    model.popitem(last=False)
         elif op == "d" and slot >= 0:
             table.delete(slot)
             del model[key]
@@ -62,7 +74,9 @@ def test_the_table_is_an_ordered_dict_with_a_cap(cap: int, ops: list[tuple[str, 
 def test_a_long_churn_cuts_packs_and_grows_without_losing_an_entry() -> None:
     # Past the slack of dead entries: the front is cut, dead-heavy tables packed, the index grown.
     ops = [("p", i) for i in range(5000)] + [("p", i % 300) for i in range(20000)]
+    ops += [("a", 5000 + i % 7000) for i in range(9000)] + [("p", i % 300) for i in range(500)]
     ops += [("d", i) for i in range(0, 300, 3)] + [("P", 10**30 + i) for i in range(3000)]
+    ops += [("a", i % 2500) for i in range(8000)] + [("p", 7), ("a", 7)]
     table, model = apply(2000, ops)
     assert table.items() == [(k, *v) for k, v in model.items()]
 

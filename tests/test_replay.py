@@ -15,14 +15,16 @@ from loglines import BASE, PROBER4, outgoing_syn, syn, synack
 from reference_pipeline import feed_packet
 
 from blocker.config import Config, load_config
-from blocker.pipeline import MAX_LINE, Pipeline
+from blocker.pipeline import MAX_LINE, LineStats, Pipeline
 from blocker.records import Decision
 from blocker.replay import (
     ReplayResult,
     decision_json,
     decision_line,
+    decision_lines,
     read_text_chunks,
     replay_file,
+    write_json,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -363,3 +365,27 @@ def test_decision_line_shares_a_tail_only_between_the_same_values() -> None:
     made.append(made[0]._replace(jail="scans"))
     for decision in made:
         assert decision_line(decision) == json.dumps(decision_json(decision))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, 3), max_size=40),
+    chunk=st.integers(1, 200),
+)
+def test_write_json_is_json_dumps_of_the_result_with_its_bans(picks: list[int], chunk: int) -> None:
+    # The spool is copied in blocks of any size: newlines between lines, and at a block's
+    # edge, become the ", " json.dumps() writes between items; the last one is dropped.
+    kinds = [
+        _decision("198.51.100.7/32", 1_700_000_000.5, 600.0, 5.0, "r"),
+        _decision("203.0.113.0/24", 1_700_000_001.0, math.inf, 3.0, 'a "quoted" \n reason'),
+        _decision("2001:db8::1/128", 1_700_000_002.25, 1200.0, 5.5, "\u00e9"),
+        _decision("198.51.100.8/32", 1_700_000_003.0, 600.0, 5.0, ""),
+    ]
+    decisions = [kinds[pick] for pick in picks]
+    stats = LineStats()
+    stats.lines = 7
+    expected = json.dumps(ReplayResult(stats, decisions, {"unsolicited_synack": 3}).to_json())
+    spool = io.StringIO(decision_lines(decisions) if decisions else "")
+    out = io.StringIO()
+    write_json(ReplayResult(stats, [], {"unsolicited_synack": 3}), spool, out, chunk)
+    assert out.getvalue() == expected + "\n"

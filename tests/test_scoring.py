@@ -763,7 +763,7 @@ def test_an_ipv6_source_takes_one_slot_of_the_ipv6_table_from_its_first_hit() ->
 def test_host_network_v4_is_the_stdlibs(value: int) -> None:
     # Built around IPv4Network.__init__ for speed: it must hold what __init__ would (a Python
     # upgrade that changes ipaddress internals fails here) and behave the same everywhere.
-    made = host_network_v4(value)
+    made = host_network_v4(IPv4Address(value))
     plain = IPv4Network((value, 32))
     assert type(made) is IPv4Network
     assert made.__dict__.keys() == plain.__dict__.keys()
