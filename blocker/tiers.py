@@ -159,39 +159,51 @@ class Tiers:
         self._new_this_minute = 0
         self._new_last_minute = 0
 
-    def add(self, ip: int, entry: Entry) -> Reached | None:
+    def add(self, ip: int, entry: Entry) -> Reached | None:  # noqa: PLR0915 - the hot path
         """One hit, live at self.now, of the source of key `ip` (key_of()), neither banned
         nor refused while a tier holds it.  NOT_HELD when no tier holds it: the engine then
         asks its gate and, unless that drops the hit, calls open() next, with no other call
         in between."""
-        now, window = self.now, self._window
         tracked = self._tracked  # empty under a storm of plain hits: no lookup then
         state = tracked.get(ip) if tracked else None
-        if state is None:
-            if ip <= KEY_MASK:
-                # self._table.find(ip), spelled out: the storm's one lookup for every line
-                table = self._table
-                words = table.words
-                j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
-                while w0 := words[j]:
-                    if w0 & KEY_MASK == ip:
-                        return self._climb_slot(ip, table, j, entry, m=j)
-                    j += SLOT_WORDS
-                    if j == len(words):
-                        j = 0
+        if state is not None:
+            now, window = self.now, self._window
+            state.seen_again = True
+            if now - state.hits[0][0] >= window:
+                state.expire(now, window)
+            return self._add_to_window(ip, state, entry)
+        table: PackedTable | PackedTable6
+        if ip <= KEY_MASK:
+            # self._table.find(ip), spelled out: the storm's one lookup for every line
+            table = self._table
+            words = table.words
+            j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
+            while w0 := words[j]:
+                if w0 & KEY_MASK == ip:
+                    m = j  # meta above bit 32 of word m, the payload in the two after
+                    break
+                j += SLOT_WORDS
+                if j == len(words):
+                    j = 0
             else:
-                # self._table6.find(key), spelled out likewise
-                table6 = self._table6
-                words = table6.words
-                lo, hi = ip & _M64, (ip >> 64) & _M64
-                x = lo ^ ((hi * _MIX6) & _M64)
-                j = (((x * GOLDEN) & _M64) * table6.slots >> 64) * SLOT6_WORDS
-                while words[j + 2]:
-                    if words[j] == lo and words[j + 1] == hi:
-                        return self._climb_slot(ip, table6, j, entry, m=j + 2)
-                    j += SLOT6_WORDS
-                    if j == len(words):
-                        j = 0
+                m = -1
+        else:
+            # self._table6.find(key), spelled out likewise
+            table = self._table6
+            words = table.words
+            lo, hi = ip & _M64, (ip >> 64) & _M64
+            x = lo ^ ((hi * _MIX6) & _M64)
+            j = (((x * GOLDEN) & _M64) * table.slots >> 64) * SLOT6_WORDS
+            while words[j + 2]:
+                if words[j] == lo and words[j + 1] == hi:
+                    m = j + 2
+                    break
+                j += SLOT6_WORDS
+                if j == len(words):
+                    j = 0
+            else:
+                m = -1
+        if m < 0:
             # Not in its family's table: j is the empty slot that ended the probe run.
             packed = self._climbing.get(ip) if self._climbing else None
             if packed is not None:
@@ -202,11 +214,61 @@ class Tiers:
                 return NOT_HELD
             if self._once_wide and len(self._once) * 16 < self._max_tracked:
                 self._shrink_once()
-            return self._hold(ip, [first] if now - first[0] < window else [], entry)
-        state.seen_again = True
-        if now - state.hits[0][0] >= window:
-            state.expire(now, window)
-        return self._add_to_window(ip, state, entry)
+            live = [first] if self.now - first[0] < self._window else []
+            return self._hold(ip, live, entry)
+        # One more hit of a source held in `table`, in the slot at word index j (inlined
+        # here: a call per line less).
+        t, name, key, weight = entry
+        w = words[m]
+        count = (w >> 32) & 15
+        number = (w >> 36) & _KIND_MASK
+        epoch = self._epoch or 0  # set: the table holds a record
+        if key is None and self._kinds[number] == (name, weight):
+            # The common case, without unpacking: the oldest hit is surely still live (its
+            # whole second is), so every held hit is: this one either reaches the threshold
+            # (a ban, whatever its time) or, the newest and packing exactly, is appended.
+            payload = words[m + 1] | words[m + 2] << 64
+            first_at = payload & _T0_MASK
+            base = epoch + first_at // _MICRO
+            if self.now - base < self._window:
+                score = (count + 1) * weight
+                if score >= self._threshold_units:
+                    if w & _ADMITTED_WORD:
+                        self._left_admission()
+                    table.remove_at(j)
+                    table.shrink_if_sparse()
+                    return {name: count + 1}, score
+                if count < self._table_hits and (
+                    not w & _ADMITTED_WORD or self._climbers() < self._max_climbing
+                ):
+                    width = self._width
+                    shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
+                    second = int(t)
+                    micros = round((t - second) * _MICRO)
+                    offset = (second - epoch) * _MICRO + micros - first_at
+                    if (
+                        second + micros * 1e-6 == t
+                        and not offset >> width
+                        and (
+                            count == 1
+                            or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
+                        )
+                    ):
+                        if w & _ADMITTED_WORD:  # its second hit: from admission to climbing
+                            payload = first_at  # (its admission number goes)
+                            w ^= _ADMITTED_WORD
+                            self._left_admission()
+                        payload |= offset << shift
+                        words[m] = w + (1 << 32)
+                        words[m + 1] = payload & _M64
+                        words[m + 2] = payload >> 64
+                        return None
+        times = self._unpack(w >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
+        if w & _ADMITTED_WORD:
+            self._left_admission()
+        table.remove_at(j)
+        table.shrink_if_sparse()
+        return self._climb_times(ip, number, times, entry)
 
     def open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
         """The hit add() just answered NOT_HELD for, of `addr` (key `ip`), past the gate."""
@@ -231,70 +293,6 @@ class Tiers:
             return None
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
-
-    def _climb_slot(
-        self,
-        ip: int,
-        table: PackedTable | PackedTable6,
-        j: int,
-        entry: Entry,
-        *,
-        m: int,
-    ) -> Reached | None:
-        """One more hit of a source held in `table` (either), in the slot at word index
-        `j`, whose meta is above bit 32 of word `m` and payload in the two words after."""
-        t, name, key, weight = entry
-        words = table.words
-        w = words[m]
-        count = (w >> 32) & 15
-        number = (w >> 36) & _KIND_MASK
-        epoch = self._epoch or 0  # set: the table holds a record
-        if key is None and self._kinds[number] == (name, weight):
-            # The common case, without unpacking: the oldest hit is surely still live (its
-            # whole second is), so every held hit is: this one either reaches the threshold
-            # (a ban, whatever its time) or, the newest and packing exactly, is appended.
-            payload = words[m + 1] | words[m + 2] << 64
-            first = payload & _T0_MASK
-            base = epoch + first // _MICRO
-            if self.now - base < self._window:
-                score = (count + 1) * weight
-                if score >= self._threshold_units:
-                    if w & _ADMITTED_WORD:
-                        self._left_admission()
-                    table.remove_at(j)
-                    table.shrink_if_sparse()
-                    return {name: count + 1}, score
-                if count < self._table_hits and (
-                    not w & _ADMITTED_WORD or self._climbers() < self._max_climbing
-                ):
-                    width = self._width
-                    shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
-                    second = int(t)
-                    micros = round((t - second) * _MICRO)
-                    offset = (second - epoch) * _MICRO + micros - first
-                    if (
-                        second + micros * 1e-6 == t
-                        and not offset >> width
-                        and (
-                            count == 1
-                            or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
-                        )
-                    ):
-                        if w & _ADMITTED_WORD:  # its second hit: from admission to climbing
-                            payload = first  # (its admission number goes)
-                            w ^= _ADMITTED_WORD
-                            self._left_admission()
-                        payload |= offset << shift
-                        words[m] = w + (1 << 32)
-                        words[m + 1] = payload & _M64
-                        words[m + 2] = payload >> 64
-                        return None
-        times = self._unpack(w >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
-        if w & _ADMITTED_WORD:
-            self._left_admission()
-        table.remove_at(j)
-        table.shrink_if_sparse()
-        return self._climb_times(ip, number, times, entry)
 
     def _climbers(self) -> int:
         """Sources climbing now (table records that are not first hits, and packed ints)."""
