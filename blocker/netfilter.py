@@ -77,30 +77,6 @@ _PACKET = re.compile(
     r"| (?P<incomplete>INCOMPLETE) \[|)|)",
     re.MULTILINE,
 )
-# What only packet() reads (the bridge port, LEN=, TTL=, ID=, HOPLIMIT=): in _SLIM, the
-# same regex but for these groups, each an empty capture just before its text, so its
-# field is "" (or None, as in _PACKET, when its part is absent) and costs no new string.
-# The bulk path, which never builds a Packet, scans with it: three to four strings a line
-# fewer to make and free.
-_PACKET_ONLY = {
-    "physin": "[^ ]*",
-    "length": "[0-9]++",
-    "ttl": "[0-9]++",
-    "ip_id": "[0-9]++",
-    "hoplimit": "[0-9]++",
-}
-
-
-def _slim(pattern: str) -> str:
-    for name, body in _PACKET_ONLY.items():
-        group = f"(?P<{name}>{body})"
-        if pattern.count(group) != 1:
-            raise ValueError(f"_PACKET's group {name} is not spelled {group}")
-        pattern = pattern.replace(group, f"(?P<{name}>){body}")
-    return pattern
-
-
-_SLIM = re.compile(_slim(_PACKET.pattern), re.MULTILINE)
 
 
 class LogFields(NamedTuple):
@@ -358,13 +334,7 @@ class KernelLogParser:
     # -- scanning: the bulk path ---------------------------------------------------------
 
     def scan(  # noqa: PLR0915 - one flat loop is the hot path
-        self,
-        text: str,
-        now: float,
-        source_time: float | None = None,
-        headerless: bool = True,
-        *,
-        slim: bool = False,
+        self, text: str, now: float, source_time: float | None = None, headerless: bool = True
     ) -> list[Record]:
         """(time, prefix, fields) of every line of `text` holding a LOG record from a trusted
         header; lines with a bad or forged header are counted as rejected and skipped.
@@ -375,10 +345,7 @@ class KernelLogParser:
         (cached), address() and the ports for the rest. `prefix` is the raw text between the
         header (and [uptime]) and 'IN='. Lines without a record cost almost nothing: the regex
         skips them in C, so callers count lines with text.count("\n").
-        `slim=True` leaves out what only packet() reads (see _SLIM): those fields are "" or
-        None, so such records are for a caller that never builds a Packet of them.
         """
-        regex = _SLIM if slim else _PACKET
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
         header_times = self._header_times
@@ -387,7 +354,7 @@ class KernelLogParser:
         records: list[Record] = []
         append = records.append
         done = 0  # text before this offset is handled
-        for m in regex.finditer(text):
+        for m in _PACKET.finditer(text):
             start, end = m.span()
             if start < done:
                 continue  # a second 'IN=' on a line already handled
@@ -400,9 +367,7 @@ class KernelLogParser:
                 done = text.find("\n", end)
                 if done < 0:
                     done = len(text)
-                records += self._scan_lines(
-                    regex, text[line_start:done], now, source_time, headerless
-                )
+                records += self._scan_lines(text[line_start:done], now, source_time, headerless)
                 continue
             # The commonest line of all: the header of the line before with another time
             # ('<second>.<microseconds><tail>'), that second seen before. No slice but the
@@ -459,17 +424,12 @@ class KernelLogParser:
         return records
 
     def _scan_lines(
-        self,
-        regex: re.Pattern[str],
-        text: str,
-        now: float,
-        source_time: float | None,
-        headerless: bool,
+        self, text: str, now: float, source_time: float | None, headerless: bool
     ) -> list[Record]:
         """scan() line by line, uncached: for the rare text a match ran across."""
         records: list[Record] = []
         for line in text.split("\n"):
-            one = regex.search(line)
+            one = _PACKET.search(line)
             if one is not None:
                 found = self._time_and_prefix(line[: one.start()], now, source_time, headerless)
                 if found is None:

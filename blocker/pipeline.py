@@ -94,7 +94,7 @@ class Pipeline:
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE]
         # One line is one record at most, even if a journal message holds a newline.
-        records = islice(self.parser.scan(line, now, source_time, slim=True), 1)
+        records = islice(self.parser.scan(line, now, source_time), 1)
         return self._feed_records(records, jails)
 
     def feed_lines(
@@ -120,8 +120,7 @@ class Pipeline:
         if text and not text.endswith("\n"):
             lines += 1
         self.stats.lines += lines
-        records = self.parser.scan(text, now, headerless=headerless, slim=True)
-        return self._feed_records(records, jails)
+        return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
 
     def feed_records(
         self, records: Sequence[Record], jails: Sequence[JailRunner] | None = None

@@ -13,8 +13,6 @@ from loglines import BASE, HOST4, MAC4, MAC6, PROBER4, outgoing_rst, outgoing_sy
 
 from blocker.netfilter import (
     _PACKET,
-    _PACKET_ONLY,
-    _SLIM,
     AddressTable,
     KernelLogParser,
     KeyTable,
@@ -838,37 +836,6 @@ def test_address_table_makes_ipv6_addresses_the_stdlib_way(value: int) -> None:
     assert made.scope_id is None
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_REGEX_LINES, max_size=8))
-def test_slim_regex_matches_as_packet_leaving_out_what_only_packet_reads(
-    lines: list[str],
-) -> None:
-    text = "\n".join(lines)
-    only_packet = [LogFields._fields.index(name) for name in _PACKET_ONLY]
-    expected = []
-    for m in _PACKET.finditer(text):
-        groups = list(m.groups())
-        for index in only_packet:
-            groups[index] = None if groups[index] is None else ""
-        expected.append((m.span(), tuple(groups)))
-    assert [(m.span(), m.groups()) for m in _SLIM.finditer(text)] == expected
-
-
-def test_slim_scan_records_are_the_full_ones_but_for_what_only_packet_reads() -> None:
-    text = "".join(f"{line}\n" for line in [*VALID_LINES, *_FULL_RECORDS])
-    full = KernelLogParser().scan(text, NOW)
-    slim = KernelLogParser().scan(text, NOW, slim=True)
-    assert len(slim) == len(full) > 5
-    for (t, prefix, fields), (slim_t, slim_prefix, slim_fields) in zip(full, slim, strict=True):
-        named, slim_named = LogFields._make(fields), LogFields._make(slim_fields)
-        assert (slim_t, slim_prefix) == (t, prefix)
-        assert slim_named._replace(**dict.fromkeys(_PACKET_ONLY)) == named._replace(
-            **dict.fromkeys(_PACKET_ONLY)
-        )
-        assert slim_named.length == ""
-        assert named.length
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(
@@ -889,6 +856,15 @@ def test_key_table_names_the_address_that_address_table_makes(
 
 
 def test_key_table_refuses_what_address_table_refuses() -> None:
-    for text in ("", "1.2.3", "1.2.3.256", "::g", "192.0.2.1 ", "1:2:3:4:5:6:7:8:9", "٣.1.1.1"):
+    for text in (
+        "",
+        "1.2.3",
+        "1.2.3.256",
+        "::g",
+        "192.0.2.1 ",
+        "1:2:3:4:5:6:7:8:9",
+        "\x00",
+        "٣.1.1.1",
+    ):
         assert KeyTable()[text] is None
         assert AddressTable()[text] is None
