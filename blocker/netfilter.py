@@ -133,6 +133,7 @@ Record = tuple[float, str, Fields]
 # the mixed 1M-line log 16,384 entries hit 79.1% of SRC=/DST= lookups, 65,536 hit 81.1%: 23k
 # more misses of ~0.5 us in ~1.15M lookups (issue 9).
 _ADDRESS_CACHE_LIMIT = 16384
+KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound (the pipeline fills it too)
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 # No line's text at offset 26 starts with a newline before its 'IN=': matches no header.
@@ -238,7 +239,7 @@ class KeyTable(dict[str, "int | None"]):
     __slots__ = ()
 
     def __missing__(self, text: str) -> int | None:
-        if len(self) >= _ADDRESS_CACHE_LIMIT:
+        if len(self) >= KEY_TABLE_LIMIT:
             self.clear()
         key: int | None
         try:

@@ -9,10 +9,12 @@ import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from socket import AF_INET, inet_pton
 
 from blocker.config import Config, Jail
 from blocker.filters import DST_DPORT, FastCandidate, Matcher
 from blocker.netfilter import (
+    KEY_TABLE_LIMIT,
     Fields,
     KernelLogParser,
     Record,
@@ -130,7 +132,7 @@ class Pipeline:
         self.stats.lines += len(records)
         return self._feed_records(records, jails)
 
-    def _feed_records(
+    def _feed_records(  # noqa: PLR0915 - one flat loop is the hot path
         self, records: Iterable[Record], jails: Sequence[JailRunner] | None
     ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.
@@ -143,6 +145,8 @@ class Pipeline:
         plans = self._plans_for(jails)
         addresses = self.parser.addresses
         keys = self.parser.keys
+        key_get = keys.get
+        from_bytes = int.from_bytes
         decisions: list[Decision] = []
         parsed = malformed = 0
         for t, prefix, fields in records:
@@ -173,7 +177,17 @@ class Pipeline:
                     malformed += 1  # a kind of record that is never valid, or one cut short
                 continue
             # The source as a key (an int: see KeyTable), the destination as an address.
-            src = keys[src_text]  # type: ignore[index]  # SRC= and DST= always match
+            src = key_get(src_text)  # type: ignore[arg-type]  # SRC= and DST= always match
+            if src is None:
+                # Not seen lately (each line of a storm): an IPv4 text is parsed here, with
+                # no call into KeyTable.__missing__ (IPv6 and bad text take that path).
+                if ":" in src_text or len(keys) >= KEY_TABLE_LIMIT:  # type: ignore[operator]
+                    src = keys[src_text]  # type: ignore[index]
+                else:
+                    try:
+                        src = keys[src_text] = from_bytes(inet_pton(AF_INET, src_text))  # type: ignore[index,arg-type]
+                    except (OSError, ValueError):
+                        src = keys[src_text]  # type: ignore[index]  # not an address: None
             dst = addresses[dst_text]  # type: ignore[index]
             if src is None or dst is None or type(dst) is not _FAMILY[src >> 128]:
                 malformed += 1
