@@ -270,10 +270,6 @@ class Tiers:
         table.shrink_if_sparse()
         return self._climb_times(ip, number, times, entry)
 
-    def open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
-        """The hit add() just answered NOT_HELD for, of `addr` (key `ip`), past the gate."""
-        return self._open(addr, ip, entry, self._free)
-
     def _add_to_window(self, ip: int, state: Window, entry: Entry) -> Reached | None:
         t, _, key, weight = entry
         hits = state.hits
@@ -534,9 +530,9 @@ class Tiers:
             self._kinds.append(kind)
         return number
 
-    def _open(self, addr: Address, ip: int, entry: Entry, free: int) -> Reached | None:
-        """The first hit of an address not held in any tier; `free`: the empty slot where
-        a probe of its family's table for it ended."""
+    def open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
+        """The first hit of an address not held in any tier: the hit add() just answered
+        NOT_HELD for, of `addr` (key `ip`), past the gate."""
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self._refuse(addr):
@@ -555,12 +551,13 @@ class Tiers:
             # climbing, so another wave of one-hit sources cannot push it out again.
             self.readmitted += 1
             return self._hold(ip, [], entry)
-        return self._admit(ip, entry, free)
+        return self._admit(ip, entry, self._free)
 
     def _admit(self, ip: int, entry: Entry, free: int = -1) -> Reached | None:
         """Keep the first live hit of a source held nowhere: a plain hit whose time packs
         exactly as a one-hit record of a packed table (pushed out first in first out, by
-        the rings), else as an Entry in the admission FIFO.  `free`: as in _open(), or -1."""
+        the rings), else as an Entry in the admission FIFO.  `free`: the empty slot where
+        add()'s probe of its family's table for it ended (no change since), or -1."""
         t, name, key, weight = entry
         if key is None and self._width and 0 <= t < 2.0**52 and ip:
             number = self._kind_numbers.get((name, weight))
