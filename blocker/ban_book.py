@@ -16,7 +16,7 @@ with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from itertools import islice
 from typing import Final, TypeVar
 
@@ -83,31 +83,37 @@ class BanBook:
 
     def ban_hosts(
         self,
-        hosts: Sequence[int],
-        untils: Sequence[float],
+        hosts: Iterable[tuple[int, float]],
+        count: int,
+        earliest: float,
         address: Callable[[int], Address],
         now: float,
     ) -> None:
-        """ban_host() for many distinct hosts at once (a restart), given as ints that
-        `address` turns into addresses: the same marks and gate as banning them one by one,
-        in order.  Into an empty book, with no mark already expired, only the marks that
-        would survive the cap are built (and permanent ones the cap drops, which the gate
-        keeps, as ban_host() does)."""
-        if self.hosts or self.gate or (untils and min(untils) <= now):
-            for value, until in zip(hosts, untils, strict=True):
+        """ban_host() for many distinct hosts at once (a restart: a million), given as
+        (int, until) that `address` turns into addresses: `count` of them, none ending
+        before `earliest`.  The same marks and gate as banning them one by one, in order.
+        Into an empty book with no mark already ended, the count says which marks the cap
+        keeps (the newest: _survivors()), and only those are built, with permanent ones
+        the cap drops, which the gate keeps as ban_host() does: no object for the others."""
+        if self.hosts or self.gate or earliest <= now:
+            for value, until in hosts:
                 self.ban_host(address(value), until, now)
             return
-        kept = _survivors(len(hosts), self._cap)
-        start = len(hosts) - kept
+        kept = _survivors(count, self._cap)
+        rest = iter(hosts)
         gate = self.gate
-        for index in range(start):
-            if untils[index] == math.inf:  # dropped from the marks, kept by the gate
-                gate[address(hosts[index])] = math.inf
+        for value, until in islice(rest, count - kept):
+            if until == math.inf:  # dropped from the marks, kept by the gate
+                gate[address(value)] = math.inf
         marks = self.hosts
-        for index in range(start, len(hosts)):
-            addr = address(hosts[index])
-            marks[addr] = gate[addr] = untils[index]
-        marks.earliest = -math.inf  # unknown: the next sweep walks them and finds it
+        for value, until in rest:
+            addr = address(value)
+            marks[addr] = gate[addr] = until
+        if len(marks) != kept:
+            raise ValueError(
+                f"ban_hosts: told of {count} hosts, {len(marks)} of the {kept} kept came"
+            )
+        marks.earliest = earliest  # a lower bound of every mark's end, as _mark() keeps
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
         self._mark(self.subnets, subnet, until, now)

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from typing import Final
 
 from blocker.lru_table import LruTable
+from blocker.lru_tail import tail_decides
 from blocker.records import Address, Network
 
 __all__ = ["MAX_BANS_REMEMBERED_PER_TARGET", "BanHistory", "host_key", "target_key"]
@@ -122,36 +123,47 @@ class BanHistory:
                 del self._times[gone]
         return self._first
 
-    def remember_many(
-        self, keys: Sequence[tuple[int, int, int]], ats: Sequence[float], now: float
-    ) -> None:
-        """remember() for many bans at once, targets as (first address as an int, prefix
-        length, version): the same result as remembering them one by one, in order.
+    def remember_many(self, keys: Sequence[int], ats: Sequence[float], now: float) -> None:
+        """remember() for many bans at once, targets by key (target_key()): the same result
+        as remembering them one by one, in order.
 
         When the keys are distinct and none is remembered yet (a restart: every target of a
         flood banned once), only the newest `cap` that one-by-one would store can stay, so
         only those are stored."""
-        ints = [(address << 8 | prefix) << 1 | (version == 6) for address, prefix, version in keys]
         table = self._table
-        if len(set(ints)) == len(ints) and (
-            not table or all(table.slot_of(key) < 0 for key in ints)
+        if len(set(keys)) == len(keys) and (
+            not table or all(table.slot_of(key) < 0 for key in keys)
         ):
             window = self._history_window
             kept: list[int] = []
-            for index in range(len(ints) - 1, -1, -1):
+            for index in range(len(keys) - 1, -1, -1):
                 if len(kept) == self._cap:
                     break
                 at = ats[index]
                 if at > max(now, at) - window:  # what _remember() stores of a new target
                     kept.append(index)
             for index in reversed(kept):
-                key = ints[index]
+                key = keys[index]
                 gone = table.put(key, table.slot_of(key), float(ats[index]))
                 if gone is not None:
                     del self._times[gone]
             return
-        for key, at in zip(ints, ats, strict=True):
+        for key, at in zip(keys, ats, strict=True):
             self._remember(key, at, now)
+
+    def remember_tail(self, keys: Sequence[int], ats: Sequence[float], now: float) -> bool:
+        """remember_many() of a whole history of which these are only the newest bans (at
+        least 2 * cap of them), into an empty history: True, having stored only the newest
+        `cap`, when that leaves the history exactly as remembering every ban one by one
+        would (lru_tail.py); False, having changed nothing, when it may not."""
+        cap = self._cap
+        window = self._history_window
+        if self._table or not all(at > max(now, at) - window for at in ats):
+            return False  # remembered ones already, or a ban remember() would not store
+        if not tail_decides(keys, cap):
+            return False
+        self.remember_many(keys[-cap:], ats[-cap:], now)
+        return True
 
     def _remember(self, key: int, at: float, now: float) -> None:
         table = self._table

@@ -8,7 +8,7 @@ the whole pipeline at once: every part of the service holds this object, never t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from blocker.active import key_of_text
 from blocker.activity import Activity, SourceKey
@@ -21,10 +21,10 @@ from blocker.sources.base import SourceLine
 from blocker.state import State
 
 HISTORY_BATCH = 50_000  # earlier bans handed to the scorers at a time (a flood leaves millions)
-# Active bans handed to the scorers at a time on a restart or reload: restore_bans builds lists
-# of what it is given, which for a million bans at once was ~85 MB on top of everything (the
-# restart's peak). In slices, the scorers end as after one call (they mark in order either way).
-MARK_BATCH = 50_000
+# A restart reads only the newest 2 * max_tracked earlier host bans when they decide what
+# the scorers' caps keep (Scorer.restore_history_tail), and a quarter more for subnet bans
+# among them (escalation counts only hosts); at most this many (their ints are held at once).
+HISTORY_TAIL_MAX = 500_000
 
 
 def source_label(key: SourceKey) -> str:
@@ -103,18 +103,10 @@ class RunningJails:
 
     # -- what every scorer is told ---------------------------------------------------------
     def mark_active(self, keyed: Mapping[int, float]) -> None:
-        """Every active ban into every scorer, in order, MARK_BATCH at a time
-        (Scorer.restore_bans)."""
-        batch: dict[int, float] = {}
-        for key, until in keyed.items():
-            batch[key] = until
-            if len(batch) >= MARK_BATCH:
-                for runner in self.runners:
-                    runner.scorer.restore_bans(batch)
-                batch = {}
-        if batch:
-            for runner in self.runners:
-                runner.scorer.restore_bans(batch)
+        """Every active ban into every scorer, in order (Scorer.restore_bans: it counts them
+        first and builds only the marks its cap keeps)."""
+        for runner in self.runners:
+            runner.scorer.restore_bans(keyed)
 
     def mark_everywhere(self, target: Network, until: float) -> None:
         for runner in self.runners:
@@ -129,20 +121,39 @@ class RunningJails:
         return now - max((r.jail.policy.history_window for r in self.runners), default=0.0)
 
     def load_history(self, state: State, now: float) -> None:
-        """Earlier bans into every scorer, HISTORY_BATCH at a time."""
-        keys: list[int] = []
-        ats: list[float] = []
-        for text, at in state.history_rows(self.history_horizon(now)):
+        """Earlier bans into every scorer: when there are more than the scorers' caps keep,
+        only the newest 2.25 * max_tracked, which decide ban history and subnet escalation
+        unless a target was banned again lately (Scorer.restore_history_tail); else, or for
+        what they do not decide, all of them, HISTORY_BATCH at a time."""
+        since = self.history_horizon(now)
+        left = [(runner, True, True) for runner in self.runners]  # history, escalation
+        tail = 9 * max((r.jail.policy.max_tracked for r in self.runners), default=0) // 4
+        total = state.history_count(since) if left and tail <= HISTORY_TAIL_MAX else 0
+        if total > tail:
+            keys, ats = _keyed_rows(state.history_rows(since, skip=total - tail))
+            left = [(r, *r.scorer.restore_history_tail(keys, ats)) for r, _, _ in left]
+            del keys, ats
+        left = [
+            (runner, history, escalation)
+            for runner, history, escalation in left
+            if history or escalation
+        ]
+        if not left:
+            return
+        keys, ats = [], []
+        for text, at in state.history_rows(since):
             key = key_of_text(text)
             if key is not None:
                 keys.append(key)
                 ats.append(at)
             if len(keys) >= HISTORY_BATCH:
-                for runner in self.runners:
-                    runner.scorer.restore_history_keys(keys, ats)
+                for runner, history, escalation in left:
+                    runner.scorer.restore_history_keys(
+                        keys, ats, history=history, escalation=escalation
+                    )
                 keys, ats = [], []
-        for runner in self.runners:
-            runner.scorer.restore_history_keys(keys, ats)
+        for runner, history, escalation in left:
+            runner.scorer.restore_history_keys(keys, ats, history=history, escalation=escalation)
 
     # -- the one gate ----------------------------------------------------------------------
     def refusal(self, target: Network) -> str | None:
@@ -155,3 +166,15 @@ class RunningJails:
             if problem is not None:
                 return problem
         return None
+
+
+def _keyed_rows(rows: Iterable[tuple[str, float]]) -> tuple[list[int], list[float]]:
+    """The ban keys and times of the state's (target text, at) rows that name a target."""
+    keys: list[int] = []
+    ats: list[float] = []
+    for text, at in rows:
+        key = key_of_text(text)
+        if key is not None:
+            keys.append(key)
+            ats.append(at)
+    return keys, ats

@@ -125,7 +125,7 @@ or for a ban, so a storm's climbing lines make none.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final
@@ -133,6 +133,7 @@ from typing import Final
 from blocker.addresses import AddressRules, host_network
 from blocker.ban_book import BanBook
 from blocker.ban_history import BanHistory
+from blocker.lru_tail import tail_decides
 from blocker.netfilter import address_of
 from blocker.records import Address, Decision, Hit, Network, network_text
 from blocker.schema import JAIL, jail_default
@@ -433,12 +434,22 @@ class Scorer:
                 addr = target.network_address
                 self.escalation.count(addr, at, self._now)
 
-    def restore_history_keys(self, keys: Sequence[int], ats: Sequence[float]) -> None:
+    def restore_history_keys(
+        self,
+        keys: Sequence[int],
+        ats: Sequence[float],
+        *,
+        history: bool = True,
+        escalation: bool = True,
+    ) -> None:
         """restore_history() for targets given as ban keys (blocker.active.key_of: network
         int << 9 | 256 for IPv6 | prefix length), oldest first, with no Network per ban:
-        the engine then decides exactly as after restore_history() of the same bans."""
-        self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
-        if self.policy.subnet_min_offenders:
+        the engine then decides exactly as after restore_history() of the same bans.
+        `history`, `escalation`: which of the two to restore (they are independent: the
+        rest was restored from the newest bans, restore_history_tail())."""
+        if history:
+            self.history.remember_many([_history_key(key) for key in keys], ats, self._now)
+        if escalation and self.policy.subnet_min_offenders:
             hosts = [index for index, key in enumerate(keys) if _is_host(key)]
             self.escalation.count_many(
                 [_address(keys[index]) for index in hosts],
@@ -446,23 +457,65 @@ class Scorer:
                 self._now,
             )
 
+    def restore_history_tail(self, keys: Sequence[int], ats: Sequence[float]) -> tuple[bool, bool]:
+        """restore_history_keys() of a whole history of which these are only the newest bans
+        (a restart after a flood: the newest 2 * max_tracked of a million), into an engine
+        with none restored yet.  Ban history and subnet escalation each take them when they
+        leave it exactly as restoring every ban one by one would (lru_tail.py), storing
+        only what its cap keeps, and are left untouched when they may not (a target banned
+        again lately; for escalation, two hosts of one subnet).  Returns (history,
+        escalation): which the caller must still restore from every ban."""
+        cap = self.policy.max_tracked
+        escalation = False  # nothing to restore when it is off
+        if self.policy.subnet_min_offenders:  # every host ban touches its subnet's entry
+            hosts = [index for index, key in enumerate(keys) if _is_host(key)]
+            v4_shift = 9 + 32 - self.policy.subnet_v4_prefix
+            v6_shift = 9 + 128 - self.policy.subnet_v6_prefix
+            subnets = [  # SubnetOffenders.key() of each host, from its ban key
+                (key >> v6_shift) << 1 | 1 if key & 256 else (key >> v4_shift) << 1
+                for key in (keys[index] for index in hosts)
+            ]
+            if len(self.escalation) or not tail_decides(subnets, cap):
+                escalation = True
+            else:
+                newest = hosts[-cap:]
+                self.escalation.count_many(
+                    [_address(keys[index]) for index in newest],
+                    [ats[index] for index in newest],
+                    self._now,
+                )
+        history_keys = [_history_key(key) for key in keys]
+        history = not self.history.remember_tail(history_keys, ats, self._now)
+        return history, escalation
+
     def restore_bans(self, bans: Mapping[int, float]) -> None:
-        """mark_banned() for many bans at once (a restart: a million), as ban key -> until:
+        """mark_banned() for every ban at once (a restart: a million), as ban key -> until:
         the engine then decides exactly as after marking them one by one in this order.
-        Host marks are built in bulk (only those the ban book's cap keeps, when it starts
-        empty); the rare subnet marks one by one."""
-        hosts: list[int] = []
-        untils: list[float] = []
+        The host bans are counted first, so the ban book builds only the marks its cap keeps
+        (no address object, no list, for the others); the rare subnet marks one by one.
+        `bans` is read twice (ActiveBans.keyed(): a view of its arrays, not a copy)."""
+        count = 0
+        earliest = math.inf
         for key, until in bans.items():
-            if _is_host(key):
-                hosts.append(key)
-                untils.append(until)
+            if (key & 0x1FF) in _HOST_TAILS:  # _is_host(), inline: a million of them
+                count += 1
+                if until < earliest:  # noqa: PLR1730 - cheaper than min() a million times
+                    earliest = until
             else:
                 self.mark_banned(_network(key), until)
+        hosts: Iterable[tuple[int, float]] = (
+            (key, until) for key, until in bans.items() if (key & 0x1FF) in _HOST_TAILS
+        )
         if len(self.tiers):  # a reload or a restore after hits: their windows go
-            for key in hosts:
-                self.tiers.drop(_address(key))
-        self.book.ban_hosts(hosts, untils, _address, self._now)
+            hosts = self._dropped_from_tiers(hosts)
+        self.book.ban_hosts(hosts, count, earliest, _address, self._now)
+
+    def _dropped_from_tiers(
+        self, hosts: Iterable[tuple[int, float]]
+    ) -> Iterator[tuple[int, float]]:
+        for key, until in hosts:
+            self.tiers.drop(_address(key))
+            yield key, until
 
     def mark_banned(self, target: Network, until: float) -> None:
         """Note a ban made elsewhere (restored at startup, or manual) lasting until `until`."""
@@ -583,8 +636,11 @@ def host_network_v4(ip: int) -> IPv4Network:
 # here so the engine needs no Network object per restored ban.
 
 
+_HOST_TAILS: Final = frozenset((32, 256 | 128))  # a host's key & 0x1FF: /32, or IPv6 and /128
+
+
 def _is_host(key: int) -> bool:
-    return (key & 0x1FF) in (32, 256 | 128)
+    return (key & 0x1FF) in _HOST_TAILS
 
 
 def _address(key: int) -> Address:
@@ -597,6 +653,6 @@ def _network(key: int) -> Network:
     return IPv4Network((key >> 9, key & 0xFF))
 
 
-def _history_key(key: int) -> tuple[int, int, int]:
-    """BanHistory's key of the target: (first address as an int, prefix length, version)."""
-    return key >> 9, key & 0xFF, 6 if key & 256 else 4
+def _history_key(key: int) -> int:
+    """BanHistory's key of the target (ban_history.target_key())."""
+    return ((key >> 9) << 8 | key & 0xFF) << 1 | (key >> 8) & 1

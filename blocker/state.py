@@ -187,13 +187,22 @@ class State:
         )
         return [(ip_network(target, strict=False), at) for target, at in rows]
 
-    def history_rows(self, since: float) -> Iterator[tuple[str, float]]:
-        """(target text, at) of every ban since `since`, oldest first, unparsed; other hosts'
-        bans (origin fleet:HOST) never make this host's bans longer."""
+    def history_rows(self, since: float, skip: int = 0) -> Iterator[tuple[str, float]]:
+        """(target text, at) of every ban since `since`, oldest first (equal times in the order
+        they were recorded), unparsed, but the `skip` oldest; other hosts' bans (origin
+        fleet:HOST) never make this host's bans longer."""
         yield from self.db.execute(
-            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' ORDER BY at",
-            (since,),
+            "SELECT target, at FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%' "
+            "ORDER BY at, rowid LIMIT -1 OFFSET ?",
+            (since, max(0, skip)),
         )
+
+    def history_count(self, since: float) -> int:
+        """How many rows history_rows(since) yields (one pass, no sort)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM bans WHERE at >= ? AND origin NOT LIKE 'fleet:%'", (since,)
+        ).fetchone()
+        return int(row[0])
 
     def prune(self, before: float) -> None:
         """Forget bans that ended before `before` (older than every history window)."""

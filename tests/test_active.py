@@ -8,10 +8,10 @@ while they run). A ban the backend refuses (a full set) is never recorded as act
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from fakes.backend import FakeBackend
@@ -19,10 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_service import ATTACKER, CONFIG, NOW, Harness, ask, decision, n, synacks
 
-from blocker import ban_ledger, running_jails
+from blocker import ban_ledger
 from blocker.active import BUCKET, ActiveBan, ActiveBans, key_of, key_of_text, target_of
+from blocker.ban_book import BanBook, _survivors
 from blocker.control import RequestError
-from blocker.records import Network, network_text
+from blocker.records import Address, Network, network_text
 from blocker.scoring import Scorer
 
 # -- ActiveBans -----------------------------------------------------------------------------
@@ -259,21 +260,26 @@ def test_restart_with_many_bans_restores_them_in_few_batches(
     harness.state.close()
 
 
-def test_restart_hands_the_scorers_their_bans_in_slices_as_marking_each(
+def test_restart_builds_only_the_marks_the_cap_keeps_and_marks_as_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A million bans reach the scorers MARK_BATCH at a time (no list of a million), and the
-    scorers end as marking each ban one by one: the same marks, gate and order, the book's
-    cap (max_tracked 25 here) dropping the same oldest ones, permanent ones in the gate."""
-    monkeypatch.setattr(running_jails, "MARK_BATCH", 7)
-    slices: list[int] = []
-    bulk = Scorer.restore_bans
+    """Each scorer gets every active ban in one call, counts them first and builds an
+    address only for the marks its ban book's cap (max_tracked 25 here) keeps, and for the
+    permanent ones the cap drops (the gate keeps them), never for the others; the scorers
+    end as marking each ban one by one: the same marks, gate and order."""
+    built: list[int] = []
+    bulk = BanBook.ban_hosts
 
-    def counted(scorer: Scorer, bans: Mapping[int, float]) -> None:
-        slices.append(len(bans))
-        bulk(scorer, bans)
+    def counted(book: BanBook, *args: Any) -> None:
+        hosts, count, earliest, address, now = args
 
-    monkeypatch.setattr(Scorer, "restore_bans", counted)
+        def counting(key: int) -> Address:
+            built.append(key)
+            return cast(Address, address(key))
+
+        bulk(book, hosts, count, earliest, counting, now)
+
+    monkeypatch.setattr(BanBook, "ban_hosts", counted)
     config = CONFIG.replace("[jails.probes]", "max_tracked = 25\n[jails.probes]")
     harness = Harness(tmp_path, config)
     texts = [f"2001:db8:{i:x}::1" for i in range(60)] + ["198.51.100.0/24"]
@@ -283,11 +289,18 @@ def test_restart_hands_the_scorers_their_bans_in_slices_as_marking_each(
             [(t, NOW - 60, None if i % 9 == 3 else NOW + 600 + i % 7) for i, t in enumerate(texts)],
         )
     service = harness.restart(NOW)
-    jails = len(service.pipeline.runners)
-    assert slices == [7] * 8 * jails + [5] * jails  # 61 bans, each slice into every jail
-    for runner in service.pipeline.runners:
+    bans = list(service.active.keyed().items())
+    hosts = [(key, until) for key, until in bans if key & 0xFF == 128]
+    kept = _survivors(len(hosts), 25)
+    wanted = [key for key, until in hosts[:-kept] if until == math.inf] + [
+        key for key, _ in hosts[-kept:]
+    ]
+    runners = service.pipeline.runners
+    assert built == wanted * len(runners)  # every jail: the survivors and dropped permanent
+    monkeypatch.undo()
+    for runner in runners:
         alone = Scorer(runner.jail.policy)
-        for key, until in service.active.keyed().items():
+        for key, until in bans:
             alone.mark_banned(target_of(key), until)
         mine = runner.scorer
         assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
