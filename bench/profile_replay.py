@@ -4,7 +4,7 @@
     .venv/bin/python bench/profile_replay.py --cprofile 25  # plus the top 25 functions
 
 Stages, each one a superset of the one before, in this process (pinned to one core):
-  read      read_text_chunks: bytes -> str in 1 MiB chunks
+  read      read_text_chunks: bytes -> str in 64 KiB chunks (replay.CHUNK)
   regex     + the parser's LOG-record regex scanning every chunk (C only, no Python per line)
   scan      + KernelLogParser.scan: event time, prefix and fields per record
   plans     + the pipeline's compiled plans: addresses, filters, distinct keys; no scoring

@@ -133,6 +133,7 @@ Record = tuple[float, str, Fields]
 # the mixed 1M-line log 16,384 entries hit 79.1% of SRC=/DST= lookups, 65,536 hit 81.1%: 23k
 # more misses of ~0.5 us in ~1.15M lookups (issue 9).
 _ADDRESS_CACHE_LIMIT = 16384
+KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound (the pipeline fills it too)
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 # No line's text at offset 26 starts with a newline before its 'IN=': matches no header.
@@ -212,6 +213,46 @@ class AddressTable(dict[str, "Address | None"]):
         return address
 
 
+V6_TAG = 1 << 128  # an IPv6 key's tag (tiers.key_of()): ::192.0.2.1 is not 192.0.2.1
+
+
+def address_of(key: int) -> Address:
+    """The address of a source key (KeyTable's, tiers.key_of()'s): IPv4 as its int, IPv6 as
+    its int with bit 128 set."""
+    if key >> 128:
+        return _KernelIPv6Address.from_int(key ^ V6_TAG)
+    return _KernelIPv4Address.from_int(key)
+
+
+def kernel_address_types() -> tuple[type[Address], type[Address]]:
+    """The classes of AddressTable's IPv4 and IPv6 addresses, in that order."""
+    return _KernelIPv4Address, _KernelIPv6Address
+
+
+class KeyTable(dict[str, "int | None"]):
+    """SRC= text -> the address it names as a source key (address_of() makes the address),
+    or None when it is not one: AddressTable without an object per address.  A storm line's
+    source misses any cache, and most of its hits never need the address object (the tiers
+    are keyed by the int): only a source no tier holds does (the gate, its refusal), or a
+    ban.  Keys are ints, so this table stays small and bounds itself like AddressTable."""
+
+    __slots__ = ()
+
+    def __missing__(self, text: str) -> int | None:
+        if len(self) >= KEY_TABLE_LIMIT:
+            self.clear()
+        key: int | None
+        try:
+            if ":" in text:
+                key = int.from_bytes(inet_pton(AF_INET6, text)) | V6_TAG
+            else:
+                key = int.from_bytes(inet_pton(AF_INET, text))
+        except (OSError, ValueError):
+            key = None
+        self[text] = key
+        return key
+
+
 class KernelLogParser:
     """Parses lines; keeps bounded caches so repeated timestamps and addresses cost a lookup."""
 
@@ -225,6 +266,7 @@ class KernelLogParser:
         # Year inference depends on `now`: cached header times are valid for one day of it.
         self._cache_from = self._cache_until = 0.0
         self._addresses = AddressTable()
+        self._keys = KeyTable()
         self._flags: dict[str, frozenset[str] | None] = {}
         self._signatures: dict[tuple[str | None, ...], Signature | None] = {}
         self._rejected = 0
@@ -462,6 +504,11 @@ class KernelLogParser:
         """The fast entry point for SRC=/DST= text: `addresses[text]` is address(text), a
         dict lookup in C when the text was seen before (see AddressTable)."""
         return self._addresses
+
+    @property
+    def keys(self) -> KeyTable:
+        """SRC= text -> source key (see KeyTable): what the bulk path scores by."""
+        return self._keys
 
     def address(self, text: str) -> Address | None:
         """The address a SRC=/DST= field names, or None when it is not one (cached)."""

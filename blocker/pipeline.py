@@ -9,12 +9,21 @@ import gc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
+from socket import AF_INET, inet_pton
 
 from blocker.config import Config, Jail
 from blocker.filters import DST_DPORT, FastCandidate, Matcher
-from blocker.netfilter import Fields, KernelLogParser, Record, is_trace
+from blocker.netfilter import (
+    KEY_TABLE_LIMIT,
+    Fields,
+    KernelLogParser,
+    Record,
+    is_trace,
+    kernel_address_types,
+)
 from blocker.records import Address, Decision
 from blocker.scoring import Scorer
+from blocker.tiers import key_of as source_key
 
 # Longer lines are cut before parsing: a LOG record is < 1 KiB, so nothing real is lost,
 # and the parser's worst case on adversarial text stays small.
@@ -25,6 +34,8 @@ _PLAN_LIMIT = 16384
 _JailPlan = tuple[Callable[..., "list[Decision] | None"], dict[str, int], tuple[FastCandidate, ...]]
 # (ports required, ICMP type, per jail with candidates); () for a kind never valid
 _Plan = tuple[bool, "int | None", tuple[_JailPlan, ...]] | tuple[()]
+# The type of a source key's address, by its tag (key >> 128): what a DST must be too.
+_FAMILY = kernel_address_types()
 
 
 @dataclass
@@ -121,7 +132,7 @@ class Pipeline:
         self.stats.lines += len(records)
         return self._feed_records(records, jails)
 
-    def _feed_records(
+    def _feed_records(  # noqa: PLR0915 - one flat loop is the hot path
         self, records: Iterable[Record], jails: Sequence[JailRunner] | None
     ) -> list[Decision]:
         """Scanned records -> hits -> decisions, through plans compiled per kind of record.
@@ -133,6 +144,9 @@ class Pipeline:
         """
         plans = self._plans_for(jails)
         addresses = self.parser.addresses
+        keys = self.parser.keys
+        key_get = keys.get
+        from_bytes = int.from_bytes
         decisions: list[Decision] = []
         parsed = malformed = 0
         for t, prefix, fields in records:
@@ -162,9 +176,20 @@ class Pipeline:
                 if not is_trace(prefix):  # TRACE output is no packet, and no error either
                     malformed += 1  # a kind of record that is never valid, or one cut short
                 continue
-            src = addresses[src_text]  # type: ignore[index]  # SRC= and DST= always match
+            # The source as a key (an int: see KeyTable), the destination as an address.
+            src = key_get(src_text)  # type: ignore[arg-type]  # SRC= and DST= always match
+            if src is None:
+                # Not seen lately (each line of a storm): an IPv4 text is parsed here, with
+                # no call into KeyTable.__missing__ (IPv6 and bad text take that path).
+                if ":" in src_text or len(keys) >= KEY_TABLE_LIMIT:  # type: ignore[operator]
+                    src = keys[src_text]  # type: ignore[index]
+                else:
+                    try:
+                        src = keys[src_text] = from_bytes(inet_pton(AF_INET, src_text))  # type: ignore[index,arg-type]
+                    except (OSError, ValueError):
+                        src = keys[src_text]  # type: ignore[index]  # not an address: None
             dst = addresses[dst_text]  # type: ignore[index]
-            if src is None or dst is None or type(src) is not type(dst):
+            if src is None or dst is None or type(dst) is not _FAMILY[src >> 128]:
                 malformed += 1
                 continue
             parsed += 1
@@ -185,8 +210,11 @@ class Pipeline:
                     else:  # proto: these kinds of record all have a PROTO=
                         sport = None if spt is None else int(spt)
                         dport = None if dpt is None else int(dpt)
-                        key = key_of(src, dst, sport, dport, proto, plan[1])  # type: ignore[arg-type]
-                    found = add(t, name, src if from_src else dst, weight, key)
+                        key = key_of(addresses[src_text], dst, sport, dport, proto, plan[1])  # type: ignore[arg-type,index]
+                    if from_src:
+                        found = add(t, name, src, weight, key)
+                    else:
+                        found = add(t, name, source_key(dst), weight, key, addr=dst)
                     if found:
                         decisions += found
                     break
@@ -216,7 +244,7 @@ class Pipeline:
             for runner in self.runners if jails is None else jails:
                 candidates = runner.matcher.fast_plan(signature)
                 if candidates:
-                    per_jail.append((runner.scorer.add, runner.matcher.counts, candidates))
+                    per_jail.append((runner.scorer.add_key, runner.matcher.counts, candidates))
             plan = (signature.ports, signature.icmp_type, tuple(per_jail))
         if len(plans) >= _PLAN_LIMIT:
             plans.clear()

@@ -16,7 +16,11 @@ from blocker.pipeline import MAX_LINE, LineStats, Pipeline, tune_gc
 from blocker.records import Decision, network_text
 from blocker.sources.base import LineSplitter
 
-CHUNK = 1 << 20
+# 64 KiB, as the kern.log follower reads (sources/kernlog.py): a chunk's records (a tuple,
+# its fields' strings) are made by the scan and freed after scoring, and at ~240 records
+# they stay in the CPU's cache between the two; at 1 MiB (~3,800 records, ~3 MB of objects)
+# they did not: the replay of a 100k-reflector storm took 5.6-6.0 s of CPU instead of 4.4.
+CHUNK = 64 * 1024
 
 
 @dataclass

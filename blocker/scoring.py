@@ -116,7 +116,10 @@ source was pushed out within the last window).
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
 refusals) is rebuilt from the marks only once cached refusals outnumber them, so a ban
-costs the same with 1M marks as with 10.
+costs the same with 1M marks as with 10.  A hit is scored by its source's key (the address
+as an int, as the tiers hold it); the engine asks the gate only for a source no tier holds
+(a ban or a refusal drops every tier's hold first), and makes the address object only then
+or for a ban, so a storm's climbing lines make none.
 """
 
 from __future__ import annotations
@@ -131,11 +134,12 @@ from blocker.addresses import AddressRules, host_network
 from blocker.ban_book import BanBook
 from blocker.ban_history import BanHistory
 from blocker.lru_tail import tail_decides
+from blocker.netfilter import address_of
 from blocker.records import Address, Decision, Hit, Network, network_text
 from blocker.schema import JAIL, jail_default
 from blocker.score_window import UNITS, score_of
 from blocker.subnet_escalation import SubnetOffenders
-from blocker.tiers import Tiers
+from blocker.tiers import NOT_HELD, Tiers, key_of
 
 __all__ = ["JailPolicy", "Scorer"]
 
@@ -246,6 +250,26 @@ class Scorer:
     ) -> list[Decision] | None:
         """feed() without the Hit: `addr` earned `weight_points` at `t` through `filter_name`
         (`key`: its distinct key). Returns the bans it triggers, or None (the common case)."""
+        return self.add_key(t, filter_name, key_of(addr), weight_points, key, addr=addr)
+
+    def add_key(
+        self,
+        t: float,
+        filter_name: str,
+        ip: int,
+        weight_points: float,
+        key: tuple[object, ...] | None = None,
+        *,
+        addr: Address | None = None,
+    ) -> list[Decision] | None:
+        """add() for the source of key `ip` (tiers.key_of(); `addr`: its address, when the
+        caller has it): the bulk path's, which makes the address object only when it is
+        needed, for a source no tier holds (the gate, its refusal) or a ban.
+
+        The gate is asked only for a source no tier holds: one that is held was neither
+        banned nor refused since it was last let in (a ban or a refusal drops every tier's
+        hold first, and only the engine adds to the gate), so the gate would let its hit
+        through, and the decisions are those of asking it first."""
         self._hits += 1
         if t - t != 0:  # NaN or infinite time: one bad line must not stop the clock
             self._stale += 1
@@ -253,27 +277,43 @@ class Scorer:
         if t > self._now:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._now = t
         now = self._now
-        until = self.book.gate.get(addr)
-        if until is not None and now < until:
-            if until == _FOREVER and addr not in self.book.hosts:
-                self._ignored += 1
-            else:
-                self._while_banned += 1
-            return None
-        window = self._window
-        if now - t >= window:
-            self._stale += 1
+        if now - t >= self._window:
+            if addr is None:
+                addr = address_of(ip)
+            if not self._gated(addr, now):
+                self._stale += 1
             return None
         weight = self._units.get(weight_points)
         if weight is None:
             weight = self._to_units(weight_points)
         tiers = self.tiers
-        tiers.now = now
-        reached = tiers.add(addr, (t, filter_name, key, weight))
+        before, tiers.now = tiers.now, now
+        entry = (t, filter_name, key, weight)
+        reached = tiers.add(ip, entry)
         if reached is None:
             return None
+        if addr is None:
+            addr = address_of(ip)
+        if reached is NOT_HELD:
+            if self._gated(addr, now):
+                tiers.now = before  # a dropped hit leaves the tiers as they were
+                return None
+            reached = tiers.open(addr, ip, entry)
+            if reached is None:
+                return None
         counts, score = reached
         return self._ban_host(addr, counts, t, score / UNITS)
+
+    def _gated(self, addr: Address, now: float) -> bool:
+        """True (and counted) when the gate drops `addr`'s hits at `now`: banned, or refused."""
+        until = self.book.gate.get(addr)
+        if until is None or now >= until:
+            return False
+        if until == _FOREVER and addr not in self.book.hosts:
+            self._ignored += 1
+        else:
+            self._while_banned += 1
+        return True
 
     def _refuse(self, addr: Address) -> bool:
         """For a new source: True (and its hits dropped at the gate from now on) when it

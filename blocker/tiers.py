@@ -43,6 +43,7 @@ __all__ = [
     "ADMISSION_PER_TRACKED",
     "CLIMBING_PER_TRACKED",
     "MAX_CLIMBING_HITS",
+    "NOT_HELD",
     "Reached",
     "Tiers",
     "key_of",
@@ -87,6 +88,8 @@ _SEQ_SHIFT: Final = _T0_BITS
 
 # (hits per filter, score in UNITS) of a source that reached the threshold
 Reached = tuple[Mapping[str, int], float]
+# Tiers.add()'s answer for a source no tier holds (compared by identity)
+NOT_HELD: Final[Reached] = ({}, -1.0)
 
 
 def key_of(addr: Address) -> int:
@@ -139,6 +142,7 @@ class Tiers:
         self._admitted = 0  # one-hit records in the two tables
         self._ring_entries = 0  # at least the rings' entries, live or dead
         self._seq = 0  # the next admission number (modulo 2**32)
+        self._free = -1  # add()'s empty slot for the source it answered NOT_HELD for
         self._climbing: dict[int, int] = {}
         # The second climbing times count from (set at the first record: one window
         # before it, so every later live hit is after it).
@@ -155,56 +159,116 @@ class Tiers:
         self._new_this_minute = 0
         self._new_last_minute = 0
 
-    def add(self, addr: Address, entry: Entry) -> Reached | None:
-        """One hit, live at self.now, of a source neither banned nor refused yet."""
-        now, window = self.now, self._window
+    def add(self, ip: int, entry: Entry) -> Reached | None:  # noqa: PLR0915 - the hot path
+        """One hit, live at self.now, of the source of key `ip` (key_of()), neither banned
+        nor refused while a tier holds it.  NOT_HELD when no tier holds it: the engine then
+        asks its gate and, unless that drops the hit, calls open() next, with no other call
+        in between."""
         tracked = self._tracked  # empty under a storm of plain hits: no lookup then
-        if isinstance(addr, IPv4Address):
-            ip = int(addr)
-            state = tracked.get(ip) if tracked else None
-            if state is None:
-                # self._table.find(ip), spelled out: the storm's one lookup for every line
-                table = self._table
-                words = table.words
-                j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
-                while w0 := words[j]:
-                    if w0 & KEY_MASK == ip:
-                        return self._climb_slot(addr, ip, table, j, entry, m=j)
-                    j += SLOT_WORDS
-                    if j == len(words):
-                        j = 0
+        state = tracked.get(ip) if tracked else None
+        if state is not None:
+            now, window = self.now, self._window
+            state.seen_again = True
+            if now - state.hits[0][0] >= window:
+                state.expire(now, window)
+            return self._add_to_window(ip, state, entry)
+        table: PackedTable | PackedTable6
+        if ip <= KEY_MASK:
+            # self._table.find(ip), spelled out: the storm's one lookup for every line
+            table = self._table
+            words = table.words
+            j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
+            while w0 := words[j]:
+                if w0 & KEY_MASK == ip:
+                    m = j  # meta above bit 32 of word m, the payload in the two after
+                    break
+                j += SLOT_WORDS
+                if j == len(words):
+                    j = 0
+            else:
+                m = -1
         else:
-            key = int(addr)
-            ip = key | _V6_TAG
-            state = tracked.get(ip) if tracked else None
-            if state is None:
-                # self._table6.find(key), spelled out likewise
-                table6 = self._table6
-                words = table6.words
-                lo, hi = key & _M64, key >> 64
-                x = lo ^ ((hi * _MIX6) & _M64)
-                j = (((x * GOLDEN) & _M64) * table6.slots >> 64) * SLOT6_WORDS
-                while words[j + 2]:
-                    if words[j] == lo and words[j + 1] == hi:
-                        return self._climb_slot(addr, ip, table6, j, entry, m=j + 2)
-                    j += SLOT6_WORDS
-                    if j == len(words):
-                        j = 0
-        if state is None:
+            # self._table6.find(key), spelled out likewise
+            table = self._table6
+            words = table.words
+            lo, hi = ip & _M64, (ip >> 64) & _M64
+            x = lo ^ ((hi * _MIX6) & _M64)
+            j = (((x * GOLDEN) & _M64) * table.slots >> 64) * SLOT6_WORDS
+            while words[j + 2]:
+                if words[j] == lo and words[j + 1] == hi:
+                    m = j + 2
+                    break
+                j += SLOT6_WORDS
+                if j == len(words):
+                    j = 0
+            else:
+                m = -1
+        if m < 0:
             # Not in its family's table: j is the empty slot that ended the probe run.
             packed = self._climbing.get(ip) if self._climbing else None
             if packed is not None:
-                return self._climb(addr, ip, packed, entry)
+                return self._climb(ip, packed, entry)
             first = self._once.pop(ip, None) if self._once else None
             if first is None:
-                return self._open(addr, ip, entry, j)
+                self._free = j
+                return NOT_HELD
             if self._once_wide and len(self._once) * 16 < self._max_tracked:
                 self._shrink_once()
-            return self._hold(addr, ip, [first] if now - first[0] < window else [], entry)
-        state.seen_again = True
-        if now - state.hits[0][0] >= window:
-            state.expire(now, window)
-        return self._add_to_window(ip, state, entry)
+            live = [first] if self.now - first[0] < self._window else []
+            return self._hold(ip, live, entry)
+        # One more hit of a source held in `table`, in the slot at word index j (inlined
+        # here: a call per line less).
+        t, name, key, weight = entry
+        w = words[m]
+        count = (w >> 32) & 15
+        number = (w >> 36) & _KIND_MASK
+        epoch = self._epoch or 0  # set: the table holds a record
+        if key is None and self._kinds[number] == (name, weight):
+            # The common case, without unpacking: the oldest hit is surely still live (its
+            # whole second is), so every held hit is: this one either reaches the threshold
+            # (a ban, whatever its time) or, the newest and packing exactly, is appended.
+            payload = words[m + 1] | words[m + 2] << 64
+            first_at = payload & _T0_MASK
+            base = epoch + first_at // _MICRO
+            if self.now - base < self._window:
+                score = (count + 1) * weight
+                if score >= self._threshold_units:
+                    if w & _ADMITTED_WORD:
+                        self._left_admission()
+                    table.remove_at(j)
+                    table.shrink_if_sparse()
+                    return {name: count + 1}, score
+                if count < self._table_hits and (
+                    not w & _ADMITTED_WORD or self._climbers() < self._max_climbing
+                ):
+                    width = self._width
+                    shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
+                    second = int(t)
+                    micros = round((t - second) * _MICRO)
+                    offset = (second - epoch) * _MICRO + micros - first_at
+                    if (
+                        second + micros * 1e-6 == t
+                        and not offset >> width
+                        and (
+                            count == 1
+                            or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
+                        )
+                    ):
+                        if w & _ADMITTED_WORD:  # its second hit: from admission to climbing
+                            payload = first_at  # (its admission number goes)
+                            w ^= _ADMITTED_WORD
+                            self._left_admission()
+                        payload |= offset << shift
+                        words[m] = w + (1 << 32)
+                        words[m + 1] = payload & _M64
+                        words[m + 2] = payload >> 64
+                        return None
+        times = self._unpack(w >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
+        if w & _ADMITTED_WORD:
+            self._left_admission()
+        table.remove_at(j)
+        table.shrink_if_sparse()
+        return self._climb_times(ip, number, times, entry)
 
     def _add_to_window(self, ip: int, state: Window, entry: Entry) -> Reached | None:
         t, _, key, weight = entry
@@ -226,71 +290,6 @@ class Tiers:
         del self._tracked[ip]
         return Counter(entry[1] for entry in hits), score
 
-    def _climb_slot(
-        self,
-        addr: Address,
-        ip: int,
-        table: PackedTable | PackedTable6,
-        j: int,
-        entry: Entry,
-        *,
-        m: int,
-    ) -> Reached | None:
-        """One more hit of a source held in `table` (either), in the slot at word index
-        `j`, whose meta is above bit 32 of word `m` and payload in the two words after."""
-        t, name, key, weight = entry
-        words = table.words
-        w = words[m]
-        count = (w >> 32) & 15
-        number = (w >> 36) & _KIND_MASK
-        epoch = self._epoch or 0  # set: the table holds a record
-        if key is None and self._kinds[number] == (name, weight):
-            # The common case, without unpacking: the oldest hit is surely still live (its
-            # whole second is), so every held hit is: this one either reaches the threshold
-            # (a ban, whatever its time) or, the newest and packing exactly, is appended.
-            payload = words[m + 1] | words[m + 2] << 64
-            first = payload & _T0_MASK
-            base = epoch + first // _MICRO
-            if self.now - base < self._window:
-                score = (count + 1) * weight
-                if score >= self._threshold_units:
-                    if w & _ADMITTED_WORD:
-                        self._left_admission()
-                    table.remove_at(j)
-                    table.shrink_if_sparse()
-                    return {name: count + 1}, score
-                if count < self._table_hits and (
-                    not w & _ADMITTED_WORD or self._climbers() < self._max_climbing
-                ):
-                    width = self._width
-                    shift = _T0_BITS + width * (count - 1)  # where this hit's offset goes
-                    second = int(t)
-                    micros = round((t - second) * _MICRO)
-                    offset = (second - epoch) * _MICRO + micros - first
-                    if (
-                        second + micros * 1e-6 == t
-                        and not offset >> width
-                        and (
-                            count == 1
-                            or offset >= (payload >> (shift - width)) & ((1 << width) - 1)
-                        )
-                    ):
-                        if w & _ADMITTED_WORD:  # its second hit: from admission to climbing
-                            payload = first  # (its admission number goes)
-                            w ^= _ADMITTED_WORD
-                            self._left_admission()
-                        payload |= offset << shift
-                        words[m] = w + (1 << 32)
-                        words[m + 1] = payload & _M64
-                        words[m + 2] = payload >> 64
-                        return None
-        times = self._unpack(w >> 32 | words[m + 1] << 32 | words[m + 2] << 96)
-        if w & _ADMITTED_WORD:
-            self._left_admission()
-        table.remove_at(j)
-        table.shrink_if_sparse()
-        return self._climb_times(addr, ip, number, times, entry)
-
     def _climbers(self) -> int:
         """Sources climbing now (table records that are not first hits, and packed ints)."""
         return len(self._table) + len(self._table6) + len(self._climbing) - self._admitted
@@ -304,7 +303,7 @@ class Tiers:
             self._ring_entries = 0
 
     def _climb_times(
-        self, addr: Address, ip: int, number: int, times: list[float], entry: Entry
+        self, ip: int, number: int, times: list[float], entry: Entry
     ) -> Reached | None:
         """One more hit of a climbing source of kind `number` and hit `times`, taken out
         of its store: it goes back climbing, or to a full window, or is banned."""
@@ -319,7 +318,7 @@ class Tiers:
             or self._kinds[number] != (name, weight)
             or len(times) >= MAX_CLIMBING_HITS
         ):
-            return self._hold(addr, ip, self._entries(number, times), entry)
+            return self._hold(ip, self._entries(number, times), entry)
         if not times or t >= times[-1]:
             times.append(t)
         else:
@@ -330,7 +329,7 @@ class Tiers:
         if self._store(ip, number, times):
             return None
         times.remove(t)  # a time that does not pack exactly: a full window
-        return self._hold(addr, ip, self._entries(number, times), entry)
+        return self._hold(ip, self._entries(number, times), entry)
 
     def _store(self, ip: int, number: int, times: list[float]) -> bool:
         """Hold a source not held anywhere as climbing: in a packed table when it fits,
@@ -401,7 +400,7 @@ class Tiers:
             times.append((epoch + seconds) + micros * 1e-6)
         return times
 
-    def _climb(self, addr: Address, ip: int, packed: int, entry: Entry) -> Reached | None:
+    def _climb(self, ip: int, packed: int, entry: Entry) -> Reached | None:
         """One more hit of a source in the climbing tier."""
         t, name, key, weight = entry
         number = packed & _KIND_MASK
@@ -440,7 +439,7 @@ class Tiers:
                     return None
         number, times = self._decode(packed)
         del self._climbing[ip]  # taken out: _climb_times() puts it back where it fits now
-        return self._climb_times(addr, ip, number, times, entry)
+        return self._climb_times(ip, number, times, entry)
 
     def _encode(self, number: int, times: list[float]) -> int | None:
         """The climbing record of kind `number` and hit `times` (oldest first), or None
@@ -484,7 +483,7 @@ class Tiers:
         name, weight = self._kinds[number]
         return [(when, name, None, weight) for when in times]
 
-    def _hold(self, addr: Address, ip: int, earlier: list[Entry], entry: Entry) -> Reached | None:
+    def _hold(self, ip: int, earlier: list[Entry], entry: Entry) -> Reached | None:
         """Keep the live hits of a source that is past its first one (`earlier`, oldest
         first, then `entry`, the newest line): as packed times when they are plain hits of
         one kind, else as a full window."""
@@ -531,9 +530,9 @@ class Tiers:
             self._kinds.append(kind)
         return number
 
-    def _open(self, addr: Address, ip: int, entry: Entry, free: int) -> Reached | None:
-        """The first hit of an address not held in any tier; `free`: the empty slot where
-        a probe of its family's table for it ended."""
+    def open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
+        """The first hit of an address not held in any tier: the hit add() just answered
+        NOT_HELD for, of `addr` (key `ip`), past the gate."""
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
         if self._refuse(addr):
@@ -545,19 +544,20 @@ class Tiers:
             self._new_this_minute = 0
         self._new_this_minute += 1
         if entry[3] >= self._threshold_units:
-            return self._hold(addr, ip, [], entry)
+            return self._hold(ip, [], entry)
         doorkeeper = self._doorkeeper
         if doorkeeper is not None and doorkeeper.seen(ip, self.now):
             # Seen within the window, its hits pushed out by a flood: this one starts it
             # climbing, so another wave of one-hit sources cannot push it out again.
             self.readmitted += 1
-            return self._hold(addr, ip, [], entry)
-        return self._admit(ip, entry, free)
+            return self._hold(ip, [], entry)
+        return self._admit(ip, entry, self._free)
 
     def _admit(self, ip: int, entry: Entry, free: int = -1) -> Reached | None:
         """Keep the first live hit of a source held nowhere: a plain hit whose time packs
         exactly as a one-hit record of a packed table (pushed out first in first out, by
-        the rings), else as an Entry in the admission FIFO.  `free`: as in _open(), or -1."""
+        the rings), else as an Entry in the admission FIFO.  `free`: the empty slot where
+        add()'s probe of its family's table for it ended (no change since), or -1."""
         t, name, key, weight = entry
         if key is None and self._width and 0 <= t < 2.0**52 and ip:
             number = self._kind_numbers.get((name, weight))

@@ -62,6 +62,7 @@ from collections.abc import Hashable, Iterable
 from typing import Final, TypeVar
 
 from blocker.addresses import AllowList, host_network, is_special, is_special_network, subnet_of
+from blocker.netfilter import address_of
 from blocker.records import Address, Decision, Hit, Network, network_text
 from blocker.scoring import JailPolicy
 
@@ -213,6 +214,22 @@ class ReferenceScorer:
     def feed(self, hit: Hit) -> list[Decision]:
         """Account one hit; return the bans it triggers (usually none)."""
         return self.add(hit.time, hit.filter, hit.offender, hit.weight, hit.distinct_key) or []
+
+    def add_key(
+        self,
+        t: float,
+        filter_name: str,
+        ip: int,
+        weight_points: float,
+        key: tuple[object, ...] | None = None,
+        *,
+        addr: Address | None = None,
+    ) -> list[Decision] | None:
+        """The pipeline's entry (Scorer.add_key's): the source as its key, turned back into
+        the address it names and scored by add(), as before issue 9."""
+        if addr is None:
+            addr = address_of(ip)
+        return self.add(t, filter_name, addr, weight_points, key)
 
     def add(
         self,

@@ -15,7 +15,9 @@ from blocker.netfilter import (
     _PACKET,
     AddressTable,
     KernelLogParser,
+    KeyTable,
     LogFields,
+    address_of,
     looks_like_netfilter,
 )
 from blocker.records import Packet
@@ -832,3 +834,37 @@ def test_address_table_makes_ipv6_addresses_the_stdlib_way(value: int) -> None:
     )
     assert {plain: 1}[made] == 1
     assert made.scope_id is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(IPv4Address), st.integers(0, 2**128 - 1).map(IPv6Address)
+    )
+)
+def test_key_table_names_the_address_that_address_table_makes(
+    plain: IPv4Address | IPv6Address,
+) -> None:
+    text = plain.exploded  # as the kernel prints it
+    key = KeyTable()[text]
+    made = AddressTable()[text]
+    assert key is not None
+    assert key >> 128 == (plain.version == 6)  # IPv6 tagged: ::192.0.2.1 is no 192.0.2.1
+    back = address_of(key)
+    assert type(back) is type(made)
+    assert (back, hash(back), int(back), str(back)) == (made, hash(made), int(plain), str(plain))
+
+
+def test_key_table_refuses_what_address_table_refuses() -> None:
+    for text in (
+        "",
+        "1.2.3",
+        "1.2.3.256",
+        "::g",
+        "192.0.2.1 ",
+        "1:2:3:4:5:6:7:8:9",
+        "\x00",
+        "٣.1.1.1",
+    ):
+        assert KeyTable()[text] is None
+        assert AddressTable()[text] is None

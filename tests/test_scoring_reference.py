@@ -3,6 +3,7 @@ scorer before issue 9) whenever no tier is full: same bans, times, durations, re
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import replace
 from ipaddress import ip_address
@@ -14,6 +15,7 @@ from loglines import PROBER4, synack
 from reference_scorer import ReferenceScorer
 from test_scoring_properties import KEYS, NEVER, ORDINARY, WEIGHTS, policies
 
+from blocker.addresses import host_network
 from blocker.config import load_config
 from blocker.pipeline import Pipeline
 from blocker.records import Address, Decision, Hit
@@ -71,6 +73,46 @@ def test_same_decisions_as_the_reference(
         mine, theirs = new.explain(addr, now), old.explain(addr, now)
         assert mine.pop("tier") in {None, "admission", "climbing", "window"}
         assert mine == theirs
+
+
+# Bans and unbans made outside the scorer (manual, restored, retracted), at a hit number:
+# the engine asks its gate only for a source no tier holds, which is exact only because
+# each of these drops the tiers' hold on the address first.
+_OUTSIDE = st.lists(
+    st.tuples(
+        st.integers(0, 120),
+        st.sampled_from(["ban", "ban_forever", "forget"]),
+        st.integers(0, 120),  # the source of that hit (modulo the hits)
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=policies, stream=streams, outside=_OUTSIDE)
+def test_bans_and_unbans_from_outside_gate_hits_as_the_reference(
+    policy: JailPolicy,
+    stream: list[tuple[Address, str, int, int, float]],
+    outside: list[tuple[int, str, int]],
+) -> None:
+    hits = build(stream)
+    policy = replace(policy, threshold=policy.threshold * 2, max_tracked=10_000)
+    new, old = Scorer(policy), ReferenceScorer(policy)
+    for number, hit in enumerate(hits):
+        for when, what, which in outside:
+            if when % len(hits) != number:
+                continue
+            target = host_network(hits[which % len(hits)].offender)
+            for scorer in (new, old):
+                if what == "forget":
+                    scorer.forget(target)
+                else:
+                    length = math.inf if what == "ban_forever" else 30.0
+                    scorer.mark_banned(target, hit.time + length)
+        assert new.feed(hit) == old.feed(hit)
+    mine, theirs = new.stats(), old.stats()
+    for counter in ("hits", "ignored", "while_banned", "stale", "bans", "subnet_bans"):
+        assert mine[counter] == theirs[counter], counter
 
 
 def _pipelines() -> tuple[Pipeline, Pipeline]:
