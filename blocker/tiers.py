@@ -18,6 +18,7 @@ its hits dropped; the engine makes the ban.
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import insort
 from collections import Counter, OrderedDict
@@ -696,7 +697,12 @@ class Tiers:
             self._climbing = dict(climbing)
 
     def _evict_least_recent(self, need: int) -> None:
-        """Drop at least `need` climbing table records (or all), least recently hit first."""
+        """Drop at least `need` climbing table records (or all), least recently hit first.
+
+        By age buckets (64 a window) first; within the bucket where `need` is reached, the
+        records whose newest hit is oldest, equal times by key.  Which records go depends
+        only on the records, never on where they sit in the tables (the order of a hash),
+        as replay and live must decide alike."""
         now, window, newest = self.now, self._window, self._newest
         buckets = [0] * 65
         scale = 64 / window
@@ -704,7 +710,8 @@ class Tiers:
         def age(value: int) -> int:
             return min(64, int((now - newest(value)) * scale))
 
-        for table in (self._table, self._table6):
+        tables = ((self._table, 0), (self._table6, _V6_TAG))
+        for table, _ in tables:
             for _, value in table.items():
                 if not value & _ADMITTED:
                     buckets[age(value)] += 1
@@ -714,26 +721,38 @@ class Tiers:
             cutoff -= 1
             total += buckets[cutoff]
         # All older than the cutoff's bucket go, and of that bucket only what is missing.
-        of_cutoff = [need - (total - buckets[cutoff])]
+        missing = need - (total - buckets[cutoff])
+        chosen: set[int] | None = None  # None: the whole cutoff bucket goes
+        if missing < buckets[cutoff]:
+            chosen = {
+                ip
+                for _, ip in heapq.nsmallest(
+                    max(0, missing),
+                    (
+                        (newest(value), key | tag)
+                        for table, tag in tables
+                        for key, value in table.items()
+                        if not value & _ADMITTED and age(value) == cutoff
+                    ),
+                )
+            }
 
         def dropper(tag: int) -> Callable[[int, int], bool]:
             def drop(key: int, value: int) -> bool:
                 if value & _ADMITTED:
                     return False
                 bucket = age(value)
-                if bucket < cutoff:
+                if bucket < cutoff or (
+                    bucket == cutoff and chosen is not None and key | tag not in chosen
+                ):
                     return False
-                if bucket == cutoff:
-                    if of_cutoff[0] <= 0:
-                        return False
-                    of_cutoff[0] -= 1
                 self._forgotten(key | tag)
                 return True
 
             return drop
 
-        self._table.remove_if(dropper(0))
-        self._table6.remove_if(dropper(_V6_TAG))
+        for table, tag in tables:
+            table.remove_if(dropper(tag))
 
     def _newest(self, value: int) -> float:
         """The time of the newest hit of a packed table value."""
