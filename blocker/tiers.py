@@ -30,7 +30,6 @@ from typing import Final
 from blocker.admission_ring import AdmissionRing
 from blocker.doorkeeper import Doorkeeper
 from blocker.packed_table import (
-    GOLDEN,
     KEY_MASK,
     SLOT6_WORDS,
     SLOT_WORDS,
@@ -77,8 +76,8 @@ _T0_BITS: Final = 48
 _T0_MASK: Final = (1 << _T0_BITS) - 1
 _PAYLOAD_BITS: Final = 128
 _M64: Final = (1 << 64) - 1
+_M128: Final = (1 << 128) - 1
 _M32: Final = (1 << 32) - 1
-_MIX6: Final = 0xC2B2AE3D27D4EB4F  # PackedTable6's home(), inlined in add()
 # A one-hit record of the admission tier (IPv4 in the table, IPv6 in table6): count 1, meta
 # bit 16 set, and above its first hit's time in the payload (48 bits) its admission number
 # (32 bits), which its entry in the admission ring carries too.
@@ -178,7 +177,7 @@ class Tiers:
             # self._table.find(ip), spelled out: the storm's one lookup for every line
             table = self._table
             words = table.words
-            j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
+            j = ((hash(ip.to_bytes(4, "little")) & _M64) * table.slots >> 64) * SLOT_WORDS
             while w0 := words[j]:
                 if w0 & KEY_MASK == ip:
                     m = j  # meta above bit 32 of word m, the payload in the two after
@@ -193,8 +192,8 @@ class Tiers:
             table = self._table6
             words = table.words
             lo, hi = ip & _M64, (ip >> 64) & _M64
-            x = lo ^ ((hi * _MIX6) & _M64)
-            j = (((x * GOLDEN) & _M64) * table.slots >> 64) * SLOT6_WORDS
+            wanted = (ip & _M128).to_bytes(16, "little")  # PackedTable6's home(), inlined
+            j = ((hash(wanted) & _M64) * table.slots >> 64) * SLOT6_WORDS
             while words[j + 2]:
                 if words[j] == lo and words[j + 1] == hi:
                     m = j + 2
