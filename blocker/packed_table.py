@@ -11,8 +11,13 @@ A value is therefore an int below 2**160, ``meta | payload << 32``; the dict-lik
 (get, put, pop, items) takes and gives it that way, and the hot path of a caller may read
 and write the words of a slot found by find() directly (``words``; fields as above).
 
-Linear probing from a Fibonacci hash mapped onto any capacity (so it need not be a power
-of two: the table never grows past ``max_slots`` while it holds at most 3/4 of that);
+Linear probing from the hash of the key's bytes, mapped onto any capacity (so it need not
+be a power of two: the table never grows past ``max_slots`` while it holds at most 3/4 of
+that).  CPython keys that hash per process (SipHash, as ActiveBans and LruTable use it),
+so which keys share a home slot cannot be known outside: with a fixed multiplier (the
+Fibonacci hash these tables had), anyone could compute spoofed sources that pile into one
+probe run, and every lookup that lands there would walk it (tests/test_packed_table.py
+builds such keys).  ``PYTHONHASHSEED=0`` would give that protection up;
 deletion shifts the following entries of the probe run back (no tombstones, so lookups
 never slow down after many deletions and no rehash is ever needed to clear them).  It
 grows by doubling (by half again past 1M slots), up to ``max_slots``, when more than 3/4
@@ -27,12 +32,11 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Final
 
-__all__ = ["GOLDEN", "KEY_MASK", "SLOT6_WORDS", "SLOT_WORDS", "PackedTable", "PackedTable6"]
+__all__ = ["KEY_MASK", "SLOT6_WORDS", "SLOT_WORDS", "PackedTable", "PackedTable6"]
 
 SLOT_WORDS: Final = 3
 KEY_MASK: Final = (1 << 32) - 1
 _M64: Final = (1 << 64) - 1
-GOLDEN: Final = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: spreads neighbouring keys
 _MIN_SLOTS: Final = 1024
 
 
@@ -114,13 +118,13 @@ class PackedTable(_SlotArray):
 
     def home(self, key: int) -> int:
         """The word index of the first slot probed for `key`."""
-        return (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
+        return ((hash(key.to_bytes(4, "little")) & _M64) * self.slots >> 64) * SLOT_WORDS
 
     def find(self, key: int) -> int:
         """The word index of `key`'s slot, or -1 when it is not held."""
         words = self.words
         end = len(words)
-        j = (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
+        j = ((hash(key.to_bytes(4, "little")) & _M64) * self.slots >> 64) * SLOT_WORDS
         while True:
             w0 = words[j]
             if not w0:
@@ -166,7 +170,7 @@ class PackedTable(_SlotArray):
             self._resize(slots * 2)
         words = self.words
         end = len(words)
-        j = (((key * GOLDEN) & _M64) * self.slots >> 64) * SLOT_WORDS
+        j = ((hash(key.to_bytes(4, "little")) & _M64) * self.slots >> 64) * SLOT_WORDS
         while words[j]:
             j += SLOT_WORDS
             if j == end:
@@ -224,7 +228,7 @@ class PackedTable(_SlotArray):
             w0 = words[j]
             if not w0:
                 break
-            home = (((w0 & KEY_MASK) * GOLDEN) & _M64) * slots >> 64
+            home = (hash((w0 & KEY_MASK).to_bytes(4, "little")) & _M64) * slots >> 64
             home *= SLOT_WORDS
             # The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (hole < j and hole < home <= j) or (j < hole and (home <= j or home > hole)):
@@ -261,7 +265,7 @@ class PackedTable(_SlotArray):
             islice(old, 0, None, 3), islice(old, 1, None, 3), islice(old, 2, None, 3), strict=True
         ):
             if w0:
-                j = (((w0 & KEY_MASK) * GOLDEN) & _M64) * slots >> 64
+                j = (hash((w0 & KEY_MASK).to_bytes(4, "little")) & _M64) * slots >> 64
                 j *= SLOT_WORDS
                 while words[j]:
                     j += SLOT_WORDS
@@ -274,7 +278,6 @@ class PackedTable(_SlotArray):
 
 SLOT6_WORDS: Final = 5
 _USED: Final = 1  # the low bit of word 2: the slot holds an entry (any key may be stored)
-_MIX6: Final = 0xC2B2AE3D27D4EB4F  # folds the high word of a 128-bit key into the low one
 
 
 class PackedTable6(_SlotArray):
@@ -294,16 +297,15 @@ class PackedTable6(_SlotArray):
 
     def home(self, lo: int, hi: int) -> int:
         """The word index of the first slot probed for the key of words `lo`, `hi`."""
-        x = lo ^ ((hi * _MIX6) & _M64)
-        return (((x * GOLDEN) & _M64) * self.slots >> 64) * SLOT6_WORDS
+        key = (lo | hi << 64).to_bytes(16, "little")
+        return ((hash(key) & _M64) * self.slots >> 64) * SLOT6_WORDS
 
     def find(self, key: int) -> int:
         """The word index of `key`'s slot, or -1 when it is not held."""
         words = self.words
         end = len(words)
         lo, hi = key & _M64, key >> 64
-        x = lo ^ ((hi * _MIX6) & _M64)
-        j = (((x * GOLDEN) & _M64) * self.slots >> 64) * SLOT6_WORDS
+        j = ((hash(key.to_bytes(16, "little")) & _M64) * self.slots >> 64) * SLOT6_WORDS
         while words[j + 2]:
             if words[j] == lo and words[j + 1] == hi:
                 return j
@@ -386,8 +388,8 @@ class PackedTable6(_SlotArray):
                 j = 0
             if not words[j + 2]:
                 break
-            x = words[j] ^ ((words[j + 1] * _MIX6) & _M64)
-            home = (((x * GOLDEN) & _M64) * slots >> 64) * SLOT6_WORDS
+            key = (words[j] | words[j + 1] << 64).to_bytes(16, "little")
+            home = ((hash(key) & _M64) * slots >> 64) * SLOT6_WORDS
             if (hole < j and hole < home <= j) or (j < hole and (home <= j or home > hole)):
                 continue
             words[hole : hole + SLOT6_WORDS] = words[j : j + SLOT6_WORDS]

@@ -77,7 +77,10 @@ window in microseconds, 4 at 60 s).  One lookup per line finds it, whichever tie
    hits than a slot holds climbs as one packed int in a dict (~120 bytes).  Past 16 hits,
    or on a keyed or different hit, a source moves, all hits kept, to tier 3.  When full,
    it drops what holds no live hit and at least 1/16: table records least recently hit
-   first, ints oldest first; never an admission record.
+   first (equal times: the lowest address first), ints oldest first; never an admission
+   record.  Which records go never depends on the slots they sit in, as replay and live
+   must decide alike: the tables place keys by the hash of their bytes, which CPython keys
+   per process (so spoofed sources cannot be computed to pile into one probe run).
 3. *Full windows*: per-hit entries, distinct keys for scans, running sums (Window), at most
    ``max_tracked``, clock eviction among themselves (a window with no live score goes first,
    one hit again since it was last passed is spared once).

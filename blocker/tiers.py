@@ -18,6 +18,7 @@ its hits dropped; the engine makes the ban.
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import insort
 from collections import Counter, OrderedDict
@@ -29,7 +30,6 @@ from typing import Final
 from blocker.admission_ring import AdmissionRing
 from blocker.doorkeeper import Doorkeeper
 from blocker.packed_table import (
-    GOLDEN,
     KEY_MASK,
     SLOT6_WORDS,
     SLOT_WORDS,
@@ -76,8 +76,8 @@ _T0_BITS: Final = 48
 _T0_MASK: Final = (1 << _T0_BITS) - 1
 _PAYLOAD_BITS: Final = 128
 _M64: Final = (1 << 64) - 1
+_M128: Final = (1 << 128) - 1
 _M32: Final = (1 << 32) - 1
-_MIX6: Final = 0xC2B2AE3D27D4EB4F  # PackedTable6's home(), inlined in add()
 # A one-hit record of the admission tier (IPv4 in the table, IPv6 in table6): count 1, meta
 # bit 16 set, and above its first hit's time in the payload (48 bits) its admission number
 # (32 bits), which its entry in the admission ring carries too.
@@ -177,7 +177,7 @@ class Tiers:
             # self._table.find(ip), spelled out: the storm's one lookup for every line
             table = self._table
             words = table.words
-            j = (((ip * GOLDEN) & _M64) * table.slots >> 64) * SLOT_WORDS
+            j = ((hash(ip.to_bytes(4, "little")) & _M64) * table.slots >> 64) * SLOT_WORDS
             while w0 := words[j]:
                 if w0 & KEY_MASK == ip:
                     m = j  # meta above bit 32 of word m, the payload in the two after
@@ -192,8 +192,8 @@ class Tiers:
             table = self._table6
             words = table.words
             lo, hi = ip & _M64, (ip >> 64) & _M64
-            x = lo ^ ((hi * _MIX6) & _M64)
-            j = (((x * GOLDEN) & _M64) * table.slots >> 64) * SLOT6_WORDS
+            wanted = (ip & _M128).to_bytes(16, "little")  # PackedTable6's home(), inlined
+            j = ((hash(wanted) & _M64) * table.slots >> 64) * SLOT6_WORDS
             while words[j + 2]:
                 if words[j] == lo and words[j + 1] == hi:
                     m = j + 2
@@ -696,7 +696,12 @@ class Tiers:
             self._climbing = dict(climbing)
 
     def _evict_least_recent(self, need: int) -> None:
-        """Drop at least `need` climbing table records (or all), least recently hit first."""
+        """Drop at least `need` climbing table records (or all), least recently hit first.
+
+        By age buckets (64 a window) first; within the bucket where `need` is reached, the
+        records whose newest hit is oldest, equal times by key.  Which records go depends
+        only on the records, never on where they sit in the tables (the order of a hash),
+        as replay and live must decide alike."""
         now, window, newest = self.now, self._window, self._newest
         buckets = [0] * 65
         scale = 64 / window
@@ -704,7 +709,8 @@ class Tiers:
         def age(value: int) -> int:
             return min(64, int((now - newest(value)) * scale))
 
-        for table in (self._table, self._table6):
+        tables = ((self._table, 0), (self._table6, _V6_TAG))
+        for table, _ in tables:
             for _, value in table.items():
                 if not value & _ADMITTED:
                     buckets[age(value)] += 1
@@ -714,26 +720,38 @@ class Tiers:
             cutoff -= 1
             total += buckets[cutoff]
         # All older than the cutoff's bucket go, and of that bucket only what is missing.
-        of_cutoff = [need - (total - buckets[cutoff])]
+        missing = need - (total - buckets[cutoff])
+        chosen: set[int] | None = None  # None: the whole cutoff bucket goes
+        if missing < buckets[cutoff]:
+            chosen = {
+                ip
+                for _, ip in heapq.nsmallest(
+                    max(0, missing),
+                    (
+                        (newest(value), key | tag)
+                        for table, tag in tables
+                        for key, value in table.items()
+                        if not value & _ADMITTED and age(value) == cutoff
+                    ),
+                )
+            }
 
         def dropper(tag: int) -> Callable[[int, int], bool]:
             def drop(key: int, value: int) -> bool:
                 if value & _ADMITTED:
                     return False
                 bucket = age(value)
-                if bucket < cutoff:
+                if bucket < cutoff or (
+                    bucket == cutoff and chosen is not None and key | tag not in chosen
+                ):
                     return False
-                if bucket == cutoff:
-                    if of_cutoff[0] <= 0:
-                        return False
-                    of_cutoff[0] -= 1
                 self._forgotten(key | tag)
                 return True
 
             return drop
 
-        self._table.remove_if(dropper(0))
-        self._table6.remove_if(dropper(_V6_TAG))
+        for table, tag in tables:
+            table.remove_if(dropper(tag))
 
     def _newest(self, value: int) -> float:
         """The time of the newest hit of a packed table value."""

@@ -3,6 +3,10 @@ through collisions, wraparound, deletions (backward shift), growth and bulk remo
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -219,3 +223,55 @@ def test_the_ipv6_table_grows_and_gives_its_room_back() -> None:
     same_as(table, {key: key & 0xFFFF for key in keys[-100:]})
     table.clear()
     assert (len(table), list(table.items())) == (0, [])
+
+
+# The fixed multiplier (2**64 / golden ratio) these tables hashed with before they hashed
+# the key's bytes: what an attacker could compute homes with.
+FIBONACCI = 0x9E3779B97F4A7C15
+M64 = (1 << 64) - 1
+
+
+def longest_displacement(table: PackedTable | PackedTable6, keys: list[int]) -> int:
+    """The most slots any of `keys` sits past its home slot (wrapping)."""
+    size = table._slot_words
+    longest = 0
+    for key in keys:
+        home = table.home(key) if isinstance(table, PackedTable) else table.home(key, 0)
+        longest = max(longest, (table.find(key) - home) // size % table.slots)
+    return longest
+
+
+@pytest.mark.parametrize("kind", [PackedTable, PackedTable6])
+def test_keys_computed_to_share_a_home_slot_spread_out(
+    kind: type[PackedTable] | type[PackedTable6],
+) -> None:
+    """With a known hash anyone can compute keys (spoofed sources) that share one home slot:
+    a flood of them is one probe run as long as the flood, walked by every lookup that
+    lands in it. These 400 keys all had the home slot 0 under the old fixed multiplier;
+    hashed by their bytes (keyed per process) they spread as any 400 keys would."""
+    slots = 1024
+    keys = [key for key in range(1, 1 << 20) if ((key * FIBONACCI) & M64) * slots >> 64 == 0]
+    keys = keys[:400]
+    assert len(keys) == 400
+    table = kind(max_slots=slots, slots=slots)
+    for key in keys:
+        table.put(key, key)
+    assert longest_displacement(table, keys) < 100  # 399 with the old multiplier; ~15 now
+
+
+def test_home_slots_differ_from_one_process_to_the_next() -> None:
+    """The hash is keyed per process (unless an admin sets PYTHONHASHSEED): no one outside
+    can know which keys share a slot."""
+    code = (
+        "from blocker.packed_table import PackedTable, PackedTable6\n"
+        "a, b = PackedTable(1 << 20, 1 << 20), PackedTable6(1 << 20, 1 << 20)\n"
+        "print([a.home(k) for k in range(1, 9)], [b.home(k, k) for k in range(1, 9)])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout
+        for _ in range(2)
+    ]
+    assert runs[0] != runs[1]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -813,6 +816,37 @@ def test_a_full_climbing_tier_drops_the_least_recently_hit_first() -> None:
     for i in range(1, 21):  # hit at 2: kept, those last hit at 1 went first
         assert s.explain(a(f"198.51.100.{i}"), T0 + 4)["score"] == 3.0
     assert s.stats()["evicted"] == 12  # 1/16, though 172 were last hit at the same time
+
+
+def full_climbing_tier_survivors() -> list[int]:
+    """Of 192 sources climbing in a full tier (max_tracked=16), all last hit at the same
+    time, the ones left once room is made for one more (12 go)."""
+    s = scorer(max_tracked=16)
+    cap = 16 * tiers.CLIMBING_PER_TRACKED
+    for i in range(1, cap + 1):
+        feed_all(s, [hit(f"198.51.100.{i}", 0), hit(f"198.51.100.{i}", 1)])
+    feed_all(s, [hit("203.0.113.1", 3), hit("203.0.113.1", 4)])
+    return [i for i in range(1, cap + 1) if s.explain(a(f"198.51.100.{i}"), T0 + 4)["score"]]
+
+
+def test_which_climbing_sources_a_full_tier_drops_does_not_depend_on_the_hash() -> None:
+    """Replay and live must decide alike: of sources last hit at the same time, the same go
+    whatever slots they sit in, whatever the hash that placed them (the oldest newest hit
+    first, then the lowest address)."""
+    survivors = full_climbing_tier_survivors()
+    assert survivors == list(range(13, 16 * tiers.CLIMBING_PER_TRACKED + 1))
+    code = "from tests.test_scoring import full_climbing_tier_survivors as f; print(f())"
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+        assert json.loads(out) == survivors
 
 
 def test_the_admission_fifo_of_keyed_first_hits_lets_go_of_its_flood_sized_table() -> None:
