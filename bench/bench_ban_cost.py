@@ -201,6 +201,7 @@ def bytes_per_entry(tree: Path, cap: int = 100_000) -> int:
     from blocker.ban_book import BanBook  # noqa: PLC0415 - after the path is set
     from blocker.ban_history import BanHistory, host_key  # noqa: PLC0415
     from blocker.subnet_escalation import SubnetOffenders  # noqa: PLC0415
+    from blocker.tiers import key_of  # noqa: PLC0415
 
     print(f"tree {tree}; cap {cap:,}; bytes per entry held (tracemalloc)")
     families: dict[str, list[Address]] = {
@@ -229,7 +230,7 @@ def bytes_per_entry(tree: Path, cap: int = 100_000) -> int:
             else:
                 book = BanBook(cap)
                 for i, addr in enumerate(addresses):
-                    book.ban_host(addr, t0 + i * 1e-3 + 600.0, t0 + i * 1e-3)
+                    book.ban_host(key_of(addr), t0 + i * 1e-3 + 600.0, t0 + i * 1e-3)
                 held = len(book.hosts)
                 keep = book
             gc.collect()

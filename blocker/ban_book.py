@@ -11,6 +11,13 @@ while now < this, holding every host mark and a cache of refusals (``inf`` for a
 that may never be banned).  Cached refusals are forgotten only once they outnumber the
 marks: a rebuild copies the marks, paid for by as many refusals, so a ban costs the same
 with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
+
+Hosts are keyed by the engine's source key (source_key.py: an IPv4 address as its int, an
+IPv6 one multiplied by a secret per process), never by address objects: an IPv6Address
+hashes as its int modulo 2**61 - 1, unsalted, so spoofed sources could be chosen to share
+one hash, and every mark or refusal of them would compare them all (8,000 such refused
+sources cost 9.5 s of CPU when the gate held address objects; the cost grows with their
+square).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from collections.abc import Callable, Hashable, Iterable
 from itertools import islice
 from typing import Final, TypeVar
 
-from blocker.records import Address, Network
+from blocker.records import Network
 
 __all__ = ["GATE_CACHE_SIZE", "BanBook"]
 
@@ -47,15 +54,15 @@ class BanBook:
         # host -> banned until, least recently marked first.  Plain dicts (insertion order,
         # re-marking re-inserts): an OrderedDict's links cost ~80 B more a mark, and a
         # storm makes a million.
-        self.hosts: _Marks[Address] = _Marks()
+        self.hosts: _Marks[int] = _Marks()
         self.subnets: _Marks[Network] = _Marks()
         # Read by the engine's hot path; written only here.
-        self.gate: dict[Address, float] = {}
+        self.gate: dict[int, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
         self.gate_copies = 0
         self.marks_walked = 0  # marks a sweep looked at for having ended (tests)
 
-    def refuse(self, addr: Address) -> None:
+    def refuse(self, addr: int) -> None:
         """Cache that `addr` may never be banned: its hits are dropped at the gate."""
         if addr in self.hosts:
             self.gate[addr] = math.inf
@@ -67,7 +74,7 @@ class BanBook:
             self._refusals = 1
         self.gate[addr] = math.inf
 
-    def ban_host(self, addr: Address, until: float, now: float) -> None:
+    def ban_host(self, addr: int, until: float, now: float) -> None:
         self.gate[addr] = until
         hosts = self.hosts
         held = len(hosts)
@@ -92,11 +99,11 @@ class BanBook:
         hosts: Iterable[tuple[int, float]],
         count: int,
         earliest: float,
-        address: Callable[[int], Address],
+        address: Callable[[int], int],
         now: float,
     ) -> None:
         """ban_host() for many distinct hosts at once (a restart: a million), given as
-        (int, until) that `address` turns into addresses: `count` of them, none ending
+        (int, until) that `address` turns into host keys: `count` of them, none ending
         before `earliest`.  The same marks and gate as banning them one by one, in order.
         Into an empty book with no mark already ended, the count says which marks the cap
         keeps (the newest: _survivors()), and only those are built, with permanent ones
@@ -124,13 +131,13 @@ class BanBook:
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
         self._mark(self.subnets, subnet, until, now)
 
-    def host_until(self, addr: Address) -> float | None:
+    def host_until(self, addr: int) -> float | None:
         return self.hosts.get(addr)
 
     def subnet_until(self, subnet: Network) -> float | None:
         return self.subnets.get(subnet)
 
-    def forget_host(self, addr: Address) -> None:
+    def forget_host(self, addr: int) -> None:
         self.hosts.pop(addr, None)
         self.gate.pop(addr, None)
 

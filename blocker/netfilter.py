@@ -27,6 +27,7 @@ from socket import AF_INET, AF_INET6, inet_pton
 from typing import NamedTuple
 
 from blocker.records import Address, Packet, Signature, direction_of
+from blocker.source_key import source_key_v6, v6_address
 
 _KERNEL_TAG = " kernel: "
 _TRADITIONAL = re.compile(r"([A-Z][a-z]{2}) ([ 0123]\d) ([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60) \S+")
@@ -213,14 +214,10 @@ class AddressTable(dict[str, "Address | None"]):
         return address
 
 
-V6_TAG = 1 << 128  # an IPv6 key's tag (tiers.key_of()): ::192.0.2.1 is not 192.0.2.1
-
-
 def address_of(key: int) -> Address:
-    """The address of a source key (KeyTable's, tiers.key_of()'s): IPv4 as its int, IPv6 as
-    its int with bit 128 set."""
+    """The address of a source key (KeyTable's, tiers.key_of()'s: see source_key.py)."""
     if key >> 128:
-        return _KernelIPv6Address.from_int(key ^ V6_TAG)
+        return _KernelIPv6Address.from_int(v6_address(key))
     return _KernelIPv4Address.from_int(key)
 
 
@@ -244,7 +241,7 @@ class KeyTable(dict[str, "int | None"]):
         key: int | None
         try:
             if ":" in text:
-                key = int.from_bytes(inet_pton(AF_INET6, text)) | V6_TAG
+                key = source_key_v6(int.from_bytes(inet_pton(AF_INET6, text)))
             else:
                 key = int.from_bytes(inet_pton(AF_INET, text))
         except (OSError, ValueError):

@@ -141,6 +141,7 @@ from blocker.netfilter import address_of
 from blocker.records import Address, Decision, Hit, Network, network_text
 from blocker.schema import JAIL, jail_default
 from blocker.score_window import UNITS, score_of
+from blocker.source_key import source_key_v6
 from blocker.subnet_escalation import SubnetOffenders
 from blocker.tiers import NOT_HELD, Tiers, key_of
 
@@ -281,9 +282,7 @@ class Scorer:
             self._now = t
         now = self._now
         if now - t >= self._window:
-            if addr is None:
-                addr = address_of(ip)
-            if not self._gated(addr, now):
+            if not self._gated(ip, now):
                 self._stale += 1
             return None
         weight = self._units.get(weight_points)
@@ -298,7 +297,7 @@ class Scorer:
         if addr is None:
             addr = address_of(ip)
         if reached is NOT_HELD:
-            if self._gated(addr, now):
+            if self._gated(ip, now):
                 tiers.now = before  # a dropped hit leaves the tiers as they were
                 return None
             reached = tiers.open(addr, ip, entry)
@@ -307,12 +306,13 @@ class Scorer:
         counts, score = reached
         return self._ban_host(addr, counts, t, score / UNITS)
 
-    def _gated(self, addr: Address, now: float) -> bool:
-        """True (and counted) when the gate drops `addr`'s hits at `now`: banned, or refused."""
-        until = self.book.gate.get(addr)
+    def _gated(self, ip: int, now: float) -> bool:
+        """True (and counted) when the gate drops the hits of the source of key `ip` at
+        `now`: banned, or refused."""
+        until = self.book.gate.get(ip)
         if until is None or now >= until:
             return False
-        if until == _FOREVER and addr not in self.book.hosts:
+        if until == _FOREVER and ip not in self.book.hosts:
             self._ignored += 1
         else:
             self._while_banned += 1
@@ -325,7 +325,7 @@ class Scorer:
         # a flood of new sources never churns it.
         if self.refusal(addr) is None:
             return False
-        self.book.refuse(addr)
+        self.book.refuse(key_of(addr))
         self._ignored += 1
         return True
 
@@ -360,7 +360,7 @@ class Scorer:
             target = IPv6Network(ip)
             history_key = (ip << 8 | 128) << 1 | 1
         duration = self.history.ban(history_key, at, now)
-        self.book.ban_host(addr, at + duration, now)
+        self.book.ban_host(ip if not v6 else source_key_v6(ip), at + duration, now)
         self._bans += 1
         if len(counts) == 1:
             [(name, hits)] = counts.items()
@@ -512,7 +512,7 @@ class Scorer:
         )
         if len(self.tiers):  # a reload or a restore after hits: their windows go
             hosts = self._dropped_from_tiers(hosts)
-        self.book.ban_hosts(hosts, count, earliest, _address, self._now)
+        self.book.ban_hosts(hosts, count, earliest, _source_key, self._now)
 
     def _dropped_from_tiers(
         self, hosts: Iterable[tuple[int, float]]
@@ -526,7 +526,7 @@ class Scorer:
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
             self.tiers.drop(addr)
-            self.book.ban_host(addr, until, self._now)
+            self.book.ban_host(key_of(addr), until, self._now)
         else:
             self.book.ban_subnet(target, until, self._now)
 
@@ -538,7 +538,7 @@ class Scorer:
         if target.prefixlen == target.max_prefixlen:
             addr = target.network_address
             self.tiers.drop(addr)
-            self.book.forget_host(addr)
+            self.book.forget_host(key_of(addr))
             self.escalation.forget_host(addr)
         else:
             self.book.forget_subnet(target)
@@ -558,7 +558,7 @@ class Scorer:
         refusal = self.refusal(addr)
         tier, held = self.tiers.held(addr)
         entries = [e for e in held if now - e[0] < policy.window]
-        until = self.book.host_until(addr)
+        until = self.book.host_until(key_of(addr))
         banned_until: object = None
         if until is not None and now < until:
             banned_until = until if math.isfinite(until) else "permanent"
@@ -650,6 +650,11 @@ def _is_host(key: int) -> bool:
 
 def _address(key: int) -> Address:
     return IPv6Address(key >> 9) if key & 256 else IPv4Address(key >> 9)
+
+
+def _source_key(key: int) -> int:
+    """The source key (tiers.key_of()) of the host of a ban key."""
+    return source_key_v6(key >> 9) if key & 256 else key >> 9
 
 
 def _network(key: int) -> Network:

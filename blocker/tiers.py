@@ -1,7 +1,8 @@
 """Where a source's hits live until it is banned or they leave the window.  PURE.
 
 Three tiers, each source in at most one, keyed by the address as an int (key_of(): IPv6
-with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state).  The design and its
+salted and with bit 128 set, so ``::192.0.2.1`` never shares 192.0.2.1's state: see
+source_key.py).  The design and its
 error bounds are in scoring.py's docstring; in short: a source of plain hits of one kind
 lives, from its first hit, as a record of a packed table keyed by its whole address
 (PackedTable for IPv4, 24-byte slots; PackedTable6 for IPv6, 40-byte slots): a one-hit
@@ -38,6 +39,7 @@ from blocker.packed_table import (
 )
 from blocker.records import Address
 from blocker.score_window import MAX_HITS_PER_ADDRESS, Entry, Window, entry_time
+from blocker.source_key import V6_TAG, source_key_v6, v6_address
 
 __all__ = [
     "ADMISSION_PER_TRACKED",
@@ -55,7 +57,7 @@ CLIMBING_PER_TRACKED: Final = 12  # the climbing tier holds up to 12 * max_track
 ADMISSION_PER_TRACKED: Final = 12
 MAX_CLIMBING_HITS: Final = 16  # more hits than this in the window: a full window
 MAX_KINDS: Final = 4096  # (filter, weight) pairs the climbing tier can name
-_V6_TAG: Final = 1 << 128
+_V6_TAG: Final = V6_TAG
 # A climbing source's record is one int (see Tiers._encode): from the low bits up, its kind
 # number (12 bits), its hit count (5 bits), each live hit's time as whole microseconds
 # since the record's base second (oldest first, `width` bits each: wide enough for one
@@ -93,8 +95,8 @@ NOT_HELD: Final[Reached] = ({}, -1.0)
 
 
 def key_of(addr: Address) -> int:
-    """`addr` as the key of the packed tiers."""
-    return int(addr) if isinstance(addr, IPv4Address) else int(addr) | _V6_TAG
+    """`addr` as the key of the packed tiers (source_key.py)."""
+    return int(addr) if isinstance(addr, IPv4Address) else source_key_v6(int(addr))
 
 
 class Tiers:
@@ -723,12 +725,13 @@ class Tiers:
         missing = need - (total - buckets[cutoff])
         chosen: set[int] | None = None  # None: the whole cutoff bucket goes
         if missing < buckets[cutoff]:
+            # Ordered by address, not key (an IPv6 key is salted per process): IPv4 first.
             chosen = {
                 ip
-                for _, ip in heapq.nsmallest(
+                for *_, ip in heapq.nsmallest(
                     max(0, missing),
                     (
-                        (newest(value), key | tag)
+                        (newest(value), tag, v6_address(key | tag) if tag else key, key | tag)
                         for table, tag in tables
                         for key, value in table.items()
                         if not value & _ADMITTED and age(value) == cutoff

@@ -19,6 +19,7 @@ from blocker.ban_book import BanBook, _survivors
 from blocker.ban_history import target_key
 from blocker.records import Network
 from blocker.scoring import Scorer
+from blocker.tiers import key_of as source_key
 
 
 class CountingBackend(FakeBackend):
@@ -166,10 +167,12 @@ def test_a_million_active_bans_restore_as_one_by_one_and_build_only_what_the_cap
         scorer = runner.scorer
         cap = scorer.policy.max_tracked
         kept = _survivors(len(hosts), cap)
-        marks = [(target_of(key).network_address, until) for key, until in hosts[-kept:]]
+        marks = [
+            (source_key(target_of(key).network_address), until) for key, until in hosts[-kept:]
+        ]
         assert list(scorer.book.hosts.items()) == marks
         permanent = {
-            target_of(key).network_address: until
+            source_key(target_of(key).network_address): until
             for key, until in hosts[:-kept]
             if until == math.inf
         }

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from blocker.active import key_of, target_of
 from blocker.ban_book import _survivors
 from blocker.records import Hit, Network
-from blocker.scoring import JailPolicy, Scorer, _address
+from blocker.scoring import JailPolicy, Scorer, _source_key
+from blocker.tiers import key_of as source_key
 
 T0 = 1_700_000_000.0
 
@@ -210,7 +211,7 @@ def test_a_storm_of_distinct_bans_takes_the_fast_path_and_agrees() -> None:
     one_by_one(old, history, active)
     in_bulk(new, history, active)
     assert len(new.book.hosts) == _survivors(300, 100) < 300
-    assert new.book.gate[targets[3].network_address] == math.inf
+    assert new.book.gate[source_key(targets[3].network_address)] == math.inf
     assert internals(new) == internals(old)
     assert decisions(new, T0) == decisions(old, T0)
 
@@ -258,4 +259,4 @@ def test_subnet_escalation_decides_the_tail_by_subnet_not_by_host() -> None:
 def test_the_book_is_told_the_count_it_is_given() -> None:
     book = Scorer(policy(3)).book
     with pytest.raises(ValueError, match="told of 5 hosts"):
-        book.ban_hosts(((key_of(t), T0) for t in STORM[:4]), 5, T0, _address, T0 - 1)
+        book.ban_hosts(((key_of(t), T0) for t in STORM[:4]), 5, T0, _source_key, T0 - 1)
