@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakes.backend import FakeBackend
+from test_restore_bulk import internals
 from test_service import CONFIG, NOW, Harness, ask
 
 from blocker.active import key_of, target_of
@@ -60,16 +61,6 @@ def one_by_one(harness: Harness, scorer: Scorer) -> Scorer:
     for key, until in harness.service.active.keyed().items():
         alone.mark_banned(target_of(key), until)
     return alone
-
-
-def internals(scorer: Scorer) -> object:
-    return (
-        list(scorer.book.hosts.items()),
-        dict(scorer.book.gate),
-        list(scorer.book.subnets.items()),
-        scorer.history.items(),
-        scorer.escalation.items(),
-    )
 
 
 def flood(
