@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from blocker.records import Address, Network, network_text
+from blocker.source_key import source_key_v6
 
 __all__ = [
     "BANNABLE_V6",
@@ -190,7 +191,9 @@ class AllowList:
                 raise TypeError(f"allowlist entry is not a network: {net!r}")
         self._v4 = tuple(net for net in nets if isinstance(net, IPv4Network))
         self._v6 = tuple(net for net in nets if isinstance(net, IPv6Network))
-        self._cache: dict[Address, bool] = {}
+        # Keyed by the source key (source_key.py), not the address object: an IPv6Address
+        # hashes unsalted, and spoofed sources could be chosen to share one hash.
+        self._cache: dict[int, bool] = {}
         self._cache_size = max(1, cache_size)
 
     @property
@@ -207,14 +210,15 @@ class AllowList:
         """True when `addr` (or the IPv4 address an IPv4-mapped `addr` carries) is allowed."""
         if not (self._v4 or self._v6):
             return False  # the common case: no allowlist, nothing to hash
-        cached = self._cache.get(addr)
+        key = int(addr) if isinstance(addr, IPv4Address) else source_key_v6(int(addr))
+        cached = self._cache.get(key)
         if cached is not None:
             return cached
         answer = self._lookup(addr)
         if len(self._cache) >= self._cache_size:
             # A full clear is O(1) amortized and keeps the bound simple.
             self._cache.clear()
-        self._cache[addr] = answer
+        self._cache[key] = answer
         return answer
 
     def _lookup(self, addr: Address) -> bool:
