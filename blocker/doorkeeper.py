@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from blocker.source_key import V6_TAG, v6_address
+
 __all__ = ["CELLS", "Doorkeeper"]
 
 CELLS: Final = 1 << 24  # 16 MB, allocated only once a scorer is under flood
@@ -40,6 +42,8 @@ class Doorkeeper:
 
     def _probes(self, key: int) -> tuple[int, int, int, int]:
         """PROBES cell indexes for `key`: double hashing (h1 + i * h2) over 64-bit mixes."""
+        if key >> 128:  # a salted IPv6 source key: probe by the address, as every process
+            key = v6_address(key) | V6_TAG
         x = (key ^ (key >> 64) ^ (key >> 128)) & _M64
         h1 = ((x * 0x9E3779B97F4A7C15) & _M64) >> 7
         h2 = ((x ^ 0x5BD1E9955BD1E995) * 0xC2B2AE3D27D4EB4F) & _M64 | 1
@@ -47,7 +51,9 @@ class Doorkeeper:
         return h1 & mask, (h1 + h2) & mask, (h1 + 2 * h2) & mask, (h1 + 3 * h2) & mask
 
     def add(self, key: int, now: float) -> None:
-        """Note `key` (an address as an int) as seen at `now`."""
+        """Note `key` (a source key: tiers.key_of()) as seen at `now`.  Its cells come from
+        the address, not the key (an IPv6 key is salted per process): which sources a flood
+        makes look seen must be the same in every process, as replay and live decide alike."""
         stamp = int(now // self._quantum) % 255 + 1  # 1..255; 0 is "never written"
         cells = self._cells
         a, b, c, d = self._probes(key)
@@ -58,6 +64,8 @@ class Doorkeeper:
         newest = int(now // self._quantum) % 255 + 1
         cells = self._cells
         # _probes(), spelled out: asked for every new source under a flood
+        if key >> 128:
+            key = v6_address(key) | V6_TAG
         x = (key ^ (key >> 64) ^ (key >> 128)) & _M64
         h1 = ((x * 0x9E3779B97F4A7C15) & _M64) >> 7
         h2 = ((x ^ 0x5BD1E9955BD1E995) * 0xC2B2AE3D27D4EB4F) & _M64 | 1
