@@ -14,10 +14,10 @@ with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
 
 Hosts are keyed by the engine's source key (source_key.py: an IPv4 address as its int, an
 IPv6 one multiplied by a secret per process), never by address objects: an IPv6Address
-hashes as its int modulo 2**61 - 1, unsalted, so spoofed sources could be chosen to share
-one hash, and every mark or refusal of them would compare them all (8,000 such refused
-sources cost 9.5 s of CPU when the gate held address objects; the cost grows with their
-square).
+hashes as hash((its int, None)), and an int as its value modulo 2**61 - 1, both unsalted,
+so spoofed sources could be chosen to share one hash, and every mark or refusal of them
+would compare them all (8,000 such refused sources cost 9.5 s of CPU when the gate held
+address objects; the cost grows with their square).
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ class BanBook:
         self.gate[addr] = until
         hosts = self.hosts
         held = len(hosts)
-        # A new mark (a storm's) costs one hash of `addr`, a Python __hash__, here: not an
-        # `in` before the store, nor a pop.
+        # A new mark (a storm's) costs one hash of the key here: not an `in` before the
+        # store, nor a pop.
         hosts[addr] = until
         if len(hosts) > held:  # new: its place is the end
             if until < hosts.earliest:  # noqa: PLR1730 - cheaper than min() per ban

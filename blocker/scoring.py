@@ -119,10 +119,10 @@ source was pushed out within the last window).
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
 counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
 refusals) is rebuilt from the marks only once cached refusals outnumber them, so a ban
-costs the same with 1M marks as with 10.  A hit is scored by its source's key (the address
-as an int, as the tiers hold it); the engine asks the gate only for a source no tier holds
-(a ban or a refusal drops every tier's hold first), and makes the address object only then
-or for a ban, so a storm's climbing lines make none.
+costs the same with 1M marks as with 10.  A hit is scored by its source's key
+(source_key.py: as the tiers and the ban book hold it); the engine asks the gate only for a
+source no tier holds (a ban or a refusal drops every tier's hold first), and makes the
+address object only then or for a ban, so a storm's climbing lines make none.
 """
 
 from __future__ import annotations

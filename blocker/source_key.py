@@ -13,7 +13,7 @@ in one dict, and the cost grows with the square of their number.  Multiplying by
 spreads such a set over all hashes, and no one outside knows which addresses collide.
 (XOR with a secret does not: it moves the whole set by a few bits, 5,000 such addresses
 kept 33 hashes.)  Nothing decided depends on a key's value: ties between equal times are
-broken by the address (v6_address()), never by the key.
+broken by the address (v6_address()), and the doorkeeper probes by the address too.
 """
 
 from __future__ import annotations

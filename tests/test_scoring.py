@@ -17,6 +17,7 @@ import pytest
 
 from blocker import tiers
 from blocker.ban_book import GATE_CACHE_SIZE
+from blocker.netfilter import address_of
 from blocker.records import Address, Decision, Hit, Network
 from blocker.scoring import JailPolicy, Scorer, host_network_v4
 
@@ -780,6 +781,11 @@ def test_host_network_v4_is_the_stdlibs(value: int) -> None:
     assert list(made) == list(plain)
     assert made.num_addresses == 1
     assert made.prefixlen == made.max_prefixlen == 32
+    # The engine bans the address objects the parser makes (address_of): the same network.
+    kernel = host_network_v4(cast(IPv4Address, address_of(value)))
+    assert kernel == plain and hash(kernel) == hash(plain) and {plain: 1}[kernel] == 1
+    assert (str(kernel), repr(kernel)) == (str(plain), repr(plain))
+    assert list(kernel.hosts()) == [IPv4Address(value)]
     assert made.broadcast_address == plain.broadcast_address
     assert made.hostmask == plain.hostmask
     assert made.with_prefixlen == plain.with_prefixlen

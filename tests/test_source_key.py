@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv6Address, ip_address, ip_network
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blocker import source_key
+from blocker.addresses import AllowList
+from blocker.doorkeeper import Doorkeeper
 from blocker.netfilter import KeyTable, address_of
 from blocker.records import Hit
 from blocker.scoring import JailPolicy, Scorer
@@ -94,3 +98,25 @@ def test_refused_and_banned_sources_chosen_to_share_a_hash_spread_in_the_engine(
     assert len(s.book.gate) >= 4000
     assert len({hash(key) for key in s.book.gate}) > 0.99 * len(s.book.gate)
     assert len({hash(key) for key in s.book.hosts}) > 0.99 * len(s.book.hosts)
+
+
+def test_the_allowlist_cache_keys_chosen_sources_apart() -> None:
+    allow = AllowList([ip_network("2001:db8:ffff::/48")])
+    chosen = colliding_v6(2000)
+    assert not any(allow.contains_address(IPv6Address(ip)) for ip in chosen)
+    assert len({hash(key) for key in allow._cache}) > 1990
+
+
+def test_the_doorkeeper_probes_by_the_address_not_the_salted_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Which sources a flood makes look seen must not change from one process (one secret)
+    to the next, as replay and live decide alike: the cells come from the address."""
+    keeper = Doorkeeper(60.0, cells=1 << 10)
+    ips = [1, 2, int(IPv6Address("2001:db8::1")), (1 << 128) - 1]
+    before = [keeper._probes(source_key_v6(ip)) for ip in ips]
+    other = 0xD6E8FEB86659FD93_9E3779B97F4A7C15
+    monkeypatch.setattr(source_key, "_SECRET", other)
+    monkeypatch.setattr(source_key, "_INVERSE", pow(other, -1, 1 << 128))
+    assert [source_key.v6_address(source_key_v6(ip)) for ip in ips] == ips
+    assert [keeper._probes(source_key_v6(ip)) for ip in ips] == before
