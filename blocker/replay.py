@@ -79,7 +79,9 @@ def decision_line(decision: Decision) -> str:
         or type(at) is not float
         or not 0 <= at < 1e11
     ):
-        return _decision_line(decision)
+        parts = _new_parts(decision)
+        if parts is None:
+            return json.dumps(decision_json(decision))
     second = int(at)
     # iso_time() rounds to microseconds, then cuts to the second: only a fraction within
     # half a microsecond of the next second may round up into it.
@@ -90,9 +92,11 @@ def decision_line(decision: Decision) -> str:
     return f'{{"target": "{network_text(target)}", "jail": {parts[0]}, "at": {stamp}, {parts[1]}'
 
 
-def _decision_line(decision: Decision) -> str:
-    """decision_line() of a decision whose tail is not shared yet (or not the template's)."""
-    target, jail, at, duration, score, filters, reason = decision
+def _new_parts(decision: Decision) -> tuple[str, str] | None:
+    """The "jail" text and the tail from "duration" on of a decision whose tail is not
+    shared yet (kept for the next ones when they may be), or None when json.dumps() would
+    write its values otherwise than the template."""
+    _, jail, at, duration, score, filters, reason = decision
     permanent = duration == math.inf
     if (
         type(score) is not float
@@ -101,7 +105,7 @@ def _decision_line(decision: Decision) -> str:
         or not math.isfinite(score)
         or not 0 <= at < 1e11  # where iso_time() may say "invalid-time"
     ):
-        return json.dumps(decision_json(decision))
+        return None
     parts = (
         _encode(jail),
         (
@@ -115,11 +119,7 @@ def _decision_line(decision: Decision) -> str:
         if len(_parts) >= 4096:
             _parts.clear()
         _parts[(jail, duration, score, filters, reason)] = parts
-    second = int(at)
-    stamp = _iso_seconds.get(second) if at - second < 0.999 else None
-    if stamp is None:
-        stamp = _stamp(at, second)
-    return f'{{"target": "{network_text(target)}", "jail": {parts[0]}, "at": {stamp}, {parts[1]}'
+    return parts
 
 
 def _stamp(at: float, second: int) -> str:
