@@ -473,11 +473,9 @@ class Scorer:
         escalation = False  # nothing to restore when it is off
         if self.policy.subnet_min_offenders:  # every host ban touches its subnet's entry
             hosts = [index for index, key in enumerate(keys) if _is_host(key)]
-            v4_shift = 9 + 32 - self.policy.subnet_v4_prefix
-            v6_shift = 9 + 128 - self.policy.subnet_v6_prefix
-            subnets = [  # SubnetOffenders.key() of each host, from its ban key
-                (key >> v6_shift) << 1 | 1 if key & 256 else (key >> v4_shift) << 1
-                for key in (keys[index] for index in hosts)
+            subnet_key = self.escalation.key_int
+            subnets = [  # the subnet key of each host, from its ban key
+                subnet_key(key >> 9, bool(key & 256)) for key in (keys[index] for index in hosts)
             ]
             if len(self.escalation) or not tail_decides(subnets, cap):
                 escalation = True

@@ -85,9 +85,13 @@ class SubnetOffenders:
 
     def key(self, addr: Address) -> int:
         """The key of the subnet `addr` escalates to."""
-        if isinstance(addr, IPv4Address):
-            return (int(addr) >> self._v4_shift) << 1
-        return (int(addr) >> self._v6_shift) << 1 | 1
+        return self.key_int(int(addr), not isinstance(addr, IPv4Address))
+
+    def key_int(self, host: int, v6: bool) -> int:
+        """key() of the address `host` as an int (`v6`: an IPv6 one)."""
+        if v6:
+            return (host >> self._v6_shift) << 1 | 1
+        return (host >> self._v4_shift) << 1
 
     def subnet(self, addr: Address) -> Network:
         """The subnet `addr` escalates to, e.g. 203.0.113.0/24 (one object per subnet
@@ -144,7 +148,7 @@ class SubnetOffenders:
 
     def count_int(self, host: int, v6: bool, at: float, now: float) -> int:
         """count() of the address `host` as an int (`v6`: an IPv6 one)."""
-        if not v6:
+        if not v6:  # key_int(), inlined: every ban of a storm counts here
             key = (host >> self._v4_shift) << 1
             below = host & self._v4_mask
         else:
