@@ -113,9 +113,11 @@ class BanHistory:
         table = self._table
         # A ban _remember() would store, of a target never banned (or forgotten): stored.
         latest = at if at > now else now  # max(now, at), without the call
-        if at > latest - self._history_window and table.add(target, at) == -1:
+        slot = table.add(target, at) if at > latest - self._history_window else -2
+        if slot == -1:
             return self._first
-        slot = table.slot_of(target)
+        if slot < 0:  # not added: too old to keep, or room only by evicting a spilled entry
+            slot = table.slot_of(target)
         if slot >= 0:
             duration = self._duration(target, now)
             self._remember(target, at, now)
