@@ -134,7 +134,7 @@ Record = tuple[float, str, Fields]
 # the mixed 1M-line log 16,384 entries hit 79.1% of SRC=/DST= lookups, 65,536 hit 81.1%: 23k
 # more misses of ~0.5 us in ~1.15M lookups (issue 9).
 _ADDRESS_CACHE_LIMIT = 16384
-KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound (the pipeline fills it too)
+KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 # No line's text at offset 26 starts with a newline before its 'IN=': matches no header.
@@ -228,10 +228,11 @@ def kernel_address_types() -> tuple[type[Address], type[Address]]:
 
 class KeyTable(dict[str, "int | None"]):
     """SRC= text -> the address it names as a source key (address_of() makes the address),
-    or None when it is not one: AddressTable without an object per address.  A storm line's
-    source misses any cache, and most of its hits never need the address object (the tiers
-    are keyed by the int): only a source no tier holds does (the gate, its refusal), or a
-    ban.  Keys are ints, so this table stays small and bounds itself like AddressTable."""
+    or None when it is not one: AddressTable without an object per address.  Most hits
+    never need the address object (the tiers are keyed by the int): only a source no tier
+    holds does (the gate, its refusal), or a ban.  Keys are ints, so this table stays small
+    and bounds itself like AddressTable.  The pipeline asks it only for IPv6 and bad text:
+    it parses IPv4 text itself on every line (a storm's sources miss any cache)."""
 
     __slots__ = ()
 
