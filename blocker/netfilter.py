@@ -268,6 +268,9 @@ class KernelLogParser:
         self._flags: dict[str, frozenset[str] | None] = {}
         self._signatures: dict[tuple[str | None, ...], Signature | None] = {}
         self._rejected = 0
+        # Lines in the text the last scan() read (a text not ending in a newline ends in one
+        # more line): counted in passing, so the caller need not read the text again.
+        self.lines = 0
 
     def take_rejected(self) -> int:
         """LOG-like lines refused since the last call (for the 'malformed' count): a bad or
@@ -343,7 +346,8 @@ class KernelLogParser:
         The caller validates the fields: signature() for what depends on the kind of packet
         (cached), address() and the ports for the rest. `prefix` is the raw text between the
         header (and [uptime]) and 'IN='. Lines without a record cost almost nothing: the regex
-        skips them in C, so callers count lines with text.count("\n").
+        skips them in C, and `self.lines` counts them (and those with records) in passing:
+        the newlines between records are counted in C only where a line without one lies.
         """
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
@@ -353,19 +357,30 @@ class KernelLogParser:
         records: list[Record] = []
         append = records.append
         done = 0  # text before this offset is handled
+        size = len(text)
+        newlines = 0  # in text[:counted]
+        counted = 0
         for m in _PACKET.finditer(text):
             start, end = m.span()
             if start < done:
                 continue  # a second 'IN=' on a line already handled
             line_start = text.rfind("\n", 0, start) + 1
+            if line_start != counted:  # lines without a record since the last one
+                newlines += text.count("\n", counted, line_start)
             done = text.find("\n", start)
             if done < 0:
-                done = len(text)
+                done = counted = size
+            else:
+                newlines += 1
+                counted = done + 1
             if end > done:
                 # The match ran across a newline (a cut line): read the lines it spans alone.
                 done = text.find("\n", end)
                 if done < 0:
-                    done = len(text)
+                    done = size
+                newlines += text.count("\n", counted, done)
+                counted = min(done + 1, size)
+                newlines += counted > done
                 records += self._scan_lines(text[line_start:done], now, source_time, headerless)
                 continue
             # The commonest line of all: the header of the line before with another time
@@ -420,6 +435,9 @@ class KernelLogParser:
                 self._rejected += 1
             else:
                 append((found[0], found[1], m.groups()))
+        if counted < size:
+            newlines += text.count("\n", counted)
+        self.lines = newlines + (size > 0 and text[-1] != "\n")
         return records
 
     def _scan_lines(

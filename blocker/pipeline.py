@@ -117,11 +117,9 @@ class Pipeline:
         """Many complete lines at once, each already within MAX_LINE (replay cuts them while
         reading): the fast path. `headerless=False` for a live file: only lines with a
         `kernel:` syslog header count (see KernelLogParser.scan)."""
-        lines = text.count("\n")
-        if text and not text.endswith("\n"):
-            lines += 1
-        self.stats.lines += lines
-        return self._feed_records(self.parser.scan(text, now, headerless=headerless), jails)
+        records = self.parser.scan(text, now, headerless=headerless)
+        self.stats.lines += self.parser.lines
+        return self._feed_records(records, jails)
 
     def feed_records(
         self, records: Sequence[Record], jails: Sequence[JailRunner] | None = None
