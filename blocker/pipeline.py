@@ -145,6 +145,8 @@ class Pipeline:
         from_bytes = int.from_bytes
         decisions: list[Decision] = []
         parsed = malformed = 0
+        last_kind: object = None
+        plan: _Plan | None = ()
         for t, prefix, fields in records:
             (
                 iface_in,
@@ -165,9 +167,13 @@ class Pipeline:
                 incomplete,
             ) = fields
             kind = (prefix, iface_in, iface_out, proto, flags, icmp_type, icmp_code, incomplete)
-            plan = plans.get(kind)
-            if plan is None:
-                plan = self._plan(plans, kind, prefix, fields, jails)
+            # Records come in runs of one kind (a storm's are all alike): comparing with the
+            # last kind costs less than hashing the fields anew for the lookup.
+            if kind != last_kind:
+                last_kind = kind
+                plan = plans.get(kind)
+                if plan is None:
+                    plan = self._plan(plans, kind, prefix, fields, jails)
             if not plan or (plan[0] and dpt is None):
                 if not is_trace(prefix):  # TRACE output is no packet, and no error either
                     malformed += 1  # a kind of record that is never valid, or one cut short
