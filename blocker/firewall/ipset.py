@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_network
 from types import TracebackType
@@ -123,20 +123,31 @@ class IpsetBackend:
                 except NetlinkError as err:
                     raise FirewallError(f"ipset protocol query failed: {err}") from err
                 protocol = int(reply.get_attr("IPSET_ATTR_PROTOCOL"))
-            with namespace.entered(self.netns):
-                sock = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_RAW, ipset_wire.NETLINK_NETFILTER
-                )
             try:
-                sock.bind((0, 0))
-                sock.settimeout(_ACK_TIMEOUT)
-                # Error replies then omit the echoed request (up to 44 KiB per batch).
-                sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+                sock = self._open_socket()
+                try:
+                    # Error replies then omit the echoed request (up to 44 KiB per batch).
+                    sock.setsockopt(_SOL_NETLINK, _NETLINK_CAP_ACK, 1)
+                except OSError:
+                    sock.close()
+                    raise
             except OSError as err:
-                sock.close()
                 raise FirewallError(f"ipset netlink setup failed: {err}") from err
             self._netlink, self._protocol = sock, protocol
         return self._netlink
+
+    def _open_socket(self) -> socket.socket:
+        """A netfilter netlink socket in the backend's namespace, bound, with the ack
+        timeout (closed again if that fails)."""
+        with namespace.entered(self.netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ipset_wire.NETLINK_NETFILTER)
+        try:
+            sock.bind((0, 0))
+            sock.settimeout(_ACK_TIMEOUT)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def close(self) -> None:
         """Release the batch socket (it reopens on next use)."""
@@ -306,12 +317,7 @@ class IpsetBackend:
         bans: Bans = []
         with self._lock:
             for family in sorted(self.sets):
-                for packed, prefix, timeout in self._dump(family):
-                    try:
-                        target = ip_network((packed, prefix))
-                    except ValueError:
-                        continue  # host bits set: not an entry blocker could have made
-                    bans.append((target, float(timeout) if timeout else math.inf))
+                bans += _bans_of(self._dump(family))
         return bans
 
     def list_batches(self) -> Generator[Bans, None, None]:
@@ -323,27 +329,18 @@ class IpsetBackend:
             protocol = self._protocol
         for family in sorted(self.sets):
             name = self.sets[family]
-            with namespace.entered(self.netns):
-                sock = socket.socket(
-                    socket.AF_NETLINK, socket.SOCK_RAW, ipset_wire.NETLINK_NETFILTER
-                )
             try:
-                sock.bind((0, 0))
-                sock.settimeout(_ACK_TIMEOUT)
+                sock = self._open_socket()
+            except OSError as err:
+                raise FirewallError(f"cannot list ipset {name}: {err}") from err
+            try:
                 sock.send(ipset_wire.list_request(name, _FAMILY[family], seq=1, protocol=protocol))
                 while True:
                     found, end = ipset_wire.list_replies(sock.recv(1 << 16), 1)
                     # A message holds ~1,000 entries: converted and handed out a slice at a
                     # time, so the caller's work between two yields stays a few ms.
                     for start in range(0, len(found), _LIST_SLICE):
-                        batch: Bans = []
-                        for packed, prefix, timeout in found[start : start + _LIST_SLICE]:
-                            try:
-                                target = ip_network((packed, prefix))
-                            except ValueError:
-                                continue  # host bits set: not an entry blocker could have made
-                            batch.append((target, float(timeout) if timeout else math.inf))
-                        yield batch
+                        yield _bans_of(found[start : start + _LIST_SLICE])
                     if end is not None:
                         break
             except OSError as err:  # includes the socket timeout
@@ -455,3 +452,15 @@ class IpsetBackend:
             "netns": self.netns,
             "pyroute2": PYROUTE2_API,
         }
+
+
+def _bans_of(entries: Iterable[ipset_wire.DumpEntry]) -> Bans:
+    """Dumped set entries as bans (network, remaining seconds; math.inf = permanent)."""
+    bans: Bans = []
+    for packed, prefix, timeout in entries:
+        try:
+            target = ip_network((packed, prefix))
+        except ValueError:
+            continue  # host bits set: not an entry blocker could have made
+        bans.append((target, float(timeout) if timeout else math.inf))
+    return bans
