@@ -183,7 +183,8 @@ def test_a_restart_and_bans_one_by_one_leave_the_same_book() -> None:
 
 KEYS = 24  # small, so keys come back: re-bans, unbans, refusals of banned keys
 _STEP = st.tuples(
-    st.sampled_from(["ban", "ban_forever", "refuse", "forget", "tick"]),
+    # Refusals thrice as often: enough of them to rebuild the gate, often.
+    st.sampled_from(["ban", "ban_forever", "refuse", "refuse", "refuse", "forget", "tick"]),
     st.integers(0, KEYS - 1),
     st.integers(1, 100),  # seconds: the ban's length, or the clock's step
 )
@@ -192,9 +193,9 @@ _STEP = st.tuples(
 @settings(max_examples=300, deadline=None)
 @given(
     cap=st.integers(1, 6),
-    cache=st.integers(1, 8),
+    cache=st.integers(1, 4),
     restart=st.lists(st.tuples(st.integers(0, KEYS - 1), st.booleans()), max_size=12),
-    steps=st.lists(_STEP, max_size=60),
+    steps=st.lists(_STEP, min_size=20, max_size=80),
 )
 def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
     cap: int,
@@ -217,7 +218,7 @@ def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
         at_start = [(key, math.inf if ever else T0 + 50 + key) for key, ever in distinct.items()]
         book.ban_hosts(at_start, len(at_start), T0 + 50, lambda key: key, now)
         bans.update(at_start)
-        writes = len(at_start)
+        refusals_made = 0
         for what, key, seconds in steps:
             if what == "tick":
                 now += seconds
@@ -226,6 +227,7 @@ def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
                     continue  # the engine refuses only a source the gate let through
                 book.refuse(key)
                 refused.add(key)
+                refusals_made += 1
             elif what == "forget":
                 book.forget_host(key)
                 bans.pop(key, None)
@@ -234,7 +236,6 @@ def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
                 until = math.inf if what == "ban_forever" else now + seconds
                 book.ban_host(key, until, now)
                 bans[key] = until
-            writes += 1
             for each in range(KEYS):
                 gated = now < book.gate.get(each, -math.inf)
                 banned = now < bans.get(each, -math.inf)
@@ -249,4 +250,20 @@ def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
                     assert each in refused
             assert book.dropped_permanent <= {k for k, u in bans.items() if u == math.inf}
             assert not book.dropped_permanent & book.hosts.keys()
-            assert book.gate_copies <= 2 * writes + cap
+            assert book.gate_copies <= refusals_made  # a rebuild is paid by as many
+
+
+def test_a_storm_of_permanent_bans_copies_at_most_one_entry_a_refusal() -> None:
+    """Counts work, not time: 300k permanent bans past a cap of 10k (so 290k kept only as
+    dropped permanent bans), two refusals a ban: the rebuilds copy the marks and the
+    dropped bans only after as many new refusals: at most one entry per refusal."""
+    book = BanBook(cap=10_000)
+    for i in range(300_000):
+        book.ban_host(i, math.inf, T0)
+        book.refuse(-2 * i - 1)
+        book.refuse(-2 * i - 2)
+    assert len(book.hosts) <= 10_000
+    assert len(book.dropped_permanent) + len(book.hosts) == 300_000
+    assert 0 < book.gate_copies <= 2 * 300_000  # at most one entry copied per refusal
+    assert all(book.gate[i] == math.inf for i in range(0, 300_000, 997))
+    assert not any(book.is_refusal(i) for i in range(0, 300_000, 997))
