@@ -4,25 +4,23 @@ Host marks and subnet marks, each capped at ``cap`` (past it, expired marks are 
 the oldest dropped down to 90%, so the sweep is amortized over many bans), and the gate
 with them.  Each mark table keeps a lower bound of its marks' ends, so a sweep skips the
 walk over every mark when none can have ended (a storm's bans, all of them still running).
-A forgotten mark only means a later hit of that host is scored again and may ban it again
-(a permanent host ban's is not forgotten: below).
+A forgotten mark only means a later hit of that host is scored again and may ban it again.
+A permanent ban's mark is not forgotten that way: it ends only by an unban, and dropping
+it would let the engine ban again, for good again, what the kernel holds for good.  The
+book keeps the keys of those the cap drops (``dropped_permanent_hosts``, ``_subnets``),
+with no cap of their own: in the daemon each is a permanent ban the kernel holds (a ban
+the kernel refuses, and an unban, are forgotten here), so the kernel sets' ``maxelem``
+bounds them; in a replay, the bans the log earned do.  They stay empty unless a jail bans
+for good (``ban_time = "permanent"``, or a manual permanent ban): the shipped jails' bans
+grow to at most 7 days.
 
 ``gate`` is the one lookup the engine's hot path makes per hit: host -> drop its hits
-while now < this, holding every host mark, every permanent host ban the cap dropped from
-the marks, and a cache of refusals (``inf`` for addresses that may never be banned).
-A permanent ban ends only by an unban, so dropping it would let its host be scored and
-banned again while the kernel holds it: the book keeps its key (``dropped_permanent``),
-and the gate keeps it.  Cached refusals are forgotten only once they outnumber the marks
-and those permanent bans: a rebuild copies both, paid for by as many refusals, so a ban
-costs the same with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
-In the gate a refusal and a permanent ban look alike (both ``inf``): ``is_refusal()``
-tells them apart.
-
-``dropped_permanent`` has no cap of its own: in the daemon each of its keys is a permanent
-host ban the kernel holds (a ban the kernel refuses, and an unban, are forgotten here), so
-the kernel sets' ``maxelem`` bounds it; in a replay, the bans the log earned do.  It stays
-empty unless a jail bans for good (``ban_time = "permanent"``, or a manual permanent ban):
-the shipped jails' bans grow to at most 7 days.
+while now < this, holding every host mark, every permanent host ban the cap dropped, and
+a cache of refusals (``inf`` for addresses that may never be banned).  In the gate a
+refusal and a permanent ban look alike (both ``inf``): ``is_refusal()`` tells them apart.
+Cached refusals are forgotten only once they outnumber the host marks and dropped
+permanent bans: a rebuild copies both, paid for by as many refusals, so a ban costs the
+same with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
 
 Hosts are keyed by the engine's source key (source_key.py: an IPv4 address as its int, an
 IPv6 one multiplied by a secret per process), never by address objects: an IPv6Address
@@ -62,7 +60,8 @@ class BanBook:
     __slots__ = (
         "_cap",
         "_refusals",
-        "dropped_permanent",
+        "dropped_permanent_hosts",
+        "dropped_permanent_subnets",
         "gate",
         "gate_copies",
         "hosts",
@@ -77,9 +76,10 @@ class BanBook:
         # storm makes a million.
         self.hosts: _Marks[int] = _Marks()
         self.subnets: _Marks[Network] = _Marks()
-        # Hosts banned for good whose marks the cap dropped: the gate and its rebuilds keep
-        # them (never in `hosts` at the same time).
-        self.dropped_permanent: set[int] = set()
+        # Hosts and subnets banned for good whose marks the cap dropped (never in `hosts`,
+        # `subnets` at the same time): the gate and its rebuilds keep the hosts.
+        self.dropped_permanent_hosts: set[int] = set()
+        self.dropped_permanent_subnets: set[Network] = set()
         # Read by the engine's hot path; written only here.
         self.gate: dict[int, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
@@ -92,7 +92,7 @@ class BanBook:
             self.gate[addr] = math.inf
             return
         self._refusals += 1
-        kept = self.dropped_permanent
+        kept = self.dropped_permanent_hosts
         if self._refusals > max(GATE_CACHE_SIZE, len(self.hosts) + len(kept)):
             gate = dict.fromkeys(kept, math.inf)
             gate.update(self.hosts)
@@ -104,12 +104,12 @@ class BanBook:
     def is_refusal(self, addr: int) -> bool:
         """Whether the gate's ``inf`` for `addr` is a cached refusal, not a permanent ban
         (a mark, or one the cap dropped from the marks)."""
-        return addr not in self.hosts and addr not in self.dropped_permanent
+        return addr not in self.hosts and addr not in self.dropped_permanent_hosts
 
     def ban_host(self, addr: int, until: float, now: float) -> None:
         self.gate[addr] = until
-        if self.dropped_permanent:  # banned for good before: the new mark decides now
-            self.dropped_permanent.discard(addr)
+        if self.dropped_permanent_hosts:  # banned for good before: the new mark decides now
+            self.dropped_permanent_hosts.discard(addr)
         hosts = self.hosts
         held = len(hosts)
         # A new mark (a storm's) costs one hash of the key here: not an `in` before the
@@ -126,7 +126,7 @@ class BanBook:
         gate = self.gate
         for key, ended in gone:
             if ended == math.inf:  # banned for good: the gate keeps it, and so do rebuilds
-                self.dropped_permanent.add(key)
+                self.dropped_permanent_hosts.add(key)
             elif gate.pop(key, None) == math.inf:  # a refusal stays cached
                 gate[key] = math.inf
 
@@ -152,7 +152,7 @@ class BanBook:
         kept = _survivors(count, self._cap)
         rest = iter(hosts)
         gate = self.gate
-        permanent = self.dropped_permanent
+        permanent = self.dropped_permanent_hosts
         for value, until in islice(rest, count - kept):
             if until == math.inf:  # dropped from the marks, kept by the book and the gate
                 addr = address(value)
@@ -169,25 +169,34 @@ class BanBook:
         marks.earliest = earliest  # a lower bound of every mark's end, as _mark() keeps
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
-        self._mark(self.subnets, subnet, until, now)
+        kept = self.dropped_permanent_subnets
+        kept.discard(subnet)  # banned for good before: the new mark decides now
+        for gone, ended in self._mark(self.subnets, subnet, until, now):
+            if ended == math.inf:
+                kept.add(gone)
 
     def host_until(self, addr: int) -> float | None:
         """When the ban of host `addr` ends (``inf``: never), or None when none is held."""
         until = self.hosts.get(addr)
-        if until is None and addr in self.dropped_permanent:
+        if until is None and addr in self.dropped_permanent_hosts:
             return math.inf
         return until
 
     def subnet_until(self, subnet: Network) -> float | None:
-        return self.subnets.get(subnet)
+        """When the ban of `subnet` ends (``inf``: never), or None when none is held."""
+        until = self.subnets.get(subnet)
+        if until is None and subnet in self.dropped_permanent_subnets:
+            return math.inf
+        return until
 
     def forget_host(self, addr: int) -> None:
         self.hosts.pop(addr, None)
-        self.dropped_permanent.discard(addr)
+        self.dropped_permanent_hosts.discard(addr)
         self.gate.pop(addr, None)
 
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
+        self.dropped_permanent_subnets.discard(subnet)
 
     def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[tuple[_K, float]]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the

@@ -402,7 +402,7 @@ class Scorer:
         policy = self.policy
         escalation = self.escalation
         subnet = escalation.subnet_of_key(escalation.last_key, addr)
-        until = self.book.subnets.get(subnet)
+        until = self.book.subnet_until(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):

@@ -141,6 +141,37 @@ def test_the_real_cache_size_rebuild_keeps_the_dropped_permanent_ban() -> None:
     assert -1 not in book.gate  # the rebuild did forget refusals
 
 
+def test_a_permanent_subnet_ban_the_cap_dropped_is_not_escalated_again() -> None:
+    """ban_time = permanent, 2 offenders ban a /24: a third host of it banned after the
+    cap dropped the subnet's mark must not ban the subnet again (the kernel holds it)."""
+    s = scorer(ban_time=math.inf, subnet_min_offenders=2)
+    first = burst(s, "203.0.113.1", 0) + burst(s, "203.0.113.2", 10)
+    assert [d.target_text for d in first] == ["203.0.113.1", "203.0.113.2", "203.0.113.0/24"]
+    for i in range(1, 13):
+        s.mark_banned(ip_network(f"198.51.{i}.0/24"), T0 + 3600)
+    assert ip_network("203.0.113.0/24") not in s.book.subnets  # the cap did bite
+    assert s.explain(ip_address("203.0.113.3"), T0 + 20)["subnet_banned_until"] == "inf"
+    assert [d.target_text for d in burst(s, "203.0.113.3", 20)] == ["203.0.113.3"]
+    s.forget(ip_network("203.0.113.0/24"))  # unbanned (its offenders too): escalates again
+    assert s.explain(ip_address("203.0.113.4"), T0 + 30)["subnet_banned_until"] is None
+    again = burst(s, "203.0.113.4", 30) + burst(s, "203.0.113.5", 40)
+    assert [d.target_text for d in again] == ["203.0.113.4", "203.0.113.5", "203.0.113.0/24"]
+
+
+def test_a_new_subnet_ban_replaces_a_permanent_one_the_cap_dropped() -> None:
+    book = BanBook(cap=3)
+    subnet = ip_network("203.0.113.0/24")
+    book.ban_subnet(subnet, math.inf, T0)
+    for i in range(1, 5):
+        book.ban_subnet(ip_network(f"198.51.{i}.0/24"), T0 + 600, T0)
+    assert book.subnet_until(subnet) == math.inf
+    book.ban_subnet(subnet, T0 + 60, T0)
+    for i in range(5, 9):
+        book.ban_subnet(ip_network(f"198.51.{i}.0/24"), T0 + 600, T0)
+    assert subnet not in book.subnets
+    assert book.subnet_until(subnet) is None
+
+
 # -- the restart path: ban_hosts() -----------------------------------------------------
 
 
@@ -174,7 +205,9 @@ def test_a_restart_and_bans_one_by_one_leave_the_same_book() -> None:
     for key, until in bans.items():
         alone.mark_banned(ip_network((key >> 9, 32)), until)
     for s in (bulk, alone):
-        assert s.book.dropped_permanent == {int(ip_address(f"198.51.100.{i}")) for i in (2, 5)}
+        assert s.book.dropped_permanent_hosts == {
+            int(ip_address(f"198.51.100.{i}")) for i in (2, 5)
+        }
     assert list(bulk.book.hosts.items()) == list(alone.book.hosts.items())
     assert bulk.book.gate == alone.book.gate
 
@@ -248,8 +281,8 @@ def test_the_gate_decides_as_a_model_of_every_ban_and_refusal(
                 elif gated and book.gate[each] == math.inf and each not in book.hosts:
                     assert book.is_refusal(each)
                     assert each in refused
-            assert book.dropped_permanent <= {k for k, u in bans.items() if u == math.inf}
-            assert not book.dropped_permanent & book.hosts.keys()
+            assert book.dropped_permanent_hosts <= {k for k, u in bans.items() if u == math.inf}
+            assert not book.dropped_permanent_hosts & book.hosts.keys()
             assert book.gate_copies <= refusals_made  # a rebuild is paid by as many
 
 
@@ -263,7 +296,7 @@ def test_a_storm_of_permanent_bans_copies_at_most_one_entry_a_refusal() -> None:
         book.refuse(-2 * i - 1)
         book.refuse(-2 * i - 2)
     assert len(book.hosts) <= 10_000
-    assert len(book.dropped_permanent) + len(book.hosts) == 300_000
+    assert len(book.dropped_permanent_hosts) + len(book.hosts) == 300_000
     assert 0 < book.gate_copies <= 2 * 300_000  # at most one entry copied per refusal
     assert all(book.gate[i] == math.inf for i in range(0, 300_000, 997))
     assert not any(book.is_refusal(i) for i in range(0, 300_000, 997))

@@ -66,7 +66,8 @@ def internals(scorer: Scorer) -> object:
     return (
         list(scorer.book.hosts.items()),
         dict(scorer.book.gate),
-        scorer.book.dropped_permanent,
+        scorer.book.dropped_permanent_hosts,
+        scorer.book.dropped_permanent_subnets,
         list(scorer.book.subnets.items()),
         scorer.history.items(),
         [(k, dict(v)) for k, v in scorer.escalation.items()],
@@ -213,7 +214,7 @@ def test_a_storm_of_distinct_bans_takes_the_fast_path_and_agrees() -> None:
     in_bulk(new, history, active)
     assert len(new.book.hosts) == _survivors(300, 100) < 300
     assert new.book.gate[source_key(targets[3].network_address)] == math.inf
-    assert new.book.dropped_permanent == {source_key(targets[3].network_address)}
+    assert new.book.dropped_permanent_hosts == {source_key(targets[3].network_address)}
     assert internals(new) == internals(old)
     assert decisions(new, T0) == decisions(old, T0)
 
