@@ -206,6 +206,16 @@ class AllowList:
     def __bool__(self) -> bool:
         return bool(self._v4 or self._v6)
 
+    def contains_v4(self, value: int) -> bool:
+        """contains_address() of the IPv4 address `value` (its int), which is its source
+        key: cached alike, with no address object unless the answer is not cached."""
+        if not self._v4 and not self._v6:
+            return False
+        cached = self._cache.get(value)
+        if cached is not None:
+            return cached
+        return self.contains_address(IPv4Address(value))
+
     def contains_address(self, addr: Address) -> bool:
         """True when `addr` (or the IPv4 address an IPv4-mapped `addr` carries) is allowed."""
         if not (self._v4 or self._v6):
@@ -239,7 +249,7 @@ class AddressRules:
     """One jail's "may this be banned?": network_refusal()'s rules, then the host's own
     addresses, then the jail's allowlist."""
 
-    __slots__ = ("_allow", "_own", "_own_in_order", "jail")
+    __slots__ = ("_allow", "_own", "_own_in_order", "_own_v4", "jail")
 
     def __init__(
         self, allow: Iterable[Network] = (), own: Iterable[Address] = (), jail: str = ""
@@ -247,6 +257,7 @@ class AddressRules:
         self._allow = AllowList(allow)
         self._own_in_order = tuple(dict.fromkeys(own))
         self._own = frozenset(self._own_in_order)
+        self._own_v4 = frozenset(int(a) for a in self._own if isinstance(a, IPv4Address))
         self.jail = jail
 
     def address_refusal(self, addr: Address) -> str | None:
@@ -257,6 +268,17 @@ class AddressRules:
         if self._own and addr in self._own:  # empty in a replay: skip hashing for nothing
             return "own address"
         if self._allow.contains_address(addr):
+            return "allowlisted"
+        return None
+
+    def v4_refusal(self, value: int) -> str | None:
+        """address_refusal() of the IPv4 address `value` (its int), with no address object:
+        the path of every new IPv4 source.  The same tests in the same order."""
+        if _is_special_v4(value):
+            return "special"
+        if value in self._own_v4:
+            return "own address"
+        if self._allow.contains_v4(value):
             return "allowlisted"
         return None
 

@@ -134,7 +134,7 @@ Record = tuple[float, str, Fields]
 # the mixed 1M-line log 16,384 entries hit 79.1% of SRC=/DST= lookups, 65,536 hit 81.1%: 23k
 # more misses of ~0.5 us in ~1.15M lookups (issue 9).
 _ADDRESS_CACHE_LIMIT = 16384
-KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound (the pipeline fills it too)
+KEY_TABLE_LIMIT = _ADDRESS_CACHE_LIMIT  # KeyTable's bound
 # Traditional timestamps carry no year: one further in the future than this is last year's.
 _MAX_FUTURE = 7 * 86400.0
 # No line's text at offset 26 starts with a newline before its 'IN=': matches no header.
@@ -228,10 +228,11 @@ def kernel_address_types() -> tuple[type[Address], type[Address]]:
 
 class KeyTable(dict[str, "int | None"]):
     """SRC= text -> the address it names as a source key (address_of() makes the address),
-    or None when it is not one: AddressTable without an object per address.  A storm line's
-    source misses any cache, and most of its hits never need the address object (the tiers
-    are keyed by the int): only a source no tier holds does (the gate, its refusal), or a
-    ban.  Keys are ints, so this table stays small and bounds itself like AddressTable."""
+    or None when it is not one: AddressTable without an object per address.  Most hits
+    never need the address object (the tiers are keyed by the int): only a source no tier
+    holds does (the gate, its refusal), or a ban.  Keys are ints, so this table stays small
+    and bounds itself like AddressTable.  The pipeline asks it only for IPv6 and bad text:
+    it parses IPv4 text itself on every line (a storm's sources miss any cache)."""
 
     __slots__ = ()
 
@@ -267,6 +268,9 @@ class KernelLogParser:
         self._flags: dict[str, frozenset[str] | None] = {}
         self._signatures: dict[tuple[str | None, ...], Signature | None] = {}
         self._rejected = 0
+        # Lines in the text the last scan() read (a text not ending in a newline ends in one
+        # more line): counted in passing, so the caller need not read the text again.
+        self.lines = 0
 
     def take_rejected(self) -> int:
         """LOG-like lines refused since the last call (for the 'malformed' count): a bad or
@@ -342,7 +346,8 @@ class KernelLogParser:
         The caller validates the fields: signature() for what depends on the kind of packet
         (cached), address() and the ports for the rest. `prefix` is the raw text between the
         header (and [uptime]) and 'IN='. Lines without a record cost almost nothing: the regex
-        skips them in C, so callers count lines with text.count("\n").
+        skips them in C, and `self.lines` counts them (and those with records) in passing:
+        the newlines between records are counted in C only where a line without one lies.
         """
         if now >= self._cache_until or now < self._cache_from:
             self._reset_header_cache(now)
@@ -352,19 +357,30 @@ class KernelLogParser:
         records: list[Record] = []
         append = records.append
         done = 0  # text before this offset is handled
+        size = len(text)
+        newlines = 0  # in text[:counted]
+        counted = 0
         for m in _PACKET.finditer(text):
             start, end = m.span()
             if start < done:
                 continue  # a second 'IN=' on a line already handled
             line_start = text.rfind("\n", 0, start) + 1
+            if line_start != counted:  # lines without a record since the last one
+                newlines += text.count("\n", counted, line_start)
             done = text.find("\n", start)
             if done < 0:
-                done = len(text)
+                done = counted = size
+            else:
+                newlines += 1
+                counted = done + 1
             if end > done:
                 # The match ran across a newline (a cut line): read the lines it spans alone.
                 done = text.find("\n", end)
                 if done < 0:
-                    done = len(text)
+                    done = size
+                newlines += text.count("\n", counted, done)
+                counted = min(done + 1, size)
+                newlines += counted > done
                 records += self._scan_lines(text[line_start:done], now, source_time, headerless)
                 continue
             # The commonest line of all: the header of the line before with another time
@@ -419,6 +435,9 @@ class KernelLogParser:
                 self._rejected += 1
             else:
                 append((found[0], found[1], m.groups()))
+        if counted < size:
+            newlines += text.count("\n", counted)
+        self.lines = newlines + (size > 0 and text[-1] != "\n")
         return records
 
     def _scan_lines(

@@ -269,7 +269,7 @@ class Scorer:
     ) -> list[Decision] | None:
         """add() for the source of key `ip` (tiers.key_of(); `addr`: its address, when the
         caller has it): the bulk path's, which makes the address object only when it is
-        needed, for a source no tier holds (the gate, its refusal) or a ban.
+        needed: for a ban, or for the refusal of a new IPv6 source.
 
         The gate is asked only for a source no tier holds: one that is held was neither
         banned nor refused since it was last let in (a ban or a refusal drops every tier's
@@ -295,17 +295,15 @@ class Scorer:
         reached = tiers.add(ip, entry)
         if reached is None:
             return None
-        if addr is None:
-            addr = address_of(ip)
         if reached is NOT_HELD:
             if self._gated(ip, now):
                 tiers.now = before  # a dropped hit leaves the tiers as they were
                 return None
-            reached = tiers.open(addr, ip, entry)
+            reached = tiers.open(ip, entry)
             if reached is None:
                 return None
         counts, score = reached
-        return self._ban_host(addr, counts, t, score / UNITS)
+        return self._ban_host(address_of(ip) if addr is None else addr, counts, t, score / UNITS)
 
     def _gated(self, ip: int, now: float) -> bool:
         """True (and counted) when the gate drops the hits of the source of key `ip` at
@@ -319,14 +317,18 @@ class Scorer:
             self._while_banned += 1
         return True
 
-    def _refuse(self, addr: Address) -> bool:
-        """For a new source: True (and its hits dropped at the gate from now on) when it
-        may never be banned."""
+    def _refuse(self, ip: int) -> bool:
+        """For a new source, of key `ip`: True (and its hits dropped at the gate from now
+        on) when it may never be banned."""
         # Settled once, when it is first seen; only refusals and bans enter the gate, so
-        # a flood of new sources never churns it.
-        if self.refusal(addr) is None:
+        # a flood of new sources never churns it.  An IPv4 source is asked as its int: a
+        # storm's million new sources make no address object here.
+        if not ip >> 128:  # IPv4: the key is the address's int (source_key.py)
+            if self.rules.v4_refusal(ip) is None:
+                return False
+        elif self.refusal(address_of(ip)) is None:
             return False
-        self.book.refuse(key_of(addr))
+        self.book.refuse(ip)
         self._ignored += 1
         return True
 

@@ -100,8 +100,8 @@ def key_of(addr: Address) -> int:
 
 
 class Tiers:
-    """The three tiers of one jail.  `refuse(addr)` is asked once per new source: True
-    when it may never be banned (its hit is then dropped)."""
+    """The three tiers of one jail.  `refuse(ip)` is asked once per new source (by its
+    key): True when it may never be banned (its hit is then dropped)."""
 
     def __init__(
         self,
@@ -109,7 +109,7 @@ class Tiers:
         threshold_units: int,
         repeat_factor: float,
         max_tracked: int,
-        refuse: Callable[[Address], bool],
+        refuse: Callable[[int], bool],
     ) -> None:
         self._window = window
         self._threshold_units = threshold_units
@@ -532,12 +532,12 @@ class Tiers:
             self._kinds.append(kind)
         return number
 
-    def open(self, addr: Address, ip: int, entry: Entry) -> Reached | None:
+    def open(self, ip: int, entry: Entry) -> Reached | None:
         """The first hit of an address not held in any tier: the hit add() just answered
-        NOT_HELD for, of `addr` (key `ip`), past the gate."""
+        NOT_HELD for, of the source of key `ip`, past the gate."""
         # Whether an address may be banned is settled once, when it is first seen; only
         # refusals and bans enter the gate, so a flood of new sources never churns it.
-        if self._refuse(addr):
+        if self._refuse(ip):
             return None
         t = entry[0]
         if t >= self._minute + 60.0:

@@ -13,6 +13,7 @@ from blocker.addresses import (
     BANNABLE_V6,
     SPECIAL_V4,
     SPECIAL_V6,
+    AddressRules,
     AllowList,
     host_network,
     is_special,
@@ -176,3 +177,33 @@ def test_allowlist_cache_stays_bounded_and_correct() -> None:
 def test_allowlist_rejects_non_networks() -> None:
     with pytest.raises(TypeError, match="not a network"):
         AllowList([ip_address("192.0.2.1")])  # type: ignore[list-item]
+
+
+_V4_INT = st.integers(0, 2**32 - 1)
+
+
+@given(
+    st.lists(_V4_INT, max_size=6),
+    st.lists(
+        st.tuples(_V4_INT, st.integers(0, 32)).map(lambda net: IPv4Network(net, strict=False)),
+        max_size=4,
+    ),
+    st.lists(_V4_INT, min_size=1, max_size=20),
+    st.sampled_from(["", "mapped"]),
+)
+def test_v4_refusal_is_address_refusal_of_the_int(
+    own: list[int], allow: list[IPv4Network], values: list[int], v6_too: str
+) -> None:
+    """The scorer asks a new IPv4 source as its int; the answer (and its order: special,
+    own, allowlisted) is address_refusal()'s of the address, asked twice (the cache)."""
+    owned: list[IPv4Address | IPv6Address] = [IPv4Address(v) for v in own]
+    networks: list[IPv4Network | IPv6Network] = list(allow)
+    if v6_too:  # an IPv6 own address and network never answer for an IPv4 one
+        owned += [IPv6Address(0xFFFF_0000_0000 | v) for v in own]
+        networks.append(IPv6Network("::ffff:0:0/96"))
+    # Own and allowed values among those asked, so each answer comes up.
+    asked = values + own + [int(net.network_address) for net in allow]
+    rules = AddressRules(networks, owned)
+    for _ in range(2):
+        for value in asked:
+            assert rules.v4_refusal(value) == rules.address_refusal(IPv4Address(value))

@@ -608,6 +608,54 @@ def test_parse_text_equals_parse_per_line(lines: list[str], trailing_newline: bo
     assert list(KernelLogParser().parse_text(text, NOW)) == one_by_one
 
 
+def _split_by_newline(line: str) -> st.SearchStrategy[str]:
+    """A valid line with a newline put in somewhere: a record the regex may match across."""
+    return st.integers(0, len(line)).map(lambda i: line[:i] + "\n" + line[i:])
+
+
+def _lines_of(text: str) -> int:
+    return text.count("\n") + (bool(text) and not text.endswith("\n"))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(_lines, st.just(""), st.sampled_from(VALID_LINES).flatmap(_split_by_newline)),
+        max_size=30,
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_scan_counts_every_line_of_its_text(
+    lines: list[str], trailing_newline: bool, headerless: bool
+) -> None:
+    text = "\n".join(lines) + ("\n" if trailing_newline and lines else "")
+    parser = KernelLogParser()
+    parser.scan(text, NOW, headerless=headerless)
+    assert parser.lines == _lines_of(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n",
+        "\n\nnoise",
+        f"{synack()}\n",
+        f"{synack()}",
+        f"noise\n\n{synack()}\nnoise\n{synack()}",
+        f"{synack()} IN=eth1 again\n\n",  # a second 'IN=' on a line already handled
+        # The record runs across the newline (IN= at the end of a line): read line by line.
+        f"noise\nDROP IN=eth0\nx{V4_BODY[len('IN=eth0') :]}\nnoise\n",
+        f"DROP IN=eth0\n\nx{V4_BODY[len('IN=eth0') :]}",
+    ],
+)
+def test_scan_counts_lines_around_records(text: str) -> None:
+    parser = KernelLogParser()
+    parser.scan(text, NOW)
+    assert parser.lines == _lines_of(text)
+
+
 def test_parse_text_counts_rejected_log_like_lines() -> None:
     parser = KernelLogParser()
     text = (
