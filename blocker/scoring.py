@@ -117,8 +117,8 @@ reports tiers, evictions, readmissions, new sources per minute and ``under_flood
 source was pushed out within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
-counters are each capped at ``max_tracked`` entries (a permanent host ban the cap drops
-stays in the ban book: ban_book.py).  The refusal gate (marks, permanent bans, cached
+counters are each capped at ``max_tracked`` entries (a permanent ban the cap drops stays
+in the ban book: ban_book.py).  The refusal gate (marks, permanent bans, cached
 refusals) is rebuilt from the bans only once cached refusals outnumber them, so a ban
 costs the same with 1M marks as with 10.  A hit is scored by its source's key
 (source_key.py: as the tiers and the ban book hold it); the engine asks the gate only for a
