@@ -5,12 +5,22 @@ the oldest dropped down to 90%, so the sweep is amortized over many bans), and t
 with them.  Each mark table keeps a lower bound of its marks' ends, so a sweep skips the
 walk over every mark when none can have ended (a storm's bans, all of them still running).
 A forgotten mark only means a later hit of that host is scored again and may ban it again.
+A permanent ban's mark is not forgotten that way: it ends only by an unban, and dropping
+it would let the engine ban again, for good again, what the kernel holds for good.  The
+book keeps the keys of those the cap drops (``dropped_permanent_hosts``, ``_subnets``),
+with no cap of their own: in the daemon each is a permanent ban the kernel holds (a ban
+the kernel refuses, and an unban, are forgotten here), so the kernel sets' ``maxelem``
+bounds them; in a replay, the bans the log earned do.  They stay empty unless a jail bans
+for good (``ban_time = "permanent"``, or a manual permanent ban): the shipped jails' bans
+grow to at most 7 days.
 
 ``gate`` is the one lookup the engine's hot path makes per hit: host -> drop its hits
-while now < this, holding every host mark and a cache of refusals (``inf`` for addresses
-that may never be banned).  Cached refusals are forgotten only once they outnumber the
-marks: a rebuild copies the marks, paid for by as many refusals, so a ban costs the same
-with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
+while now < this, holding every host mark, every permanent host ban the cap dropped, and
+a cache of refusals (``inf`` for addresses that may never be banned).  In the gate a
+refusal and a permanent ban look alike (both ``inf``): ``is_refusal()`` tells them apart.
+Cached refusals are forgotten only once they outnumber the host marks and dropped
+permanent bans: a rebuild copies both, paid for by as many refusals, so a ban costs the
+same with 1M marks as with 10 (``gate_copies`` counts the copying, for tests).
 
 Hosts are keyed by the engine's source key (source_key.py: an IPv4 address as its int, an
 IPv6 one multiplied by a secret per process), never by address objects: an IPv6Address
@@ -47,7 +57,17 @@ class _Marks(dict[_K, float]):
 
 
 class BanBook:
-    __slots__ = ("_cap", "_refusals", "gate", "gate_copies", "hosts", "marks_walked", "subnets")
+    __slots__ = (
+        "_cap",
+        "_refusals",
+        "dropped_permanent_hosts",
+        "dropped_permanent_subnets",
+        "gate",
+        "gate_copies",
+        "hosts",
+        "marks_walked",
+        "subnets",
+    )
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
@@ -56,6 +76,10 @@ class BanBook:
         # storm makes a million.
         self.hosts: _Marks[int] = _Marks()
         self.subnets: _Marks[Network] = _Marks()
+        # Hosts and subnets banned for good whose marks the cap dropped (never in `hosts`,
+        # `subnets` at the same time): the gate and its rebuilds keep the hosts.
+        self.dropped_permanent_hosts: set[int] = set()
+        self.dropped_permanent_subnets: set[Network] = set()
         # Read by the engine's hot path; written only here.
         self.gate: dict[int, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
@@ -68,14 +92,24 @@ class BanBook:
             self.gate[addr] = math.inf
             return
         self._refusals += 1
-        if self._refusals > max(GATE_CACHE_SIZE, len(self.hosts)):
-            self.gate = dict(self.hosts)
-            self.gate_copies += len(self.gate)
+        kept = self.dropped_permanent_hosts
+        if self._refusals > max(GATE_CACHE_SIZE, len(self.hosts) + len(kept)):
+            gate = dict.fromkeys(kept, math.inf)
+            gate.update(self.hosts)
+            self.gate = gate
+            self.gate_copies += len(gate)
             self._refusals = 1
         self.gate[addr] = math.inf
 
+    def is_refusal(self, addr: int) -> bool:
+        """Whether the gate's ``inf`` for `addr` is a cached refusal, not a permanent ban
+        (a mark, or one the cap dropped from the marks)."""
+        return addr not in self.hosts and addr not in self.dropped_permanent_hosts
+
     def ban_host(self, addr: int, until: float, now: float) -> None:
         self.gate[addr] = until
+        if self.dropped_permanent_hosts:  # banned for good before: the new mark decides now
+            self.dropped_permanent_hosts.discard(addr)
         hosts = self.hosts
         held = len(hosts)
         # A new mark (a storm's) costs one hash of the key here: not an `in` before the
@@ -90,8 +124,10 @@ class BanBook:
         else:
             gone = self._mark(hosts, addr, until, now)  # to the end, most recently marked
         gate = self.gate
-        for key in gone:
-            if gate.pop(key, None) == math.inf:  # a refusal stays cached
+        for key, ended in gone:
+            if ended == math.inf:  # banned for good: the gate keeps it, and so do rebuilds
+                self.dropped_permanent_hosts.add(key)
+            elif gate.pop(key, None) == math.inf:  # a refusal stays cached
                 gate[key] = math.inf
 
     def ban_hosts(
@@ -107,7 +143,8 @@ class BanBook:
         before `earliest`.  The same marks and gate as banning them one by one, in order.
         Into an empty book with no mark already ended, the count says which marks the cap
         keeps (the newest: _survivors()), and only those are built, with permanent ones
-        the cap drops, which the gate keeps as ban_host() does: no object for the others."""
+        the cap drops, which the book and the gate keep as ban_host() does: no object for
+        the others."""
         if self.hosts or self.gate or earliest <= now:
             for value, until in hosts:
                 self.ban_host(address(value), until, now)
@@ -115,9 +152,12 @@ class BanBook:
         kept = _survivors(count, self._cap)
         rest = iter(hosts)
         gate = self.gate
+        permanent = self.dropped_permanent_hosts
         for value, until in islice(rest, count - kept):
-            if until == math.inf:  # dropped from the marks, kept by the gate
-                gate[address(value)] = math.inf
+            if until == math.inf:  # dropped from the marks, kept by the book and the gate
+                addr = address(value)
+                permanent.add(addr)
+                gate[addr] = math.inf
         marks = self.hosts
         for value, until in rest:
             addr = address(value)
@@ -129,43 +169,57 @@ class BanBook:
         marks.earliest = earliest  # a lower bound of every mark's end, as _mark() keeps
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
-        self._mark(self.subnets, subnet, until, now)
+        kept = self.dropped_permanent_subnets
+        kept.discard(subnet)  # banned for good before: the new mark decides now
+        for gone, ended in self._mark(self.subnets, subnet, until, now):
+            if ended == math.inf:
+                kept.add(gone)
 
     def host_until(self, addr: int) -> float | None:
-        return self.hosts.get(addr)
+        """When the ban of host `addr` ends (``inf``: never), or None when none is held."""
+        until = self.hosts.get(addr)
+        if until is None and addr in self.dropped_permanent_hosts:
+            return math.inf
+        return until
 
     def subnet_until(self, subnet: Network) -> float | None:
-        return self.subnets.get(subnet)
+        """When the ban of `subnet` ends (``inf``: never), or None when none is held."""
+        until = self.subnets.get(subnet)
+        if until is None and subnet in self.dropped_permanent_subnets:
+            return math.inf
+        return until
 
     def forget_host(self, addr: int) -> None:
         self.hosts.pop(addr, None)
+        self.dropped_permanent_hosts.discard(addr)
         self.gate.pop(addr, None)
 
     def forget_subnet(self, subnet: Network) -> None:
         self.subnets.pop(subnet, None)
+        self.dropped_permanent_subnets.discard(subnet)
 
-    def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[_K]:
+    def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[tuple[_K, float]]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
-        sweep is amortized over many bans).  Returns the keys dropped."""
+        sweep is amortized over many bans).  Returns the marks dropped, with their ends."""
         marks.pop(key, None)  # to the end: most recently marked
         marks[key] = until
         if until < marks.earliest:  # noqa: PLR1730 - cheaper than min() per ban
             marks.earliest = until
         return self._trim(marks, now)
 
-    def _trim(self, marks: _Marks[_K], now: float) -> list[_K]:
-        """Past the cap, sweep expired marks, then drop the oldest to 90%.  Returns the keys
-        dropped."""
+    def _trim(self, marks: _Marks[_K], now: float) -> list[tuple[_K, float]]:
+        """Past the cap, sweep expired marks, then drop the oldest to 90%.  Returns the marks
+        dropped, with their ends."""
         if len(marks) <= self._cap:
             return []
-        gone: list[_K] = []
+        gone: list[tuple[_K, float]] = []
         if marks.earliest <= now:  # some mark may have ended: find them
             self.marks_walked += len(marks)
-            gone = [k for k, u in marks.items() if u <= now]
-        for stale in gone:
+            gone = [(k, u) for k, u in marks.items() if u <= now]
+        for stale, _ in gone:
             del marks[stale]
-        oldest = list(islice(marks, max(0, len(marks) - self._cap * 9 // 10)))
-        for old in oldest:
+        oldest = list(islice(marks.items(), max(0, len(marks) - self._cap * 9 // 10)))
+        for old, _ in oldest:
             del marks[old]
         gone.extend(oldest)
         if gone and marks.earliest <= now:  # every mark left ends after now

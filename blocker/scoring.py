@@ -117,8 +117,9 @@ reports tiers, evictions, readmissions, new sources per minute and ``under_flood
 source was pushed out within the last window).
 
 At most 4096 hits per full window (oldest dropped); ban marks, ban history and subnet
-counters are each capped at ``max_tracked`` entries.  The refusal gate (marks plus cached
-refusals) is rebuilt from the marks only once cached refusals outnumber them, so a ban
+counters are each capped at ``max_tracked`` entries (a permanent ban the cap drops stays
+in the ban book: ban_book.py).  The refusal gate (marks, permanent bans, cached
+refusals) is rebuilt from the bans only once cached refusals outnumber them, so a ban
 costs the same with 1M marks as with 10.  A hit is scored by its source's key
 (source_key.py: as the tiers and the ban book hold it); the engine asks the gate only for a
 source no tier holds (a ban or a refusal drops every tier's hold first), and makes the
@@ -310,7 +311,7 @@ class Scorer:
         until = self.book.gate.get(ip)
         if until is None or now >= until:
             return False
-        if until == _FOREVER and ip not in self.book.hosts:
+        if until == _FOREVER and self.book.is_refusal(ip):
             self._ignored += 1
         else:
             self._while_banned += 1
@@ -403,7 +404,7 @@ class Scorer:
         policy = self.policy
         escalation = self.escalation
         subnet = escalation.subnet_of_key(escalation.last_key, addr)
-        until = self.book.subnets.get(subnet)
+        until = self.book.subnet_until(subnet)
         if until is not None and self._now < until:
             return None
         if not self.subnet_may_be_banned(subnet):

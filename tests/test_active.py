@@ -305,6 +305,7 @@ def test_restart_builds_only_the_marks_the_cap_keeps_and_marks_as_one_by_one(
         mine = runner.scorer
         assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
         assert mine.book.gate == alone.book.gate
+        assert mine.book.dropped_permanent_hosts == alone.book.dropped_permanent_hosts
         assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
     assert len(service.pipeline.runners[0].scorer.book.hosts) < 60  # the cap did bite
     harness.state.close()

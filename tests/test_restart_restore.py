@@ -169,6 +169,7 @@ def test_a_million_active_bans_restore_as_one_by_one_and_build_only_what_the_cap
         }
         assert len(permanent) == 10  # dropped from the marks, kept by the gate
         assert scorer.book.gate == {**permanent, **dict(marks)}
+        assert scorer.book.dropped_permanent_hosts == set(permanent)
         assert [s for s, _ in scorer.book.subnets.items()] == [
             ip_network("2001:db8:ffff::/64"),
             ip_network(f"2001:db8:ffff:{(count - 5) % 3:x}::/64"),

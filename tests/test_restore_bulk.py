@@ -66,6 +66,8 @@ def internals(scorer: Scorer) -> object:
     return (
         list(scorer.book.hosts.items()),
         dict(scorer.book.gate),
+        scorer.book.dropped_permanent_hosts,
+        scorer.book.dropped_permanent_subnets,
         list(scorer.book.subnets.items()),
         scorer.history.items(),
         [(k, dict(v)) for k, v in scorer.escalation.items()],
@@ -206,12 +208,13 @@ def test_a_storm_of_distinct_bans_takes_the_fast_path_and_agrees() -> None:
     targets = [ip_network(f"2001:db8:{i >> 8:x}:{i & 0xFF:x}::1/128") for i in range(300)]
     history = [(t, T0 - 300 + i) for i, t in enumerate(targets)]
     active = {key_of(t): T0 + 600 + i for i, t in enumerate(targets)}
-    active[key_of(targets[3])] = math.inf  # permanent, dropped by the cap: the gate keeps it
+    active[key_of(targets[3])] = math.inf  # permanent, dropped by the cap: the book keeps it
     old, new = Scorer(policy(100)), Scorer(policy(100))
     one_by_one(old, history, active)
     in_bulk(new, history, active)
     assert len(new.book.hosts) == _survivors(300, 100) < 300
     assert new.book.gate[source_key(targets[3].network_address)] == math.inf
+    assert new.book.dropped_permanent_hosts == {source_key(targets[3].network_address)}
     assert internals(new) == internals(old)
     assert decisions(new, T0) == decisions(old, T0)
 

@@ -355,6 +355,7 @@ def test_restart_in_bulk_marks_as_one_by_one(tmp_path: Path) -> None:
         mine = runner.scorer
         assert list(mine.book.hosts.items()) == list(alone.book.hosts.items())
         assert mine.book.gate == alone.book.gate
+        assert mine.book.dropped_permanent_hosts == alone.book.dropped_permanent_hosts
         assert list(mine.book.subnets.items()) == list(alone.book.subnets.items())
         assert mine.history.items() == alone.history.items()
         assert mine.escalation.items() == alone.escalation.items()
