@@ -27,7 +27,9 @@ IPv6 one multiplied by a secret per process), never by address objects: an IPv6A
 hashes as hash((its int, None)), and an int as its value modulo 2**61 - 1, both unsalted,
 so spoofed sources could be chosen to share one hash, and every mark or refusal of them
 would compare them all (8,000 such refused sources cost 9.5 s of CPU when the gate held
-address objects; the cost grows with their square).
+address objects; the cost grows with their square).  Subnets likewise, by subnet_key():
+source_key.network_key() of the network, never the Network object (it hashes unsalted,
+and escalation bans subnets of spoofable sources).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from itertools import islice
 from typing import Final, TypeVar
 
 from blocker.records import Network
+from blocker.source_key import network_key
 
-__all__ = ["GATE_CACHE_SIZE", "BanBook"]
+__all__ = ["GATE_CACHE_SIZE", "BanBook", "subnet_key"]
 
 GATE_CACHE_SIZE: Final = 65536
 _K = TypeVar("_K", bound=Hashable)
@@ -75,11 +78,11 @@ class BanBook:
         # re-marking re-inserts): an OrderedDict's links cost ~80 B more a mark, and a
         # storm makes a million.
         self.hosts: _Marks[int] = _Marks()
-        self.subnets: _Marks[Network] = _Marks()
+        self.subnets: _Marks[int] = _Marks()  # by subnet_key()
         # Hosts and subnets banned for good whose marks the cap dropped (never in `hosts`,
         # `subnets` at the same time): the gate and its rebuilds keep the hosts.
         self.dropped_permanent_hosts: set[int] = set()
-        self.dropped_permanent_subnets: set[Network] = set()
+        self.dropped_permanent_subnets: set[int] = set()
         # Read by the engine's hot path; written only here.
         self.gate: dict[int, float] = {}
         self._refusals = 0  # refusals added to the gate since it was last rebuilt
@@ -169,9 +172,10 @@ class BanBook:
         marks.earliest = earliest  # a lower bound of every mark's end, as _mark() keeps
 
     def ban_subnet(self, subnet: Network, until: float, now: float) -> None:
+        key = subnet_key(subnet)
         kept = self.dropped_permanent_subnets
-        kept.discard(subnet)  # banned for good before: the new mark decides now
-        for gone, ended in self._mark(self.subnets, subnet, until, now):
+        kept.discard(key)  # banned for good before: the new mark decides now
+        for gone, ended in self._mark(self.subnets, key, until, now):
             if ended == math.inf:
                 kept.add(gone)
 
@@ -184,8 +188,12 @@ class BanBook:
 
     def subnet_until(self, subnet: Network) -> float | None:
         """When the ban of `subnet` ends (``inf``: never), or None when none is held."""
-        until = self.subnets.get(subnet)
-        if until is None and subnet in self.dropped_permanent_subnets:
+        return self.subnet_until_key(subnet_key(subnet))
+
+    def subnet_until_key(self, key: int) -> float | None:
+        """subnet_until() of the subnet of subnet_key() `key`."""
+        until = self.subnets.get(key)
+        if until is None and key in self.dropped_permanent_subnets:
             return math.inf
         return until
 
@@ -195,8 +203,9 @@ class BanBook:
         self.gate.pop(addr, None)
 
     def forget_subnet(self, subnet: Network) -> None:
-        self.subnets.pop(subnet, None)
-        self.dropped_permanent_subnets.discard(subnet)
+        key = subnet_key(subnet)
+        self.subnets.pop(key, None)
+        self.dropped_permanent_subnets.discard(key)
 
     def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[tuple[_K, float]]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
@@ -234,3 +243,8 @@ def _survivors(added: int, cap: int) -> int:
         return added
     low = cap * 9 // 10
     return low + (added - cap - 1) % (cap + 1 - low)
+
+
+def subnet_key(subnet: Network) -> int:
+    """The book's key of `subnet` (source_key.network_key())."""
+    return network_key(int(subnet.network_address), subnet.prefixlen, subnet.version == 6)

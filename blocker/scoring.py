@@ -403,10 +403,12 @@ class Scorer:
         hosts in its subnet, unless the subnet is banned already or may not be."""
         policy = self.policy
         escalation = self.escalation
-        subnet = escalation.subnet_of_key(escalation.last_key, addr)
-        until = self.book.subnet_until(subnet)
+        key = escalation.last_key
+        # A storm's bans in a subnet banned already stop here: no Network made or hashed.
+        until = self.book.subnet_until_key(escalation.network_key_of(key))
         if until is not None and self._now < until:
             return None
+        subnet = escalation.subnet_of_key(key, addr)
         if not self.subnet_may_be_banned(subnet):
             return None
         duration = self.history.duration(subnet, self._now)

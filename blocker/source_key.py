@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
-__all__ = ["V6_TAG", "source_key_v6", "v6_address"]
+__all__ = ["V6_TAG", "network_key", "source_key_v6", "v6_address"]
 
 V6_TAG: Final = 1 << 128
 _M128: Final = (1 << 128) - 1
@@ -32,6 +32,14 @@ _INVERSE: Final = pow(_SECRET, -1, 1 << 128)
 def source_key_v6(ip: int) -> int:
     """The key of the IPv6 address `ip` (an int below 2**128)."""
     return (ip * _SECRET) & _M128 | V6_TAG
+
+
+def network_key(network: int, prefixlen: int, v6: bool) -> int:
+    """The key of a network (its address as an int, its prefix length; `v6`: IPv6): its
+    address's key, as a source's, with the prefix length below.  Subnets are banned from
+    spoofable sources too: keyed by the IPv6Network object (hash((its int, mask)), unsalted)
+    they could be chosen to share one hash as well."""
+    return ((network * _SECRET) & _M128 | V6_TAG if v6 else network) << 8 | prefixlen
 
 
 def v6_address(key: int) -> int:

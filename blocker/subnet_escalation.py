@@ -27,6 +27,7 @@ from typing import Final
 from blocker.addresses import subnet_of
 from blocker.lru_table import LruTable
 from blocker.records import Address, Network
+from blocker.source_key import network_key
 
 __all__ = ["SubnetOffenders"]
 
@@ -97,6 +98,13 @@ class SubnetOffenders:
         """The subnet `addr` escalates to, e.g. 203.0.113.0/24 (one object per subnet
         while it has several offenders: a storm asks for the same /24 hundreds of times)."""
         return self.subnet_of_key(self.key(addr), addr)
+
+    def network_key_of(self, key: int) -> int:
+        """source_key.network_key() of the subnet of key `key` (e.g. last_key after
+        count()): how the ban book knows that subnet, with no Network object made."""
+        if key & 1:
+            return network_key((key >> 1) << self._v6_shift, self.v6_prefix, True)
+        return network_key((key >> 1) << self._v4_shift, self.v4_prefix, False)
 
     def subnet_of_key(self, key: int, addr: Address) -> Network:
         """subnet() of `addr`, whose key() is `key` (e.g. last_key after count())."""

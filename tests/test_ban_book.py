@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
 
-from blocker.ban_book import GATE_CACHE_SIZE, BanBook
+from hypothesis import given
+from hypothesis import strategies as st
+
+from blocker.ban_book import GATE_CACHE_SIZE, BanBook, subnet_key
+from blocker.subnet_escalation import SubnetOffenders
 
 T0 = 1_700_000_000.0
 
@@ -112,3 +116,55 @@ def test_a_permanent_mark_the_cap_drops_stays_in_the_gate() -> None:
     assert forever not in book.hosts
     assert book.gate[forever] == math.inf
     assert key("198.51.100.2") not in book.gate  # dropped with it, and not permanent
+
+
+# -- subnets by key: source_key.network_key(), never the Network object ------------------
+
+_P = 2**61 - 1  # CPython hashes an int as its value modulo this
+_M64 = 2**64 - 1
+
+
+def _colliding_v6_subnets() -> list[IPv6Network]:
+    """/64s whose IPv6Network objects share one hash: hash(int(address) ^ int(netmask)),
+    and (~high << 64) ^ ... modulo 2**61 - 1 is 8 * ~high, equal for highs p apart."""
+    lows = [1 + k * _P for k in range(8)]  # all below 2**64
+    return [IPv6Network(((~low & _M64) << 64, 64)) for low in lows]
+
+
+def test_subnets_chosen_to_share_a_hash_as_objects_do_not_as_keys() -> None:
+    subnets = _colliding_v6_subnets()
+    assert len(subnets) == 8
+    assert len({hash(net) for net in subnets}) == 1  # the attack on Network keys
+    assert len({hash(subnet_key(net)) for net in subnets}) == len(subnets)
+    book = BanBook(cap=100)
+    for i, net in enumerate(subnets):
+        book.ban_subnet(net, T0 + 100 + i, T0)
+    assert [book.subnet_until(net) for net in subnets] == [
+        T0 + 100 + i for i in range(len(subnets))
+    ]
+    book.forget_subnet(subnets[0])
+    assert book.subnet_until(subnets[0]) is None
+
+
+@given(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(IPv4Address),
+        st.integers(0, 2**128 - 1).map(IPv6Address),
+    ),
+    st.integers(8, 32),
+    st.integers(16, 128),
+)
+def test_escalation_names_a_subnet_by_the_books_key(
+    addr: IPv4Address | IPv6Address, v4_prefix: int, v6_prefix: int
+) -> None:
+    """The engine asks the book whether an escalated subnet is banned by network_key_of()
+    of the escalation's key, without a Network: it must be the Network's subnet_key()."""
+    escalation = SubnetOffenders(3, 3600.0, v4_prefix, v6_prefix, 100)
+    subnet = escalation.subnet(addr)
+    assert escalation.network_key_of(escalation.key(addr)) == subnet_key(subnet)
+    book = BanBook(cap=10)
+    book.ban_subnet(subnet, T0 + 60, T0)
+    assert book.subnet_until_key(escalation.network_key_of(escalation.key(addr))) == T0 + 60
+    # IPv4 keys never meet IPv6 ones (the tag), nor do two prefix lengths of one address.
+    other = ip_network(f"{subnet.network_address}/{subnet.prefixlen - 1}", strict=False)
+    assert subnet_key(other) != subnet_key(subnet)

@@ -16,7 +16,7 @@ from test_restore_bulk import internals
 from test_service import CONFIG, NOW, Harness, ask
 
 from blocker.active import key_of, target_of
-from blocker.ban_book import BanBook, _survivors
+from blocker.ban_book import BanBook, _survivors, subnet_key
 from blocker.ban_history import target_key
 from blocker.records import Network
 from blocker.scoring import Scorer
@@ -171,8 +171,8 @@ def test_a_million_active_bans_restore_as_one_by_one_and_build_only_what_the_cap
         assert scorer.book.gate == {**permanent, **dict(marks)}
         assert scorer.book.dropped_permanent_hosts == set(permanent)
         assert [s for s, _ in scorer.book.subnets.items()] == [
-            ip_network("2001:db8:ffff::/64"),
-            ip_network(f"2001:db8:ffff:{(count - 5) % 3:x}::/64"),
+            subnet_key(ip_network("2001:db8:ffff::/64")),
+            subnet_key(ip_network(f"2001:db8:ffff:{(count - 5) % 3:x}::/64")),
         ]
         newest = [(ip_network(text), at) for text, at in history[-cap:]]
         assert scorer.history.items() == [(target_key(t), at) for t, at in newest]
