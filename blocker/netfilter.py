@@ -379,8 +379,11 @@ class KernelLogParser:
                 if done < 0:
                     done = size
                 newlines += text.count("\n", counted, done)
-                counted = min(done + 1, size)
-                newlines += counted > done
+                if done < size:
+                    newlines += 1
+                    counted = done + 1
+                else:
+                    counted = size
                 records += self._scan_lines(text[line_start:done], now, source_time, headerless)
                 continue
             # The commonest line of all: the header of the line before with another time

@@ -39,7 +39,7 @@ def network_key(network: int, prefixlen: int, v6: bool) -> int:
     address's key, as a source's, with the prefix length below.  Subnets are banned from
     spoofable sources too: keyed by the IPv6Network object (hash((its int, mask)), unsalted)
     they could be chosen to share one hash as well."""
-    return ((network * _SECRET) & _M128 | V6_TAG if v6 else network) << 8 | prefixlen
+    return (source_key_v6(network) if v6 else network) << 8 | prefixlen
 
 
 def v6_address(key: int) -> int:
