@@ -35,9 +35,9 @@ and escalation bans subnets of spoofable sources).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Final, TypeVar
+from typing import Final
 
 from blocker.records import Network
 from blocker.source_key import network_key
@@ -45,10 +45,9 @@ from blocker.source_key import network_key
 __all__ = ["GATE_CACHE_SIZE", "BanBook", "subnet_key"]
 
 GATE_CACHE_SIZE: Final = 65536
-_K = TypeVar("_K", bound=Hashable)
 
 
-class _Marks(dict[_K, float]):
+class _Marks(dict[int, float]):
     """Marks (key -> banned until, least recently marked first) and `earliest`, a lower
     bound of their ends: no mark has ended while now < earliest."""
 
@@ -77,8 +76,8 @@ class BanBook:
         # host -> banned until, least recently marked first.  Plain dicts (insertion order,
         # re-marking re-inserts): an OrderedDict's links cost ~80 B more a mark, and a
         # storm makes a million.
-        self.hosts: _Marks[int] = _Marks()
-        self.subnets: _Marks[int] = _Marks()  # by subnet_key()
+        self.hosts: _Marks = _Marks()
+        self.subnets: _Marks = _Marks()  # by subnet_key()
         # Hosts and subnets banned for good whose marks the cap dropped (never in `hosts`,
         # `subnets` at the same time): the gate and its rebuilds keep the hosts.
         self.dropped_permanent_hosts: set[int] = set()
@@ -207,7 +206,7 @@ class BanBook:
         self.subnets.pop(key, None)
         self.dropped_permanent_subnets.discard(key)
 
-    def _mark(self, marks: _Marks[_K], key: _K, until: float, now: float) -> list[tuple[_K, float]]:
+    def _mark(self, marks: _Marks, key: int, until: float, now: float) -> list[tuple[int, float]]:
         """Set a mark; past the cap, sweep expired marks, then drop the oldest to 90% (the
         sweep is amortized over many bans).  Returns the marks dropped, with their ends."""
         marks.pop(key, None)  # to the end: most recently marked
@@ -216,12 +215,12 @@ class BanBook:
             marks.earliest = until
         return self._trim(marks, now)
 
-    def _trim(self, marks: _Marks[_K], now: float) -> list[tuple[_K, float]]:
+    def _trim(self, marks: _Marks, now: float) -> list[tuple[int, float]]:
         """Past the cap, sweep expired marks, then drop the oldest to 90%.  Returns the marks
         dropped, with their ends."""
         if len(marks) <= self._cap:
             return []
-        gone: list[tuple[_K, float]] = []
+        gone: list[tuple[int, float]] = []
         if marks.earliest <= now:  # some mark may have ended: find them
             self.marks_walked += len(marks)
             gone = [(k, u) for k, u in marks.items() if u <= now]
