@@ -21,8 +21,10 @@ cap (bench/bench_ban_cost.py --bytes).
   the one O(n) pass comes after at least n puts.  Dead entries before the oldest live one
   are cut off the arrays' front (in C) as the head moves on.
 - An entry may be flagged *spilled*: its owner keeps more for that key elsewhere (all the
-  ban times of a target banned twice, the hosts of a subnet with several) and learns the
-  key when such an entry is evicted.
+  ban times of a target banned twice) and learns the key when such an entry is evicted,
+  or gives the flag a meaning of its own (subnet escalation: a subnet with no host left).
+- An owner that keeps some keys beside the table, in an order of its own, can evict
+  itself (oldest_payload(), evict_oldest()) and merge the two orders.
 
 Entry numbers in the index count from the first entry ever appended, modulo 2**31, so cutting
 the front off the arrays changes no slot; a stale slot is dropped at the next re-index, a
@@ -261,6 +263,30 @@ class LruTable:
         if head > _SLACK and head * 4 > len(flags):
             self._cut_front()
         return gone
+
+    def oldest_payload(self) -> int:
+        """The payload of the least recently set live entry (the table must not be empty)."""
+        flags = self._flags
+        head = self._head
+        while not flags[head]:
+            head += 1
+        self._head = head
+        size = self._payload_bytes
+        return int.from_bytes(self._payloads[head * size : head * size + size], "little")
+
+    def evict_oldest(self) -> None:
+        """Remove the least recently set live entry (the table must not be empty): for an
+        owner that keeps other entries beside the table and merges the two orders."""
+        flags = self._flags
+        head = self._head
+        while not flags[head]:
+            head += 1
+        flags[head] = _DEAD
+        self._live -= 1
+        head += 1
+        self._head = head
+        if head > _SLACK and head * 4 > len(flags):
+            self._cut_front()
 
     def spill(self, slot: int) -> None:
         """Flag the entry at `slot` spilled, in place (its recency unchanged)."""
