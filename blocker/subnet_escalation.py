@@ -34,7 +34,7 @@ from typing import Final
 from blocker.addresses import subnet_of
 from blocker.lru_table import LruTable
 from blocker.records import Address, Network
-from blocker.source_key import network_key
+from blocker.source_key import network_key, source_key_v6, v6_address
 
 __all__ = ["SubnetOffenders"]
 
@@ -82,7 +82,7 @@ class SubnetOffenders:
         #   and as payload its clock above the host's bits below the prefix; no Python
         #   object (~65 bytes, where an OrderedDict of dicts took ~400).  An entry flagged
         #   spilled there is a subnet with no host left (forget_host()).
-        # - A subnet that has held several hosts at once, or none, is in _many: key ->
+        # - A subnet that has held several hosts at once, or none, is in _many: _salted(key) ->
         #   (clock, {host as an int: ban time}), least recently touched first, until it is
         #   evicted or forgotten.  A clustered storm touches the same few thousand subnets a
         #   million times: a dict move each, where a move in the table re-appends the entry
@@ -106,7 +106,10 @@ class SubnetOffenders:
         rows = [
             (payload >> bits, key, self._hosts(key)) for key, _, payload, _ in self._table.items()
         ]
-        rows += [(clock, key, offenders) for key, (clock, offenders) in self._many.items()]
+        rows += [
+            (clock, self._key_of(salted), offenders)
+            for salted, (clock, offenders) in self._many.items()
+        ]
         rows.sort(key=itemgetter(0))
         return [(key, offenders) for _, key, offenders in rows]
 
@@ -134,12 +137,26 @@ class SubnetOffenders:
 
     def subnet_of_key(self, key: int, addr: Address) -> Network:
         """subnet() of `addr`, whose key() is `key` (e.g. last_key after count())."""
-        network = self._networks.get(key)
+        salted = self._salted(key)
+        network = self._networks.get(salted)
         if network is None:
             network = subnet_of(addr, self.v4_prefix, self.v6_prefix)
-            if key in self._many:
-                self._networks[key] = network
+            if salted in self._many:
+                self._networks[salted] = network
         return network
+
+    @staticmethod
+    def _salted(key: int) -> int:
+        """How _many and _networks know the subnet `key`.  An IPv4 one by its key, which
+        hashes to itself.  An IPv6 one by its prefix as source_key_v6() salts a source:
+        raw IPv6 prefixes can be chosen to share one hash (source_key.py), at prefix
+        lengths past ~61 bits (subnet_v6_prefix goes up to 127)."""
+        return source_key_v6(key >> 1) if key & 1 else key
+
+    @staticmethod
+    def _key_of(salted: int) -> int:
+        """The subnet key of a key of _many (the inverse of _salted())."""
+        return v6_address(salted) << 1 | 1 if salted >> 128 else salted
 
     def _subnet_key(self, subnet: Network) -> int | None:
         prefix = self.v4_prefix if isinstance(subnet, IPv4Network) else self.v6_prefix
@@ -149,7 +166,7 @@ class SubnetOffenders:
 
     def _hosts(self, key: int) -> dict[int, float]:
         """The offenders held for the subnet `key` (a new dict unless it is in _many)."""
-        held = self._many.get(key)
+        held = self._many.get(self._salted(key))
         if held is not None:
             return held[1]
         table = self._table
@@ -183,22 +200,23 @@ class SubnetOffenders:
 
     def count_int(self, host: int, v6: bool, at: float, now: float) -> int:
         """count() of the address `host` as an int (`v6`: an IPv6 one)."""
-        if not v6:  # key_int(), inlined: every ban of a storm counts here
-            key = (host >> self._v4_shift) << 1
+        if not v6:  # key_int() and _salted(), inlined: every ban of a storm counts here
+            key = salted = (host >> self._v4_shift) << 1
             below = host & self._v4_mask
         else:
             key = (host >> self._v6_shift) << 1 | 1
+            salted = source_key_v6(key >> 1)
             below = host & self._v6_mask
         self.last_key = key
         clock = self._clock = self._clock + 1
         many = self._many
-        held = many.pop(key, None)
+        held = many.pop(salted, None)
         if held is not None:  # a clustered storm's case: a subnet with several offenders
             offenders = held[1]
             earlier = offenders.get(host)
             if earlier is None or at > earlier:
                 offenders[host] = at
-            many[key] = clock, offenders
+            many[salted] = clock, offenders
             return self._live_after(offenders, now)
         table = self._table
         if at > now - self.window:
@@ -210,7 +228,7 @@ class SubnetOffenders:
         else:
             slot = table.slot_of(key)
             if slot < 0:  # out of the window already: the subnet, empty
-                many[key] = clock, {}
+                many[salted] = clock, {}
                 if len(table) + len(many) > self._cap:
                     self._evict()
                 return 0
@@ -226,7 +244,7 @@ class SubnetOffenders:
             table.put(key, slot, when, clock << self._below_bits | one & mask)
         else:
             table.delete(slot)
-            many[key] = clock, offenders
+            many[salted] = clock, offenders
         return live
 
     def _live_after(self, offenders: dict[int, float], now: float) -> int:
@@ -283,7 +301,7 @@ class SubnetOffenders:
     def forget_host(self, addr: Address) -> None:
         """Drop `addr` from its subnet's offenders; the subnet keeps its place."""
         key = self.key(addr)
-        held = self._many.get(key)
+        held = self._many.get(self._salted(key))
         if held is not None:
             held[1].pop(int(addr), None)
             return
@@ -299,5 +317,5 @@ class SubnetOffenders:
         slot = self._table.slot_of(key)
         if slot >= 0:
             self._table.delete(slot)
-        self._many.pop(key, None)
-        self._networks.pop(key, None)
+        self._many.pop(self._salted(key), None)
+        self._networks.pop(self._salted(key), None)

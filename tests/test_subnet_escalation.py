@@ -173,3 +173,24 @@ def test_count_many_equals_counting_one_by_one() -> None:
         for addr, at in zip(hosts, ats, strict=True):
             one_by_one.count(addr, at, T0 + 100)
         assert fresh.items() == one_by_one.items()
+
+
+def test_ipv6_subnets_chosen_to_share_a_hash_are_held_apart() -> None:
+    """At /112, raw subnet keys can be chosen to share one hash (source_key.py): 2,000 such
+    subnets with two banned hosts each would make every lookup compare all of them."""
+    m61 = (1 << 61) - 1
+    base = int(IPv6Address("2001:db8::")) >> 16
+    prefixes = [base + k * m61 for k in range(2000)]
+    escalation = SubnetOffenders(3, 60.0, 24, 112, 10_000)
+    assert len({hash(escalation.key_int(p << 16, True)) for p in prefixes}) == 1
+    for i, prefix in enumerate(prefixes):
+        for host in (1, 2):
+            escalation.count_int(prefix << 16 | host, True, T0 + i * 1e-3, T0 + i * 1e-3)
+    assert len({hash(key) for key in escalation._many}) > 0.99 * len(prefixes)
+    assert [key for key, _ in escalation.items()] == [
+        escalation.key_int(p << 16, True) for p in prefixes
+    ]
+    assert escalation.offenders(IPv6Address(prefixes[7] << 16 | 9)) == [
+        IPv6Address(prefixes[7] << 16 | 1),
+        IPv6Address(prefixes[7] << 16 | 2),
+    ]
