@@ -20,15 +20,16 @@ the subnet to the arrays.  Every touch takes the next value of a clock, kept wit
 subnet in either store; each store is in clock order, so the least recently touched
 subnet of all is the older of the two first ones (_evict()), exactly as one OrderedDict
 would evict.  Per ban that is a dict lookup and a table add (a new subnet), or a dict
-lookup, a move and, once the subnet holds its quota, three C-level passes over its dozen
-hosts.
+lookup, a move, an append to the subnet's hosts and, once it holds its quota, the oldest
+dropped from their front: a subnet's hosts are kept sorted by (ban time, address), and bans
+come in time order, so a ban that does not (rare) re-sorts them (_merge()).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-from operator import countOf, itemgetter
+from operator import itemgetter
 from typing import Final
 
 from blocker.addresses import subnet_of
@@ -213,11 +214,20 @@ class SubnetOffenders:
         held = many.pop(salted, None)
         if held is not None:  # a clustered storm's case: a subnet with several offenders
             offenders = held[1]
-            earlier = offenders.get(host)
-            if earlier is None or at > earlier:
-                offenders[host] = at
             many[salted] = clock, offenders
-            return self._live_after(offenders, now)
+            if offenders:
+                last = next(reversed(offenders))
+                when = offenders[last]
+                if at < when or (at == when and host < last):  # out of order: rare
+                    return self._merge(offenders, host, at, now)
+                offenders.pop(host, None)  # banned again: it moves to the end
+            offenders[host] = at  # the newest: offenders stay sorted
+            first = next(iter(offenders))
+            if offenders[first] <= now - self.window:
+                return self._merge(offenders, host, at, now)
+            if len(offenders) > self._keep:  # one over the quota: the oldest goes
+                del offenders[first]
+            return len(offenders)
         table = self._table
         if at > now - self.window:
             slot = table.add(key, at, clock << self._below_bits | below)
@@ -234,10 +244,7 @@ class SubnetOffenders:
                 return 0
         # In the table: one offender, or none (spilled: forget_host() took it).
         offenders = {} if table.spilled(slot) else {self._host_at(key, slot): table.value(slot)}
-        earlier = offenders.get(host)
-        if earlier is None or at > earlier:
-            offenders[host] = at
-        live = self._live_after(offenders, now)
+        live = self._merge(offenders, host, at, now)
         if live == 1:
             [(one, when)] = offenders.items()
             mask = self._v6_mask if v6 else self._v4_mask
@@ -247,29 +254,18 @@ class SubnetOffenders:
             many[salted] = clock, offenders
         return live
 
-    def _live_after(self, offenders: dict[int, float], now: float) -> int:
-        """Drop the offenders out of the window and, past the quota, the oldest ones;
-        return how many are left."""
-        # The C-level min() first: a storm's bans rarely find anything to drop.
-        first = min(offenders.values())
+    def _merge(self, offenders: dict[int, float], host: int, at: float, now: float) -> int:
+        """Record `host` as banned at `at` among `offenders`; drop those out of the window
+        and, past the quota, the oldest ones (among equally old ones the lowest address:
+        hit order must not matter).  Leaves them sorted by (ban time, address), as
+        count_int() keeps them; returns how many are left."""
+        earlier = offenders.get(host)
+        if earlier is None or at > earlier:
+            offenders[host] = at
         horizon = now - self.window
-        if first <= horizon:
-            for gone in [gone for gone, when in offenders.items() if when <= horizon]:
-                del offenders[gone]
-            if not offenders:
-                return 0
-            first = min(offenders.values())
-        keep = self._keep
-        while len(offenders) > keep:
-            # The oldest goes; among equally old ones the lowest address (hit order must
-            # not matter).  Bans come in time order, so it is nearly always the first one
-            # in the dict, and the only one that old: both checked in C.
-            oldest = next(iter(offenders))
-            if offenders[oldest] != first or countOf(offenders.values(), first) != 1:
-                oldest = min(h for h, when in offenders.items() if when == first)
-            del offenders[oldest]
-            if len(offenders) > keep:
-                first = min(offenders.values())
+        newest = sorted((when, addr) for addr, when in offenders.items() if when > horizon)
+        offenders.clear()
+        offenders.update((addr, when) for when, addr in newest[-self._keep :])
         return len(offenders)
 
     def offenders(self, addr: Address) -> list[Address]:

@@ -194,3 +194,28 @@ def test_ipv6_subnets_chosen_to_share_a_hash_are_held_apart() -> None:
         IPv6Address(prefixes[7] << 16 | 1),
         IPv6Address(prefixes[7] << 16 | 2),
     ]
+
+
+def test_equal_ban_times_keep_the_highest_addresses_whatever_the_order() -> None:
+    """Past the quota (4 at min_offenders 1) the oldest go, and among bans at the same
+    time the lowest addresses: the order the bans came in must not matter."""
+    hosts = [IPv4Address(f"192.0.2.{i}") for i in range(1, 11)]
+    for seed in range(20):
+        order = hosts[:]
+        random.Random(seed).shuffle(order)
+        escalation = SubnetOffenders(1, 60.0, 24, 64, 10)
+        model = Model(1, 60.0, 24, 64, 10)
+        for addr in order:
+            assert escalation.count(addr, T0, T0) == model.count(addr, T0, T0)
+        assert escalation.offenders(hosts[0]) == hosts[-4:]
+        escalation.count(hosts[0], T0 + 1, T0 + 1)  # newer: it stays, the lowest old one goes
+        assert escalation.offenders(hosts[0]) == [hosts[0], *hosts[-3:]]
+
+
+def test_a_ban_exactly_one_window_old_no_longer_counts() -> None:
+    escalation = SubnetOffenders(3, 60.0, 24, 64, 10)
+    first, second, third = (IPv4Address(f"192.0.2.{i}") for i in (1, 2, 3))
+    assert escalation.count(first, T0, T0) == 1
+    assert escalation.count(second, T0 + 30, T0 + 30) == 2
+    assert escalation.count(third, T0 + 60, T0 + 60) == 2  # first's ban is 60 s old: gone
+    assert escalation.offenders(first) == [second, third]
