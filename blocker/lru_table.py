@@ -23,8 +23,11 @@ cap (bench/bench_ban_cost.py --bytes).
 - An entry may be flagged *spilled*: its owner keeps more for that key elsewhere (all the
   ban times of a target banned twice) and learns the key when such an entry is evicted,
   or gives the flag a meaning of its own (subnet escalation: a subnet with no host left).
-- An owner that keeps some keys beside the table, in an order of its own, can evict
-  itself (oldest_payload(), evict_oldest()) and merge the two orders.
+- A *stamped* table keeps an int per entry for its owner (8 bytes): subnet escalation
+  keeps some subnets beside the table, in an order of its own, and stamps each entry
+  with a clock to merge the two orders.  It gives the table what is left of the cap
+  (set_cap()), and add() evicts the oldest entry only when its stamp is below a `limit`
+  (the owner's oldest), else leaves it to the owner (oldest_stamp(), evict_oldest()).
 
 Entry numbers in the index count from the first entry ever appended, modulo 2**31, so cutting
 the front off the arrays changes no slot; a stale slot is dropped at the next re-index, a
@@ -72,14 +75,19 @@ class LruTable:
         "_payload_bytes",
         "_payloads",
         "_room",
+        "_stamped",
+        "_stamps",
         "_used",
         "_values",
     )
 
-    def __init__(self, cap: int, key_bytes: int, payload_bytes: int = 0) -> None:
+    def __init__(
+        self, cap: int, key_bytes: int, payload_bytes: int = 0, *, stamped: bool = False
+    ) -> None:
         self._cap = cap
         self._key_bytes = key_bytes
         self._payload_bytes = payload_bytes
+        self._stamped = stamped
         # The key slot_of() looked up last, its bytes and hash: put() right after it (the
         # usual pair) takes them from here.
         self._last: tuple[int, bytes, int] = (-1, b"", 0)
@@ -89,6 +97,7 @@ class LruTable:
         self._keys = bytearray()  # key_bytes per entry, little-endian
         self._payloads = bytearray()  # payload_bytes per entry, little-endian
         self._values = array("d")
+        self._stamps = array("Q")  # stamped: the owner's stamp of each entry (its clock)
         self._hashes = array("I")  # the low 32 bits of the hash of each entry's key bytes
         self._flags = bytearray()  # _DEAD, _LIVE or _SPILLED per entry
         self._index = array("i", [-1]) * slots  # entry number (mod 2**31), -1: empty
@@ -167,12 +176,14 @@ class LruTable:
         return found
 
     # -- changes ---------------------------------------------------------------------------
-    def add(self, key: int, value: float, payload: int = 0) -> int:
-        """Set `key` with `value` and `payload` as the most recently set, unless it is held:
-        slot_of() and put() in one for a key seen for the first time (a storm's ban).
-        Returns -1 when it added the key; the slot holding `key`, changing nothing, when it
-        is held; -2, changing nothing, when adding it would evict a spilled entry (the
-        owner must learn that key: slot_of() and put() then)."""
+    def add(self, key: int, value: float, payload: int = 0, stamp: int = 0, limit: int = -1) -> int:
+        """Set `key` with `value`, `payload` and `stamp` (a stamped table) as the most
+        recently set, unless it is held: slot_of() and put() in one for a key seen for the
+        first time (a storm's ban).  Returns -1 when it added the key; the slot holding
+        `key`, changing nothing, when it is held; -2, changing nothing, when adding it
+        would evict a spilled entry (the owner must learn that key: slot_of() and put()
+        then), when the cap is 0, or (a stamped table, `limit` >= 0) an entry whose stamp
+        is not below `limit` (an owner that keeps other entries and merges the orders)."""
         wanted = key.to_bytes(self._key_bytes, "little")
         hashed = hash(wanted) & _M32
         index = self._index
@@ -186,16 +197,19 @@ class LruTable:
         used = self._used
         if used >= self._room:
             self._repack()
-            return self.add(key, value, payload)
+            return self.add(key, value, payload, stamp, limit)
         flags = self._flags
         end = len(flags)
         if self._live < self._cap:
             self._live += 1
         else:  # evict the oldest live entry: its slot goes stale (slot_of skips it)
+            if not self._live:
+                return -2
             head = self._head
             while not flags[head]:
                 head += 1
-            if flags[head] == _SPILLED:
+            if flags[head] == _SPILLED or (limit >= 0 and self._stamps[head] >= limit):
+                self._head = head
                 return -2
             self._head = head + 1  # no need to flag it dead: slot_of() starts at the head
         index[slot] = (self._base + end) & _M31
@@ -204,6 +218,8 @@ class LruTable:
         if self._payload_bytes:
             self._payloads += payload.to_bytes(self._payload_bytes, "little")
         self._values.append(value)
+        if self._stamped:
+            self._stamps.append(stamp)
         self._hashes.append(hashed)
         flags.append(_LIVE)
         if self._head > _SLACK and self._head * 4 > end:
@@ -211,7 +227,14 @@ class LruTable:
         return -1
 
     def put(
-        self, key: int, found: int, value: float, payload: int = 0, spilled: bool = False
+        self,
+        key: int,
+        found: int,
+        value: float,
+        payload: int = 0,
+        *,
+        spilled: bool = False,
+        stamp: int = 0,
     ) -> int | None:
         """Set `key` (`found`: what slot_of(key) returned since the last change) as the most
         recently set, with `value` and `payload`.  Returns the key of a spilled entry this
@@ -226,7 +249,9 @@ class LruTable:
         if found >= 0:  # a move to the end: its old entry dies
             if len(flags) - self._head - live > live + _SLACK:  # mostly dead
                 self._repack()
-                return self.put(key, self.slot_of(key), value, payload, spilled)
+                return self.put(
+                    key, self.slot_of(key), value, payload, spilled=spilled, stamp=stamp
+                )
             index = self._index
             flags[(index[found] - base) & _M31] = _DEAD
             index[found] = (base + len(flags)) & _M31
@@ -235,7 +260,9 @@ class LruTable:
             index = self._index
             if used > self._room:
                 self._repack()
-                return self.put(key, self.slot_of(key), value, payload, spilled)
+                return self.put(
+                    key, self.slot_of(key), value, payload, spilled=spilled, stamp=stamp
+                )
             index[-1 - found] = (base + len(flags)) & _M31
             self._used = used
             live += 1
@@ -243,6 +270,8 @@ class LruTable:
         if self._payload_bytes:
             self._payloads += payload.to_bytes(self._payload_bytes, "little")
         self._values.append(value)
+        if self._stamped:
+            self._stamps.append(stamp)
         self._hashes.append(hashed)
         flags.append(_SPILLED if spilled else _LIVE)
         if live <= self._cap:
@@ -264,19 +293,30 @@ class LruTable:
             self._cut_front()
         return gone
 
-    def oldest_payload(self) -> int:
-        """The payload of the least recently set live entry (the table must not be empty)."""
+    def set_cap(self, cap: int) -> None:
+        """Hold at most `cap` live entries from now on (at least as many as it holds)."""
+        assert cap >= self._live
+        self._cap = cap
+
+    def stamp(self, slot: int) -> int:
+        return self._stamps[(self._index[slot] - self._base) & _M31]
+
+    def stamps(self) -> list[int]:
+        """The stamp of every live entry, as items() lists them."""
+        head = self._head
+        return list(compress(self._stamps[head:], self._flags[head:]))
+
+    def oldest_stamp(self) -> int:
+        """The stamp of the least recently set live entry (not empty, stamped)."""
         flags = self._flags
         head = self._head
         while not flags[head]:
             head += 1
         self._head = head
-        size = self._payload_bytes
-        return int.from_bytes(self._payloads[head * size : head * size + size], "little")
+        return self._stamps[head]
 
     def evict_oldest(self) -> None:
-        """Remove the least recently set live entry (the table must not be empty): for an
-        owner that keeps other entries beside the table and merges the two orders."""
+        """Remove the least recently set live entry (not empty)."""
         flags = self._flags
         head = self._head
         while not flags[head]:
@@ -304,6 +344,7 @@ class LruTable:
         del self._keys[: head * self._key_bytes]
         del self._payloads[: head * self._payload_bytes]
         del self._values[:head]
+        del self._stamps[:head]
         del self._hashes[:head]
         del self._flags[:head]
         self._base = (self._base + head) & _M31
@@ -333,6 +374,8 @@ class LruTable:
                 [payloads[pos * psize : pos * psize + psize] for pos in live]
             )
             self._values = array("d", compress(values, flags))
+            if self._stamped:
+                self._stamps = array("Q", compress(self._stamps, flags))
             self._hashes = array("I", compress(hashes, flags))
             self._flags = bytearray(compress(flags, flags))
         self._base = 0

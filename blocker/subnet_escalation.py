@@ -40,14 +40,14 @@ from blocker.source_key import network_key, source_key_v6, v6_address
 __all__ = ["SubnetOffenders"]
 
 _KEY_BYTES: Final = 17  # a subnet key: up to 127 prefix bits and the version bit
-_CLOCK_BYTES: Final = 8  # a subnet's last touch, counted: never wraps
+_NO_CLOCK: Final = 1 << 64  # _first_clock while _many is empty: past every clock
 
 
 class SubnetOffenders:
     __slots__ = (
-        "_below_bits",
         "_cap",
         "_clock",
+        "_first_clock",
         "_keep",
         "_many",
         "_networks",
@@ -80,7 +80,7 @@ class SubnetOffenders:
         # clock: the count of touches (count()) up to its last one.
         # - A subnet with one host (nearly all of a random storm's: one reflector per /24 or
         #   /64) is an entry of flat arrays (lru_table.py): its key, its host's ban time,
-        #   and as payload its clock above the host's bits below the prefix; no Python
+        #   its host's bits below the prefix as payload and its clock as stamp; no Python
         #   object (~65 bytes, where an OrderedDict of dicts took ~400).  An entry flagged
         #   spilled there is a subnet with no host left (forget_host()).
         # - A subnet that has held several hosts at once, or none, is in _many: _salted(key) ->
@@ -88,13 +88,15 @@ class SubnetOffenders:
         #   evicted or forgotten.  A clustered storm touches the same few thousand subnets a
         #   million times: a dict move each, where a move in the table re-appends the entry
         #   (~1 us against ~0.1).
-        # The two keep their own order by clock; _evict() merges them.  The table is never
-        # full itself (cap + 1): eviction is ours.
-        self._below_bits = max(self._v4_shift, self._v6_shift)
-        self._table = LruTable(cap + 1, _KEY_BYTES, (self._below_bits + 7) // 8 + _CLOCK_BYTES)
+        # The two keep their own order by clock.  The table holds at most what _many leaves
+        # of the cap, and evicts its oldest itself when that is older than _many's first
+        # (_first_clock); else _evict() merges the two.
+        below_bytes = (max(self._v4_shift, self._v6_shift) + 7) // 8
+        self._table = LruTable(cap, _KEY_BYTES, below_bytes, stamped=True)
         self._many: dict[int, tuple[int, dict[int, float]]] = {}
         self._networks: dict[int, Network] = {}  # subnet() per key in _many
         self._clock = 0
+        self._first_clock = _NO_CLOCK  # the clock of _many's first entry
         self.last_key = 0  # key() of the address count() counted last
 
     def __len__(self) -> int:
@@ -103,9 +105,10 @@ class SubnetOffenders:
     def items(self) -> list[tuple[int, dict[int, float]]]:
         """(subnet key, its hosts as {int: ban time}) of every subnet, least recently
         touched first."""
-        bits = self._below_bits
+        table = self._table
         rows = [
-            (payload >> bits, key, self._hosts(key)) for key, _, payload, _ in self._table.items()
+            (stamp, key, self._hosts(key))
+            for (key, _, _, _), stamp in zip(table.items(), table.stamps(), strict=True)
         ]
         rows += [
             (clock, self._key_of(salted), offenders)
@@ -179,7 +182,7 @@ class SubnetOffenders:
     def _host_at(self, key: int, slot: int) -> int:
         """The one host of the subnet `key`, held in the table at `slot`."""
         shift = self._v6_shift if key & 1 else self._v4_shift
-        below = self._table.payload(slot) & (self._v6_mask if key & 1 else self._v4_mask)
+        below = self._table.payload(slot)
         return (key >> 1) << shift | below
 
     def _evict(self) -> None:
@@ -188,18 +191,26 @@ class SubnetOffenders:
         table = self._table
         if many:
             first = next(iter(many))
-            if not table or many[first][0] < table.oldest_payload() >> self._below_bits:
+            if not table or many[first][0] < table.oldest_stamp():
                 del many[first]
                 self._networks.pop(first, None)
+                self._many_changed()
                 return
         table.evict_oldest()
+
+    def _many_changed(self) -> None:
+        """After _many gained or lost a subnet: the table gets what is left of the cap,
+        and _first_clock follows _many's first."""
+        many = self._many
+        self._table.set_cap(self._cap - len(many))
+        self._first_clock = many[next(iter(many))][0] if many else _NO_CLOCK
 
     def count(self, addr: Address, at: float, now: float) -> int:
         """Record `addr` as banned at `at` in its subnet; return how many live offenders
         the subnet holds (offenders() lists them)."""
         return self.count_int(int(addr), not isinstance(addr, IPv4Address), at, now)
 
-    def count_int(self, host: int, v6: bool, at: float, now: float) -> int:
+    def count_int(self, host: int, v6: bool, at: float, now: float) -> int:  # noqa: PLR0915 - the hot path
         """count() of the address `host` as an int (`v6`: an IPv6 one)."""
         if not v6:  # key_int() and _salted(), inlined: every ban of a storm counts here
             key = salted = (host >> self._v4_shift) << 1
@@ -215,6 +226,10 @@ class SubnetOffenders:
         if held is not None:  # a clustered storm's case: a subnet with several offenders
             offenders = held[1]
             many[salted] = clock, offenders
+            # It was the first: the next one is now.  (Left behind, _first_clock would only
+            # be too old, and send add() to _evict() more often; never evict wrongly.)
+            if held[0] == self._first_clock:
+                self._first_clock = many[next(iter(many))][0]
             if offenders:
                 last = next(reversed(offenders))
                 when = offenders[last]
@@ -230,10 +245,11 @@ class SubnetOffenders:
             return len(offenders)
         table = self._table
         if at > now - self.window:
-            slot = table.add(key, at, clock << self._below_bits | below)
+            slot = table.add(key, at, below, clock, self._first_clock)
             if slot < 0:  # a random storm's case: a subnet with no offender yet, now its first
-                if len(table) + len(many) > self._cap:
+                if slot == -2:  # full, and the oldest subnet is in _many (or is empty)
                     self._evict()
+                    table.add(key, at, below, clock)
                 return 1
         else:
             slot = table.slot_of(key)
@@ -241,6 +257,7 @@ class SubnetOffenders:
                 many[salted] = clock, {}
                 if len(table) + len(many) > self._cap:
                     self._evict()
+                self._many_changed()
                 return 0
         # In the table: one offender, or none (spilled: forget_host() took it).
         offenders = {} if table.spilled(slot) else {self._host_at(key, slot): table.value(slot)}
@@ -248,10 +265,11 @@ class SubnetOffenders:
         if live == 1:
             [(one, when)] = offenders.items()
             mask = self._v6_mask if v6 else self._v4_mask
-            table.put(key, slot, when, clock << self._below_bits | one & mask)
+            table.put(key, slot, when, one & mask, stamp=clock)
         else:
             table.delete(slot)
             many[salted] = clock, offenders
+            self._many_changed()
         return live
 
     def _merge(self, offenders: dict[int, float], host: int, at: float, now: float) -> int:
@@ -313,5 +331,6 @@ class SubnetOffenders:
         slot = self._table.slot_of(key)
         if slot >= 0:
             self._table.delete(slot)
-        self._many.pop(self._salted(key), None)
+        if self._many.pop(self._salted(key), None) is not None:
+            self._many_changed()
         self._networks.pop(self._salted(key), None)
