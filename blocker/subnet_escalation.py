@@ -81,8 +81,9 @@ class SubnetOffenders:
         # - A subnet with one host (nearly all of a random storm's: one reflector per /24 or
         #   /64) is an entry of flat arrays (lru_table.py): its key, its host's ban time,
         #   its host's bits below the prefix as payload and its clock as stamp; no Python
-        #   object (~65 bytes, where an OrderedDict of dicts took ~400).  An entry flagged
-        #   spilled there is a subnet with no host left (forget_host()).
+        #   object (84 bytes at the cap, bench_ban_cost.py --bytes; an OrderedDict of dicts
+        #   took ~400).  An entry flagged spilled there is a subnet with no host left
+        #   (forget_host()).
         # - A subnet that has held several hosts at once, or none, is in _many: _salted(key) ->
         #   (clock, {host as an int: ban time}), least recently touched first, until it is
         #   evicted or forgotten.  A clustered storm touches the same few thousand subnets a
