@@ -143,6 +143,36 @@ class _Window:
         del hits[:gone]  # at once: popping from the front one by one is quadratic
 
 
+def count_offender(
+    subnets: OrderedDict[Network, dict[Address, float]],
+    subnet: Network,
+    addr: Address,
+    at: float,
+    *,
+    horizon: float,
+    keep: int,
+    cap: int,
+) -> dict[Address, float]:
+    """Record `addr` as banned at `at` in `subnet` among `subnets` (least recently touched
+    first, at most `cap`); drop its offenders banned at or before `horizon` and, past `keep`,
+    the oldest; return its offenders."""
+    offenders = subnets.get(subnet)
+    if offenders is None:
+        offenders = subnets[subnet] = {}
+        while len(subnets) > cap:
+            subnets.popitem(last=False)
+    else:
+        subnets.move_to_end(subnet)
+    offenders[addr] = max(at, offenders.get(addr, at))
+    for host in [host for host, when in offenders.items() if when <= horizon]:
+        del offenders[host]
+    # Only "are there enough?" matters, so the newest few are all worth keeping.
+    while len(offenders) > keep:  # ties broken by address: hit order must not matter
+        oldest = min(offenders.items(), key=lambda item: (item[1], item[0]))
+        del offenders[oldest[0]]
+    return offenders
+
+
 def _entry_time(entry: _Entry) -> float:
     return entry[0]
 
@@ -443,23 +473,12 @@ class ReferenceScorer:
 
     def _count_offender(self, subnet: Network, addr: Address, at: float) -> dict[Address, float]:
         """Record `addr` as banned at `at` in `subnet`; return its live offenders."""
-        offenders = self._offenders.get(subnet)
-        if offenders is None:
-            offenders = self._offenders[subnet] = {}
-            while len(self._offenders) > self._max_tracked:
-                self._offenders.popitem(last=False)
-        else:
-            self._offenders.move_to_end(subnet)
-        offenders[addr] = max(at, offenders.get(addr, at))
-        horizon = self._now - self.policy.subnet_window
-        for host in [host for host, when in offenders.items() if when <= horizon]:
-            del offenders[host]
-        # Only "are there enough?" matters, so the newest few are all worth keeping.
-        keep = max(self.policy.subnet_min_offenders, 1) * 4
-        while len(offenders) > keep:  # ties broken by address: hit order must not matter
-            oldest = min(offenders.items(), key=lambda item: (item[1], item[0]))
-            del offenders[oldest[0]]
-        return offenders
+        policy = self.policy
+        keep = max(policy.subnet_min_offenders, 1) * 4
+        horizon = self._now - policy.subnet_window
+        return count_offender(
+            self._offenders, subnet, addr, at, horizon=horizon, keep=keep, cap=self._max_tracked
+        )
 
     def _earlier_bans(self, target: Network, now: float) -> int:
         times = self._history.get(target)

@@ -1,6 +1,6 @@
 """SubnetOffenders (flat arrays for one-host subnets, a dict for the others, one LRU order
 merged by clock) against a readable model: one OrderedDict of {address: ban time} per
-subnet, as reference_scorer._count_offender keeps them."""
+subnet, counted by the reference scorer's own count_offender()."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from hypothesis import given
 from hypothesis import strategies as st
+from reference_scorer import count_offender
 
 from blocker.addresses import subnet_of
 from blocker.records import Address, Network
@@ -39,20 +40,12 @@ class Model:
         return subnet_of(addr, self.v4, self.v6)
 
     def count(self, addr: Address, at: float, now: float) -> int:
-        subnet = self.subnet(addr)
-        offenders = self.subnets.get(subnet)
-        if offenders is None:
-            offenders = self.subnets[subnet] = {}
-            while len(self.subnets) > self.cap:
-                self.subnets.popitem(last=False)
-        else:
-            self.subnets.move_to_end(subnet)
-        offenders[addr] = max(at, offenders.get(addr, at))
-        for host in [h for h, when in offenders.items() if when <= now - self.window]:
-            del offenders[host]
-        while len(offenders) > self.keep:
-            del offenders[min(offenders, key=lambda h: (offenders[h], h))]
-        return len(offenders)
+        horizon = now - self.window
+        subnets, subnet = self.subnets, self.subnet(addr)
+        held = count_offender(
+            subnets, subnet, addr, at, horizon=horizon, keep=self.keep, cap=self.cap
+        )
+        return len(held)
 
     def forget_host(self, addr: Address) -> None:
         self.subnets.get(self.subnet(addr), {}).pop(addr, None)
