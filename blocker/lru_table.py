@@ -298,9 +298,6 @@ class LruTable:
         assert cap >= self._live
         self._cap = cap
 
-    def stamp(self, slot: int) -> int:
-        return self._stamps[(self._index[slot] - self._base) & _M31]
-
     def stamps(self) -> list[int]:
         """The stamp of every live entry, as items() lists them."""
         head = self._head
